@@ -1,0 +1,86 @@
+"""Starts the whole controller in one process: os-ken (OpenFlow), the REST API
+(uvicorn thread) and the OVSDB monitors, with a clean shutdown on SIGTERM/SIGINT.
+
+os-ken 4.x runs on native threads and ignores SIGTERM by itself, and ships no
+``osken-manager``: we parse its config with explicit ``args`` and drive AppManager.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from dataclasses import dataclass, field
+
+import uvicorn
+from os_ken import cfg
+from os_ken.base.app_manager import AppManager
+
+from controller.api import create_app
+from controller.service import Service
+
+from .ovsdb import Monitor
+
+LOG = logging.getLogger("vfence.runner")
+
+
+@dataclass
+class ServeOptions:
+    ofp_host: str = "0.0.0.0"
+    ofp_port: int = 6653
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    ovsdb: list[str] = field(default_factory=list)
+
+
+def run(service: Service, opts: ServeOptions) -> None:
+    cfg.CONF(
+        args=[f"--ofp-listen-host={opts.ofp_host}", f"--ofp-tcp-listen-port={opts.ofp_port}"],
+        project="os_ken",
+    )
+    manager = AppManager.get_instance()
+    manager.load_apps(["apps.vfence_app", "os_ken.controller.ofp_handler"])
+    contexts = manager.create_contexts()
+    manager.instantiate_apps(vfence_service=service, **contexts)
+    app = next(a for a in manager.applications.values() if hasattr(a, "program"))
+
+    monitors = [Monitor(remote, lambda snap: app.submit(service.ovsdb_snapshot, snap))
+                for remote in opts.ovsdb]
+    for m in monitors:
+        m.start()
+
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(service), host=opts.api_host, port=opts.api_port, log_level="warning",
+    ))
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    api = threading.Thread(target=server.run, name="api", daemon=True)
+    api.start()
+
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: object) -> None:
+        LOG.info("signal %d: shutting down", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    LOG.info("vfence serving: OpenFlow %s:%d, API http://%s:%d", opts.ofp_host, opts.ofp_port,
+             opts.api_host, opts.api_port)
+    try:
+        while not stop.wait(0.5):
+            if not api.is_alive():
+                LOG.error("API server stopped (port %d in use?)", opts.api_port)
+                break
+    finally:
+        for m in monitors:
+            m.stop()
+        server.should_exit = True
+        closer = threading.Thread(target=manager.close, daemon=True)
+        closer.start()
+        closer.join(5)
+        api.join(5)
+        logging.shutdown()
+        # os-ken's native threads (OpenFlow accept loop, per-switch readers) cannot be
+        # killed or joined; every write is already committed, so leave now.
+        os._exit(0)

@@ -1,0 +1,295 @@
+"""The os-ken application: the only code that talks OpenFlow.
+
+Event handlers run on os-ken's event thread and must never block on a switch reply,
+so every piece of work that may program a switch is queued to one worker thread
+(``self.work``). That thread calls the service; the service calls back
+:meth:`VfenceApp.program`, which sends a bundle and waits for the barrier.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from os_ken.base import app_manager
+from os_ken.controller import ofp_event
+from os_ken.controller.handler import (
+    CONFIG_DISPATCHER,
+    DEAD_DISPATCHER,
+    MAIN_DISPATCHER,
+    set_ev_cls,
+)
+from os_ken.lib import hub
+from os_ken.lib.packet import ethernet, packet
+from os_ken.ofproto import ofproto_v1_3 as ofp
+from os_ken.ofproto import ofproto_v1_3_parser as parser
+
+from controller.compiler import ETH_TYPE_LLDP, METER_LLDP, METER_PUNT
+from controller.model import Link, PortRef
+from controller.reconcile import FlowDiff
+from controller.service import Service
+
+from . import lldp, ofcodec
+
+LOG = logging.getLogger("vfence.app")
+
+SETTLE_SECONDS = 1.5  # after connect: time for LLDP to find links before a full reconcile
+LLDP_INTERVAL = 5.0
+REPLY_TIMEOUT = 10.0
+METERS = {METER_PUNT: 100, METER_LLDP: 200}  # packets/s to the controller per switch
+
+
+class SwitchError(RuntimeError):
+    pass
+
+
+class _Pending:
+    """Replies and errors for one request (by xid)."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.replies: list[Any] = []
+        self.errors: list[Any] = []
+
+
+class VfenceApp(app_manager.OSKenApp):
+    OFP_VERSIONS = [ofp.OFP_VERSION]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.service: Service = kwargs["vfence_service"]
+        self.service.programmer = self
+        self.datapaths: dict[int, Any] = {}
+        self.ports: dict[int, dict[int, tuple[str, str]]] = {}  # dpid -> no -> (name, mac)
+        self.pending: dict[int, _Pending] = {}
+        self.pending_lock = threading.Lock()
+        self.bundle_ids = itertools.count(1)
+        self.work: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self.stats = {"packet_in": 0, "bundles": 0, "flow_mods": 0}
+        self.threads.append(hub.spawn(self._worker))
+        self.threads.append(hub.spawn(self._lldp_loop))
+
+    # --- worker -----------------------------------------------------------------------
+
+    def _worker(self) -> None:
+        while True:
+            job = self.work.get()
+            if job is None:
+                return
+            try:
+                job()
+            except Exception:
+                LOG.exception("job failed")
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+        self.work.put(lambda: fn(*args))
+
+    def close(self) -> None:
+        self.work.put(None)
+
+    # --- request/reply ----------------------------------------------------------------
+
+    def _send(self, dp: Any, msg: Any) -> _Pending:
+        dp.set_xid(msg)
+        p = _Pending()
+        with self.pending_lock:
+            self.pending[msg.xid] = p
+        dp.send_msg(msg)
+        return p
+
+    def _wait(self, p: _Pending, what: str) -> list[Any]:
+        if not p.done.wait(REPLY_TIMEOUT):
+            raise SwitchError(f"{what}: no reply in {REPLY_TIMEOUT}s")
+        return p.replies
+
+    def _resolve(self, msg: Any, more: bool = False) -> None:
+        with self.pending_lock:
+            p = self.pending.get(msg.xid)
+            if p is None:
+                return
+            p.replies.append(msg)
+            if not more:
+                self.pending.pop(msg.xid, None)
+        if not more:
+            p.done.set()
+
+    def _request_multi(self, dp: Any, msg: Any, what: str) -> list[Any]:
+        replies = self._wait(self._send(dp, msg), what)
+        return [item for r in replies for item in r.body]
+
+    # --- programming (called by the service, on the worker thread) ----------------------
+
+    def program(self, dpid: int, changes: FlowDiff) -> None:
+        """Commit all of ``changes`` in one atomic bundle, then wait for the barrier."""
+        dp = self.datapaths.get(dpid)
+        if dp is None:
+            raise SwitchError(f"switch {dpid:016x} is not connected")
+        bid = next(self.bundle_ids) & 0xFFFFFFFF
+        flags = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
+        sent: list[_Pending] = []
+        xids: list[int] = []
+
+        def send(msg: Any) -> None:
+            sent.append(self._send(dp, msg))
+            xids.append(msg.xid)
+
+        send(parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_OPEN_REQUEST, flags, []))
+        mods = [ofcodec.flow_add(dp, f) for f in changes.add]
+        mods += [ofcodec.flow_delete(dp, f) for f in changes.delete]
+        for mod in mods:
+            send(parser.ONFBundleAddMsg(dp, bid, flags, mod, []))
+        send(parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_COMMIT_REQUEST, flags, []))
+        barrier = self._send(dp, parser.OFPBarrierRequest(dp))
+        self._wait(barrier, f"barrier on {dpid:016x}")
+        with self.pending_lock:
+            for msg_xid in xids:
+                self.pending.pop(msg_xid, None)
+        errors = [e for p in sent for e in p.errors]
+        if errors:
+            raise SwitchError(f"switch {dpid:016x} refused the bundle: {errors[0]}")
+        self.stats["bundles"] += 1
+        self.stats["flow_mods"] += len(mods)
+
+    # --- connection lifecycle ---------------------------------------------------------
+
+    @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
+    def _state_change(self, ev: Any) -> None:
+        dp = ev.datapath
+        if dp.id is None:
+            return
+        if ev.state == MAIN_DISPATCHER:
+            self.datapaths[dp.id] = dp
+            self.submit(self._on_connect, dp)
+        elif ev.state == DEAD_DISPATCHER and self.datapaths.get(dp.id) is dp:
+            del self.datapaths[dp.id]
+            self.submit(self.service.switch_disconnected, dp.id)
+
+    @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
+    def _features(self, ev: Any) -> None:
+        LOG.info("switch %016x connected", ev.msg.datapath_id)
+
+    def _on_connect(self, dp: Any) -> None:
+        """Read ports, meters and flows back; hand them to the service; start LLDP."""
+        ports = self._request_multi(dp, parser.OFPPortDescStatsRequest(dp, 0), "port desc")
+        self.ports[dp.id] = {
+            p.port_no: (p.name.decode(errors="replace"), p.hw_addr) for p in ports
+        }
+        self._ensure_meters(dp)
+        stats = self._request_multi(
+            dp,
+            parser.OFPFlowStatsRequest(dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY),
+            "flow stats",
+        )
+        flows = [ofcodec.from_stats(s) for s in stats]
+        name = self.ports[dp.id].get(ofp.OFPP_LOCAL, (f"{dp.id:016x}", ""))[0]
+        self.service.switch_connected(dp.id, name, self._port_names(dp.id), flows)
+        LOG.info("switch %s (%016x): %d flows read back", name, dp.id, len(flows))
+        self._send_lldp(dp)
+        hub.spawn_after(SETTLE_SECONDS / 3, self._send_lldp, dp)
+        hub.spawn_after(SETTLE_SECONDS, self.submit, self.service.switch_ready, dp.id)
+
+    def _ensure_meters(self, dp: Any) -> None:
+        """Create the controller rate-limit meters unless they already exist as wanted."""
+        have = {
+            m.meter_id: m
+            for m in self._request_multi(dp, parser.OFPMeterConfigStatsRequest(dp, 0),
+                                         "meter config")
+        }
+        for meter_id, rate in METERS.items():
+            cur = have.get(meter_id)
+            if cur is not None and [b.rate for b in cur.bands] == [rate]:
+                continue
+            cmd = ofp.OFPMC_MODIFY if cur is not None else ofp.OFPMC_ADD
+            band = parser.OFPMeterBandDrop(rate=rate, burst_size=rate // 10 or 1)
+            msg = parser.OFPMeterMod(dp, cmd, ofp.OFPMF_PKTPS | ofp.OFPMF_BURST, meter_id,
+                                     [band])
+            p = self._send(dp, msg)
+            self._wait(self._send(dp, parser.OFPBarrierRequest(dp)), "meter barrier")
+            if p.errors:
+                raise SwitchError(f"meter {meter_id} refused: {p.errors[0]}")
+
+    def _port_names(self, dpid: int) -> dict[int, str]:
+        return {
+            no: name for no, (name, _) in self.ports.get(dpid, {}).items()
+            if no <= ofp.OFPP_MAX
+        }
+
+    @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
+    def _port_status(self, ev: Any) -> None:
+        msg, dp = ev.msg, ev.msg.datapath
+        port = msg.desc
+        table = self.ports.setdefault(dp.id, {})
+        if msg.reason == ofp.OFPPR_DELETE or port.state & ofp.OFPPS_LINK_DOWN:
+            table.pop(port.port_no, None)
+        else:
+            table[port.port_no] = (port.name.decode(errors="replace"), port.hw_addr)
+            hub.spawn(self._send_lldp, dp, [port.port_no])
+        self.submit(self.service.ports_changed, dp.id, self._port_names(dp.id))
+
+    # --- replies ----------------------------------------------------------------------
+
+    @set_ev_cls(
+        [ofp_event.EventOFPFlowStatsReply, ofp_event.EventOFPPortDescStatsReply,
+         ofp_event.EventOFPMeterConfigStatsReply],
+        [CONFIG_DISPATCHER, MAIN_DISPATCHER],
+    )
+    def _multipart(self, ev: Any) -> None:
+        self._resolve(ev.msg, more=bool(ev.msg.flags & ofp.OFPMPF_REPLY_MORE))
+
+    @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
+    def _barrier(self, ev: Any) -> None:
+        self._resolve(ev.msg)
+
+    @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
+    def _error(self, ev: Any) -> None:
+        msg = ev.msg
+        LOG.error("switch %016x error type=%d code=%d", msg.datapath.id, msg.type, msg.code)
+        with self.pending_lock:
+            p = self.pending.get(msg.xid)
+        if p is not None:
+            p.errors.append(f"type={msg.type} code={msg.code}")
+
+    # --- packet-in --------------------------------------------------------------------
+
+    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
+    def _packet_in(self, ev: Any) -> None:
+        self.stats["packet_in"] += 1
+        msg = ev.msg
+        dp = msg.datapath
+        in_port = msg.match.get("in_port")
+        eth = packet.Packet(msg.data).get_protocol(ethernet.ethernet)
+        if eth is None or in_port is None:
+            return
+        if eth.ethertype == ETH_TYPE_LLDP:
+            src = lldp.parse(msg.data)
+            if src is not None:
+                link = Link(PortRef(src[0], src[1]), PortRef(dp.id, in_port))
+                self.submit(self.service.link_seen, link)
+            return
+        self.submit(self.service.unbound_frame, dp.id, in_port, eth.src)
+
+    # --- LLDP -------------------------------------------------------------------------
+
+    def _send_lldp(self, dp: Any, only: list[int] | None = None) -> None:
+        for no, (_, mac) in list(self.ports.get(dp.id, {}).items()):
+            if no > ofp.OFPP_MAX or (only is not None and no not in only):
+                continue
+            out = parser.OFPPacketOut(
+                dp, ofp.OFP_NO_BUFFER, ofp.OFPP_CONTROLLER,
+                [parser.OFPActionOutput(no)], lldp.probe(dp.id, no, mac),
+            )
+            dp.send_msg(out)
+
+    def _lldp_loop(self) -> None:
+        while True:
+            time.sleep(LLDP_INTERVAL)
+            for dp in list(self.datapaths.values()):
+                try:
+                    self._send_lldp(dp)
+                except Exception:
+                    LOG.exception("LLDP to %016x failed", dp.id)

@@ -1,0 +1,1 @@
+"""vfence core: model, compiler, reconciler, store, service, API, CLI."""

@@ -1,0 +1,179 @@
+"""The ``vfence`` command line. ``serve`` runs the controller; the rest talk to it over REST
+(or, for ``db``, to the database directly). Exit codes: 0 ok, 1 failed, 2 bad usage."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .store import db
+
+app = typer.Typer(help="vfence: secure per-port switching for virtual networks",
+                  no_args_is_help=True)
+db_app = typer.Typer(help="database schema", no_args_is_help=True)
+vm_app = typer.Typer(help="virtual machines", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(vm_app, name="vm")
+console = Console()
+err = Console(stderr=True)
+
+DbOpt = Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL [env VFENCE_DB]")]
+ApiOpt = Annotated[
+    str, typer.Option("--api", envvar="VFENCE_API", help="controller REST base URL")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@app.command()
+def serve(
+    database: DbOpt = None,
+    ofp_port: Annotated[int, typer.Option(min=1, max=65535, help="OpenFlow port")] = 6653,
+    ofp_host: Annotated[str, typer.Option(help="OpenFlow listen address")] = "0.0.0.0",
+    api_port: Annotated[int, typer.Option(min=1, max=65535, help="REST port")] = 8080,
+    api_host: Annotated[str, typer.Option(help="REST listen address")] = "127.0.0.1",
+    ovsdb: Annotated[
+        list[str] | None,
+        typer.Option(help="OVSDB remote to watch for VM ports (repeatable), "
+                          "e.g. unix:/var/run/openvswitch/db.sock"),
+    ] = None,
+    learn_first_frame: Annotated[
+        bool, typer.Option(help="bind a registered VM on the first frame from an unbound port")
+    ] = False,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+) -> None:
+    """Run the controller: OpenFlow 1.3, REST API and OVSDB monitors."""
+    _setup_logging(log_level)
+    from apps.runner import ServeOptions, run  # os-ken only when serving
+
+    from .service import Service
+
+    url = db.resolve_url(database)
+    engine = db.make_engine(url)
+    db.upgrade(engine)
+    service = Service(db.sessions(engine), learn_first_frame=learn_first_frame)
+    run(service, ServeOptions(ofp_host, ofp_port, api_host, api_port, list(ovsdb or [])))
+
+
+@db_app.command("upgrade")
+def db_upgrade(database: DbOpt = None) -> None:
+    """Create or upgrade the schema (Alembic) at the database URL."""
+    url = db.resolve_url(database)
+    db.upgrade(db.make_engine(url))
+    console.print(f"schema at head: {url}")
+
+
+# --- REST client commands -----------------------------------------------------------------
+
+
+def _call(api: str, method: str, path: str, **kw: Any) -> Any:
+    try:
+        r = httpx.request(method, api.rstrip("/") + path, timeout=30, **kw)
+    except httpx.HTTPError as e:
+        err.print(f"[red]cannot reach the controller at {api}: {e}[/red]")
+        raise typer.Exit(1) from None
+    if r.status_code >= 400:
+        try:
+            body = r.json()
+            msg = body.get("detail") or r.text
+        except ValueError:
+            msg = r.text
+        err.print(f"[red]error {r.status_code}: {msg}[/red]")
+        raise typer.Exit(1)
+    return r.json() if r.content else None
+
+
+def _vm_table(rows: list[dict[str, Any]]) -> Table:
+    t = Table("name", "mac", "ips", "segment", "groups", "host", "port")
+    for v in rows:
+        loc = v.get("location") or {}
+        t.add_row(v["name"], v["mac"], ",".join(v["ips"]), v["segment"], ",".join(v["groups"]),
+                  (loc.get("host") or {}).get("name", "-"), (loc.get("port") or {}).get("name", "-"))
+    return t
+
+
+@vm_app.command("list")
+def vm_list(api: ApiOpt = "http://127.0.0.1:8080", as_json: JsonOpt = False) -> None:
+    """List registered VMs and where they are."""
+    rows = _call(api, "GET", "/v1/vms")
+    console.print_json(json.dumps(rows)) if as_json else console.print(_vm_table(rows))
+
+
+@vm_app.command("show")
+def vm_show(name: str, api: ApiOpt = "http://127.0.0.1:8080", as_json: JsonOpt = False) -> None:
+    """One VM."""
+    row = _call(api, "GET", f"/v1/vms/{name}")
+    console.print_json(json.dumps(row)) if as_json else console.print(_vm_table([row]))
+
+
+@vm_app.command("add")
+def vm_add(
+    name: str,
+    mac: Annotated[str, typer.Option(help="the VM's MAC")],
+    segment: Annotated[str, typer.Option(help="layer-2 segment")],
+    ip: Annotated[list[str] | None, typer.Option(help="an IP of the VM (repeatable)")] = None,
+    group: Annotated[list[str] | None, typer.Option(help="isolation group (repeatable)")] = None,
+    api: ApiOpt = "http://127.0.0.1:8080",
+) -> None:
+    """Register a VM."""
+    body = {"name": name, "mac": mac, "ips": ip or [], "segment": segment, "groups": group or []}
+    _call(api, "POST", "/v1/vms", json=body)
+    console.print(f"registered {name}")
+
+
+@vm_app.command("rm")
+def vm_rm(name: str, api: ApiOpt = "http://127.0.0.1:8080") -> None:
+    """Remove a VM (its flows go from every switch)."""
+    _call(api, "DELETE", f"/v1/vms/{name}")
+    console.print(f"removed {name}")
+
+
+@vm_app.command("where")
+def vm_where(name: str, api: ApiOpt = "http://127.0.0.1:8080", as_json: JsonOpt = False) -> None:
+    """Where a VM is attached now."""
+    loc = _call(api, "GET", f"/v1/vms/{name}/location")
+    if as_json:
+        console.print_json(json.dumps(loc))
+    else:
+        console.print(f"{name}: {loc['host']['name']} ({loc['host']['dpid']}) port "
+                      f"{loc['port']['number']} {loc['port']['name']} since {loc['since']}")
+
+
+@app.command()
+def lab(
+    hosts: Annotated[int, typer.Option(min=1, max=16, help="hypervisor bridges")] = 3,
+    vms: Annotated[int, typer.Option(min=1, max=8, help="VMs per hypervisor")] = 2,
+    spines: Annotated[int, typer.Option(min=1, max=4, help="fabric switches")] = 2,
+    cli: Annotated[bool, typer.Option("--cli", help="stay in Mininet's CLI")] = False,
+    database: DbOpt = None,
+) -> None:
+    """The lab demo: OVS + Mininet datacenter, controller, VMs, reachability table."""
+    if os.geteuid() != 0:
+        err.print("[red]the lab needs root (Mininet, Open vSwitch)[/red]")
+        raise typer.Exit(2)
+    from mininet_topos.demo import run_demo
+
+    ok = run_demo(hosts=hosts, vms_per_host=vms, spines=spines, stay_in_cli=cli,
+                  db_url=database or "sqlite:///var/lab.db", console=console)
+    raise typer.Exit(0 if ok else 1)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,28 @@
+"""Errors the core raises; the API maps them to problem+json with the failing field."""
+
+from __future__ import annotations
+
+
+class VfenceError(Exception):
+    status = 400
+    title = "Bad request"
+
+    def __init__(self, reason: str, field: str | None = None):
+        super().__init__(f"{field}: {reason}" if field else reason)
+        self.reason = reason
+        self.field = field
+
+
+class NotFound(VfenceError):
+    status = 404
+    title = "Not found"
+
+
+class Conflict(VfenceError):
+    status = 409
+    title = "Conflict"
+
+
+class Invalid(VfenceError):
+    status = 422
+    title = "Invalid input"

@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy models, Alembic upgrades and the queries the service needs."""

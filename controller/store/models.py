@@ -1,0 +1,128 @@
+"""SQLAlchemy 2 models. ``location_history`` and ``events`` are append-only."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Table,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+vm_groups = Table(
+    "vm_groups",
+    Base.metadata,
+    Column("vm_id", ForeignKey("vms.id", ondelete="CASCADE"), primary_key=True),
+    Column("group_id", ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True),
+)
+
+
+class Segment(Base):
+    __tablename__ = "segments"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    subnet: Mapped[str | None] = mapped_column(String(64))
+
+
+class Group(Base):
+    __tablename__ = "groups"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class VM(Base):
+    __tablename__ = "vms"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    mac: Mapped[str] = mapped_column(String(17), unique=True)
+    segment_id: Mapped[int] = mapped_column(ForeignKey("segments.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    segment: Mapped[Segment] = relationship(lazy="joined")
+    groups: Mapped[list[Group]] = relationship(secondary=vm_groups, lazy="selectin")
+    ips: Mapped[list[VMAddress]] = relationship(
+        cascade="all, delete-orphan", lazy="selectin", order_by="VMAddress.id"
+    )
+    location: Mapped[Location | None] = relationship(
+        cascade="all, delete-orphan", lazy="joined", uselist=False
+    )
+
+
+class VMAddress(Base):
+    """One IP of a VM; unique within its segment."""
+
+    __tablename__ = "vm_addresses"
+    __table_args__ = (UniqueConstraint("segment_id", "ip"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    vm_id: Mapped[int] = mapped_column(ForeignKey("vms.id", ondelete="CASCADE"), index=True)
+    segment_id: Mapped[int] = mapped_column(ForeignKey("segments.id"))
+    ip: Mapped[str] = mapped_column(String(45))
+
+
+class Switch(Base):
+    """A datapath vfence has seen. ``label`` is its host label on the fabric (VLAN id)."""
+
+    __tablename__ = "switches"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dpid: Mapped[str] = mapped_column(String(16), unique=True)  # 16 hex digits
+    name: Mapped[str] = mapped_column(String(64))
+    label: Mapped[int] = mapped_column(Integer, unique=True)
+    first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Location(Base):
+    """Where a VM is now (one row per bound VM)."""
+
+    __tablename__ = "locations"
+    vm_id: Mapped[int] = mapped_column(ForeignKey("vms.id", ondelete="CASCADE"), primary_key=True)
+    dpid: Mapped[str] = mapped_column(String(16))
+    switch_name: Mapped[str] = mapped_column(String(64))
+    port_no: Mapped[int] = mapped_column(Integer)
+    port_name: Mapped[str] = mapped_column(String(64))
+    since: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    how: Mapped[str] = mapped_column(String(16))
+
+
+class LocationHistory(Base):
+    """Every place a VM has been, append-only; ``until`` is set when it left."""
+
+    __tablename__ = "location_history"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    vm_name: Mapped[str] = mapped_column(String(64), index=True)
+    dpid: Mapped[str] = mapped_column(String(16))
+    switch_name: Mapped[str] = mapped_column(String(64))
+    port_no: Mapped[int] = mapped_column(Integer)
+    port_name: Mapped[str] = mapped_column(String(64))
+    since: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    how: Mapped[str] = mapped_column(String(16))
+
+
+class Event(Base):
+    """Audit trail: bindings, moves, spoofs, switch connects, API changes."""
+
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    type: Mapped[str] = mapped_column(String(32), index=True)
+    vm: Mapped[str | None] = mapped_column(String(64), index=True)
+    host: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -1,0 +1,1 @@
+"""Alembic migrations for the vfence schema (run with ``vfence db upgrade``)."""

@@ -1,0 +1,1 @@
+"""Lab topologies and the lab demo (Mininet + Open vSwitch)."""
