@@ -85,6 +85,10 @@ def _norm(v: Any) -> Any:
     return v
 
 
+def _field(name: str) -> str:
+    return name.removesuffix("_nxm")
+
+
 def from_action(a: Any) -> tuple:
     if isinstance(a, parser.OFPActionOutput):
         return ("output", a.port)
@@ -95,7 +99,8 @@ def from_action(a: Any) -> tuple:
     if isinstance(a, parser.OFPActionSetField):
         return ("set", a.key, _norm(a.value))
     if isinstance(a, parser.NXActionRegMove):
-        return ("move", a.src_field, a.dst_field, a.n_bits)
+        # OVS reports NXM headers (NXM_OF_ETH_SRC), os-ken names them "eth_src_nxm"
+        return ("move", _field(a.src_field), _field(a.dst_field), a.n_bits)
     return ("unknown", type(a).__name__)
 
 

@@ -1,0 +1,161 @@
+"""REST API on a real SQLite database; switches are a recorder (fast, no OVS)."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from controller.api import create_app
+from controller.flows import Owner, cookie
+from controller.reconcile import FlowDiff
+from controller.service import Interface, Service
+from controller.store import db
+from controller.store import models as m
+
+VM = {"name": "pay-1", "mac": "00:00:00:00:01:01", "ips": ["10.0.0.11"], "segment": "prod",
+      "groups": ["payroll"]}
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, FlowDiff]] = []
+        self.fail = False
+
+    def program(self, dpid: int, changes: FlowDiff) -> None:
+        if self.fail:
+            raise RuntimeError("switch refused the bundle")
+        self.sent.append((dpid, changes))
+
+
+@pytest.fixture
+def env(sqlite_url):
+    engine = db.make_engine(sqlite_url)
+    db.upgrade(engine)
+    service = Service(db.sessions(engine))
+    service.programmer = rec = Recorder()
+    service.switch_connected(0x101, "hv1", {1: "hv1-eth1", 3: "hv1-eth3"}, [])
+    service.switch_ready(0x101)
+    client = TestClient(create_app(service))
+    return client, service, rec, engine
+
+
+def count(engine, model) -> int:
+    with db.sessions(engine)() as s:
+        return s.scalar(select(func.count()).select_from(model))
+
+
+def test_create_get_list_delete(env):
+    client, service, rec, engine = env
+    r = client.post("/v1/vms", json=VM)
+    assert r.status_code == 201, r.text
+    assert r.json() == {**VM, "location": None}
+    assert count(engine, m.VM) == 1 and count(engine, m.Segment) == 1
+    assert client.get("/v1/vms").json()[0]["name"] == "pay-1"
+    assert client.get("/v1/vms/pay-1").json()["mac"] == VM["mac"]
+    assert client.delete("/v1/vms/pay-1").status_code == 204
+    assert client.get("/v1/vms/pay-1").status_code == 404
+    assert count(engine, m.VM) == 0
+    with db.sessions(engine)() as s:
+        kinds = [e.type for e in s.scalars(select(m.Event).order_by(m.Event.id))]
+    assert kinds == ["switch-connected", "vm-added", "vm-removed"]
+
+
+def test_mac_is_normalised(env):
+    client, *_ = env
+    r = client.post("/v1/vms", json={**VM, "mac": "00-00-00-00-01-AB"})
+    assert r.json()["mac"] == "00:00:00:00:01:ab"
+
+
+@pytest.mark.parametrize("patch, field", [
+    ({"mac": "zz:00:00:00:00:01"}, "body.mac"),
+    ({"mac": "01:00:5e:00:00:01"}, "body.mac"),
+    ({"ips": ["10.0.0.300"]}, "body.ips"),
+    ({"name": "bad name!"}, "body.name"),
+    ({"segment": ""}, "body.segment"),
+    ({"groups": ["a", "a"]}, "body.groups"),
+    ({"colour": "red"}, "body.colour"),
+    ({"name": None}, "body.name"),
+])
+def test_invalid_body_is_422_naming_the_field_and_writes_nothing(env, patch, field):
+    client, _, _, engine = env
+    r = client.post("/v1/vms", json={**VM, **patch})
+    assert r.status_code == 422
+    assert r.headers["content-type"] == "application/problem+json"
+    body = r.json()
+    assert body["status"] == 422 and field in [e["field"] for e in body["errors"]], body
+    assert count(engine, m.VM) == 0 and count(engine, m.Segment) == 0
+
+
+def test_missing_field_and_non_json(env):
+    client, *_ = env
+    r = client.post("/v1/vms", json={"name": "x"})
+    assert r.status_code == 422
+    assert {"body.mac", "body.segment"} <= {e["field"] for e in r.json()["errors"]}
+    r = client.post("/v1/vms", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422
+
+
+@pytest.mark.parametrize("patch, field", [
+    ({"mac": "00:00:00:00:09:09"}, "name"),
+    ({"name": "other"}, "mac"),
+    ({"name": "other", "mac": "00:00:00:00:09:09"}, "ips[0]"),
+])
+def test_duplicates_are_409_and_write_nothing(env, patch, field):
+    client, _, _, engine = env
+    assert client.post("/v1/vms", json=VM).status_code == 201
+    r = client.post("/v1/vms", json={**VM, **patch})
+    assert r.status_code == 409
+    assert r.json()["errors"] == [{"field": field, "reason": r.json()["errors"][0]["reason"]}]
+    assert count(engine, m.VM) == 1 and count(engine, m.VMAddress) == 1
+
+
+def test_location_follows_ovsdb_binding_and_programs_the_switch(env):
+    client, service, rec, engine = env
+    client.post("/v1/vms", json=VM)
+    r = client.get("/v1/vms/pay-1/location")
+    assert r.status_code == 404 and r.json()["errors"][0]["field"] == "name"
+    rec.sent.clear()
+    service.ovsdb_snapshot([Interface(0x101, 3, "hv1-eth3", "00:00:00:00:01:01", None)])
+    loc = client.get("/v1/vms/pay-1/location").json()
+    assert loc["host"] == {"name": "hv1", "dpid": "0000000000000101"}
+    assert loc["port"] == {"number": 3, "name": "hv1-eth3"} and loc["how"] == "ovsdb"
+    (dpid, changes), = rec.sent
+    vm = service.state.vms["pay-1"]
+    assert dpid == 0x101 and changes.add and not changes.delete
+    owners = {f.cookie for f in changes.add}
+    assert owners == {cookie(Owner.VM, vm.id), cookie(Owner.SEGMENT, vm.segment_id)}
+    assert count(engine, m.LocationHistory) == 1
+    # the port disappears: the VM is unbound and its flows go
+    rec.sent.clear()
+    service.ovsdb_snapshot([])
+    service.ovsdb_snapshot([Interface(0x101, 1, "hv1-eth1")])
+    assert client.get("/v1/vms/pay-1/location").status_code == 404
+    (_, changes), = rec.sent
+    assert changes.delete and not changes.add
+
+
+def test_failed_switch_programming_writes_nothing(env):
+    client, service, rec, engine = env
+    service.ovsdb_snapshot([Interface(0x101, 3, "hv1-eth3", "00:00:00:00:01:01", None)])
+    rec.fail = True
+    with pytest.raises(RuntimeError):
+        client.post("/v1/vms", json=VM)
+    assert count(engine, m.VM) == 0 and count(engine, m.Location) == 0
+    assert "pay-1" not in service.state.vms
+
+
+def test_unknown_vm_paths_are_404(env):
+    client, *_ = env
+    for method, path in [("GET", "/v1/vms/nope"), ("DELETE", "/v1/vms/nope"),
+                         ("GET", "/v1/vms/nope/location")]:
+        r = client.request(method, path)
+        assert r.status_code == 404 and r.json()["errors"][0]["field"] == "name"
+
+
+def test_health_and_hosts(env):
+    client, *_ = env
+    h = client.get("/v1/health").json()
+    assert h["status"] == "ok" and h["switches_connected"] == 1 and h["switches_ready"] == 1
+    (host,) = client.get("/v1/hosts").json()
+    assert host["name"] == "hv1" and host["label"] == 1 and host["connected"]
