@@ -46,9 +46,8 @@ def to_instructions(instructions: tuple) -> list[Any]:
         if kind == "meter":
             out.append(parser.OFPInstructionMeter(ins[1], ofp.OFPIT_METER))
         elif kind == "apply":
-            out.append(
-                parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, [to_action(a) for a in ins[1]])
-            )
+            actions = [to_action(a) for a in ins[1]]
+            out.append(parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions))
         elif kind == "meta":
             out.append(parser.OFPInstructionWriteMetadata(ins[1], ins[2]))
         elif kind == "goto":

@@ -21,6 +21,7 @@ from controller.api import create_app
 from controller.service import Service
 
 from .ovsdb import Monitor
+from .vfence_app import VfenceApp
 
 LOG = logging.getLogger("vfence.runner")
 
@@ -34,16 +35,21 @@ class ServeOptions:
     ovsdb: list[str] = field(default_factory=list)
 
 
-def run(service: Service, opts: ServeOptions) -> None:
-    cfg.CONF(
-        args=[f"--ofp-listen-host={opts.ofp_host}", f"--ofp-tcp-listen-port={opts.ofp_port}"],
-        project="os_ken",
-    )
+def start_openflow(service: Service, host: str, port: int) -> VfenceApp:
+    """Start os-ken's OpenFlow server and the vfence app (returns at once)."""
+    cfg.CONF(args=[f"--ofp-listen-host={host}", f"--ofp-tcp-listen-port={port}"],
+             project="os_ken")
     manager = AppManager.get_instance()
     manager.load_apps(["apps.vfence_app", "os_ken.controller.ofp_handler"])
     contexts = manager.create_contexts()
     manager.instantiate_apps(vfence_service=service, **contexts)
-    app = next(a for a in manager.applications.values() if hasattr(a, "program"))
+    return next(a for a in manager.applications.values() if isinstance(a, VfenceApp))
+
+
+def run(service: Service, opts: ServeOptions) -> None:
+    """Serve until SIGTERM/SIGINT."""
+    app = start_openflow(service, opts.ofp_host, opts.ofp_port)
+    manager = AppManager.get_instance()
 
     monitors = [Monitor(remote, lambda snap: app.submit(service.ovsdb_snapshot, snap))
                 for remote in opts.ovsdb]
@@ -53,7 +59,6 @@ def run(service: Service, opts: ServeOptions) -> None:
     server = uvicorn.Server(uvicorn.Config(
         create_app(service), host=opts.api_host, port=opts.api_port, log_level="warning",
     ))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     api = threading.Thread(target=server.run, name="api", daemon=True)
     api.start()
 

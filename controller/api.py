@@ -130,7 +130,9 @@ def _vm_out(row: db.VM) -> VMOut:
 
 def create_app(service: Service) -> FastAPI:
     app = FastAPI(title="vfence", version="0.1.0", description=__doc__)
-    errors = {404: {"model": Problem}, 409: {"model": Problem}, 422: {"model": Problem}}
+    errors: dict[int | str, dict[str, Any]] = {
+        code: {"model": Problem} for code in (404, 409, 422)
+    }
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_req: Request, exc: RequestValidationError) -> JSONResponse:

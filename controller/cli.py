@@ -101,8 +101,10 @@ def _vm_table(rows: list[dict[str, Any]]) -> Table:
     t = Table("name", "mac", "ips", "segment", "groups", "host", "port")
     for v in rows:
         loc = v.get("location") or {}
+        host = (loc.get("host") or {}).get("name", "-")
+        port = (loc.get("port") or {}).get("name", "-")
         t.add_row(v["name"], v["mac"], ",".join(v["ips"]), v["segment"], ",".join(v["groups"]),
-                  (loc.get("host") or {}).get("name", "-"), (loc.get("port") or {}).get("name", "-"))
+                  host, port)
     return t
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -39,7 +40,7 @@ def to_model(row: db.VM) -> model.VM:
     )
 
 
-def _get_or_create(session: Session, cls: type, name: str):
+def _get_or_create(session: Session, cls: Any, name: str) -> Any:
     row = session.scalar(select(cls).where(cls.name == name))
     if row is None:
         row = cls(name=name)
