@@ -86,7 +86,7 @@ class VfenceApp(app_manager.OSKenApp):
             except Exception:
                 LOG.exception("job failed")
 
-    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+    def submit(self, fn: Callable[..., object], *args: Any) -> None:
         self.work.put(lambda: fn(*args))
 
     def close(self) -> None:
@@ -173,14 +173,15 @@ class VfenceApp(app_manager.OSKenApp):
     @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
     def _state_change(self, ev: Any) -> None:
         dp = ev.datapath
-        if dp.id is None:
+        dpid = dp.id
+        if dpid is None:
             return
         if ev.state == MAIN_DISPATCHER:
-            self.datapaths[dp.id] = dp
+            self.datapaths[dpid] = dp
             self.submit(self._on_connect, dp)
-        elif ev.state == DEAD_DISPATCHER and self.datapaths.get(dp.id) is dp:
-            del self.datapaths[dp.id]
-            self.submit(self.service.switch_disconnected, dp.id)
+        elif ev.state == DEAD_DISPATCHER and self.datapaths.get(dpid) is dp:
+            del self.datapaths[dpid]
+            self.submit(self.service.switch_disconnected, dpid)
 
     @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
     def _features(self, ev: Any) -> None:
