@@ -69,7 +69,7 @@ class VfenceApp(app_manager.OSKenApp):
         self.pending: dict[int, _Pending] = {}
         self.pending_lock = threading.Lock()
         self.bundle_ids = itertools.count(1)
-        self.work: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self.work: queue.Queue[Callable[[], object] | None] = queue.Queue()
         self.stats = {"packet_in": 0, "bundles": 0, "flow_mods": 0}
         self.threads.append(hub.spawn(self._worker))
         self.threads.append(hub.spawn(self._lldp_loop))
