@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
@@ -159,3 +161,15 @@ def test_health_and_hosts(env):
     assert h["status"] == "ok" and h["switches_connected"] == 1 and h["switches_ready"] == 1
     (host,) = client.get("/v1/hosts").json()
     assert host["name"] == "hv1" and host["label"] == 1 and host["connected"]
+
+
+def test_checked_in_openapi_spec_is_what_is_served(env):
+    from pathlib import Path
+
+    from controller.openapi import render
+
+    served = env[0].get("/openapi.json").json()
+    checked_in = Path(__file__).parents[2] / "schemas" / "openapi.json"
+    assert json.loads(checked_in.read_text()) == served, \
+        "regenerate: python -m controller.openapi > schemas/openapi.json"
+    assert render() == checked_in.read_text()

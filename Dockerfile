@@ -1,0 +1,11 @@
+FROM python:3.11-slim
+WORKDIR /opt/vfence
+COPY pyproject.toml README.md ./
+COPY controller controller
+COPY apps apps
+COPY migrations migrations
+COPY mininet_topos mininet_topos
+RUN pip install --no-cache-dir .
+EXPOSE 6653 8080
+ENTRYPOINT ["vfence"]
+CMD ["serve", "--api-host", "0.0.0.0"]
