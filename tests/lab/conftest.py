@@ -51,14 +51,29 @@ class Capture:
             time.sleep(0.1)
         raise RuntimeError(f"tcpdump did not start: {self.err.read_text()}")
 
-    def stop(self):
+    def frames(self) -> list:
+        """What has been captured so far (tcpdump -U writes packet by packet)."""
         from scapy.all import rdpcap
+        from scapy.error import Scapy_Exception
 
-        time.sleep(0.5)
+        try:
+            return list(rdpcap(str(self.path)))
+        except (Scapy_Exception, EOFError, OSError):
+            return []
+
+    def wait(self, pred, timeout: float = 3.0) -> None:
+        """Wait until ``pred(frames)`` holds (or the timeout: the caller asserts)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not pred(self.frames()):
+            time.sleep(0.1)
+
+    def stop(self, settle: float = 0.5) -> list:
+        time.sleep(settle)
         self.host.cmd(f"kill $(cat {self.path}.pid); sleep 0.3")
-        return list(rdpcap(str(self.path)))
+        return self.frames()
 
 
-def send_frames(host, iface: str, src: str, dst: str, count: int = 5, etype: int = 0x88B5) -> None:
-    out = host.cmd(f"{sys.executable} {FRAMES} {iface} {src} {dst} {count} {etype}")
-    assert "Error" not in out and "Traceback" not in out, out
+def send_frames(host, iface: str, src: str, dst: str, count: int = 5, etype: int = 0x88B5) -> str:
+    out = host.cmd(f"{sys.executable} {FRAMES} {iface} {src} {dst} {count} {etype}; echo rc=$?")
+    assert "rc=0" in out and "Traceback" not in out, out
+    return out

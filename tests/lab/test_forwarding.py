@@ -90,6 +90,7 @@ def test_promiscuous_vm_sees_no_one_elses_unicast(lab, tmp_path):
     send_frames(a1, "a1-eth0", MAC["a1"], MAC["a2"], 5)          # a1 -> a2 unicast
     send_frames(a1, "a1-eth0", MAC["a1"], UNKNOWN_MAC, 5)        # unknown unicast
     send_frames(a1, "a1-eth0", MAC["a1"], "ff:ff:ff:ff:ff:ff", 3)  # control: broadcast
+    cap.wait(lambda fs: sum(1 for f in fs if f.dst == "ff:ff:ff:ff:ff:ff") >= 3)
     frames = cap.stop()
     dsts = [f.dst for f in frames if f.src == MAC["a1"]]
     assert dsts.count("ff:ff:ff:ff:ff:ff") == 3, dsts  # the capture works...
@@ -101,6 +102,8 @@ def test_broadcast_stays_in_segment(lab, tmp_path):
     caps = {n: Capture(lab.host(n), f"{n}-eth0", tmp_path / f"{n}.pcap")
             for n in ("a2", "b3", "r1", "r2")}
     send_frames(lab.host("a1"), "a1-eth0", MAC["a1"], "ff:ff:ff:ff:ff:ff", 3)
+    for n in ("a2", "b3"):
+        caps[n].wait(lambda fs: sum(1 for f in fs if f.src == MAC["a1"]) >= 3)
     got = {n: sum(1 for f in c.stop() if f.src == MAC["a1"]) for n, c in caps.items()}
     assert got["a2"] == 3 and got["b3"] == 3  # same segment, local and remote
     assert got["r1"] == 0 and got["r2"] == 0  # other segment, local and remote
@@ -121,6 +124,7 @@ def test_spoofed_source_mac_goes_nowhere(lab, tmp_path):
     cap = Capture(lab.host("a2"), "a2-eth0", tmp_path / "a2s.pcap")
     send_frames(lab.host("a1"), "a1-eth0", MAC["b1"], MAC["a2"], 5)  # a1 pretends to be b1
     send_frames(lab.host("a1"), "a1-eth0", MAC["a1"], MAC["a2"], 2)  # control
+    cap.wait(lambda fs: sum(1 for f in fs if f.src == MAC["a1"]) >= 2)
     frames = cap.stop()
     assert sum(1 for f in frames if f.src == MAC["a1"]) == 2
     assert not [f for f in frames if f.src == MAC["b1"]]
