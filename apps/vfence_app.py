@@ -25,11 +25,12 @@ from os_ken.controller.handler import (
     set_ev_cls,
 )
 from os_ken.lib import hub
-from os_ken.lib.packet import ethernet, packet
+from os_ken.lib.packet import ethernet, icmp, ipv4, packet, tcp, udp
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from controller.compiler import ETH_TYPE_LLDP, METER_LLDP, METER_PUNT
+from controller.compiler import ETH_TYPE_LLDP, METER_LLDP, METER_LOG, METER_PUNT
+from controller.flows import Owner, cookie_owner
 from controller.model import Link, PortRef
 from controller.reconcile import FlowDiff
 from controller.service import Service
@@ -41,7 +42,20 @@ LOG = logging.getLogger("vfence.app")
 SETTLE_SECONDS = 1.5  # after connect: time for LLDP to find links before a full reconcile
 LLDP_INTERVAL = 5.0
 REPLY_TIMEOUT = 10.0
-METERS = {METER_PUNT: 100, METER_LLDP: 200}  # packets/s to the controller per switch
+# packets/s to the controller per switch: unbound ports, LLDP, deny-and-log samples
+METERS = {METER_PUNT: 100, METER_LLDP: 200, METER_LOG: 20}
+
+
+def _l4(pkt: Any) -> tuple[str, int | None]:
+    """(protocol, destination port) of a sampled packet, for the audit trail."""
+    for proto_cls, name in ((tcp.tcp, "tcp"), (udp.udp, "udp")):
+        seg = pkt.get_protocol(proto_cls)
+        if seg is not None:
+            return name, seg.dst_port
+    if pkt.get_protocol(icmp.icmp) is not None:
+        return "icmp", None
+    ip4 = pkt.get_protocol(ipv4.ipv4)
+    return (f"ip/{ip4.proto}", None) if ip4 is not None else ("l2", None)
 
 
 class SwitchError(RuntimeError):
@@ -262,7 +276,8 @@ class VfenceApp(app_manager.OSKenApp):
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _error(self, ev: Any) -> None:
         msg = ev.msg
-        LOG.error("switch %016x error type=%d code=%d", msg.datapath.id, msg.type, msg.code)
+        LOG.error("switch %016x error type=%s code=%s", msg.datapath.id or 0, msg.type,
+                  msg.code)
         with self.pending_lock:
             p = self.pending.get(msg.xid)
         if p is not None:
@@ -273,11 +288,19 @@ class VfenceApp(app_manager.OSKenApp):
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     def _packet_in(self, ev: Any) -> None:
         self.stats["packet_in"] += 1
+        self.service.counters["packet_in"] += 1
         msg = ev.msg
         dp = msg.datapath
         in_port = msg.match.get("in_port")
-        eth = packet.Packet(msg.data).get_protocol(ethernet.ethernet)
+        pkt = packet.Packet(msg.data)
+        eth = pkt.get_protocol(ethernet.ethernet)
         if eth is None or in_port is None:
+            return
+        owner = cookie_owner(msg.cookie)
+        if owner is not None and owner[0] == Owner.RULE:  # deny-and-log sample
+            proto, port = _l4(pkt)
+            self.submit(self.service.denied_sample, owner[1], dp.id, eth.src, eth.dst, proto,
+                        port)
             return
         if eth.ethertype == ETH_TYPE_LLDP:
             src = lldp.parse(msg.data)

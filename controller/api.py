@@ -11,7 +11,7 @@ from datetime import datetime
 from ipaddress import ip_address
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Body, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -98,6 +98,28 @@ class VMOut(BaseModel):
     location: LocationOut | None = None
 
 
+class EventOut(BaseModel):
+    id: int
+    ts: datetime
+    type: str
+    vm: str | None
+    host: str | None
+    detail: dict[str, Any]
+
+
+class HostChange(BaseModel):
+    flows: int = Field(description="flows the host holds after the change")
+    add: int = Field(description="flows added or replaced")
+    delete: int
+
+
+class PolicyReport(BaseModel):
+    dry_run: bool
+    vms: dict[str, list[str]] = Field(description="VM names added, removed, changed")
+    rules: list[str]
+    hosts: dict[str, HostChange]
+
+
 class Problem(BaseModel):
     type: str = "about:blank"
     title: str
@@ -145,7 +167,8 @@ def create_app(service: Service) -> FastAPI:
 
     @app.exception_handler(VfenceError)
     async def _core(_req: Request, exc: VfenceError) -> JSONResponse:
-        found = [{"field": exc.field, "reason": exc.reason}] if exc.field else []
+        found = getattr(exc, "errors", None) or (
+            [{"field": exc.field, "reason": exc.reason}] if exc.field else [])
         return problem(exc.status, exc.title, str(exc), found)
 
     @app.get("/v1/health")
@@ -159,6 +182,7 @@ def create_app(service: Service) -> FastAPI:
             "links": len(topology.graph(service.state.links).edges),
             "vms": vms,
             "flow_mods_sent": sum(service.flow_mods.values()),
+            "packet_in": service.counters["packet_in"],
         }
 
     @app.get("/v1/hosts")
@@ -205,5 +229,36 @@ def create_app(service: Service) -> FastAPI:
         if loc is None:
             raise NotFound(f"VM {name!r} is not attached to any switch port", "name")
         return loc
+
+    @app.get("/v1/events")
+    def list_events(
+        type: Annotated[str | None, Query(description="e.g. vm-moved, denied")] = None,
+        vm: str | None = None,
+        host: str | None = None,
+        since: datetime | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> list[EventOut]:
+        """Audit events, oldest first: bindings, moves, denied samples, policy changes,
+        switch connects."""
+        with service.sessions() as s:
+            rows = registry.events(s, type_=type, vm=vm, host=host, since=since, limit=limit,
+                                   offset=offset)
+            return [EventOut(id=e.id, ts=e.ts, type=e.type, vm=e.vm, host=e.host,
+                             detail=e.detail) for e in rows]
+
+    @app.get("/v1/policy")
+    def get_policy() -> dict[str, Any]:
+        """The policy document in force ({} when none was ever applied)."""
+        return service.policy_document()
+
+    @app.put("/v1/policy", responses=errors)
+    def put_policy(
+        document: Annotated[dict[str, Any], Body(description="a policy document")],
+        dry_run: Annotated[bool, Query(description="report what would change")] = False,
+    ) -> PolicyReport:
+        """Validate and apply a whole policy document (schemas/policy.schema.json):
+        registry, rules and every switch change together or not at all."""
+        return PolicyReport(**service.apply_policy(document, dry_run=dry_run))
 
     return app

@@ -14,14 +14,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .errors import VfenceError
 from .store import db
 
 app = typer.Typer(help="vfence: secure per-port switching for virtual networks",
                   no_args_is_help=True)
 db_app = typer.Typer(help="database schema", no_args_is_help=True)
+policy_app = typer.Typer(help="isolation policy documents", no_args_is_help=True)
 vm_app = typer.Typer(help="virtual machines", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(vm_app, name="vm")
+app.add_typer(policy_app, name="policy")
 console = Console()
 err = Console(stderr=True)
 
@@ -54,6 +57,9 @@ def serve(
     learn_first_frame: Annotated[
         bool, typer.Option(help="bind a registered VM on the first frame from an unbound port")
     ] = False,
+    policy: Annotated[
+        str | None, typer.Option(help="policy document (YAML/JSON) to apply at start")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
 ) -> None:
     """Run the controller: OpenFlow 1.3, REST API and OVSDB monitors."""
@@ -62,10 +68,18 @@ def serve(
 
     from .service import Service
 
+    doc = _load_policy_or_exit(policy) if policy else None
     url = db.resolve_url(database)
     engine = db.make_engine(url)
     db.upgrade(engine)
     service = Service(db.sessions(engine), learn_first_frame=learn_first_frame)
+    if doc is not None:
+        try:
+            service.apply_policy(doc)
+        except VfenceError as e:
+            _print_errors(getattr(e, "errors", None) or [{"field": e.field or "", "reason":
+                                                           e.reason}])
+            raise typer.Exit(2) from None
     run(service, ServeOptions(ofp_host, ofp_port, api_host, api_port, list(ovsdb or [])))
 
 
@@ -75,6 +89,75 @@ def db_upgrade(database: DbOpt = None) -> None:
     url = db.resolve_url(database)
     db.upgrade(db.make_engine(url))
     console.print(f"schema at head: {url}")
+
+
+# --- policy -------------------------------------------------------------------------------
+
+
+def _print_errors(errors: list[dict[str, str]]) -> None:
+    for e in errors:
+        err.print(f"[red]{e['field']}[/red]: {e['reason']}")
+
+
+def _load_policy_or_exit(path: str) -> dict[str, Any]:
+    from . import policy as policy_mod
+
+    try:
+        doc = policy_mod.load_file(path)
+        policy_mod.parse(doc)
+    except policy_mod.PolicyError as e:
+        err.print(f"[red]{path}: {len(e.errors)} problem(s)[/red]")
+        _print_errors(e.errors)
+        raise typer.Exit(1) from None
+    return doc
+
+
+@policy_app.command("check")
+def policy_check(file: str, as_json: JsonOpt = False) -> None:
+    """Validate a policy document offline (no controller needed)."""
+    from . import policy as policy_mod
+
+    doc = _load_policy_or_exit(file)
+    p = policy_mod.parse(doc)
+    summary = {"valid": True, "segments": len(p.segments), "groups": len(p.groups),
+               "vms": len(p.vms), "rules": len(p.rules), "isolation": len(p.isolation)}
+    if as_json:
+        console.print_json(json.dumps(summary))
+    else:
+        console.print(f"[green]{file} is valid[/green]: {summary['vms']} VMs, "
+                      f"{summary['groups']} groups, {summary['rules']} rules, "
+                      f"{summary['isolation']} isolation pairs")
+
+
+@policy_app.command("apply")
+def policy_apply(
+    file: str,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="only report what would change")]
+    = False,
+    api: ApiOpt = "http://127.0.0.1:8080",
+    as_json: JsonOpt = False,
+) -> None:
+    """Apply a policy document through the controller (all switches, atomically)."""
+    doc = _load_policy_or_exit(file)
+    with console.status("applying policy and programming switches"):
+        report = _call(api, "PUT", "/v1/policy", json=doc,
+                       params={"dry_run": "true" if dry_run else "false"})
+    if as_json:
+        console.print_json(json.dumps(report))
+        return
+    t = Table("host", "flows", "add", "delete", title="dry run" if dry_run else "applied")
+    for host, h in report["hosts"].items():
+        t.add_row(host, str(h["flows"]), str(h["add"]), str(h["delete"]))
+    console.print(t)
+    v = report["vms"]
+    console.print(f"VMs added {len(v['added'])}, removed {len(v['removed'])}, changed "
+                  f"{len(v['changed'])}; {len(report['rules'])} rules")
+
+
+@policy_app.command("show")
+def policy_show(api: ApiOpt = "http://127.0.0.1:8080") -> None:
+    """Print the policy document in force (JSON)."""
+    console.print_json(json.dumps(_call(api, "GET", "/v1/policy")))
 
 
 # --- REST client commands -----------------------------------------------------------------
@@ -89,10 +172,10 @@ def _call(api: str, method: str, path: str, **kw: Any) -> Any:
     if r.status_code >= 400:
         try:
             body = r.json()
-            msg = body.get("detail") or r.text
         except ValueError:
-            msg = r.text
-        err.print(f"[red]error {r.status_code}: {msg}[/red]")
+            body = {}
+        err.print(f"[red]error {r.status_code}: {body.get('title') or r.text}[/red]")
+        _print_errors(body.get("errors") or [{"field": "", "reason": body.get("detail", "")}])
         raise typer.Exit(1)
     return r.json() if r.content else None
 

@@ -1,47 +1,93 @@
 """The compiler: a pure function from network state to the desired flows of each switch.
 
 No I/O, no clock, deterministic. Flows per switch grow with
-(fabric ports + switches + local VMs + remote VMs of the segments present locally),
-never with VM pairs.
+(fabric ports + switches + local VMs + remote VMs of the segments present locally + rules),
+never with VM pairs or group pairs: rules match group bits carried in registers.
 """
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import lru_cache
+from typing import TypeVar, cast
 
 from . import topology
 from .flows import (
+    CT_COMMIT,
+    CT_EST,
+    CT_INV,
+    CT_NEW,
+    CT_NO_RECIRC,
+    CT_REL,
+    CT_TRK,
     DROP,
+    DST_GROUP_REGS,
+    DST_VM_REG,
     META_FROM_FABRIC,
     META_SEGMENT_MASK,
+    META_VM_SHIFT,
     OFPP_CONTROLLER,
     OFPP_IN_PORT,
     OFPVID_NONE,
     OFPVID_PRESENT,
+    SRC_GROUP_REGS,
+    ZONE_REG,
     Flow,
+    Instruction,
     Owner,
     Table,
     apply,
     cookie,
     goto,
+    group_bit_match,
+    group_regs,
     match,
     meta_value,
     meter,
     write_meta,
 )
-from .model import VM, Binding, NetworkState
+from .model import VM, Binding, Endpoint, NetworkState, Rule
+from .policy import port_masks
 
 METER_PUNT = 1  # frames from unbound ports (binding detection)
 METER_LLDP = 2  # link discovery
+METER_LOG = 3  # deny-and-log samples
+ETH_TYPE_IP = 0x0800
 ETH_TYPE_ARP = 0x0806
+ETH_TYPE_IPV6 = 0x86DD
 ETH_TYPE_LLDP = 0x88CC
 ETH_TYPE_VLAN = 0x8100
 MULTICAST = ("01:00:00:00:00:00", "01:00:00:00:00:00")
 LINK_LOCAL = ("01:80:c2:00:00:00", "ff:ff:ff:ff:ff:f0")
 SEG_LOCAL = META_SEGMENT_MASK | META_FROM_FABRIC
+IPV6_LINK_LOCAL = ("fe80::", "ffc0::")
+ND_TYPES = (133, 134, 135, 136)  # router/neighbour solicitation and advertisement
+ZONE = (ZONE_REG, 15)  # ct zone from reg5[0..15]: (field, ofs << 6 | nbits - 1)
+RULE_PRIORITY_TOP = 60000
 
 Flows = dict[int, frozenset[Flow]]
+_F = TypeVar("_F", bound=Callable[..., Iterable[Flow]])
+
+
+_MEMOS: list = []
+
+
+def clear_caches() -> None:
+    """Forget memoised flows (benchmarks measure cold compiles with this)."""
+    for c in _MEMOS:
+        c.cache_clear()
+
+
+def _memo(fn: _F) -> _F:
+    """Cache a per-VM flow builder (as a tuple). The same VM compiles to the same flows
+    on every host, and mostly to the same flows as in the previous compile, so this makes
+    both a full compile and the recompiles after a change cheap. Pure, so safe."""
+    cached = lru_cache(maxsize=1 << 17)(lambda *args: tuple(fn(*args)))
+    _MEMOS.append(cached)
+    return cast(_F, functools.wraps(fn)(cached))
 
 
 def compile_network(state: NetworkState) -> Flows:
@@ -49,10 +95,11 @@ def compile_network(state: NetworkState) -> Flows:
     hops = topology.next_hops(state.links, set(state.switches))
     fabric = topology.fabric_ports(state.links)
     placed = _placed_vms(state)
+    shared = frozenset(policy_flows(state))
     return {
         dpid: frozenset(
             _compile_switch(dpid, state, hops.get(dpid, {}), fabric.get(dpid, set()), placed)
-        )
+        ) | shared
         for dpid in state.switches
     }
 
@@ -81,19 +128,31 @@ def _compile_switch(
     segments = {vm.segment_id for vm, _ in local}
     remote = [(vm, b) for vm, b in placed if b.port.dpid != dpid and vm.segment_id in segments]
     for vm, b in local:
-        yield from local_vm_flows(vm, b.port.port_no)
+        yield from local_vm_flows(vm, b.port.port_no, _bits(state, vm))
     for vm, b in remote:
         label = state.switches[b.port.dpid].label
         yield from remote_vm_flows(vm, label, hops.get(b.port.dpid))
     for vm, _ in local + remote:
         yield from arp_responder_flows(vm)
+        yield from dst_lookup_flows(vm, _bits(state, vm))
     for seg in sorted(segments):
         ports = sorted(b.port.port_no for vm, b in local if vm.segment_id == seg)
         far = sorted(
             {b.port.dpid for vm, b in remote if vm.segment_id == seg and b.port.dpid in hops}
         )
         targets = [(state.switches[d].label, hops[d]) for d in far]
-        yield from segment_flood_flows(seg, ports, targets)
+        yield from segment_flood_flows(seg, tuple(ports), tuple(targets))
+
+
+def _bits(state: NetworkState, vm: VM) -> int:
+    out = 0
+    for g in vm.groups:
+        if g in state.group_bits:
+            out |= 1 << state.group_bits[g]
+    return out
+
+
+# --- skeleton and fabric --------------------------------------------------------------------
 
 
 def base_flows() -> Iterable[Flow]:
@@ -105,8 +164,14 @@ def base_flows() -> Iterable[Flow]:
     yield Flow(Table.CLASSIFY, 180, lldp, (meter(METER_LLDP), to_ctl), base)
     yield Flow(Table.FABRIC, 0, (), DROP, base)
     yield Flow(Table.REMOTE_CLASSIFY, 0, (), DROP, base)
-    yield Flow(Table.ARP, 0, (), (goto(Table.FORWARD),), base)
+    yield Flow(Table.ARP, 0, (), (goto(Table.DST_LOOKUP),), base)
     yield Flow(Table.ARP, 50, match(eth_type=ETH_TYPE_ARP, arp_op=1), DROP, base)
+    yield Flow(Table.DST_LOOKUP, 0, (), (goto(Table.CONNTRACK),), base)
+    for eth_type in (ETH_TYPE_IP, ETH_TYPE_IPV6):
+        yield Flow(Table.CONNTRACK, 100, match(eth_type=eth_type),
+                   (apply(("ct", 0, *ZONE, int(Table.POLICY))),), base)
+    yield Flow(Table.CONNTRACK, 0, (), (goto(Table.POLICY),), base)
+    yield Flow(Table.POLICY, 0, (), DROP, base)
     yield Flow(Table.FORWARD, 0, (), DROP, base)
     yield Flow(Table.FORWARD, 300, match(eth_dst=LINK_LOCAL), DROP, base)
 
@@ -133,17 +198,37 @@ def fabric_flows(
         )
 
 
-def local_vm_flows(vm: VM, port: int) -> Iterable[Flow]:
-    """A VM on this switch: only its own MAC, untagged, may leave its port; deliver to it."""
+# --- VMs --------------------------------------------------------------------------------------
+
+
+@_memo
+def local_vm_flows(vm: VM, port: int, group_bits: int = 0) -> Iterable[Flow]:
+    """Port security for a VM on this switch: only its own MAC, untagged, its own IPs
+    (IP source, ARP sender); no DHCP server replies. Then delivery to it."""
     ck = cookie(Owner.VM, vm.id)
-    yield Flow(
-        Table.CLASSIFY, 200, match(in_port=port, eth_src=vm.mac, vlan_vid=OFPVID_NONE),
-        (write_meta(meta_value(vm.segment_id, vm.id)), goto(Table.ARP)), ck,
-    )
+    sets = [("set", reg, v) for reg, v in group_regs(group_bits, SRC_GROUP_REGS)]
+    sets.append(("set", ZONE_REG, vm.segment_id))
+    classify = (apply(*sets), write_meta(meta_value(vm.segment_id, vm.id)), goto(Table.ARP))
+    me = {"in_port": port, "eth_src": vm.mac, "vlan_vid": OFPVID_NONE}
+    yield Flow(Table.CLASSIFY, 220, match(in_port=port, eth_type=ETH_TYPE_IP, ip_proto=17,
+                                          udp_src=67), DROP, ck)  # rogue DHCP server
+    yield Flow(Table.CLASSIFY, 220, match(in_port=port, eth_type=ETH_TYPE_IPV6, ip_proto=17,
+                                          udp_src=547), DROP, ck)  # rogue DHCPv6 server
+    v4 = [ip for ip in vm.ips if ":" not in ip]
+    v6 = [ip for ip in vm.ips if ":" in ip]
+    for ip in v4:
+        yield Flow(Table.CLASSIFY, 210, match(**me, eth_type=ETH_TYPE_IP, ipv4_src=ip),
+                   classify, ck)
+        yield Flow(Table.CLASSIFY, 210, match(**me, eth_type=ETH_TYPE_ARP, arp_spa=ip,
+                                              arp_sha=vm.mac), classify, ck)
+    for src6 in [*v6, IPV6_LINK_LOCAL, "::"]:
+        yield Flow(Table.CLASSIFY, 210, match(**me, eth_type=ETH_TYPE_IPV6, ipv6_src=src6),
+                   classify, ck)
+    for eth_type in (ETH_TYPE_IP, ETH_TYPE_ARP, ETH_TYPE_IPV6):
+        yield Flow(Table.CLASSIFY, 205, match(in_port=port, eth_type=eth_type), DROP, ck)
+    yield Flow(Table.CLASSIFY, 200, match(**me), classify, ck)
     yield Flow(Table.CLASSIFY, 190, match(in_port=port), DROP, ck)
-    for ip in vm.ips:
-        if ":" in ip:
-            continue
+    for ip in v4:
         # a VM asking for its own address (gratuitous ARP, probes) gets no answer
         yield Flow(
             Table.ARP, 110, match(eth_type=ETH_TYPE_ARP, arp_op=1, in_port=port, arp_tpa=ip),
@@ -156,12 +241,15 @@ def local_vm_flows(vm: VM, port: int) -> Iterable[Flow]:
     )
 
 
+@_memo
 def remote_vm_flows(vm: VM, label: int, hop: int | None) -> Iterable[Flow]:
     """A VM on another switch of a segment present here: recognise it, send toward it."""
     ck = cookie(Owner.VM, vm.id)
     yield Flow(
         Table.REMOTE_CLASSIFY, 100, match(eth_src=vm.mac),
-        (write_meta(meta_value(vm.segment_id, vm.id, from_fabric=True)), goto(Table.FORWARD)),
+        (apply(("set", ZONE_REG, vm.segment_id)),
+         write_meta(meta_value(vm.segment_id, vm.id, from_fabric=True)),
+         goto(Table.DST_LOOKUP)),
         ck,
     )
     if hop is None:
@@ -172,6 +260,19 @@ def remote_vm_flows(vm: VM, label: int, hop: int | None) -> Iterable[Flow]:
     )
 
 
+@_memo
+def dst_lookup_flows(vm: VM, group_bits: int) -> Iterable[Flow]:
+    """Tag frames to the VM with its id and groups, for the policy table."""
+    sets = [("set", reg, v) for reg, v in group_regs(group_bits, DST_GROUP_REGS)]
+    sets.append(("set", DST_VM_REG, vm.id))
+    yield Flow(
+        Table.DST_LOOKUP, 100, match(metadata=(vm.segment_id, META_SEGMENT_MASK),
+                                     eth_dst=vm.mac),
+        (apply(*sets), goto(Table.CONNTRACK)), cookie(Owner.VM, vm.id),
+    )
+
+
+@_memo
 def arp_responder_flows(vm: VM) -> Iterable[Flow]:
     """Answer 'who has IP' for the VM in the datapath: works with the controller down."""
     ck = cookie(Owner.VM, vm.id)
@@ -198,8 +299,9 @@ def arp_responder_flows(vm: VM) -> Iterable[Flow]:
         )
 
 
+@_memo
 def segment_flood_flows(
-    segment_id: int, ports: list[int], remote: list[tuple[int, int]]
+    segment_id: int, ports: tuple[int, ...], remote: tuple[tuple[int, int], ...]
 ) -> Iterable[Flow]:
     """Broadcast/multicast stays in the segment: its local ports, plus one labelled copy
     per other host that has a VM of the segment. Frames from the fabric stay local."""
@@ -223,6 +325,161 @@ def _label_and_send(label: int, hop: int, push: bool) -> list[tuple]:
     acts: list[tuple] = [("push_vlan", ETH_TYPE_VLAN)] if push else []
     acts += [("set", "vlan_vid", OFPVID_PRESENT | label), ("output", hop)]
     return acts
+
+
+# --- policy -----------------------------------------------------------------------------------
+
+COMMIT = ("ct", CT_COMMIT, *ZONE, CT_NO_RECIRC)
+FROM_LOCAL = (0, META_FROM_FABRIC)  # metadata match: frame entered at a VM port here
+
+
+def policy_flows(state: NetworkState) -> Iterable[Flow]:
+    """The POLICY table: identical on every switch, O(rules + groups + isolation pairs)."""
+    pol, bits = state.policy, state.group_bits
+    plumbing = cookie(Owner.POLICY)
+    for k, (a, b) in enumerate(pol.isolation):
+        if a in bits and b in bits:
+            for x, y in ((a, b), (b, a)):
+                yield Flow(Table.POLICY, 65500, match(
+                    metadata=FROM_LOCAL, **dict([group_bit_match(bits[x], SRC_GROUP_REGS),
+                                                 group_bit_match(bits[y], DST_GROUP_REGS)])),
+                    DROP, cookie(Owner.ISOLATION, k))
+    done = (goto(Table.FORWARD),)
+    yield Flow(Table.POLICY, 65000, match(ct_state=(CT_TRK | CT_EST, CT_TRK | CT_EST)), done,
+               plumbing)
+    yield Flow(Table.POLICY, 65000, match(ct_state=(CT_TRK | CT_REL, CT_TRK | CT_REL)), done,
+               plumbing)
+    yield Flow(Table.POLICY, 64900, match(ct_state=(CT_TRK | CT_INV, CT_TRK | CT_INV)), DROP,
+               plumbing)
+    # the source host checked it: track it here too so replies pass, then deliver
+    fabric = (META_FROM_FABRIC, META_FROM_FABRIC)
+    for eth_type in (ETH_TYPE_IP, ETH_TYPE_IPV6):
+        yield Flow(Table.POLICY, 64500, match(metadata=fabric, eth_type=eth_type,
+                                              ct_state=(CT_TRK | CT_NEW, CT_TRK | CT_NEW)),
+                   (apply(COMMIT), goto(Table.FORWARD)), plumbing)
+    yield Flow(Table.POLICY, 64400, match(metadata=fabric), done, plumbing)
+    for t in ND_TYPES:  # IPv6 neighbour discovery must work between anyone in a segment
+        yield Flow(Table.POLICY, 64000, match(metadata=FROM_LOCAL, eth_dst=MULTICAST,
+                                              eth_type=ETH_TYPE_IPV6, ip_proto=58,
+                                              icmpv6_type=t), done, plumbing)
+    if pol.restrictive:  # broadcast cannot be checked per receiver: not when groups matter
+        yield Flow(Table.POLICY, 63900, match(metadata=FROM_LOCAL, eth_dst=MULTICAST), DROP,
+                   plumbing)
+    for rule in pol.rules:
+        yield from rule_flows(rule, state)
+    if pol.intra_group == "allow":
+        for g in pol.groups:
+            if g in bits:
+                m = dict([group_bit_match(bits[g], SRC_GROUP_REGS),
+                          group_bit_match(bits[g], DST_GROUP_REGS)])
+                yield from _verdict(1000, m, "allow", None, cookie(Owner.POLICY, bits[g] + 1))
+    yield from _verdict(10, {}, pol.inter_group, None, plumbing)
+
+
+def rule_flows(rule: Rule, state: NetworkState) -> Iterable[Flow]:
+    """One rule: a flow per address family and port mask, at the rule's priority band."""
+    src = _endpoint_match(rule.src, state, SRC_GROUP_REGS, "src")
+    dst = _endpoint_match(rule.dst, state, DST_GROUP_REGS, "dst")
+    if src is None or dst is None:
+        return  # names a VM that is not registered: matches nothing
+    m = _merge_metadata(src, dst)
+    prio = RULE_PRIORITY_TOP - 4 * rule.index
+    yield from _verdict(prio, m, rule.action, rule, cookie(Owner.RULE, rule.index))
+
+
+def _verdict(prio: int, m: dict, action: str, rule: Rule | None, ck: int) -> Iterable[Flow]:
+    """Flows for one decision. ``allow`` commits IP to conntrack (IPv4 and IPv6 variants)
+    and lets non-IP through one priority lower, so first-match order is kept."""
+    m = _merge_metadata(m, {"metadata": FROM_LOCAL})
+    variants = _l34_variants(rule, m)
+    if action == "allow":
+        for v in variants:
+            ip = v.get("eth_type") in (ETH_TYPE_IP, ETH_TYPE_IPV6)
+            ins: tuple[Instruction, ...] = ((apply(COMMIT), goto(Table.FORWARD)) if ip
+                                            else (goto(Table.FORWARD),))
+            yield Flow(Table.POLICY, prio if "eth_type" in v else prio - 1, match(**v), ins, ck)
+    else:
+        ins = (meter(METER_LOG), apply(("output", OFPP_CONTROLLER))) \
+            if action == "deny-and-log" else DROP
+        for v in variants:
+            yield Flow(Table.POLICY, prio, match(**v), ins, ck)
+
+
+def _l34_variants(rule: Rule | None, m: dict) -> list[dict]:
+    """Expand protocol/ports/family into concrete matches."""
+    if rule is None or (rule.protocol == "any" and rule.ethertype is None):
+        fams = _families(m)
+        if not fams:  # no L3 constraint: IPv4, IPv6 (committed) and everything else
+            return [{**m, "eth_type": ETH_TYPE_IP}, {**m, "eth_type": ETH_TYPE_IPV6}, dict(m)]
+        return [{**m, "eth_type": f} for f in fams]
+    if rule.ethertype is not None:
+        return [{**m, "eth_type": rule.ethertype}]
+    proto = rule.protocol
+    fams = _families(m) or (
+        [ETH_TYPE_IP] if proto == "icmp" else
+        [ETH_TYPE_IPV6] if proto == "icmpv6" else [ETH_TYPE_IP, ETH_TYPE_IPV6])
+    number = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}.get(str(proto), proto)
+    out = []
+    for fam in fams:
+        base = {**m, "eth_type": fam}
+        if proto == "ip":
+            out.append(base)
+            continue
+        base["ip_proto"] = number
+        if proto in ("icmp", "icmpv6"):
+            prefix = "icmpv4" if proto == "icmp" else "icmpv6"
+            if rule.icmp_type is not None:
+                base[f"{prefix}_type"] = rule.icmp_type
+            if rule.icmp_code is not None:
+                base[f"{prefix}_code"] = rule.icmp_code
+        if rule.ports:
+            for lo, hi in rule.ports:
+                for value, mask in port_masks(lo, hi):
+                    out.append({**base, f"{proto}_dst": value if mask == 0xFFFF
+                                else (value, mask)})
+        else:
+            out.append(base)
+    return out
+
+
+def _families(m: dict) -> list[int]:
+    if "ipv4_src" in m or "ipv4_dst" in m:
+        return [ETH_TYPE_IP]
+    if "ipv6_src" in m or "ipv6_dst" in m:
+        return [ETH_TYPE_IPV6]
+    return []
+
+
+def _endpoint_match(e: Endpoint, state: NetworkState, regs: tuple[str, str], side: str
+                    ) -> dict | None:
+    if e.kind == "any":
+        return {}
+    if e.kind == "group":
+        bit = state.group_bits.get(e.value)
+        return None if bit is None else dict([group_bit_match(bit, regs)])
+    if e.kind == "vm":
+        vm = state.vms.get(e.value)
+        if vm is None:
+            return None
+        if side == "src":
+            return {"metadata": (vm.id << META_VM_SHIFT, META_SEGMENT_MASK << META_VM_SHIFT)}
+        return {DST_VM_REG: vm.id}
+    if e.kind == "mac":
+        return {f"eth_{side}": e.value}
+    net = ipaddress.ip_network(e.value)
+    fam = "ipv4" if net.version == 4 else "ipv6"
+    full = net.prefixlen == net.max_prefixlen
+    value = str(net.network_address) if full else (str(net.network_address),
+                                                   str(net.netmask))
+    return {f"{fam}_{side}": value}
+
+
+def _merge_metadata(a: dict, b: dict) -> dict:
+    out = {**a, **b}
+    if "metadata" in a and "metadata" in b:
+        (va, ma), (vb, mb) = a["metadata"], b["metadata"]
+        out["metadata"] = (va | vb, ma | mb)
+    return out
 
 
 def count_by_table(flows: Iterable[Flow]) -> dict[int, int]:

@@ -9,21 +9,32 @@ Pipeline (one job per table):
 ==========  ================  ===============================================================
 table       name              job
 ==========  ================  ===============================================================
-0           CLASSIFY          port -> source identity. Bound VM port + own MAC + untagged:
-                              write segment/VM id to metadata. Anything else from a VM port
-                              is a spoof: drop (counted). LLDP -> controller. Fabric ports
-                              -> FABRIC. Unbound ports -> controller through the meter.
+0           CLASSIFY          port -> source identity. Bound VM port + own MAC + own IP
+                              (IP, ARP sender) + untagged: write segment/VM id to metadata,
+                              source group bits to reg0/1, conntrack zone to reg5. Anything
+                              else from a VM port is a spoof, and DHCP server replies are
+                              rogue: drop (counted). LLDP -> controller. Fabric ports ->
+                              FABRIC. Unbound ports -> controller through the meter.
 1           FABRIC            frames carrying a host label (VLAN id): ours -> pop, go to
                               REMOTE_CLASSIFY; another host's -> next hop toward it.
 2           REMOTE_CLASSIFY   frame arrived from another host: source VM by eth_src.
 10          ARP               answer ARP requests for known IPs in the datapath, drop other
                               requests (never flooded); the rest goes on.
+15          DST_LOOKUP        (segment, eth_dst) -> destination VM id (reg4) and its group
+                              bits (reg2/3), for the policy.
+20          CONNTRACK         IP -> ct(zone=segment), continue in POLICY with ct_state.
+30          POLICY            isolation pairs (above everything), established/related pass,
+                              invalid drop, frames from the fabric (already checked at their
+                              source host) are committed and pass, then the rules in order
+                              (first match wins) on group bits, then the defaults. Allowed
+                              new connections are committed to conntrack.
 40          FORWARD           destination by (segment, eth_dst): local port, or label with
                               the destination host and send toward it; segment broadcast
                               replicated to the segment's ports only; unknown unicast drops.
 ==========  ================  ===============================================================
 
-Tables 20 (conntrack) and 30 (policy) are reserved for the policy pipeline.
+Policy is enforced where traffic enters the network (the source VM's host); the
+destination host tracks the connection too, so replies are recognised on both ends.
 """
 
 from __future__ import annotations
@@ -40,6 +51,9 @@ class Table(IntEnum):
     FABRIC = 1
     REMOTE_CLASSIFY = 2
     ARP = 10
+    DST_LOOKUP = 15
+    CONNTRACK = 20
+    POLICY = 30
     FORWARD = 40
 
 
@@ -49,6 +63,34 @@ META_SEGMENT_MASK = 0xFFFF
 META_VM_SHIFT = 16
 META_FROM_FABRIC = 1 << 32
 META_WRITE_MASK = 0x1_FFFF_FFFF
+
+
+# --- registers ----------------------------------------------------------------------------
+SRC_GROUP_REGS = ("reg0", "reg1")  # 64 group bits of the source VM
+DST_GROUP_REGS = ("reg2", "reg3")  # 64 group bits of the destination VM
+DST_VM_REG = "reg4"
+ZONE_REG = "reg5"  # conntrack zone = segment id
+MAX_GROUPS = 64
+
+# conntrack
+CT_COMMIT = 1
+CT_NO_RECIRC = 0xFF
+CT_NEW, CT_EST, CT_REL, CT_RPL, CT_INV, CT_TRK = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+
+
+def group_regs(bits: int, regs: tuple[str, str]) -> list[tuple[str, int]]:
+    """A 64-bit group bitmap as (register, 32-bit value) pairs, zero halves left out."""
+    out = []
+    for i, reg in enumerate(regs):
+        half = (bits >> (32 * i)) & 0xFFFF_FFFF
+        if half:
+            out.append((reg, half))
+    return out
+
+
+def group_bit_match(bit: int, regs: tuple[str, str]) -> tuple[str, tuple[int, int]]:
+    v = 1 << (bit % 32)
+    return regs[bit // 32], (v, v)
 
 
 def meta_value(segment_id: int, vm_id: int, from_fabric: bool = False) -> int:
@@ -73,6 +115,9 @@ class Owner(IntEnum):
     VM = 2  # one VM: classification, anti-spoofing, ARP answers, delivery to it
     SEGMENT = 3  # one segment's broadcast replication
     FABRIC = 4  # transit of host labels, fabric ports (owner id = label or port)
+    RULE = 5  # one policy rule (owner id = its index in the document)
+    POLICY = 6  # conntrack plumbing, defaults, intra-group allows (owner id = group bit+1)
+    ISOLATION = 7  # one isolation pair (owner id = its index)
 
 
 COOKIE_MAGIC = 0xA0
@@ -109,18 +154,35 @@ def match(**fields: Any) -> Match:
     return tuple(sorted(fields.items()))
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Flow:
     table: int
     priority: int
     match: Match
     instructions: tuple[Instruction, ...] = ()
     cookie: int = field(default=0, compare=True)
+    _hash: int = field(default=0, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # flows live in large sets that are diffed often: hash the nested tuples once
+        object.__setattr__(self, "_hash", hash(
+            (self.table, self.priority, self.match, self.instructions, self.cookie)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def key(self) -> tuple[int, int, Match]:
         """OpenFlow identity of a flow: a second flow with this key replaces the first."""
         return (self.table, self.priority, self.match)
+
+    def sort_key(self) -> tuple[int, int, str, str, int]:
+        """Total order (match values mix ints, strings and (value, mask) tuples)."""
+        return (self.table, self.priority, repr(self.match), repr(self.instructions),
+                self.cookie)
+
+    def __lt__(self, other: Flow) -> bool:
+        return self.sort_key() < other.sort_key()
 
     def describe(self) -> str:
         m = ",".join(f"{k}={_fmt(v)}" for k, v in self.match) or "*"

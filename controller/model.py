@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,63 @@ class Binding:
     how: str = "ovsdb"
 
 
+@dataclass(frozen=True)
+class VMSpec:
+    """A VM as an orchestrator or a policy document describes it."""
+
+    name: str
+    mac: str
+    ips: tuple[str, ...]
+    segment: str
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    kind: str  # any | group | vm | cidr | mac
+    value: str = ""
+
+    def __str__(self) -> str:
+        return self.value or self.kind
+
+
+ANY = Endpoint("any")
+
+
+@dataclass(frozen=True)
+class Rule:
+    index: int
+    name: str
+    src: Endpoint
+    dst: Endpoint
+    action: str  # allow | deny | deny-and-log
+    protocol: str | int = "any"
+    ports: tuple[tuple[int, int], ...] = ()
+    icmp_type: int | None = None
+    icmp_code: int | None = None
+    ethertype: int | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    segments: tuple[tuple[str, str | None], ...] = ()
+    groups: tuple[str, ...] = ()
+    vms: tuple[VMSpec, ...] = ()
+    rules: tuple[Rule, ...] = ()
+    isolation: tuple[tuple[str, str], ...] = ()
+    intra_group: str = "allow"
+    inter_group: str = "allow"
+    document: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def restrictive(self) -> bool:
+        """True when some traffic between VMs of a segment is denied by default."""
+        return bool(self.isolation) or self.inter_group == "deny" or self.intra_group == "deny"
+
+
+PERMISSIVE = Policy()
+
+
 @dataclass
 class NetworkState:
     """Everything the compiler needs: switches, links, VMs and where they are."""
@@ -55,3 +113,5 @@ class NetworkState:
     links: set[Link] = field(default_factory=set)
     vms: dict[str, VM] = field(default_factory=dict)
     bindings: dict[str, Binding] = field(default_factory=dict)
+    policy: Policy = PERMISSIVE
+    group_bits: dict[str, int] = field(default_factory=dict)  # group -> bit (0..63)

@@ -6,26 +6,18 @@ API call is one transaction: on any error nothing is written.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from . import model
-from .errors import Conflict, NotFound
+from .errors import Conflict, Invalid, NotFound
+from .flows import MAX_GROUPS
+from .model import Policy, VMSpec
 from .store import models as db
 from .store.models import utcnow
-
-
-@dataclass(frozen=True)
-class VMSpec:
-    name: str
-    mac: str
-    ips: tuple[str, ...]
-    segment: str
-    groups: tuple[str, ...] = ()
 
 
 def dpid_str(dpid: int) -> str:
@@ -44,9 +36,20 @@ def _get_or_create(session: Session, cls: Any, name: str) -> Any:
     row = session.scalar(select(cls).where(cls.name == name))
     if row is None:
         row = cls(name=name)
+        if cls is db.Group:
+            used = set(session.scalars(select(db.Group.bit)))
+            free = [b for b in range(MAX_GROUPS) if b not in used]
+            if not free:
+                raise Invalid(f"at most {MAX_GROUPS} groups exist at once; {name!r} would be "
+                              f"one more", "groups")
+            row.bit = free[0]
         session.add(row)
         session.flush()
     return row
+
+
+def group_bits(session: Session) -> dict[str, int]:
+    return {g.name: g.bit for g in session.scalars(select(db.Group)) if g.bit is not None}
 
 
 def create_vm(session: Session, spec: VMSpec) -> db.VM:
@@ -79,6 +82,56 @@ def create_vm(session: Session, spec: VMSpec) -> db.VM:
     session.add(row)
     session.flush()
     return row
+
+
+def update_vm(session: Session, row: db.VM, spec: VMSpec) -> bool:
+    """Make ``row`` match ``spec``; True if anything changed."""
+    before = to_model(row)
+    if (before.mac, before.ips, before.segment, before.groups) == (
+            spec.mac, spec.ips, spec.segment, tuple(sorted(spec.groups))):
+        return False
+    segment = _get_or_create(session, db.Segment, spec.segment)
+    row.mac, row.segment = spec.mac, segment
+    row.groups = [_get_or_create(session, db.Group, g) for g in spec.groups]
+    if (before.ips, before.segment) != (spec.ips, spec.segment):
+        row.ips = []
+        session.flush()  # old addresses go before new ones arrive (unique per segment)
+        row.ips = [db.VMAddress(segment_id=segment.id, ip=ip) for ip in spec.ips]
+    session.flush()
+    return True
+
+
+def sync_policy(session: Session, policy: Policy) -> dict[str, list[str]]:
+    """Make the registry what ``policy`` says and store the document.
+
+    Returns the VM names added, removed and changed. Raises (and the caller rolls
+    back) on any conflict.
+    """
+    for name, subnet in policy.segments:
+        _get_or_create(session, db.Segment, name).subnet = subnet
+    for g in policy.groups:
+        _get_or_create(session, db.Group, g)
+    wanted = {v.name: v for v in policy.vms}
+    existing = {r.name: r for r in list_vms(session)}
+    report: dict[str, list[str]] = {"added": [], "removed": [], "changed": []}
+    for name in sorted(set(existing) - set(wanted)):
+        delete_vm(session, name)
+        report["removed"].append(name)
+    session.flush()
+    for name in sorted(set(existing) & set(wanted)):
+        if update_vm(session, existing[name], wanted[name]):
+            report["changed"].append(name)
+    for name in sorted(set(wanted) - set(existing)):
+        create_vm(session, wanted[name])
+        report["added"].append(name)
+    session.add(db.PolicyDocument(document=policy.document))
+    session.flush()
+    return report
+
+
+def current_policy(session: Session) -> dict[str, Any] | None:
+    row = session.scalar(select(db.PolicyDocument).order_by(db.PolicyDocument.id.desc()))
+    return row.document if row is not None else None
 
 
 def get_vm(session: Session, name: str) -> db.VM:
@@ -162,5 +215,17 @@ def record_event(
     session.add(db.Event(type=type_, vm=vm, host=host, detail=dict(detail)))
 
 
-def events(session: Session, limit: int = 100) -> Iterable[db.Event]:
-    return session.scalars(select(db.Event).order_by(db.Event.id.desc()).limit(limit))
+def events(session: Session, *, type_: str | None = None, vm: str | None = None,
+           host: str | None = None, since: datetime | None = None, limit: int = 100,
+           offset: int = 0) -> list[db.Event]:
+    """Audit events, oldest first, filtered and paginated."""
+    q = select(db.Event)
+    if type_:
+        q = q.where(db.Event.type == type_)
+    if vm:
+        q = q.where(db.Event.vm == vm)
+    if host:
+        q = q.where(db.Event.host == host)
+    if since:
+        q = q.where(db.Event.ts >= since)
+    return list(session.scalars(q.order_by(db.Event.id).offset(offset).limit(limit)))

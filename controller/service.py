@@ -8,16 +8,18 @@ gets the diff between what it should have and what it has, through a
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import compiler, registry
+from . import policy as policy_mod
 from .flows import Flow
 from .model import Binding, Link, NetworkState, PortRef, Switch
 from .reconcile import FlowDiff, additions_only, apply_diff, diff
@@ -57,22 +59,82 @@ class Service:
         self.ports: dict[int, dict[int, str]] = {}
         self.interfaces: list[Interface] | None = None  # last OVSDB snapshot
         self.flow_mods: Counter[int] = Counter()
+        self.counters: Counter[str] = Counter()  # packet_in, ... (written by the app)
         self._load()
 
     # --- start-up ---------------------------------------------------------------------
 
     def _load(self) -> None:
-        """Registry and last known locations from the database."""
+        """Registry, policy and last known locations from the database."""
         with self.sessions() as s:
+            doc = registry.current_policy(s)
+            if doc is not None:
+                self.state.policy = policy_mod.parse(doc)
+            self._refresh_registry(s, self.state)
             for row in registry.list_vms(s):
-                vm = registry.to_model(row)
-                self.state.vms[vm.name] = vm
                 if row.location is not None:
                     loc = row.location
-                    self.state.bindings[vm.name] = Binding(
-                        vm.name, PortRef(int(loc.dpid, 16), loc.port_no), loc.port_name,
+                    self.state.bindings[row.name] = Binding(
+                        row.name, PortRef(int(loc.dpid, 16), loc.port_no), loc.port_name,
                         loc.how,
                     )
+
+    @staticmethod
+    def _refresh_registry(s: Session, state: NetworkState) -> None:
+        """VMs and group bits as the (uncommitted) session sees them."""
+        state.vms = {r.name: registry.to_model(r) for r in registry.list_vms(s)}
+        state.group_bits = registry.group_bits(s)
+        state.bindings = {n: b for n, b in state.bindings.items() if n in state.vms}
+
+    # --- policy -----------------------------------------------------------------------
+
+    def apply_policy(self, doc: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
+        """Validate and apply a whole policy document: registry, rules, every switch.
+
+        All or nothing: an invalid document, a conflict or a switch that refuses its
+        bundle leaves the database and the switches as they were. With ``dry_run``
+        nothing changes and the report says what would.
+        """
+        policy = policy_mod.parse(doc)
+        with self.lock:
+            s = self.sessions()
+            try:
+                vms = registry.sync_policy(s, policy)
+                new = copy.copy(self.state)
+                new.policy = policy
+                self._refresh_registry(s, new)
+                self._bind_from_interfaces(s, new)
+                desired = compiler.compile_network(new)
+                report = {"dry_run": dry_run, "vms": vms,
+                          "rules": [r.name for r in policy.rules],
+                          "hosts": self._host_report(desired)}
+                if dry_run:
+                    s.rollback()
+                    return report
+                self._program_all(desired)
+                registry.record_event(s, "policy-applied", rules=len(policy.rules),
+                                      vms=len(policy.vms),
+                                      changes={k: len(v) for k, v in vms.items()})
+                s.commit()
+                self.state = new
+            except BaseException:
+                s.rollback()
+                raise
+            finally:
+                s.close()
+        return report
+
+    def _host_report(self, desired: compiler.Flows) -> dict[str, dict[str, int]]:
+        out = {}
+        for dpid in sorted(self.installed):
+            d = diff(desired.get(dpid, frozenset()), self.installed[dpid])
+            out[self._switch_name(dpid)] = {
+                "flows": len(desired.get(dpid, ())), "add": len(d.add), "delete": len(d.delete)}
+        return out
+
+    def policy_document(self) -> dict[str, Any]:
+        with self.sessions() as s:
+            return registry.current_policy(s) or {}
 
     # --- VM registry (API) ------------------------------------------------------------
 
@@ -81,13 +143,16 @@ class Service:
             row = registry.create_vm(s, spec)
             vm = registry.to_model(row)
             registry.record_event(s, "vm-added", vm=vm.name, mac=vm.mac, segment=vm.segment)
+            old_bits = dict(self.state.group_bits)
             self.state.vms[vm.name] = vm
+            self.state.group_bits = registry.group_bits(s)
             try:
                 self._bind_from_interfaces(s)
                 self._converge()
             except Exception:
                 self.state.vms.pop(vm.name, None)
                 self.state.bindings.pop(vm.name, None)
+                self.state.group_bits = old_bits
                 raise
 
     def remove_vm(self, name: str) -> None:
@@ -172,19 +237,20 @@ class Service:
                 self._bind_from_interfaces(s)
             self._converge()
 
-    def _bind_from_interfaces(self, s: Session) -> None:
+    def _bind_from_interfaces(self, s: Session, state: NetworkState | None = None) -> None:
+        state = state or self.state
         if not self.interfaces:
             return
-        by_mac = {vm.mac: vm for vm in self.state.vms.values()}
+        by_mac = {vm.mac: vm for vm in state.vms.values()}
         for i in sorted(self.interfaces, key=lambda i: (i.dpid, i.ofport)):
             if i.ofport <= 0:
                 continue
-            vm = self.state.vms.get(i.iface_id or "") or by_mac.get(
+            vm = state.vms.get(i.iface_id or "") or by_mac.get(
                 (i.attached_mac or "").lower()
             )
             if vm is None:
                 continue
-            self._bind(s, Binding(vm.name, PortRef(i.dpid, i.ofport), i.name, "ovsdb"))
+            self._bind(s, Binding(vm.name, PortRef(i.dpid, i.ofport), i.name, "ovsdb"), state)
 
     def unbound_frame(self, dpid: int, port_no: int, src_mac: str) -> None:
         """A frame reached the controller from a port no VM is bound to."""
@@ -199,21 +265,23 @@ class Service:
                 self._bind(s, Binding(vm.name, PortRef(dpid, port_no), name, "first-frame"))
             self._converge()
 
-    def _port_owner(self, port: PortRef) -> str | None:
-        return next((b.vm for b in self.state.bindings.values() if b.port == port), None)
+    def _port_owner(self, port: PortRef, state: NetworkState | None = None) -> str | None:
+        state = state or self.state
+        return next((b.vm for b in state.bindings.values() if b.port == port), None)
 
-    def _bind(self, s: Session, b: Binding) -> None:
-        old = self.state.bindings.get(b.vm)
+    def _bind(self, s: Session, b: Binding, state: NetworkState | None = None) -> None:
+        state = state or self.state
+        old = state.bindings.get(b.vm)
         if old is not None and old.port == b.port:
             return
-        owner = self._port_owner(b.port)
+        owner = self._port_owner(b.port, state)
         if owner is not None and owner != b.vm:
             registry.record_event(
                 s, "binding-refused", vm=b.vm, host=self._switch_name(b.port.dpid),
                 port=b.port.port_no, reason=f"port is bound to {owner}",
             )
             return
-        self.state.bindings[b.vm] = b
+        state.bindings[b.vm] = b
         row = registry.get_vm(s, b.vm)
         registry.set_location(s, row, b, self._switch_name(b.port.dpid))
         kind = "vm-moved" if old is not None else "vm-bound"
@@ -237,6 +305,21 @@ class Service:
         sw = self.state.switches.get(dpid)
         return sw.name if sw else registry.dpid_str(dpid)
 
+    # --- audit --------------------------------------------------------------------------
+
+    def denied_sample(self, rule_index: int, dpid: int, src_mac: str, dst_mac: str,
+                      protocol: str, port: int | None) -> None:
+        """A deny-and-log rule sent a (metered) sample of a dropped packet."""
+        with self.lock:
+            rules = self.state.policy.rules
+            rule = rules[rule_index].name if rule_index < len(rules) else f"#{rule_index}"
+            by_mac = {v.mac: v.name for v in self.state.vms.values()}
+            with self.sessions.begin() as s:
+                registry.record_event(
+                    s, "denied", vm=by_mac.get(src_mac), host=self._switch_name(dpid),
+                    rule=rule, src_vm=by_mac.get(src_mac), dst_vm=by_mac.get(dst_mac),
+                    src_mac=src_mac, dst_mac=dst_mac, protocol=protocol, port=port)
+
     # --- programming ------------------------------------------------------------------
 
     def desired(self) -> compiler.Flows:
@@ -244,10 +327,27 @@ class Service:
             return compiler.compile_network(self.state)
 
     def _converge(self) -> None:
-        desired = compiler.compile_network(self.state)
-        for dpid in sorted(self.ready):
-            if dpid in self.installed:
-                self._send(dpid, diff(desired[dpid], self.installed[dpid]))
+        self._program_all(compiler.compile_network(self.state))
+
+    def _program_all(self, desired: compiler.Flows) -> None:
+        """Bring every ready switch to ``desired``. If one refuses, the switches already
+        changed are put back, so no change is left half-applied across the network."""
+        done: list[tuple[int, frozenset[Flow]]] = []
+        try:
+            for dpid in sorted(self.ready):
+                if dpid in self.installed and dpid in desired:
+                    before = self.installed[dpid]
+                    changes = diff(desired[dpid], before)
+                    if changes:
+                        self._send(dpid, changes)
+                        done.append((dpid, before))
+        except Exception:
+            for dpid, before in reversed(done):
+                try:
+                    self._send(dpid, diff(before, self.installed[dpid]))
+                except Exception:
+                    LOG.exception("could not restore switch %016x", dpid)
+            raise
 
     def _send(self, dpid: int, changes: FlowDiff) -> None:
         if not changes or self.programmer is None:

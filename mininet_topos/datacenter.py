@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 from mininet.link import TCLink
 from mininet.net import Mininet
@@ -27,6 +28,7 @@ class VMPlan:
     ip: str
     groups: tuple[str, ...] = ()
     register: bool = True  # False: a rogue machine vfence knows nothing about
+    prefix: int = 16
 
     def rest_body(self) -> dict:
         return {"name": self.name, "mac": self.mac, "ips": [self.ip], "segment": self.segment,
@@ -50,6 +52,20 @@ def vm(name: str, host: int, segment: str, *, index: int | None = None,
                   groups, register)
 
 
+FINANCE_POLICY = Path(__file__).with_name("finance.yaml")
+# where the finance VMs run: pay-1 and web-1 (an isolation pair) share hv1
+FINANCE_PLACEMENT = {"pay-1": 1, "web-1": 1, "pay-2": 2, "api-1": 2, "web-2": 3, "ops-1": 3}
+
+
+def plan_from_policy(doc: dict, placement: dict[str, int]) -> list[VMPlan]:
+    """Mininet hosts for the VMs of a policy document, on the given hypervisors."""
+    return [
+        VMPlan(v["name"], placement[v["name"]], v["segment"], v["mac"], v["ips"][0],
+               tuple(v.get("groups", [])), prefix=8)
+        for v in doc["vms"] if v["name"] in placement
+    ]
+
+
 def hv_name(h: int) -> str:
     return f"hv{h}"
 
@@ -65,7 +81,7 @@ class DatacenterTopo(Topo):
             for s in range(1, spines + 1):
                 self.addLink(hv_name(h), f"sp{s}")
         for p in plan:
-            self.addHost(p.name, mac=p.mac, ip=f"{p.ip}/16")
+            self.addHost(p.name, mac=p.mac, ip=f"{p.ip}/{p.prefix}")
             self.addLink(p.name, hv_name(p.host))
 
 

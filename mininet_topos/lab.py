@@ -25,11 +25,12 @@ OVSDB = "unix:/var/run/openvswitch/db.sock"
 class Lab:
     def __init__(self, hosts: int, spines: int, plan: list[VMPlan], *, db_url: str,
                  workdir: Path, of_port: int = 6653, api_port: int = 8080,
-                 extra_args: tuple[str, ...] = ()) -> None:
+                 extra_args: tuple[str, ...] = (), policy: dict | None = None) -> None:
         self.hosts, self.spines, self.plan = hosts, spines, plan
         self.db_url, self.workdir = db_url, workdir
         self.of_port, self.api_port = of_port, api_port
         self.extra_args = extra_args
+        self.policy = policy
         self.api = f"http://127.0.0.1:{api_port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.net: Mininet | None = None
@@ -73,6 +74,12 @@ class Lab:
         return self.net
 
     def register(self) -> None:
+        """VMs come from the policy document if the lab has one, else one POST each."""
+        if self.policy is not None:
+            r = httpx.put(self.api + "/v1/policy", json=self.policy, timeout=60)
+            if r.status_code != 200:
+                raise RuntimeError(f"applying the policy: {r.status_code} {r.text}")
+            return
         for p in self.plan:
             if p.register:
                 r = httpx.post(self.api + "/v1/vms", json=p.rest_body(), timeout=30)

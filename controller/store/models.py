@@ -9,6 +9,7 @@ from sqlalchemy import (
     JSON,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     String,
@@ -42,9 +43,12 @@ class Segment(Base):
 
 
 class Group(Base):
+    """An isolation group; ``bit`` is its position in the 64-bit group tags of flows."""
+
     __tablename__ = "groups"
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
+    bit: Mapped[int | None] = mapped_column(Integer, unique=True)
 
 
 class VM(Base):
@@ -114,6 +118,16 @@ class LocationHistory(Base):
     since: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     how: Mapped[str] = mapped_column(String(16))
+    convergence_ms: Mapped[float | None] = mapped_column(Float)
+
+
+class PolicyDocument(Base):
+    """Every policy document applied, newest last; the newest is in force."""
+
+    __tablename__ = "policies"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    document: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
 class Event(Base):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -77,3 +78,45 @@ def send_frames(host, iface: str, src: str, dst: str, count: int = 5, etype: int
     out = host.cmd(f"{sys.executable} {FRAMES} {iface} {src} {dst} {count} {etype}; echo rc=$?")
     assert "rc=0" in out and "Traceback" not in out, out
     return out
+
+
+SOCK = Path(__file__).with_name("sock.py")
+ATTACKS = Path(__file__).with_name("scapy_attacks.py")
+
+
+def serve(host, proto: str, port: int, seconds: int = 600) -> None:
+    host.cmd(f"{sys.executable} {SOCK} serve {proto} {port} {seconds} >/dev/null 2>&1 &")
+
+
+def probe(host, targets: list[tuple[str, str, int]]) -> dict[tuple[str, str, int], bool]:
+    """Connect (tcp) or send (udp) to every (proto, ip, port) in parallel from ``host``;
+    True where an echo came back."""
+    script = " ".join(
+        f"(echo {i}=$({sys.executable} {SOCK} send {proto} {ip} {port} m{i})) &"
+        for i, (proto, ip, port) in enumerate(targets))
+    out = host.cmd(f"( {script} wait )")  # wait for these probes only, not the servers
+    got: dict[int, bool] = {}
+    for line in out.split():
+        if "=" in line:
+            i, _, res = line.partition("=")
+            if i.isdigit():
+                got[int(i)] = res == f"reply:m{i}"
+    return {t: got.get(i, False) for i, t in enumerate(targets)}
+
+
+def attack(host, iface: str, *args: str) -> str:
+    out = host.cmd(f"{sys.executable} {ATTACKS} {iface} {' '.join(args)}; echo rc=$?")
+    assert "rc=0" in out, out
+    return out
+
+
+def flow_packets(bridge: str, cookie: int) -> int:
+    out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", bridge,
+                          f"cookie={cookie:#x}/-1"], capture_output=True, text=True).stdout
+    return sum(int(n) for n in re.findall(r"n_packets=(\d+)", out))
+
+
+def flows_text(bridge: str) -> list[str]:
+    out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "--no-stats", "dump-flows", bridge],
+                         capture_output=True, text=True, check=True).stdout
+    return sorted(ln.strip() for ln in out.splitlines() if "actions=" in ln)

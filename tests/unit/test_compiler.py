@@ -30,9 +30,11 @@ def test_empty_switch_gets_skeleton_only():
     st = two_hosts_two_spines()
     flows = compiler.compile_network(st)
     base = list(compiler.base_flows())
-    # skeleton + 2 fabric ports + own label + 3 transit labels
-    assert len(flows[HV1]) == len(base) + 2 + 1 + 3
-    assert all(cookie_owner(f.cookie)[0] in (Owner.BASE, Owner.FABRIC) for f in flows[HV1])
+    policy = set(compiler.policy_flows(st))
+    # skeleton + 2 fabric ports + own label + 3 transit labels + the (permissive) policy
+    assert len(flows[HV1]) == len(base) + 2 + 1 + 3 + len(policy)
+    owners = {cookie_owner(f.cookie)[0] for f in flows[HV1]}
+    assert owners == {Owner.BASE, Owner.FABRIC, Owner.POLICY}
 
 
 def test_every_flow_has_a_vfence_owner_cookie():
@@ -49,13 +51,20 @@ def test_local_vm_is_classified_only_with_its_mac_untagged():
     vm = add_vm(st, 1, "a", 7, HV1, 3)
     flows = compiler.compile_network(st)[HV1]
     classify = _find(flows, Table.CLASSIFY, in_port=3)
-    assert len(classify) == 2
-    allow = max(classify, key=lambda f: f.priority)
-    assert dict(allow.match) == {"in_port": 3, "eth_src": vm.mac, "vlan_vid": OFPVID_NONE}
-    assert ("goto", Table.ARP) in allow.instructions
-    spoof = min(classify, key=lambda f: f.priority)
-    assert spoof.instructions == () and spoof.priority < allow.priority
-    assert allow.cookie == cookie(Owner.VM, 1)
+    allowed = [f for f in classify if ("goto", Table.ARP) in f.instructions]
+    me = {"in_port": 3, "eth_src": vm.mac, "vlan_vid": OFPVID_NONE}
+    # own IPv4 source, own ARP sender, IPv6 own/link-local/unspecified, and non-IP
+    assert sorted(tuple(sorted(set(dict(f.match)) - set(me))) for f in allowed) == sorted([
+        ("arp_sha", "arp_spa", "eth_type"), ("eth_type", "ipv4_src"), ("eth_type", "ipv6_src"),
+        ("eth_type", "ipv6_src"), (), ])
+    assert all(me.items() <= dict(f.match).items() for f in allowed)
+    (v4,) = [f for f in allowed if dict(f.match).get("ipv4_src")]
+    assert dict(v4.match)["ipv4_src"] == vm.ips[0]
+    drops = [f for f in classify if f.instructions == ()]
+    # rogue DHCP (v4, v6) > other source IP / ARP sender / IPv6 > any other MAC or a tag
+    assert sorted(f.priority for f in drops) == [190, 205, 205, 205, 220, 220]
+    assert max(f.priority for f in allowed) < 220 and min(f.priority for f in allowed) > 190
+    assert {f.cookie for f in classify} == {cookie(Owner.VM, 1)}
 
 
 def test_unicast_to_local_and_remote_vm_and_no_flood_flow():

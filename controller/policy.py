@@ -1,0 +1,284 @@
+"""Policy documents: load (YAML or JSON), validate, and turn into plain objects.
+
+Structure is checked by the JSON Schema in ``schemas/policy.schema.json``; meaning
+(unknown names, overlaps, isolation violations) by :func:`parse`. Every problem is
+reported with its path in the document (``rules[2].ports``); a document with any
+problem is rejected whole.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .errors import Invalid
+from .model import ANY, Endpoint, Policy, Rule, VMSpec
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "policy.schema.json"
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+IP_PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
+
+
+class PolicyError(Invalid):
+    """All problems of one document: ``errors`` is a list of {field, reason}."""
+
+    def __init__(self, errors: list[dict[str, str]]):
+        first = errors[0]
+        super().__init__(first["reason"], first["field"])
+        self.errors = errors
+
+    def __str__(self) -> str:
+        return "\n".join(f"{e['field']}: {e['reason']}" for e in self.errors)
+
+
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON document; syntax errors are PolicyErrors naming the line."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise PolicyError([{"field": "(file)", "reason": f"cannot read {p}: {e.strerror}"}]) \
+            from None
+    return load_text(text, json_only=p.suffix == ".json")
+
+
+def load_text(text: str, json_only: bool = False) -> dict[str, Any]:
+    try:
+        doc = json.loads(text) if json_only else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise PolicyError([{"field": "(document)", "reason": f"not valid YAML/JSON: {e}"}]) \
+            from None
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise PolicyError([{"field": "(document)", "reason": "must be a mapping/object"}])
+    return doc
+
+
+@cache
+def _validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
+
+
+def _path(parts: Any) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(document)"
+
+
+# --- parsing and meaning ------------------------------------------------------------------
+
+
+def parse(doc: dict[str, Any]) -> Policy:
+    """Validate ``doc`` completely and return the policy, or raise PolicyError."""
+    errors = [
+        {"field": _path(e.absolute_path), "reason": e.message}
+        for e in sorted(_validator().iter_errors(doc), key=lambda e: list(e.absolute_path))
+    ]
+    if errors:
+        raise PolicyError(errors)
+    return _Checker(doc).run()
+
+
+class _Checker:
+    def __init__(self, doc: dict[str, Any]) -> None:
+        self.doc = doc
+        self.errors: list[dict[str, str]] = []
+
+    def err(self, path: str, reason: str) -> None:
+        self.errors.append({"field": path, "reason": reason})
+
+    def _unique(self, key: str) -> list[str]:
+        seen: set[str] = set()
+        names = []
+        for i, item in enumerate(self.doc.get(key, [])):
+            if item["name"] in seen:
+                self.err(f"{key}[{i}].name", f"duplicate name {item['name']!r}")
+            seen.add(item["name"])
+            names.append(item["name"])
+        return names
+
+    def run(self) -> Policy:
+        segments = self._segments()
+        groups = self._unique("groups")
+        vms = self._vms(segments, set(groups))
+        isolation = self._isolation(set(groups), vms)
+        rules = self._rules(set(groups), {v.name: v for v in vms}, isolation)
+        if self.errors:
+            raise PolicyError(self.errors)
+        d = self.doc.get("defaults", {})
+        return Policy(
+            segments=tuple(segments.items()), groups=tuple(groups), vms=tuple(vms),
+            rules=tuple(rules), isolation=tuple(isolation),
+            intra_group=d.get("intra_group", "allow"), inter_group=d.get("inter_group", "deny"),
+            document=self.doc,
+        )
+
+    def _segments(self) -> dict[str, str | None]:
+        self._unique("segments")
+        out: dict[str, str | None] = {}
+        for i, s in enumerate(self.doc.get("segments", [])):
+            subnet = s.get("subnet")
+            if subnet is not None:
+                try:
+                    subnet = str(ipaddress.ip_network(subnet, strict=False))
+                except ValueError:
+                    self.err(f"segments[{i}].subnet", f"{subnet!r} is not a valid CIDR")
+            out[s["name"]] = subnet
+        return out
+
+    def _vms(self, segments: dict[str, str | None], groups: set[str]) -> list[VMSpec]:
+        self._unique("vms")
+        macs: dict[str, str] = {}
+        ips: dict[tuple[str, str], str] = {}
+        out = []
+        for i, v in enumerate(self.doc.get("vms", [])):
+            where = f"vms[{i}]"
+            mac = v["mac"].lower().replace("-", ":")
+            if int(mac[:2], 16) & 1 or mac == "00:00:00:00:00:00":
+                self.err(f"{where}.mac", f"{mac} is not a unicast MAC")
+            if mac in macs:
+                self.err(f"{where}.mac", f"MAC {mac} is also VM {macs[mac]!r}'s")
+            macs.setdefault(mac, v["name"])
+            if v["segment"] not in segments:
+                self.err(f"{where}.segment", f"unknown segment {v['segment']!r}")
+            subnet = segments.get(v["segment"])
+            addrs = []
+            for j, ip in enumerate(v.get("ips", [])):
+                try:
+                    addr = ipaddress.ip_address(ip)
+                except ValueError:
+                    self.err(f"{where}.ips[{j}]", f"{ip!r} is not an IP address")
+                    continue
+                key = (v["segment"], str(addr))
+                if key in ips:
+                    self.err(f"{where}.ips[{j}]", f"{addr} is also VM {ips[key]!r}'s")
+                ips.setdefault(key, v["name"])
+                if subnet and addr not in ipaddress.ip_network(subnet):
+                    self.err(f"{where}.ips[{j}]", f"{addr} is outside segment subnet {subnet}")
+                addrs.append(str(addr))
+            for j, g in enumerate(v.get("groups", [])):
+                if g not in groups:
+                    self.err(f"{where}.groups[{j}]", f"unknown group {g!r}")
+            out.append(VMSpec(v["name"], mac, tuple(addrs), v["segment"],
+                              tuple(v.get("groups", []))))
+        return out
+
+    def _isolation(self, groups: set[str], vms: list[VMSpec]) -> list[tuple[str, str]]:
+        out = []
+        for i, (a, b) in enumerate(self.doc.get("isolation", [])):
+            for j, g in enumerate((a, b)):
+                if g not in groups:
+                    self.err(f"isolation[{i}][{j}]", f"unknown group {g!r}")
+            if a == b:
+                self.err(f"isolation[{i}]", f"a group cannot be isolated from itself ({a!r})")
+            out.append((a, b))
+        for i, v in enumerate(vms):
+            for a, b in out:
+                if a in v.groups and b in v.groups:
+                    self.err(f"vms[{i}].groups", f"VM is in both {a!r} and {b!r}, which are "
+                             "isolated from each other")
+        return out
+
+    def _endpoint(self, path: str, text: str, groups: set[str], vms: dict[str, VMSpec]
+                  ) -> Endpoint:
+        if text == "any":
+            return ANY
+        if text in groups and text in vms:
+            self.err(path, f"{text!r} names both a group and a VM")
+        if text in groups:
+            return Endpoint("group", text)
+        if text in vms:
+            return Endpoint("vm", text)
+        if MAC_RE.match(text.lower()):
+            return Endpoint("mac", text.lower())
+        if "/" in text or text.replace(".", "").isdigit() or ":" in text:
+            try:
+                return Endpoint("cidr", str(ipaddress.ip_network(text, strict=False)))
+            except ValueError:
+                self.err(path, f"{text!r} is not a valid CIDR")
+                return ANY
+        self.err(path, f"unknown group or VM {text!r}")
+        return ANY
+
+    def _rules(self, groups: set[str], vms: dict[str, VMSpec],
+               isolation: list[tuple[str, str]]) -> list[Rule]:
+        self._unique("rules")
+        out = []
+        for i, r in enumerate(self.doc.get("rules", [])):
+            where = f"rules[{i}]"
+            src = self._endpoint(f"{where}.from", r["from"], groups, vms)
+            dst = self._endpoint(f"{where}.to", r["to"], groups, vms)
+            proto = r.get("protocol", "any")
+            ports = self._ports(f"{where}.ports", r.get("ports"))
+            if ports and proto not in ("tcp", "udp"):
+                self.err(f"{where}.ports", "ports need protocol tcp or udp")
+            if ("icmp_type" in r or "icmp_code" in r) and proto not in ("icmp", "icmpv6"):
+                self.err(f"{where}.icmp_type", "icmp_type/icmp_code need protocol icmp or icmpv6")
+            if "ethertype" in r and proto != "any":
+                self.err(f"{where}.ethertype", "ethertype goes with protocol 'any' only")
+            fams = {ipaddress.ip_network(e.value).version for e in (src, dst) if e.kind == "cidr"}
+            if len(fams) > 1:
+                self.err(f"{where}.to", "from and to mix IPv4 and IPv6")
+            if r["action"] == "allow":
+                self._check_isolation(where, src, dst, vms, isolation)
+            out.append(Rule(i, r["name"], src, dst, r["action"], proto, ports,
+                            r.get("icmp_type"), r.get("icmp_code"), r.get("ethertype")))
+        return out
+
+    def _check_isolation(self, where: str, src: Endpoint, dst: Endpoint,
+                         vms: dict[str, VMSpec], isolation: list[tuple[str, str]]) -> None:
+        def touched(e: Endpoint) -> set[str]:
+            if e.kind == "group":
+                return {e.value}
+            if e.kind == "vm":
+                return set(vms[e.value].groups)
+            return set()
+
+        s, d = touched(src), touched(dst)
+        for k, (a, b) in enumerate(isolation):
+            if (a in s and b in d) or (b in s and a in d):
+                self.err(where, f"rule {where} allows traffic between {a!r} and {b!r}, "
+                         f"which isolation[{k}] forbids")
+
+    def _ports(self, path: str, spec: Any) -> tuple[tuple[int, int], ...]:
+        if spec is None:
+            return ()
+        items = spec if isinstance(spec, list) else [spec]
+        parts: list[str] = []
+        for item in items:
+            parts.extend(str(item).split(","))
+        out = []
+        for part in parts:
+            lo_s, _, hi_s = part.strip().partition("-")
+            lo, hi = int(lo_s), int(hi_s or lo_s)
+            if not 0 <= lo <= hi <= 65535:
+                self.err(path, f"{part.strip()!r} is not a port range within 0-65535")
+                continue
+            out.append((lo, hi))
+        return tuple(sorted(set(out)))
+
+
+def port_masks(lo: int, hi: int) -> list[tuple[int, int]]:
+    """Cover [lo, hi] with the fewest (value, mask) pairs (16-bit ports)."""
+    out = []
+    while lo <= hi:
+        size = lo & -lo if lo else 1 << 16
+        while size > hi - lo + 1:
+            size >>= 1
+        out.append((lo, 0xFFFF & ~(size - 1)))
+        lo += size
+    return out
