@@ -30,7 +30,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from controller.compiler import ETH_TYPE_LLDP, METER_LLDP, METER_LOG, METER_PUNT
-from controller.flows import Owner, cookie_owner
+from controller.flows import Owner, cookie, cookie_owner
 from controller.model import Link, PortRef
 from controller.reconcile import FlowDiff
 from controller.service import Service
@@ -41,6 +41,7 @@ LOG = logging.getLogger("vfence.app")
 
 SETTLE_SECONDS = 1.5  # after connect: time for LLDP to find links before a full reconcile
 LLDP_INTERVAL = 5.0
+AUDIT_INTERVAL = 2.0
 REPLY_TIMEOUT = 10.0
 # packets/s to the controller per switch: unbound ports, LLDP, deny-and-log samples
 METERS = {METER_PUNT: 100, METER_LLDP: 200, METER_LOG: 20}
@@ -87,6 +88,8 @@ class VfenceApp(app_manager.OSKenApp):
         self.stats = {"packet_in": 0, "bundles": 0, "flow_mods": 0}
         self.threads.append(hub.spawn(self._worker))
         self.threads.append(hub.spawn(self._lldp_loop))
+        self.threads.append(hub.spawn(self._spoof_audit_loop))
+        self.drop_counts: dict[tuple[int, int, int], int] = {}
 
     # --- worker -----------------------------------------------------------------------
 
@@ -297,6 +300,9 @@ class VfenceApp(app_manager.OSKenApp):
         if eth is None or in_port is None:
             return
         owner = cookie_owner(msg.cookie)
+        if owner is not None and owner[0] == Owner.VM:  # first frame at a standby port
+            self.submit(self.service.vm_seen, dp.id, in_port, eth.src)
+            return
         if owner is not None and owner[0] == Owner.RULE:  # deny-and-log sample
             proto, port = _l4(pkt)
             self.submit(self.service.denied_sample, owner[1], dp.id, eth.src, eth.dst, proto,
@@ -321,6 +327,34 @@ class VfenceApp(app_manager.OSKenApp):
                 [parser.OFPActionOutput(no)], lldp.probe(dp.id, no, mac),
             )
             dp.send_msg(out)
+
+    def _spoof_audit_loop(self) -> None:
+        """Every few seconds, read the anti-spoofing drop counters (table 0, VM cookies)
+        and report the ones that grew."""
+        while True:
+            time.sleep(AUDIT_INTERVAL)
+            for dp in list(self.datapaths.values()):
+                try:
+                    self._audit_switch(dp)
+                except Exception:
+                    LOG.exception("spoof audit of %016x failed", dp.id)
+
+    def _audit_switch(self, dp: Any) -> None:
+        vm_cookie = cookie(Owner.VM)
+        req = parser.OFPFlowStatsRequest(dp, 0, 0, ofp.OFPP_ANY, ofp.OFPG_ANY, vm_cookie,
+                                         0xFF << 56)
+        grew = []
+        for st in self._request_multi(dp, req, "spoof audit"):
+            if st.instructions or st.priority not in (190, 205, 220):
+                continue
+            key = (dp.id, st.cookie, hash(str(st.match)))
+            before = self.drop_counts.get(key, 0)
+            self.drop_counts[key] = st.packet_count
+            if st.packet_count > before:
+                grew.append((st.cookie & 0xFFFF, st.priority, st.match.get("in_port", 0),
+                             st.packet_count - before))
+        if grew:
+            self.submit(self.service.spoof_drops, dp.id, grew)
 
     def _lldp_loop(self) -> None:
         while True:

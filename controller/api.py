@@ -98,6 +98,21 @@ class VMOut(BaseModel):
     location: LocationOut | None = None
 
 
+class HistoryOut(BaseModel):
+    host: Host
+    port: Port
+    since: datetime
+    until: datetime | None
+    how: str
+    convergence_ms: float | None
+
+
+class MigrationIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    target_host: str = Field(min_length=1, max_length=64,
+                             description="bridge name or 16-hex-digit dpid")
+
+
 class EventOut(BaseModel):
     id: int
     ts: datetime
@@ -229,6 +244,22 @@ def create_app(service: Service) -> FastAPI:
         if loc is None:
             raise NotFound(f"VM {name!r} is not attached to any switch port", "name")
         return loc
+
+    @app.get("/v1/vms/{name}/history", responses=errors)
+    def history(name: str) -> list[HistoryOut]:
+        """Every place the VM has been, oldest first (append-only)."""
+        with service.sessions() as s:
+            registry.get_vm(s, name)
+            return [HistoryOut(host=Host(name=h.switch_name, dpid=h.dpid),
+                               port=Port(number=h.port_no, name=h.port_name), since=h.since,
+                               until=h.until, how=h.how, convergence_ms=h.convergence_ms)
+                    for h in registry.history(s, name)]
+
+    @app.post("/v1/vms/{name}/migrations", status_code=202, responses=errors)
+    def announce(name: str, body: MigrationIn) -> dict[str, str]:
+        """Pre-announce a live migration: the target host is prepared now, and the move
+        completes when the VM's port (OVSDB) or first frame appears there."""
+        return service.announce_migration(name, body.target_host)
 
     @app.get("/v1/events")
     def list_events(

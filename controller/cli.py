@@ -55,8 +55,12 @@ def serve(
                           "e.g. unix:/var/run/openvswitch/db.sock"),
     ] = None,
     learn_first_frame: Annotated[
-        bool, typer.Option(help="bind a registered VM on the first frame from an unbound port")
+        bool, typer.Option(help="bind a registered VM on the first frame from an unbound port "
+                                "(all hosts)")
     ] = False,
+    learn_first_frame_on: Annotated[
+        list[str] | None, typer.Option(help="the same, on this host (bridge name; repeatable)")
+    ] = None,
     policy: Annotated[
         str | None, typer.Option(help="policy document (YAML/JSON) to apply at start")
     ] = None,
@@ -72,7 +76,8 @@ def serve(
     url = db.resolve_url(database)
     engine = db.make_engine(url)
     db.upgrade(engine)
-    service = Service(db.sessions(engine), learn_first_frame=learn_first_frame)
+    learn: bool | frozenset[str] = learn_first_frame or frozenset(learn_first_frame_on or [])
+    service = Service(db.sessions(engine), learn_first_frame=learn)
     if doc is not None:
         try:
             service.apply_policy(doc)

@@ -125,10 +125,16 @@ def _compile_switch(
     yield from base_flows()
     yield from fabric_flows(dpid, state, hops, fabric_ports)
     local = [(vm, b) for vm, b in placed if b.port.dpid == dpid]
-    segments = {vm.segment_id for vm, _ in local}
+    standby = [(state.vms[n], b) for n, b in sorted(state.standby.items())
+               if b.port.dpid == dpid and n in state.vms and n in state.bindings]
+    segments = {vm.segment_id for vm, _ in local + standby} | {
+        state.vms[n].segment_id for n, d in state.expected.items() if d == dpid
+        and n in state.vms}
     remote = [(vm, b) for vm, b in placed if b.port.dpid != dpid and vm.segment_id in segments]
     for vm, b in local:
         yield from local_vm_flows(vm, b.port.port_no, _bits(state, vm))
+    for vm, b in standby:
+        yield from local_vm_flows(vm, b.port.port_no, _bits(state, vm), True)
     for vm, b in remote:
         label = state.switches[b.port.dpid].label
         yield from remote_vm_flows(vm, label, hops.get(b.port.dpid))
@@ -202,11 +208,17 @@ def fabric_flows(
 
 
 @_memo
-def local_vm_flows(vm: VM, port: int, group_bits: int = 0) -> Iterable[Flow]:
+def local_vm_flows(vm: VM, port: int, group_bits: int = 0, standby: bool = False
+                   ) -> Iterable[Flow]:
     """Port security for a VM on this switch: only its own MAC, untagged, its own IPs
-    (IP source, ARP sender); no DHCP server replies. Then delivery to it."""
+    (IP source, ARP sender); no DHCP server replies. Then delivery to it.
+
+    ``standby``: the VM's port on a migration target. Its frames pass (policy applies
+    from the first packet) and a copy tells the controller the VM now runs here;
+    delivery stays with the old port until then."""
     ck = cookie(Owner.VM, vm.id)
-    sets = [("set", reg, v) for reg, v in group_regs(group_bits, SRC_GROUP_REGS)]
+    sets: list[tuple] = [("output", OFPP_CONTROLLER)] if standby else []
+    sets += [("set", reg, v) for reg, v in group_regs(group_bits, SRC_GROUP_REGS)]
     sets.append(("set", ZONE_REG, vm.segment_id))
     classify = (apply(*sets), write_meta(meta_value(vm.segment_id, vm.id)), goto(Table.ARP))
     me = {"in_port": port, "eth_src": vm.mac, "vlan_vid": OFPVID_NONE}
@@ -234,6 +246,8 @@ def local_vm_flows(vm: VM, port: int, group_bits: int = 0) -> Iterable[Flow]:
             Table.ARP, 110, match(eth_type=ETH_TYPE_ARP, arp_op=1, in_port=port, arp_tpa=ip),
             DROP, ck,
         )
+    if standby:
+        return
     yield Flow(
         Table.FORWARD, 100,
         match(metadata=(vm.segment_id, META_SEGMENT_MASK), eth_dst=vm.mac),

@@ -115,3 +115,7 @@ class NetworkState:
     bindings: dict[str, Binding] = field(default_factory=dict)
     policy: Policy = PERMISSIVE
     group_bits: dict[str, int] = field(default_factory=dict)  # group -> bit (0..63)
+    # live migration: the VM's port on the target host, ready but not yet delivered to
+    standby: dict[str, Binding] = field(default_factory=dict)
+    # pre-announced migrations: VM -> target switch (prepared make-before-break)
+    expected: dict[str, int] = field(default_factory=dict)

@@ -208,6 +208,19 @@ def set_location(
     session.flush()
 
 
+def set_convergence(session: Session, vm: str, ms: float) -> None:
+    """Convergence time of the VM's latest move, on its open history row."""
+    row = session.scalar(select(db.LocationHistory).where(
+        db.LocationHistory.vm_name == vm, db.LocationHistory.until.is_(None)))
+    if row is not None:
+        row.convergence_ms = round(ms, 3)
+
+
+def history(session: Session, vm: str) -> list[db.LocationHistory]:
+    return list(session.scalars(select(db.LocationHistory).where(
+        db.LocationHistory.vm_name == vm).order_by(db.LocationHistory.id)))
+
+
 def record_event(
     session: Session, type_: str, vm: str | None = None, host: str | None = None,
     **detail: object,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from . import compiler, registry
 from . import policy as policy_mod
+from .errors import Invalid, NotFound
 from .flows import Flow
 from .model import Binding, Link, NetworkState, PortRef, Switch
 from .reconcile import FlowDiff, additions_only, apply_diff, diff
@@ -47,7 +49,8 @@ class Interface:
 
 class Service:
     def __init__(
-        self, sessions: sessionmaker[Session], *, learn_first_frame: bool = False
+        self, sessions: sessionmaker[Session], *,
+        learn_first_frame: bool | frozenset[str] = False,
     ) -> None:
         self.sessions = sessions
         self.learn_first_frame = learn_first_frame
@@ -60,6 +63,9 @@ class Service:
         self.interfaces: list[Interface] | None = None  # last OVSDB snapshot
         self.flow_mods: Counter[int] = Counter()
         self.counters: Counter[str] = Counter()  # packet_in, ... (written by the app)
+        self._moves: list[tuple[str, int, int]] = []  # (vm, old dpid, new dpid) to converge
+        self.retired: set[tuple[str, PortRef]] = set()  # ports VMs migrated away from
+        self.convergence_ms: list[float] = []
         self._load()
 
     # --- start-up ---------------------------------------------------------------------
@@ -204,11 +210,15 @@ class Service:
                 lk for lk in self.state.links
                 if not any(p.dpid == dpid and p.port_no in gone for p in (lk.src, lk.dst))
             }
+            t0 = time.monotonic()
             with self.sessions.begin() as s:
                 for b in list(self.state.bindings.values()):
                     if b.port.dpid == dpid and b.port.port_no in gone:
-                        self._unbind(s, b.vm, "port-removed")
-            self._converge()
+                        self._port_gone(s, b)
+                for vm, sb in list(self.state.standby.items()):
+                    if sb.port.dpid == dpid and sb.port.port_no in gone:
+                        del self.state.standby[vm]
+            self._converge_moves(t0)
 
     def link_seen(self, link: Link) -> bool:
         """LLDP saw ``link``; returns True if it is new."""
@@ -230,12 +240,18 @@ class Service:
             self.interfaces = list(interfaces)
             present = {(i.dpid, i.ofport) for i in interfaces}
             dpids = {i.dpid for i in interfaces}
+            self.retired = {(vm, p) for vm, p in self.retired
+                            if (p.dpid, p.port_no) in present}
+            t0 = time.monotonic()
             with self.sessions.begin() as s:
                 for b in list(self.state.bindings.values()):
                     if b.port.dpid in dpids and (b.port.dpid, b.port.port_no) not in present:
-                        self._unbind(s, b.vm, "port-removed")
+                        self._port_gone(s, b)
+                for vm, sb in list(self.state.standby.items()):
+                    if sb.port.dpid in dpids and (sb.port.dpid, sb.port.port_no) not in present:
+                        del self.state.standby[vm]
                 self._bind_from_interfaces(s)
-            self._converge()
+            self._converge_moves(t0)
 
     def _bind_from_interfaces(self, s: Session, state: NetworkState | None = None) -> None:
         state = state or self.state
@@ -248,31 +264,95 @@ class Service:
             vm = state.vms.get(i.iface_id or "") or by_mac.get(
                 (i.attached_mac or "").lower()
             )
-            if vm is None:
+            if vm is None or (vm.name, PortRef(i.dpid, i.ofport)) in self.retired:
                 continue
             self._bind(s, Binding(vm.name, PortRef(i.dpid, i.ofport), i.name, "ovsdb"), state)
 
     def unbound_frame(self, dpid: int, port_no: int, src_mac: str) -> None:
-        """A frame reached the controller from a port no VM is bound to."""
-        if not self.learn_first_frame:
-            return
+        """A frame reached the controller from a port no VM is bound to: the first frame
+        (QEMU's RARP, a GARP) of a VM that arrived here, if this host may learn that way
+        or the move was announced."""
         with self.lock:
             vm = next((v for v in self.state.vms.values() if v.mac == src_mac.lower()), None)
             if vm is None or self._port_owner(PortRef(dpid, port_no)) is not None:
                 return
+            announced = self.state.expected.get(vm.name) == dpid
+            learn = self.learn_first_frame
+            allowed = learn is True or (isinstance(learn, frozenset)
+                                        and self._switch_name(dpid) in learn)
+            if not (allowed or announced):
+                return
+            t0 = time.monotonic()
             name = self.ports.get(dpid, {}).get(port_no, "")
+            how = "announce" if announced else "first-frame"
             with self.sessions.begin() as s:
-                self._bind(s, Binding(vm.name, PortRef(dpid, port_no), name, "first-frame"))
-            self._converge()
+                self._bind(s, Binding(vm.name, PortRef(dpid, port_no), name, how), direct=True)
+            self._converge_moves(t0)
+
+    def vm_seen(self, dpid: int, port_no: int, src_mac: str) -> None:
+        """A frame from a standby port: the VM runs there now; switch over."""
+        with self.lock:
+            sb = next((b for b in self.state.standby.values()
+                       if b.port == PortRef(dpid, port_no)), None)
+            vm = self.state.vms.get(sb.vm) if sb else None
+            if sb is None or vm is None or vm.mac != src_mac.lower():
+                return
+            t0 = time.monotonic()
+            with self.sessions.begin() as s:
+                self._promote(s, sb.vm)
+            self._converge_moves(t0)
+
+    def announce_migration(self, name: str, target: str) -> dict[str, Any]:
+        """Orchestrator pre-announcement: prepare ``target`` for the VM (make-before-break).
+        The move completes when the VM's port or first frame appears there."""
+        with self.lock:
+            if name not in self.state.vms:
+                raise NotFound(f"no VM named {name!r}", "name")
+            dpid = next((d for d, sw in self.state.switches.items()
+                         if target in (sw.name, registry.dpid_str(d))), None)
+            if dpid is None:
+                raise Invalid(f"no connected switch named {target!r}", "target_host")
+            self.state.expected[name] = dpid
+            try:
+                with self.sessions.begin() as s:
+                    registry.record_event(s, "migration-announced", vm=name, host=target)
+                    self._converge()
+            except Exception:
+                self.state.expected.pop(name, None)
+                raise
+            return {"vm": name, "target_host": self._switch_name(dpid), "state": "prepared"}
+
+    def _port_gone(self, s: Session, b: Binding) -> None:
+        """The VM's port vanished: a migration completes if it has a standby port."""
+        if b.vm in self.state.standby:
+            self._promote(s, b.vm)
+        else:
+            self._unbind(s, b.vm, "port-removed")
+
+    def _promote(self, s: Session, vm: str) -> None:
+        sb = self.state.standby.pop(vm)
+        self._bind(s, sb, direct=True)
 
     def _port_owner(self, port: PortRef, state: NetworkState | None = None) -> str | None:
         state = state or self.state
         return next((b.vm for b in state.bindings.values() if b.port == port), None)
 
-    def _bind(self, s: Session, b: Binding, state: NetworkState | None = None) -> None:
+    def _bind(self, s: Session, b: Binding, state: NetworkState | None = None,
+              direct: bool = False) -> None:
+        """Attach a VM to a port. A VM that is attached elsewhere, on a port that still
+        exists, gets the new port as standby (live migration in progress) unless
+        ``direct``."""
         state = state or self.state
         old = state.bindings.get(b.vm)
         if old is not None and old.port == b.port:
+            return
+        if old is not None and not direct and old.port.port_no in self.ports.get(
+                old.port.dpid, {}):
+            if state.standby.get(b.vm) != b:
+                state.standby[b.vm] = b
+                registry.record_event(s, "vm-standby", vm=b.vm,
+                                      host=self._switch_name(b.port.dpid),
+                                      port=b.port.port_no, how=b.how)
             return
         owner = self._port_owner(b.port, state)
         if owner is not None and owner != b.vm:
@@ -282,6 +362,11 @@ class Service:
             )
             return
         state.bindings[b.vm] = b
+        state.standby.pop(b.vm, None)
+        state.expected.pop(b.vm, None)
+        if old is not None:
+            self._moves.append((b.vm, old.port.dpid, b.port.dpid))
+            self.retired.add((b.vm, old.port))  # the VM left it; its port may linger
         row = registry.get_vm(s, b.vm)
         registry.set_location(s, row, b, self._switch_name(b.port.dpid))
         kind = "vm-moved" if old is not None else "vm-bound"
@@ -320,6 +405,18 @@ class Service:
                     rule=rule, src_vm=by_mac.get(src_mac), dst_vm=by_mac.get(dst_mac),
                     src_mac=src_mac, dst_mac=dst_mac, protocol=protocol, port=port)
 
+    def spoof_drops(self, dpid: int, drops: list[tuple[int, int, int, int]]) -> None:
+        """Anti-spoofing drop counters grew: (vm id, priority, in_port, new packets).
+        Audited from counters, so a flood never reaches the controller itself."""
+        kinds = {190: "spoofed-source", 205: "spoofed-source", 220: "dhcp-server"}
+        with self.lock:
+            by_id = {v.id: v.name for v in self.state.vms.values()}
+            with self.sessions.begin() as s:
+                for vm_id, prio, port, packets in drops:
+                    registry.record_event(s, "spoof-dropped", vm=by_id.get(vm_id),
+                                          host=self._switch_name(dpid), port=port,
+                                          kind=kinds.get(prio, str(prio)), packets=packets)
+
     # --- programming ------------------------------------------------------------------
 
     def desired(self) -> compiler.Flows:
@@ -327,14 +424,36 @@ class Service:
             return compiler.compile_network(self.state)
 
     def _converge(self) -> None:
-        self._program_all(compiler.compile_network(self.state))
+        moves, self._moves = self._moves, []
+        first = [new for _, _, new in moves]
+        last = [old for _, old, _ in moves]
+        self._program_all(compiler.compile_network(self.state), first, last)
 
-    def _program_all(self, desired: compiler.Flows) -> None:
-        """Bring every ready switch to ``desired``. If one refuses, the switches already
-        changed are put back, so no change is left half-applied across the network."""
+    def _converge_moves(self, t0: float) -> None:
+        """Converge; record how long moves took (detection to the last barrier)."""
+        moves = list(self._moves)
+        self._converge()
+        if not moves:
+            return
+        ms = (time.monotonic() - t0) * 1000
+        with self.sessions.begin() as s:
+            for vm, _, _ in moves:
+                registry.set_convergence(s, vm, ms)
+        self.convergence_ms.extend([ms] * len(moves))
+
+    def _program_all(self, desired: compiler.Flows, first: list[int] | None = None,
+                     last: list[int] | None = None) -> None:
+        """Bring every ready switch to ``desired``: ``first`` (a migration target: local
+        delivery and policy before anything points there), then the rest, ``last`` (the
+        old host). If one refuses, the switches already changed are put back, so no
+        change is left half-applied across the network."""
         done: list[tuple[int, frozenset[Flow]]] = []
+        head, tail = first or [], last or []
+        order = [d for d in head if d in self.ready] + sorted(
+            d for d in self.ready if d not in head and d not in tail) + [
+            d for d in tail if d in self.ready and d not in head]
         try:
-            for dpid in sorted(self.ready):
+            for dpid in order:
                 if dpid in self.installed and dpid in desired:
                     before = self.installed[dpid]
                     changes = diff(desired[dpid], before)

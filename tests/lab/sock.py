@@ -2,6 +2,8 @@
 
     python sock.py serve tcp|udp PORT SECONDS      echo everything back until SECONDS pass
     python sock.py send tcp|udp IP PORT MESSAGE    prints 'reply:<echo>' or 'fail:<reason>'
+    python sock.py stream IP PORT SECONDS           one TCP connection, a message every 20 ms
+                                                    both ways; prints 'ok=N late=M broken=0|1'
 """
 
 import socket
@@ -58,8 +60,42 @@ def send(proto: str, ip: str, port: int, msg: str, timeout: float = 1.5) -> str:
         s.close()
 
 
+def stream(ip: str, port: int, seconds: float) -> str:
+    """A long-lived connection with data both ways. A message whose echo takes more than
+    a second is 'late'; the connection breaking (reset, 10 s silence) is 'broken'."""
+    s = socket.create_connection((ip, port), timeout=3)
+    s.settimeout(10)
+    ok = late = 0
+    end = time.monotonic() + seconds
+    i = 0
+    try:
+        while time.monotonic() < end:
+            msg = f"<{i}>".encode()
+            t0 = time.monotonic()
+            s.sendall(msg)
+            got = b""
+            while len(got) < len(msg):
+                chunk = s.recv(len(msg) - len(got))
+                if not chunk:
+                    raise OSError("closed")
+                got += chunk
+            if got != msg:
+                raise OSError("corrupt")
+            ok += time.monotonic() - t0 <= 1
+            late += time.monotonic() - t0 > 1
+            i += 1
+            time.sleep(0.02)
+    except OSError:
+        return f"ok={ok} late={late} broken=1"
+    finally:
+        s.close()
+    return f"ok={ok} late={late} broken=0"
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "serve":
+    if sys.argv[1] == "stream":
+        print(stream(sys.argv[2], int(sys.argv[3]), float(sys.argv[4])))
+    elif sys.argv[1] == "serve":
         serve(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
     else:
         print(send(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]))

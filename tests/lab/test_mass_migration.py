@@ -1,0 +1,57 @@
+"""20 VMs migrate at once (every VM moves to the next hypervisor): all locations and
+flows end up right, and everything that could talk before still can."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from mininet_topos.datacenter import vm
+from mininet_topos.lab import Lab
+from mininet_topos.migration import migrate_many
+
+from .conftest import ports
+
+HOSTS = 4
+PLAN = [vm(f"m{h}{i}", h, "blue", index=i) for h in range(1, HOSTS + 1) for i in range(1, 6)]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    of_port, api_port = ports()
+    work = tmp_path_factory.mktemp("mass")
+    lab = Lab(HOSTS, 2, PLAN, db_url=f"sqlite:///{work}/vfence.db", workdir=work,
+              of_port=of_port, api_port=api_port)
+    try:
+        lab.up()
+        yield lab
+    finally:
+        lab.down()
+
+
+def delivery_ports(bridge: str, mac: str) -> list[str]:
+    out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "--no-stats", "dump-flows", bridge,
+                          f"table=40,dl_dst={mac}"], capture_output=True, text=True,
+                         check=True).stdout
+    return [ln for ln in out.splitlines() if "actions=output:" in ln]
+
+
+def test_twenty_vms_move_at_once(lab):
+    target = {p.name: f"hv{p.host % HOSTS + 1}" for p in PLAN}
+    migrate_many(lab.net, [(p, target[p.name]) for p in PLAN])
+
+    def all_moved() -> bool:
+        vms = lab.get("/v1/vms") or []
+        return all(v["location"] and v["location"]["host"]["name"] == target[v["name"]]
+                   for v in vms) and len(vms) == len(PLAN)
+    lab.wait_for(all_moved, 30, "all 20 locations")
+    for p in PLAN:
+        for h in range(1, HOSTS + 1):
+            n = len(delivery_ports(f"hv{h}", p.mac))
+            assert n == (1 if f"hv{h}" == target[p.name] else 0), (p.name, h)
+        hist = lab.get(f"/v1/vms/{p.name}/history")
+        assert [x["host"]["name"] for x in hist][-2:] == [f"hv{p.host}", target[p.name]]
+    for i, p in enumerate(PLAN):  # each VM reaches one on another host, after the move
+        other = PLAN[(i + 7) % len(PLAN)]
+        assert lab.ping(p.name, other.name), (p.name, other.name)
