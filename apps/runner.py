@@ -33,12 +33,26 @@ class ServeOptions:
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     ovsdb: list[str] = field(default_factory=list)
+    api_token: str | None = None
+    api_cert: str | None = None  # TLS for the REST API
+    api_key: str | None = None
+    ofp_cert: str | None = None  # TLS for OpenFlow (os-ken's ctl-cert/ctl-privkey/ca-certs)
+    ofp_key: str | None = None
+    ofp_ca: str | None = None
 
 
-def start_openflow(service: Service, host: str, port: int) -> VfenceApp:
-    """Start os-ken's OpenFlow server and the vfence app (returns at once)."""
-    cfg.CONF(args=[f"--ofp-listen-host={host}", f"--ofp-tcp-listen-port={port}"],
-             project="os_ken")
+def start_openflow(service: Service, host: str, port: int, tls: tuple[str, ...] = ()
+                   ) -> VfenceApp:
+    """Start os-ken's OpenFlow server and the vfence app (returns at once). ``tls``:
+    (cert, key, ca) switches the listener to TLS with client certificates."""
+    args = [f"--ofp-listen-host={host}"]
+    if tls:
+        cert, key, ca = tls
+        args += [f"--ofp-ssl-listen-port={port}", f"--ctl-cert={cert}", f"--ctl-privkey={key}",
+                 f"--ca-certs={ca}"]
+    else:
+        args.append(f"--ofp-tcp-listen-port={port}")
+    cfg.CONF(args=args, project="os_ken")
     manager = AppManager.get_instance()
     manager.load_apps(["apps.vfence_app", "os_ken.controller.ofp_handler"])
     contexts = manager.create_contexts()
@@ -48,7 +62,9 @@ def start_openflow(service: Service, host: str, port: int) -> VfenceApp:
 
 def run(service: Service, opts: ServeOptions) -> None:
     """Serve until SIGTERM/SIGINT."""
-    app = start_openflow(service, opts.ofp_host, opts.ofp_port)
+    tls = (opts.ofp_cert, opts.ofp_key, opts.ofp_ca)
+    app = start_openflow(service, opts.ofp_host, opts.ofp_port,
+                         tls if all(tls) else ())  # type: ignore[arg-type]
     manager = AppManager.get_instance()
 
     monitors = [Monitor(remote, lambda snap: app.submit(service.ovsdb_snapshot, snap))
@@ -57,7 +73,9 @@ def run(service: Service, opts: ServeOptions) -> None:
         m.start()
 
     server = uvicorn.Server(uvicorn.Config(
-        create_app(service), host=opts.api_host, port=opts.api_port, log_level="warning",
+        create_app(service, opts.api_token), host=opts.api_host, port=opts.api_port,
+        log_level="warning", access_log=False,  # never log request headers (tokens)
+        ssl_certfile=opts.api_cert, ssl_keyfile=opts.api_key,
     ))
     api = threading.Thread(target=server.run, name="api", daemon=True)
     api.start()

@@ -185,6 +185,14 @@ class VfenceApp(app_manager.OSKenApp):
         self.stats["bundles"] += 1
         self.stats["flow_mods"] += len(mods)
 
+    def read_flows(self, dpid: int) -> list[tuple[Any, int, int]]:
+        dp = self.datapaths.get(dpid)
+        if dp is None:
+            raise SwitchError(f"switch {dpid:016x} is not connected")
+        req = parser.OFPFlowStatsRequest(dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY)
+        return [(ofcodec.from_stats(s), s.packet_count, s.byte_count)
+                for s in self._request_multi(dp, req, "flow stats")]
+
     # --- connection lifecycle ---------------------------------------------------------
 
     @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
@@ -292,6 +300,8 @@ class VfenceApp(app_manager.OSKenApp):
     def _packet_in(self, ev: Any) -> None:
         self.stats["packet_in"] += 1
         self.service.counters["packet_in"] += 1
+        self.service.metrics.packet_in.labels(
+            (cookie_owner(ev.msg.cookie) or (Owner.BASE, 0))[0].name.lower()).inc()
         msg = ev.msg
         dp = msg.datapath
         in_port = msg.match.get("in_port")

@@ -6,18 +6,25 @@ field (``body.mac``, ``path.name``) and the reason.
 
 from __future__ import annotations
 
+import hmac
 import re
+import time
 from datetime import datetime
 from ipaddress import ip_address
 from typing import Annotated, Any
 
 from fastapi import Body, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from . import registry, topology
-from .errors import NotFound, VfenceError
+from .errors import Invalid, NotFound, VfenceError
+from .flows import Owner, cookie_owner
 from .service import Service
 from .store import models as db
 
@@ -25,15 +32,20 @@ NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 Name = Annotated[str, Field(pattern=NAME, description="letters, digits, '_', '.', '-'")]
 PROBLEM = "application/problem+json"
+OPEN_PATHS = {"/v1/health"}  # for load balancers and probes; says nothing sensitive
 
 
 class VMIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Name
-    mac: str = Field(description="unicast MAC, e.g. 00:00:00:00:01:01")
-    ips: list[str] = Field(default_factory=list, max_length=64)
+    mac: str = Field(description="unicast MAC, e.g. 00:00:00:00:01:01",
+                     pattern=r"^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$")
+    ips: list[str] = Field(default_factory=list, max_length=64, json_schema_extra={
+        "uniqueItems": True, "items": {"type": "string", "anyOf": [
+            {"format": "ipv4"}, {"format": "ipv6"}]}})
     segment: Name
-    groups: list[Name] = Field(default_factory=list, max_length=64)
+    groups: list[Name] = Field(default_factory=list, max_length=64,
+                               json_schema_extra={"uniqueItems": True})
 
     @field_validator("mac")
     @classmethod
@@ -96,6 +108,24 @@ class VMOut(BaseModel):
     segment: str
     groups: list[str]
     location: LocationOut | None = None
+
+
+class FlowOut(BaseModel):
+    table: int
+    priority: int
+    match: dict[str, Any]
+    instructions: Any
+    cookie: str
+    owner: str = Field(description="base, vm:<id>, segment:<id>, fabric, rule:<index>, "
+                       "policy, isolation:<index>, or foreign (not written by vfence)")
+    packets: int
+    bytes: int
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, tuple | list):
+        return [_jsonable(x) for x in v]
+    return v
 
 
 class HistoryOut(BaseModel):
@@ -165,11 +195,63 @@ def _vm_out(row: db.VM) -> VMOut:
     )
 
 
-def create_app(service: Service) -> FastAPI:
+def create_app(service: Service, token: str | None = None) -> FastAPI:
+    """The REST application. With ``token`` every endpoint but /v1/health needs
+    ``Authorization: Bearer <token>``."""
     app = FastAPI(title="vfence", version="0.1.0", description=__doc__)
     errors: dict[int | str, dict[str, Any]] = {
-        code: {"model": Problem} for code in (404, 409, 422)
+        code: {"model": Problem} for code in (401, 404, 409, 422)
     }
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's spec, with every error documented as problem+json (what we send)."""
+        if app.openapi_schema:
+            return app.openapi_schema
+        spec = get_openapi(title=app.title, version=app.version, description=app.description,
+                           routes=app.routes)
+        spec["components"]["schemas"]["Problem"] = Problem.model_json_schema(
+            ref_template="#/components/schemas/{model}")
+        spec["components"]["schemas"].pop("HTTPValidationError", None)
+        spec["components"]["schemas"].pop("ValidationError", None)
+        ref = {"$ref": "#/components/schemas/Problem"}
+        for url, path in spec["paths"].items():
+            for op in path.values():
+                extra = {"401": "missing or wrong bearer token (when a token is set)"}
+                if url in OPEN_PATHS:
+                    extra = {}
+                if op.get("parameters") or op.get("requestBody"):
+                    extra["422"] = "invalid input: `errors` names each field and reason"
+                if op.get("requestBody"):
+                    extra["400"] = "the body is not JSON"
+                for code, text in extra.items():
+                    op.setdefault("responses", {}).setdefault(code, {"description": text})
+                for code, resp in op.get("responses", {}).items():
+                    if code[0] in "45":
+                        resp["content"] = {PROBLEM: {"schema": ref}}
+        app.openapi_schema = spec
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    @app.middleware("http")
+    async def _auth_and_timing(request: Request, call_next: Any) -> Any:
+        t0 = time.perf_counter()
+        if token is not None and request.url.path not in OPEN_PATHS:
+            given = request.headers.get("authorization", "")
+            scheme, _, value = given.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip(), token):
+                response: Any = problem(401, "Unauthorized", "a valid bearer token is required",
+                                        [{"field": "header.authorization",
+                                          "reason": "missing or wrong bearer token"}])
+                response.headers["WWW-Authenticate"] = 'Bearer realm="vfence"'
+                return response
+        response = await call_next(request)
+        if service is not None:
+            route = request.scope.get("route")
+            service.metrics.api_latency.labels(
+                request.method, getattr(route, "path", "unmatched"), str(response.status_code)
+            ).observe(time.perf_counter() - t0)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_req: Request, exc: RequestValidationError) -> JSONResponse:
@@ -179,6 +261,19 @@ def create_app(service: Service) -> FastAPI:
         ]
         detail = "; ".join(f"{e['field']}: {e['reason']}" for e in found)
         return problem(422, "Invalid input", detail, found)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        response = problem(exc.status_code, str(exc.detail), str(exc.detail), [])
+        if exc.status_code == 405:
+            # every method any route of this path accepts (Starlette names only the first)
+            allowed: set[str] = set()
+            for route in app.routes:
+                match, _ = route.matches({**request.scope, "method": "*"})
+                if match != Match.NONE:
+                    allowed |= set(getattr(route, "methods", set()) or set())
+            response.headers["Allow"] = ", ".join(sorted(allowed))
+        return response
 
     @app.exception_handler(VfenceError)
     async def _core(_req: Request, exc: VfenceError) -> JSONResponse:
@@ -261,19 +356,79 @@ def create_app(service: Service) -> FastAPI:
         completes when the VM's port (OVSDB) or first frame appears there."""
         return service.announce_migration(name, body.target_host)
 
+    @app.get("/v1/hosts/{host}/flows", responses=errors)
+    def host_flows(host: str) -> list[FlowOut]:
+        """The flows installed on a switch (bridge name or dpid), read from it now, with
+        packet and byte counters."""
+        dpid = _find_switch(host)
+        out = []
+        for f, packets, nbytes in sorted(service.read_flows(dpid), key=lambda x: x[0]):
+            owner = cookie_owner(f.cookie)
+            out.append(FlowOut(
+                table=f.table, priority=f.priority, match={k: _jsonable(v) for k, v in f.match},
+                instructions=_jsonable(f.instructions), cookie=f"{f.cookie:#018x}",
+                owner=f"{owner[0].name.lower()}:{owner[1]}" if owner else "foreign",
+                packets=packets, bytes=nbytes))
+        return out
+
+    def _find_switch(host: str) -> int:
+        for d, sw in service.state.switches.items():
+            if host in (sw.name, registry.dpid_str(d)):
+                return d
+        raise NotFound(f"no switch named {host!r}", "host")
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        """Prometheus exposition. Rule counters are read from the switches now."""
+        m = service.metrics
+        m.switches.set(len(service.connected()))
+        rules = {r.index: r.name for r in service.state.policy.rules}
+        packets: dict[str, int] = {}
+        nbytes: dict[str, int] = {}
+        for dpid in service.connected():
+            try:
+                flows = service.read_flows(dpid)
+            except Exception:  # a switch that just went away: skip it this scrape
+                continue
+            for f, p, b in flows:
+                owner = cookie_owner(f.cookie)
+                if owner is None:
+                    continue
+                name = (rules.get(owner[1]) if owner[0] == Owner.RULE else
+                        f"isolation[{owner[1]}]" if owner[0] == Owner.ISOLATION else
+                        "anti-spoofing" if owner[0] == Owner.VM and not f.instructions
+                        and f.table == 0 else None)
+                if name:
+                    packets[name] = packets.get(name, 0) + p
+                    nbytes[name] = nbytes.get(name, 0) + b
+        for name in packets:
+            m.rule_packets.labels(name).set(packets[name])
+            m.rule_bytes.labels(name).set(nbytes[name])
+        return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+
     @app.get("/v1/events")
     def list_events(
         type: Annotated[str | None, Query(description="e.g. vm-moved, denied")] = None,
         vm: str | None = None,
         host: str | None = None,
-        since: datetime | None = None,
+        since: Annotated[str | None, Query(
+            description="RFC 3339 time, e.g. 2026-11-27T09:00:00Z",
+            json_schema_extra={"format": "date-time"})] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> list[EventOut]:
         """Audit events, oldest first: bindings, moves, denied samples, policy changes,
         switch connects."""
+        start = None
+        if since is not None:
+            try:
+                start = datetime.fromisoformat(since.replace("Z", "+00:00"))
+            except ValueError:
+                raise Invalid("not an RFC 3339 date-time", "query.since") from None
+            if start.tzinfo is None or not re.match(r"^\d{4}-\d{2}-\d{2}[Tt ]", since):
+                raise Invalid("needs a full date, a time and a UTC offset", "query.since")
         with service.sessions() as s:
-            rows = registry.events(s, type_=type, vm=vm, host=host, since=since, limit=limit,
+            rows = registry.events(s, type_=type, vm=vm, host=host, since=start, limit=limit,
                                    offset=offset)
             return [EventOut(id=e.id, ts=e.ts, type=e.type, vm=e.vm, host=e.host,
                              detail=e.detail) for e in rows]

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
 import sys
+import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
@@ -25,6 +28,8 @@ vm_app = typer.Typer(help="virtual machines", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(vm_app, name="vm")
 app.add_typer(policy_app, name="policy")
+host_app = typer.Typer(help="switches (hypervisor bridges and fabric)", no_args_is_help=True)
+app.add_typer(host_app, name="host")
 console = Console()
 err = Console(stderr=True)
 
@@ -64,6 +69,14 @@ def serve(
     policy: Annotated[
         str | None, typer.Option(help="policy document (YAML/JSON) to apply at start")
     ] = None,
+    api_token_file: Annotated[
+        str | None, typer.Option(help="file holding the REST bearer token [env VFENCE_API_TOKEN]")
+    ] = None,
+    api_cert: Annotated[str | None, typer.Option(help="TLS certificate for the REST API")] = None,
+    api_key: Annotated[str | None, typer.Option(help="TLS key for the REST API")] = None,
+    ofp_cert: Annotated[str | None, typer.Option(help="TLS certificate for OpenFlow")] = None,
+    ofp_key: Annotated[str | None, typer.Option(help="TLS key for OpenFlow")] = None,
+    ofp_ca: Annotated[str | None, typer.Option(help="CA that signs the switches' certs")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
 ) -> None:
     """Run the controller: OpenFlow 1.3, REST API and OVSDB monitors."""
@@ -72,6 +85,15 @@ def serve(
 
     from .service import Service
 
+    token = _api_token(api_token_file)
+    if token is None and not _loopback(api_host):
+        err.print(f"[red]--api-host {api_host} is reachable beyond this machine: set "
+                  f"VFENCE_API_TOKEN or --api-token-file[/red]")
+        raise typer.Exit(2)
+    if bool(api_cert) != bool(api_key) or len({bool(ofp_cert), bool(ofp_key), bool(ofp_ca)}) > 1:
+        err.print("[red]TLS needs all of its files: --api-cert with --api-key; --ofp-cert, "
+                  "--ofp-key and --ofp-ca together[/red]")
+        raise typer.Exit(2)
     doc = _load_policy_or_exit(policy) if policy else None
     url = db.resolve_url(database)
     engine = db.make_engine(url)
@@ -85,7 +107,29 @@ def serve(
             _print_errors(getattr(e, "errors", None) or [{"field": e.field or "", "reason":
                                                            e.reason}])
             raise typer.Exit(2) from None
-    run(service, ServeOptions(ofp_host, ofp_port, api_host, api_port, list(ovsdb or [])))
+    run(service, ServeOptions(ofp_host, ofp_port, api_host, api_port, list(ovsdb or []),
+                              token, api_cert, api_key, ofp_cert, ofp_key, ofp_ca))
+
+
+def _api_token(path: str | None) -> str | None:
+    if path:
+        try:
+            token = Path(path).read_text().strip()
+        except OSError as e:
+            err.print(f"[red]--api-token-file: cannot read {path}: {e.strerror}[/red]")
+            raise typer.Exit(2) from None
+        if not token:
+            err.print(f"[red]--api-token-file: {path} is empty[/red]")
+            raise typer.Exit(2)
+        return token
+    return os.environ.get("VFENCE_API_TOKEN") or None
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 @db_app.command("upgrade")
@@ -169,8 +213,10 @@ def policy_show(api: ApiOpt = "http://127.0.0.1:8080") -> None:
 
 
 def _call(api: str, method: str, path: str, **kw: Any) -> Any:
+    token = os.environ.get("VFENCE_API_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        r = httpx.request(method, api.rstrip("/") + path, timeout=30, **kw)
+        r = httpx.request(method, api.rstrip("/") + path, timeout=30, headers=headers, **kw)
     except httpx.HTTPError as e:
         err.print(f"[red]cannot reach the controller at {api}: {e}[/red]")
         raise typer.Exit(1) from None
@@ -241,6 +287,84 @@ def vm_where(name: str, api: ApiOpt = "http://127.0.0.1:8080", as_json: JsonOpt 
     else:
         console.print(f"{name}: {loc['host']['name']} ({loc['host']['dpid']}) port "
                       f"{loc['port']['number']} {loc['port']['name']} since {loc['since']}")
+
+
+@vm_app.command("history")
+def vm_history(name: str, api: ApiOpt = "http://127.0.0.1:8080", as_json: JsonOpt = False
+               ) -> None:
+    """Every place a VM has been (append-only), with each move's convergence time."""
+    rows = _call(api, "GET", f"/v1/vms/{name}/history")
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    t = Table("host", "port", "since", "until", "how", "convergence ms")
+    for h in rows:
+        conv = h["convergence_ms"]
+        t.add_row(h["host"]["name"], h["port"]["name"], h["since"], h["until"] or "-",
+                  h["how"], f"{conv:.1f}" if conv is not None else "-")
+    console.print(t)
+
+
+@host_app.command("list")
+def host_list(api: ApiOpt = "http://127.0.0.1:8080", as_json: JsonOpt = False) -> None:
+    """Switches vfence knows, their host label, flows and flow-mods sent."""
+    rows = _call(api, "GET", "/v1/hosts")
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    t = Table("name", "dpid", "label", "connected", "flows", "flow-mods sent")
+    for h in rows:
+        t.add_row(h["name"], h["dpid"], str(h["label"]), "yes" if h["connected"] else "no",
+                  str(h["flows"]), str(h["flow_mods_sent"]))
+    console.print(t)
+
+
+@host_app.command("flows")
+def host_flows(host: str, api: ApiOpt = "http://127.0.0.1:8080", as_json: JsonOpt = False,
+               table: Annotated[int | None, typer.Option(help="only this table")] = None
+               ) -> None:
+    """The flows on a switch, read from it now, with counters."""
+    rows = _call(api, "GET", f"/v1/hosts/{host}/flows")
+    rows = [r for r in rows if table is None or r["table"] == table]
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    t = Table("table", "prio", "match", "owner", "packets", "instructions")
+    for f in rows:
+        m = ",".join(f"{k}={v}" for k, v in f["match"].items()) or "*"
+        t.add_row(str(f["table"]), str(f["priority"]), m, f["owner"], str(f["packets"]),
+                  json.dumps(f["instructions"]) if f["instructions"] else "drop")
+    console.print(t)
+
+
+@app.command()
+def events(
+    type_: Annotated[str | None, typer.Option("--type", help="e.g. vm-moved, denied")] = None,
+    vm: Annotated[str | None, typer.Option(help="only this VM")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new ones")]
+    = False,
+    api: ApiOpt = "http://127.0.0.1:8080",
+    as_json: JsonOpt = False,
+) -> None:
+    """The audit trail: bindings, moves, spoofs, denied samples, policy changes."""
+    params: dict[str, Any] = {"limit": 1000}
+    if type_:
+        params["type"] = type_
+    if vm:
+        params["vm"] = vm
+    offset = 0
+    while True:
+        rows = _call(api, "GET", "/v1/events", params={**params, "offset": offset})
+        for e in rows:
+            if as_json:
+                print(json.dumps(e), flush=True)
+            else:
+                console.print(f"{e['ts']} [bold]{e['type']}[/bold] vm={e['vm'] or '-'} "
+                              f"host={e['host'] or '-'} {json.dumps(e['detail'])}")
+        offset += len(rows)
+        if not follow:
+            return
+        time.sleep(1)
 
 
 @app.command()

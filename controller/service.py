@@ -23,6 +23,7 @@ from . import compiler, registry
 from . import policy as policy_mod
 from .errors import Invalid, NotFound
 from .flows import Flow
+from .metrics import Metrics
 from .model import Binding, Link, NetworkState, PortRef, Switch
 from .reconcile import FlowDiff, additions_only, apply_diff, diff
 from .store import models as db
@@ -34,6 +35,9 @@ class Programmer(Protocol):
     def program(self, dpid: int, changes: FlowDiff) -> None:
         """Commit ``changes`` on the switch atomically (bundle) and wait for the barrier.
         Raises on failure."""
+
+    def read_flows(self, dpid: int) -> list[tuple[Flow, int, int]]:
+        """(flow, packets, bytes) for every flow on the switch, read now."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ class Service:
         self.counters: Counter[str] = Counter()  # packet_in, ... (written by the app)
         self._moves: list[tuple[str, int, int]] = []  # (vm, old dpid, new dpid) to converge
         self.retired: set[tuple[str, PortRef]] = set()  # ports VMs migrated away from
+        self.metrics = Metrics()
         self.convergence_ms: list[float] = []
         self._load()
 
@@ -440,6 +445,9 @@ class Service:
             for vm, _, _ in moves:
                 registry.set_convergence(s, vm, ms)
         self.convergence_ms.extend([ms] * len(moves))
+        for _ in moves:
+            self.metrics.moves.inc()
+            self.metrics.convergence.observe(ms / 1000)
 
     def _program_all(self, desired: compiler.Flows, first: list[int] | None = None,
                      last: list[int] | None = None) -> None:
@@ -474,8 +482,19 @@ class Service:
         self.programmer.program(dpid, changes)
         self.flow_mods[dpid] += len(changes)
         self.installed[dpid] = apply_diff(self.installed[dpid], changes)
+        name = self._switch_name(dpid)
+        self.metrics.flow_mods.labels(name).inc(len(changes))
+        self.metrics.bundles.labels(name).inc()
+        for table, n in compiler.count_by_table(self.installed[dpid]).items():
+            self.metrics.flows.labels(name, str(table)).set(n)
 
     # --- read side --------------------------------------------------------------------
+
+    def read_flows(self, dpid: int) -> list[tuple[Flow, int, int]]:
+        """The switch's flows as it reports them now, with packet and byte counts."""
+        if self.programmer is None or dpid not in self.installed:
+            raise NotFound(f"switch {registry.dpid_str(dpid)} is not connected", "id")
+        return self.programmer.read_flows(dpid)
 
     def connected(self) -> list[int]:
         with self.lock:

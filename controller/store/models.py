@@ -14,6 +14,7 @@ from sqlalchemy import (
     Integer,
     String,
     Table,
+    TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -21,6 +22,23 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
 
 
 class Base(DeclarativeBase):
@@ -57,7 +75,7 @@ class VM(Base):
     name: Mapped[str] = mapped_column(String(64), unique=True)
     mac: Mapped[str] = mapped_column(String(17), unique=True)
     segment_id: Mapped[int] = mapped_column(ForeignKey("segments.id"))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     segment: Mapped[Segment] = relationship(lazy="joined")
     groups: Mapped[list[Group]] = relationship(secondary=vm_groups, lazy="selectin")
@@ -88,8 +106,8 @@ class Switch(Base):
     dpid: Mapped[str] = mapped_column(String(16), unique=True)  # 16 hex digits
     name: Mapped[str] = mapped_column(String(64))
     label: Mapped[int] = mapped_column(Integer, unique=True)
-    first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    first_seen: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Location(Base):
@@ -101,7 +119,7 @@ class Location(Base):
     switch_name: Mapped[str] = mapped_column(String(64))
     port_no: Mapped[int] = mapped_column(Integer)
     port_name: Mapped[str] = mapped_column(String(64))
-    since: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    since: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     how: Mapped[str] = mapped_column(String(16))
 
 
@@ -115,8 +133,8 @@ class LocationHistory(Base):
     switch_name: Mapped[str] = mapped_column(String(64))
     port_no: Mapped[int] = mapped_column(Integer)
     port_name: Mapped[str] = mapped_column(String(64))
-    since: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    since: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     how: Mapped[str] = mapped_column(String(16))
     convergence_ms: Mapped[float | None] = mapped_column(Float)
 
@@ -126,7 +144,7 @@ class PolicyDocument(Base):
 
     __tablename__ = "policies"
     id: Mapped[int] = mapped_column(primary_key=True)
-    applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    applied_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     document: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
@@ -135,7 +153,7 @@ class Event(Base):
 
     __tablename__ = "events"
     id: Mapped[int] = mapped_column(primary_key=True)
-    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    ts: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     type: Mapped[str] = mapped_column(String(32), index=True)
     vm: Mapped[str | None] = mapped_column(String(64), index=True)
     host: Mapped[str | None] = mapped_column(String(64))

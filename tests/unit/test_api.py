@@ -28,6 +28,16 @@ class Recorder:
         if self.fail:
             raise RuntimeError("switch refused the bundle")
         self.sent.append((dpid, changes))
+        self.flows = getattr(self, "flows", {})
+        have = {f.key: f for f in self.flows.get(dpid, ())}
+        for f in changes.delete:
+            have.pop(f.key, None)
+        for f in changes.add:
+            have[f.key] = f
+        self.flows[dpid] = list(have.values())
+
+    def read_flows(self, dpid: int):
+        return [(f, 7, 700) for f in getattr(self, "flows", {}).get(dpid, [])]
 
 
 @pytest.fixture

@@ -1,0 +1,209 @@
+"""Operator-facing API: auth, metrics, host flows, events, migrations; schemathesis over
+the served OpenAPI spec; the CLI against a real HTTP server."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import httpx
+import pytest
+import schemathesis
+import uvicorn
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, settings
+from schemathesis.specs.openapi.checks import positive_data_acceptance
+
+from controller.api import create_app
+from controller.service import Interface, Service
+from controller.store import db
+
+from .test_api import VM, Recorder
+
+TOKEN = "s3cret-token-value"
+
+
+def make_service(url: str) -> tuple[Service, Recorder]:
+    engine = db.make_engine(url)
+    db.upgrade(engine)
+    service = Service(db.sessions(engine))
+    service.programmer = rec = Recorder()
+    service.switch_connected(0x101, "hv1", {1: "hv1-eth1", 3: "hv1-eth3"}, [])
+    service.switch_ready(0x101)
+    return service, rec
+
+
+@pytest.fixture
+def service(sqlite_url):
+    return make_service(sqlite_url)[0]
+
+
+def test_token_required_when_configured(service, caplog):
+    caplog.set_level(logging.DEBUG)
+    client = TestClient(create_app(service, token=TOKEN))
+    r = client.get("/v1/vms")
+    assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+    assert r.json()["errors"][0]["field"] == "header.authorization"
+    assert client.get("/v1/vms", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/v1/vms", headers={"Authorization": TOKEN}).status_code == 401
+    ok = client.get("/v1/vms", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert ok.status_code == 200
+    assert client.get("/v1/health").status_code == 200  # probes need no token
+    assert TOKEN not in caplog.text
+
+
+def test_metrics_scrape(service):
+    client = TestClient(create_app(service))
+    client.post("/v1/vms", json=VM)
+    service.ovsdb_snapshot([Interface(0x101, 3, "hv1-eth3", VM["mac"], None)])
+    text = client.get("/metrics").text
+    assert "vfence_switches_connected 1.0" in text
+    assert 'vfence_flow_mods_total{switch="hv1"}' in text
+    assert 'vfence_flows{switch="hv1",table="0"}' in text
+    assert 'vfence_rule_packets{rule="anti-spoofing"} 42.0' in text  # 6 drop flows x 7
+    assert 'vfence_api_request_seconds_count{method="POST",route="/v1/vms",status="201"} 1.0' \
+        in text
+
+
+def test_host_flows_read_from_the_switch(service):
+    client = TestClient(create_app(service))
+    client.post("/v1/vms", json=VM)
+    service.ovsdb_snapshot([Interface(0x101, 3, "hv1-eth3", VM["mac"], None)])
+    flows = client.get("/v1/hosts/hv1/flows").json()
+    assert flows and all(f["packets"] == 7 for f in flows)
+    assert {f["owner"].split(":")[0] for f in flows} >= {"base", "vm", "policy"}
+    same = client.get("/v1/hosts/0000000000000101/flows").json()
+    assert same == flows
+    r = client.get("/v1/hosts/nope/flows")
+    assert r.status_code == 404 and r.json()["errors"][0]["field"] == "host"
+
+
+def test_events_filter_and_page(service):
+    client = TestClient(create_app(service))
+    for i in range(3):
+        client.post("/v1/vms", json={**VM, "name": f"v{i}", "mac": f"00:00:00:00:0a:0{i}",
+                                     "ips": [f"10.1.0.{i + 1}"]})
+    added = client.get("/v1/events", params={"type": "vm-added"}).json()
+    assert [e["vm"] for e in added] == ["v0", "v1", "v2"]
+    page = client.get("/v1/events", params={"type": "vm-added", "limit": 1, "offset": 1}).json()
+    assert [e["vm"] for e in page] == ["v1"]
+    assert client.get("/v1/events", params={"vm": "v2"}).json()[0]["type"] == "vm-added"
+    assert client.get("/v1/events", params={"limit": 0}).status_code == 422
+
+
+def test_migration_announcement(service):
+    client = TestClient(create_app(service))
+    client.post("/v1/vms", json=VM)
+    r = client.post("/v1/vms/pay-1/migrations", json={"target_host": "hv1"})
+    assert r.status_code == 202 and r.json() == {"vm": "pay-1", "target_host": "hv1",
+                                                 "state": "prepared"}
+    r = client.post("/v1/vms/pay-1/migrations", json={"target_host": "hv9"})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "target_host"
+    assert client.post("/v1/vms/ghost/migrations", json={"target_host": "hv1"}).status_code \
+        == 404
+
+
+# schemathesis loads the spec at import (pytest 9 breaks its from_fixture): a real app on
+# a throw-away SQLite file, with one (recording) switch connected
+_SCHEMA_DB = tempfile.mkdtemp(prefix="vfence-schemathesis-")
+schema = schemathesis.openapi.from_asgi(
+    "/openapi.json", create_app(make_service(f"sqlite:///{_SCHEMA_DB}/db.sqlite")[0]))
+
+
+@schema.parametrize()
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                 HealthCheck.filter_too_much])
+def test_api_conforms_to_its_spec_and_never_5xx(case):
+    response = case.call()
+    assert response.status_code < 500, (case.method, case.path, response.text)
+    # semantic rules a schema cannot state (multicast MAC, 0.0.0.0, taken names) answer 422
+    # to some schema-valid bodies by design; every other check applies
+    case.validate_response(response, excluded_checks=[positive_data_acceptance])
+
+
+# --- CLI against a live server --------------------------------------------------------------
+
+
+@pytest.fixture
+def live_api(sqlite_url):
+    service, _ = make_service(sqlite_url)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            httpx.get(url + "/v1/health", timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    yield url, service
+    server.should_exit = True
+    t.join(5)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "controller", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_cli_vm_lifecycle_json_and_exit_codes(live_api):
+    url, service = live_api
+    r = cli("vm", "add", "pay-1", "--mac", VM["mac"], "--segment", "prod", "--ip", "10.0.0.11",
+            "--group", "payroll", "--api", url)
+    assert r.returncode == 0, r.stderr
+    r = cli("vm", "list", "--json", "--api", url)
+    assert r.returncode == 0 and json.loads(r.stdout)[0]["name"] == "pay-1"
+    r = cli("vm", "add", "pay-2", "--mac", VM["mac"], "--segment", "prod", "--api", url)
+    assert r.returncode == 1 and "mac" in r.stderr and "409" in r.stderr
+    service.ovsdb_snapshot([Interface(0x101, 3, "hv1-eth3", VM["mac"], None)])
+    r = cli("vm", "where", "pay-1", "--json", "--api", url)
+    assert json.loads(r.stdout)["port"]["name"] == "hv1-eth3"
+    r = cli("vm", "history", "pay-1", "--json", "--api", url)
+    assert json.loads(r.stdout)[0]["how"] == "ovsdb"
+    r = cli("host", "list", "--json", "--api", url)
+    assert json.loads(r.stdout)[0]["name"] == "hv1"
+    r = cli("host", "flows", "hv1", "--table", "0", "--json", "--api", url)
+    assert r.returncode == 0 and all(f["table"] == 0 for f in json.loads(r.stdout))
+    r = cli("events", "--type", "vm-bound", "--json", "--api", url)
+    assert json.loads(r.stdout.splitlines()[0])["vm"] == "pay-1"
+    assert cli("vm", "rm", "pay-1", "--api", url).returncode == 0
+    assert cli("vm", "show", "pay-1", "--api", url).returncode == 1
+    assert cli("vm", "list", "--api", "http://127.0.0.1:1").returncode == 1  # unreachable
+
+
+def test_cli_policy_check_and_apply(live_api, tmp_path):
+    url, _ = live_api
+    from pathlib import Path
+    finance = Path(__file__).parents[2] / "mininet_topos" / "finance.yaml"
+    r = cli("policy", "check", str(finance), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["rules"] == 5
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(finance.read_text().replace('ports: "8443"', 'ports: "8443-80"'))
+    r = cli("policy", "check", str(bad))
+    assert r.returncode == 1 and "rules[0].ports" in r.stderr
+    r = cli("policy", "apply", str(finance), "--dry-run", "--json", "--api", url)
+    assert r.returncode == 0 and json.loads(r.stdout)["dry_run"] is True
+    assert httpx.get(url + "/v1/vms").json() == []  # dry run wrote nothing
+    r = cli("policy", "apply", str(finance), "--json", "--api", url)
+    assert r.returncode == 0 and len(json.loads(r.stdout)["vms"]["added"]) == 6
+    assert cli("policy", "show", "--api", url).returncode == 0
+
+
+def test_cli_usage_errors_exit_2():
+    assert cli("vm", "add").returncode == 2
+    assert cli("serve", "--ofp-port", "0").returncode == 2
+    r = cli("serve", "--api-host", "0.0.0.0", "--db", "sqlite:///:memory:")
+    assert r.returncode == 2 and "VFENCE_API_TOKEN" in r.stderr
+    assert cli("policy", "check", "/nonexistent.yaml").returncode == 1
