@@ -368,6 +368,29 @@ def events(
 
 
 @app.command()
+def verify(api: ApiOpt = "http://127.0.0.1:8080", as_json: JsonOpt = False) -> None:
+    """Prove isolation over the flows installed on the switches. Exit 1 if broken."""
+    with console.status("reading every switch's flows and walking the header space"):
+        rows = _call(api, "POST", "/v1/verify")
+    if as_json:
+        console.print_json(json.dumps(rows))
+    else:
+        for v in rows:
+            a, b = v["pair"]
+            if v["isolated"]:
+                note = "" if v["complete"] else " [yellow](search limit hit)[/yellow]"
+                console.print(f"[green]isolated[/green] {a} <-> {b} ({v['explored']} steps)"
+                              + note)
+            else:
+                console.print(f"[bold red]BROKEN[/bold red] {a} <-> {b}; witness:")
+                for step in v["witness"]:
+                    console.print(f"  {step}")
+        if not rows:
+            console.print("no isolation pairs in the policy")
+    raise typer.Exit(0 if all(v["isolated"] for v in rows) else 1)
+
+
+@app.command()
 def lab(
     hosts: Annotated[int, typer.Option(min=1, max=16, help="hypervisor bridges")] = 3,
     vms: Annotated[int, typer.Option(min=1, max=8, help="VMs per hypervisor")] = 2,

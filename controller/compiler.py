@@ -372,13 +372,18 @@ def policy_flows(state: NetworkState) -> Iterable[Flow]:
                                               ct_state=(CT_TRK | CT_NEW, CT_TRK | CT_NEW)),
                    (apply(COMMIT), goto(Table.FORWARD)), plumbing)
     yield Flow(Table.POLICY, 64400, match(metadata=fabric), done, plumbing)
-    for t in ND_TYPES:  # IPv6 neighbour discovery must work between anyone in a segment
-        yield Flow(Table.POLICY, 64000, match(metadata=FROM_LOCAL, eth_dst=MULTICAST,
-                                              eth_type=ETH_TYPE_IPV6, ip_proto=58,
-                                              icmpv6_type=t), done, plumbing)
-    if pol.restrictive:  # broadcast cannot be checked per receiver: not when groups matter
-        yield Flow(Table.POLICY, 63900, match(metadata=FROM_LOCAL, eth_dst=MULTICAST), DROP,
+    # Broadcast cannot be checked per receiver, so when groups matter all of it is dropped
+    # (IPv6 neighbour discovery included: it can carry data between isolated groups), and
+    # above the conntrack checks: a packet of an established connection sent to a
+    # broadcast MAC would otherwise be flooded to the other group. verify found both.
+    if pol.restrictive:
+        yield Flow(Table.POLICY, 65300, match(metadata=FROM_LOCAL, eth_dst=MULTICAST), DROP,
                    plumbing)
+    else:
+        for t in ND_TYPES:
+            yield Flow(Table.POLICY, 65400, match(metadata=FROM_LOCAL, eth_dst=MULTICAST,
+                                                  eth_type=ETH_TYPE_IPV6, ip_proto=58,
+                                                  icmpv6_type=t), done, plumbing)
     for rule in pol.rules:
         yield from rule_flows(rule, state)
     if pol.intra_group == "allow":

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from . import compiler, registry
 from . import policy as policy_mod
+from . import verify as verify_mod
 from .errors import Invalid, NotFound
 from .flows import Flow
 from .metrics import Metrics
@@ -495,6 +496,15 @@ class Service:
         if self.programmer is None or dpid not in self.installed:
             raise NotFound(f"switch {registry.dpid_str(dpid)} is not connected", "id")
         return self.programmer.read_flows(dpid)
+
+    def verify(self) -> list[verify_mod.Verdict]:
+        """Prove each isolation pair over the flows read from every switch now."""
+        with self.lock:
+            state = copy.copy(self.state)
+            dpids = sorted(self.installed)
+            ports = {d: set(self.ports.get(d, {})) for d in dpids}
+        flows = {d: [f for f, _, _ in self.read_flows(d)] for d in dpids}
+        return verify_mod.verify(state, flows, ports)
 
     def connected(self) -> list[int]:
         with self.lock:
