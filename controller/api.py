@@ -449,6 +449,26 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
             return [EventOut(id=e.id, ts=e.ts, type=e.type, vm=e.vm, host=e.host,
                              detail=e.detail) for e in rows]
 
+    @app.get("/v1/segments")
+    def segments() -> list[dict[str, Any]]:
+        """Layer-2 segments (written through POST /v1/vms or the policy document)."""
+        with service.sessions() as s:
+            return [{"name": r.name, "subnet": r.subnet, "id": r.id}
+                    for r in registry.segments(s)]
+
+    @app.get("/v1/groups")
+    def groups() -> list[dict[str, Any]]:
+        """Isolation groups and their bit in the flows' group tags."""
+        with service.sessions() as s:
+            return [{"name": r.name, "bit": r.bit} for r in registry.groups(s)]
+
+    @app.get("/v1/rules")
+    def rules() -> list[dict[str, Any]]:
+        """The rules in force, in evaluation order (change them with PUT /v1/policy)."""
+        return [{"index": r.index, "name": r.name, "from": str(r.src), "to": str(r.dst),
+                 "protocol": r.protocol, "ports": [list(p) for p in r.ports],
+                 "action": r.action} for r in service.state.policy.rules]
+
     @app.get("/v1/policy")
     def get_policy() -> dict[str, Any]:
         """The policy document in force ({} when none was ever applied)."""

@@ -40,11 +40,26 @@ ApiOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; ``vm``/``host`` context when the record carries it."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"), "level": record.levelname,
+               "logger": record.name, "msg": record.getMessage()}
+        for key in ("vm", "host", "port", "how"):
+            if hasattr(record, key):
+                out[key] = getattr(record, key)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def _setup_logging(level: str, as_json: bool = False) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if as_json else logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        handlers=[handler])
 
 
 @app.command()
@@ -78,9 +93,11 @@ def serve(
     ofp_key: Annotated[str | None, typer.Option(help="TLS key for OpenFlow")] = None,
     ofp_ca: Annotated[str | None, typer.Option(help="CA that signs the switches' certs")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+    log_json: Annotated[bool, typer.Option(help="JSON log lines (with vm/host context)")]
+    = False,
 ) -> None:
     """Run the controller: OpenFlow 1.3, REST API and OVSDB monitors."""
-    _setup_logging(log_level)
+    _setup_logging(log_level, log_json)
     from apps.runner import ServeOptions, run  # os-ken only when serving
 
     from .service import Service

@@ -48,6 +48,14 @@ def _get_or_create(session: Session, cls: Any, name: str) -> Any:
     return row
 
 
+def segments(session: Session) -> list[db.Segment]:
+    return list(session.scalars(select(db.Segment).order_by(db.Segment.name)))
+
+
+def groups(session: Session) -> list[db.Group]:
+    return list(session.scalars(select(db.Group).order_by(db.Group.name)))
+
+
 def group_bits(session: Session) -> dict[str, int]:
     return {g.name: g.bit for g in session.scalars(select(db.Group)) if g.bit is not None}
 

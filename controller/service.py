@@ -380,8 +380,9 @@ class Service:
             s, kind, vm=b.vm, host=self._switch_name(b.port.dpid), port=b.port.port_no,
             how=b.how,
         )
-        LOG.info("%s %s at %s port %s (%s)", kind, b.vm, self._switch_name(b.port.dpid),
-                 b.port.port_no, b.how)
+        host = self._switch_name(b.port.dpid)
+        LOG.info("%s %s at %s port %s (%s)", kind, b.vm, host, b.port.port_no, b.how,
+                 extra={"vm": b.vm, "host": host, "port": b.port.port_no, "how": b.how})
 
     def _unbind(self, s: Session, vm: str, why: str) -> None:
         b = self.state.bindings.pop(vm, None)

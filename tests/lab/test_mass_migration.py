@@ -4,7 +4,10 @@ flows end up right, and everything that could talk before still can."""
 from __future__ import annotations
 
 import subprocess
+import threading
+import time
 
+import httpx
 import pytest
 
 from mininet_topos.datacenter import vm
@@ -37,9 +40,39 @@ def delivery_ports(bridge: str, mac: str) -> list[str]:
     return [ln for ln in out.splitlines() if "actions=output:" in ln]
 
 
-def test_twenty_vms_move_at_once(lab):
+def hammer(api: str, stop: threading.Event, results: list[int]) -> None:
+    """Registers, reads and removes VMs as fast as it can while the network changes."""
+    i = 0
+    with httpx.Client(base_url=api, timeout=30) as c:
+        while not stop.is_set():
+            name = f"h{threading.get_ident() % 1000}-{i}"
+            body = {"name": name, "mac": f"02:00:00:{i >> 8 & 255:02x}:{i & 255:02x}:"
+                    f"{threading.get_ident() % 251:02x}", "ips": [], "segment": "blue"}
+            for r in (c.post("/v1/vms", json=body), c.get("/v1/vms"), c.get("/v1/hosts"),
+                      c.get(f"/v1/vms/{name}"), c.delete(f"/v1/vms/{name}"),
+                      c.get("/v1/events", params={"type": "vm-moved"})):
+                results.append(r.status_code)
+            i += 1
+
+
+def test_twenty_vms_move_at_once_while_the_api_is_hammered(lab):
     target = {p.name: f"hv{p.host % HOSTS + 1}" for p in PLAN}
-    migrate_many(lab.net, [(p, target[p.name]) for p in PLAN])
+    stop, results = threading.Event(), []
+    threads = [threading.Thread(target=hammer, args=(lab.api, stop, results))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        migrate_many(lab.net, [(p, target[p.name]) for p in PLAN])
+        time.sleep(2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert len(results) > 100 and all(s < 500 for s in results), sorted(set(results))
+    assert set(results) <= {200, 201, 204}, sorted(set(results))
+    leftovers = [v["name"] for v in lab.get("/v1/vms") if v["name"].startswith("h")]
+    assert leftovers == []  # every hammer VM was removed again
 
     def all_moved() -> bool:
         vms = lab.get("/v1/vms") or []

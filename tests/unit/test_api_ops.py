@@ -207,3 +207,31 @@ def test_cli_usage_errors_exit_2():
     r = cli("serve", "--api-host", "0.0.0.0", "--db", "sqlite:///:memory:")
     assert r.returncode == 2 and "VFENCE_API_TOKEN" in r.stderr
     assert cli("policy", "check", "/nonexistent.yaml").returncode == 1
+
+
+def test_segments_groups_rules(service):
+    client = TestClient(create_app(service))
+    from pathlib import Path
+
+    import yaml
+    doc = yaml.safe_load((Path(__file__).parents[2] / "mininet_topos" / "finance.yaml")
+                         .read_text())
+    assert client.put("/v1/policy", json=doc).status_code == 200
+    assert client.get("/v1/segments").json()[0] == {"name": "prod", "subnet": "10.0.0.0/8",
+                                                    "id": 1}
+    gs = {g["name"]: g["bit"] for g in client.get("/v1/groups").json()}
+    assert set(gs) == {"payroll", "frontend", "finance-api", "ops"}
+    assert len(set(gs.values())) == 4
+    rules = client.get("/v1/rules").json()
+    assert rules[0] == {"index": 0, "name": "web-to-api", "from": "frontend",
+                        "to": "finance-api", "protocol": "tcp", "ports": [[8443, 8443]],
+                        "action": "allow"}
+
+
+def test_json_logs_carry_vm_context():
+    from controller.cli import JsonFormatter
+    rec = logging.LogRecord("vfence.service", logging.INFO, __file__, 1, "vm-moved %s", ("a",),
+                            None)
+    rec.vm, rec.host = "a", "hv2"
+    out = json.loads(JsonFormatter().format(rec))
+    assert out["msg"] == "vm-moved a" and out["vm"] == "a" and out["host"] == "hv2"
