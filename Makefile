@@ -51,6 +51,9 @@ typecheck:
 
 bench: deps ovs
 	$(BIN)/python -m bench.program_switch
+	$(BIN)/python -m bench.policy_scale
+	$(BIN)/python -m bench.rule_change
+	$(BIN)/python -m bench.migration
 
 clean:
 	rm -rf $(VENV) var

@@ -143,6 +143,32 @@ class VfenceApp(app_manager.OSKenApp):
 
     def program(self, dpid: int, changes: FlowDiff) -> None:
         """Commit all of ``changes`` in one atomic bundle, then wait for the barrier."""
+        self.program_many([(dpid, changes)])
+
+    def program_many(self, batch: list[tuple[int, FlowDiff]]) -> None:
+        """One bundle per switch, all sent before any barrier is awaited (one round trip
+        for the lot). Raises SwitchError naming every switch that failed."""
+        sent = []
+        failed = []
+        for dpid, changes in batch:
+            try:
+                sent.append((dpid, *self._send_bundle(dpid, changes)))
+            except SwitchError as e:
+                failed.append((dpid, str(e)))
+        for dpid, barrier, pendings, xids, n in sent:
+            try:
+                self._finish_bundle(dpid, barrier, pendings, xids)
+                self.stats["bundles"] += 1
+                self.stats["flow_mods"] += n
+            except SwitchError as e:
+                failed.append((dpid, str(e)))
+        if failed:
+            err = SwitchError("; ".join(msg for _, msg in failed))
+            err.failed = [d for d, _ in failed]  # type: ignore[attr-defined]
+            raise err
+
+    def _send_bundle(self, dpid: int, changes: FlowDiff
+                     ) -> tuple[_Pending, list[_Pending], list[int], int]:
         dp = self.datapaths.get(dpid)
         if dp is None:
             raise SwitchError(f"switch {dpid:016x} is not connected")
@@ -174,16 +200,23 @@ class VfenceApp(app_manager.OSKenApp):
             send(parser.ONFBundleAddMsg(dp, bid, flags, mod, []))
         send(parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_COMMIT_REQUEST, flags, []))
         dp.send(bytes(batch))
-        barrier = self._send(dp, parser.OFPBarrierRequest(dp))
-        self._wait(barrier, f"barrier on {dpid:016x}")
+        return self._send(dp, parser.OFPBarrierRequest(dp)), sent, xids, len(mods)
+
+    def _finish_bundle(self, dpid: int, barrier: _Pending, sent: list[_Pending],
+                       xids: list[int]) -> None:
+        try:
+            self._wait(barrier, f"barrier on {dpid:016x}")
+        except SwitchError:
+            with self.pending_lock:
+                for msg_xid in xids:
+                    self.pending.pop(msg_xid, None)
+            raise
         with self.pending_lock:
             for msg_xid in xids:
                 self.pending.pop(msg_xid, None)
         errors = [e for p in sent for e in p.errors]
         if errors:
             raise SwitchError(f"switch {dpid:016x} refused the bundle: {errors[0]}")
-        self.stats["bundles"] += 1
-        self.stats["flow_mods"] += len(mods)
 
     def read_flows(self, dpid: int) -> list[tuple[Any, int, int]]:
         dp = self.datapaths.get(dpid)

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from . import registry, topology
+from . import compiler, registry, topology
 from .errors import Invalid, NotFound, VfenceError
 from .flows import Owner, cookie_owner
 from .service import Service
@@ -390,6 +390,9 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
         """Prometheus exposition. Rule counters are read from the switches now."""
         m = service.metrics
         m.switches.set(len(service.connected()))
+        for dpid, installed in list(service.installed.items()):
+            for table, n in compiler.count_by_table(installed).items():
+                m.flows.labels(service.switch_name(dpid), str(table)).set(n)
         rules = {r.index: r.name for r in service.state.policy.rules}
         packets: dict[str, int] = {}
         nbytes: dict[str, int] = {}

@@ -224,7 +224,7 @@ class Service:
                 for vm, sb in list(self.state.standby.items()):
                     if sb.port.dpid == dpid and sb.port.port_no in gone:
                         del self.state.standby[vm]
-            self._converge_moves(t0)
+                self._converge_moves(t0, s)
 
     def link_seen(self, link: Link) -> bool:
         """LLDP saw ``link``; returns True if it is new."""
@@ -257,7 +257,7 @@ class Service:
                     if sb.port.dpid in dpids and (sb.port.dpid, sb.port.port_no) not in present:
                         del self.state.standby[vm]
                 self._bind_from_interfaces(s)
-            self._converge_moves(t0)
+                self._converge_moves(t0, s)
 
     def _bind_from_interfaces(self, s: Session, state: NetworkState | None = None) -> None:
         state = state or self.state
@@ -293,7 +293,7 @@ class Service:
             how = "announce" if announced else "first-frame"
             with self.sessions.begin() as s:
                 self._bind(s, Binding(vm.name, PortRef(dpid, port_no), name, how), direct=True)
-            self._converge_moves(t0)
+                self._converge_moves(t0, s)
 
     def vm_seen(self, dpid: int, port_no: int, src_mac: str) -> None:
         """A frame from a standby port: the VM runs there now; switch over."""
@@ -306,7 +306,7 @@ class Service:
             t0 = time.monotonic()
             with self.sessions.begin() as s:
                 self._promote(s, sb.vm)
-            self._converge_moves(t0)
+                self._converge_moves(t0, s)
 
     def announce_migration(self, name: str, target: str) -> dict[str, Any]:
         """Orchestrator pre-announcement: prepare ``target`` for the VM (make-before-break).
@@ -393,6 +393,9 @@ class Service:
         registry.record_event(s, "vm-unbound", vm=vm, host=self._switch_name(b.port.dpid),
                               reason=why)
 
+    def switch_name(self, dpid: int) -> str:
+        return self._switch_name(dpid)
+
     def _switch_name(self, dpid: int) -> str:
         sw = self.state.switches.get(dpid)
         return sw.name if sw else registry.dpid_str(dpid)
@@ -436,16 +439,17 @@ class Service:
         last = [old for _, old, _ in moves]
         self._program_all(compiler.compile_network(self.state), first, last)
 
-    def _converge_moves(self, t0: float) -> None:
-        """Converge; record how long moves took (detection to the last barrier)."""
+    def _converge_moves(self, t0: float, s: Session) -> None:
+        """Converge, then record (in the caller's transaction, committed after the
+        switches: the network follows the VM first) how long moves took."""
         moves = list(self._moves)
         self._converge()
         if not moves:
             return
         ms = (time.monotonic() - t0) * 1000
-        with self.sessions.begin() as s:
-            for vm, _, _ in moves:
-                registry.set_convergence(s, vm, ms)
+        s.flush()
+        for vm, _, _ in moves:
+            registry.set_convergence(s, vm, ms)
         self.convergence_ms.extend([ms] * len(moves))
         for _ in moves:
             self.metrics.moves.inc()
@@ -457,19 +461,21 @@ class Service:
         delivery and policy before anything points there), then the rest, ``last`` (the
         old host). If one refuses, the switches already changed are put back, so no
         change is left half-applied across the network."""
+        head = [d for d in (first or []) if d in self.ready]
+        tail = [d for d in (last or []) if d in self.ready and d not in head]
+        middle = sorted(d for d in self.ready if d not in head and d not in tail)
         done: list[tuple[int, frozenset[Flow]]] = []
-        head, tail = first or [], last or []
-        order = [d for d in head if d in self.ready] + sorted(
-            d for d in self.ready if d not in head and d not in tail) + [
-            d for d in tail if d in self.ready and d not in head]
         try:
-            for dpid in order:
-                if dpid in self.installed and dpid in desired:
-                    before = self.installed[dpid]
-                    changes = diff(desired[dpid], before)
-                    if changes:
-                        self._send(dpid, changes)
-                        done.append((dpid, before))
+            for phase in (head, middle, tail):  # each phase is one pipelined round trip
+                batch = [(d, diff(desired[d], self.installed[d])) for d in phase
+                         if d in self.installed and d in desired]
+                batch = [(d, c) for d, c in batch if c]
+                befores = {d: self.installed[d] for d, _ in batch}
+                try:
+                    self._send_many(batch)
+                finally:
+                    done += [(d, befores[d]) for d, _ in batch
+                             if self.installed[d] is not befores[d]]
         except Exception:
             for dpid, before in reversed(done):
                 try:
@@ -478,17 +484,41 @@ class Service:
                     LOG.exception("could not restore switch %016x", dpid)
             raise
 
+    def _send_many(self, batch: list[tuple[int, FlowDiff]]) -> None:
+        """Program several switches in one round trip where the programmer can; the
+        switches that committed are accounted for even if another one failed."""
+        if not batch or self.programmer is None:
+            return
+        many = getattr(self.programmer, "program_many", None)
+        if many is None or len(batch) == 1:
+            for dpid, changes in batch:
+                self._send(dpid, changes)
+            return
+        failed: set[int] = set()
+        error: Exception | None = None
+        try:
+            many(batch)
+        except Exception as e:
+            failed = set(getattr(e, "failed", [d for d, _ in batch]))
+            error = e
+        for dpid, changes in batch:
+            if dpid not in failed:
+                self._committed(dpid, changes)
+        if error is not None:
+            raise error
+
     def _send(self, dpid: int, changes: FlowDiff) -> None:
         if not changes or self.programmer is None:
             return
         self.programmer.program(dpid, changes)
+        self._committed(dpid, changes)
+
+    def _committed(self, dpid: int, changes: FlowDiff) -> None:
         self.flow_mods[dpid] += len(changes)
         self.installed[dpid] = apply_diff(self.installed[dpid], changes)
         name = self._switch_name(dpid)
         self.metrics.flow_mods.labels(name).inc(len(changes))
         self.metrics.bundles.labels(name).inc()
-        for table, n in compiler.count_by_table(self.installed[dpid]).items():
-            self.metrics.flows.labels(name, str(table)).set(n)
 
     # --- read side --------------------------------------------------------------------
 
