@@ -193,12 +193,15 @@ class VfenceApp(app_manager.OSKenApp):
                 dp.send(bytes(batch))
                 batch.clear()
 
-        send(parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_OPEN_REQUEST, flags, []))
         mods = [ofcodec.flow_add(dp, f) for f in changes.add]
         mods += [ofcodec.flow_delete(dp, f) for f in changes.delete]
-        for mod in mods:
-            send(parser.ONFBundleAddMsg(dp, bid, flags, mod, []))
-        send(parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_COMMIT_REQUEST, flags, []))
+        if len(mods) == 1:  # one flow-mod is atomic by itself: no bundle round
+            send(mods[0])
+        else:
+            send(parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_OPEN_REQUEST, flags, []))
+            for mod in mods:
+                send(parser.ONFBundleAddMsg(dp, bid, flags, mod, []))
+            send(parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_COMMIT_REQUEST, flags, []))
         dp.send(bytes(batch))
         return self._send(dp, parser.OFPBarrierRequest(dp)), sent, xids, len(mods)
 

@@ -43,7 +43,7 @@ def run_moves(lab: Lab, plan: list[VMPlan], hosts: int, moves: int, tmp: Path,
         target = at[p.name] % hosts + 1
         peer = next(q for q in plan if at[q.name] not in (at[p.name], target))
         out = tmp / f"ping-{vfence}-{i}.txt"
-        lab.host(peer.name).cmd(f"ping -i {PING_INTERVAL} -W 1 -c 250 {p.ip} > {out} 2>&1 &")
+        lab.host(peer.name).cmd(f"ping -i {PING_INTERVAL} -W 1 -c 400 {p.ip} > {out} 2>&1 &")
         time.sleep(0.5)
         migrate(lab.net, p, f"hv{target}", remove_old_after=0.5)
         at[p.name] = target
@@ -90,7 +90,8 @@ def main() -> None:
         lab.up()
         vf_out, vf_conv = run_moves(lab, plan, args.hosts, args.moves, tmp, vfence=True)
         lab.down()
-        lab = Lab(args.hosts, 1, plan, db_url=f"sqlite:///{tmp}/db2.sqlite", workdir=tmp,
+        lab = Lab(args.hosts, 1, plan, db_url=f"sqlite:///{tmp}/db2.sqlite",
+                  workdir=tmp / "standalone",
                   of_port=6697, api_port=8097)
         lab.up()
         standalone(lab)

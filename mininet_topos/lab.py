@@ -108,6 +108,16 @@ class Lab:
         self.wait_converged()
         return self
 
+    def __enter__(self) -> Lab:
+        try:
+            return self.up()
+        except BaseException:
+            self.down()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
     def down(self) -> None:
         self.kill_controller(signal.SIGTERM)
         if self.net is not None:

@@ -59,18 +59,17 @@ def migrate_many(net: Mininet, moves: list[tuple[VMPlan, str]], *, libvirt_ids: 
                             f"external_ids:attached-mac={p.mac}",
                             f"external_ids:iface-id={p.name}",
                             "external_ids:iface-status=active"], check=True)
+        if announce:  # QEMU announces as soon as the VM resumes on the target
+            host.cmd(f"{sys.executable} {RARP} {new_intf.name} {p.mac} >/dev/null 2>&1 &")
         staged.append((p, host, old_intf, old_link, old_sw_intf, new_intf, new_sw_intf))
-    time.sleep(precopy)  # pre-copy: the VMs still run at the source meanwhile
+    time.sleep(max(precopy, 1.5 if announce else 0))  # pre-copy (and the announcer loads)
     done = []
     for p, host, old_intf, _, old_sw_intf, new_intf, new_sw_intf in staged:
         # 2. switch-over: stop at the source, resume at the target
         cidr = f"{p.ip}/{p.prefix}"
         host.cmd(f"ip link set {old_intf.name} down; ip addr del {cidr} dev {old_intf.name}; "
                  f"ip addr add {cidr} dev {new_intf.name}; ip link set {new_intf.name} up")
-        switched = time.monotonic()
-        # 3. QEMU's announcements from the new place
-        if announce:
-            host.cmd(f"{sys.executable} {RARP} {new_intf.name} {p.mac} >/dev/null 2>&1 &")
+        switched = time.monotonic()  # 3. the announcer sends RARPs from the new place now
         done.append(Migration(p.name, old_sw_intf.name, new_sw_intf.name, started, switched))
     time.sleep(remove_old_after)
     for _, _, _, old_link, old_sw_intf, _, _ in staged:  # 4. the source cleans up

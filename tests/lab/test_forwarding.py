@@ -35,13 +35,9 @@ UNKNOWN_MAC = "00:00:00:00:99:99"
 def lab(tmp_path_factory):
     of_port, api_port = ports()
     work = tmp_path_factory.mktemp("lab")
-    lab = Lab(3, 2, PLAN, db_url=f"sqlite:///{work}/vfence.db", workdir=work,
-              of_port=of_port, api_port=api_port)
-    try:
-        lab.up()
+    with Lab(3, 2, PLAN, db_url=f"sqlite:///{work}/vfence.db", workdir=work,
+              of_port=of_port, api_port=api_port) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 def dump_flows(bridge: str) -> list[str]:

@@ -24,13 +24,9 @@ PLAN = [vm(f"m{h}{i}", h, "blue", index=i) for h in range(1, HOSTS + 1) for i in
 def lab(tmp_path_factory):
     of_port, api_port = ports()
     work = tmp_path_factory.mktemp("mass")
-    lab = Lab(HOSTS, 2, PLAN, db_url=f"sqlite:///{work}/vfence.db", workdir=work,
-              of_port=of_port, api_port=api_port)
-    try:
-        lab.up()
+    with Lab(HOSTS, 2, PLAN, db_url=f"sqlite:///{work}/vfence.db", workdir=work,
+              of_port=of_port, api_port=api_port) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 def delivery_ports(bridge: str, mac: str) -> list[str]:

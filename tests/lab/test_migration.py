@@ -33,15 +33,11 @@ MAC = {n: p.mac for n, p in PLAN.items()}
 def lab(tmp_path_factory):
     of_port, api_port = ports()
     work = tmp_path_factory.mktemp("migration")
-    lab = Lab(3, 2, list(PLAN.values()), db_url=f"sqlite:///{work}/vfence.db", workdir=work,
+    with Lab(3, 2, list(PLAN.values()), db_url=f"sqlite:///{work}/vfence.db", workdir=work,
               of_port=of_port, api_port=api_port, policy=DOC,
-              extra_args=("--learn-first-frame-on", "hv3"))
-    try:
-        lab.up()
+              extra_args=("--learn-first-frame-on", "hv3")) as lab:
         serve(lab.host("api-1"), "tcp", 8443)
         yield lab
-    finally:
-        lab.down()
 
 
 def where(lab, vm: str) -> str:

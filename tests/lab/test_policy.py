@@ -52,10 +52,8 @@ UDP_PORTS = (53, 9000)
 def lab(tmp_path_factory):
     of_port, api_port = ports()
     work = tmp_path_factory.mktemp("finance")
-    lab = Lab(3, 2, PLAN, db_url=f"sqlite:///{work}/vfence.db", workdir=work,
-              of_port=of_port, api_port=api_port, policy=DOC)
-    try:
-        lab.up()
+    with Lab(3, 2, PLAN, db_url=f"sqlite:///{work}/vfence.db", workdir=work,
+              of_port=of_port, api_port=api_port, policy=DOC) as lab:
         for name in IP:
             for port in TCP_PORTS:
                 serve(lab.host(name), "tcp", port)
@@ -63,8 +61,6 @@ def lab(tmp_path_factory):
                 serve(lab.host(name), "udp", port)
         time.sleep(1)
         yield lab
-    finally:
-        lab.down()
 
 
 def reach(lab, src: str, dst: str, proto: str, port: int) -> bool:

@@ -40,15 +40,22 @@ class Recorder:
         return [(f, 7, 700) for f in getattr(self, "flows", {}).get(dpid, [])]
 
 
-@pytest.fixture
-def env(sqlite_url):
-    engine = db.make_engine(sqlite_url)
+def make_service(url: str) -> tuple[Service, Recorder]:
+    """A service on a migrated database, with one recording switch (hv1) connected."""
+    engine = db.make_engine(url)
     db.upgrade(engine)
     service = Service(db.sessions(engine))
     service.programmer = rec = Recorder()
     service.switch_connected(0x101, "hv1", {1: "hv1-eth1", 3: "hv1-eth3"}, [])
     service.switch_ready(0x101)
+    return service, rec
+
+
+@pytest.fixture
+def env(sqlite_url):
+    service, rec = make_service(sqlite_url)
     client = TestClient(create_app(service))
+    engine = service.sessions.kw["bind"]
     return client, service, rec, engine
 
 

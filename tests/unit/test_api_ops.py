@@ -21,22 +21,11 @@ from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from controller.api import create_app
-from controller.service import Interface, Service
-from controller.store import db
+from controller.service import Interface
 
-from .test_api import VM, Recorder
+from .test_api import VM, make_service
 
 TOKEN = "s3cret-token-value"
-
-
-def make_service(url: str) -> tuple[Service, Recorder]:
-    engine = db.make_engine(url)
-    db.upgrade(engine)
-    service = Service(db.sessions(engine))
-    service.programmer = rec = Recorder()
-    service.switch_connected(0x101, "hv1", {1: "hv1-eth1", 3: "hv1-eth3"}, [])
-    service.switch_ready(0x101)
-    return service, rec
 
 
 @pytest.fixture
