@@ -16,7 +16,8 @@ import threading
 import time
 from pathlib import Path
 
-from controller.model import VM, Binding, PortRef
+from controller.compiler import compile_network
+from controller.model import VM, Binding, NetworkState, PortRef, Switch
 from controller.reconcile import FlowDiff
 from controller.service import Service
 from controller.store import db
@@ -56,13 +57,22 @@ class Timed:
         self.done.set()
 
 
-def vms_for(n_flows: int) -> dict[str, VM]:
-    # a local VM compiles to 4 flows (classify, spoof drop, own-ARP drop, delivery) + 1 ARP
-    # answer; one segment -> 2 broadcast flows; 8 skeleton flows.
-    n = max(1, (n_flows - 10) // 5)
+def _vms(n: int) -> dict[str, VM]:
     return {f"v{i}": VM(i, f"v{i}", f"02:00:{i >> 24 & 255:02x}:{i >> 16 & 255:02x}:"
                         f"{i >> 8 & 255:02x}:{i & 255:02x}", (f"10.{i >> 16 & 255}.{i >> 8 & 255}."
                         f"{i & 255}",), 1, "bench") for i in range(1, n + 1)}
+
+
+def _flow_count(n: int) -> int:
+    st = NetworkState(switches={DPID: Switch(DPID, BRIDGE, 1)}, vms=_vms(n))
+    st.bindings = {k: Binding(k, PortRef(DPID, 10 + v.id)) for k, v in st.vms.items()}
+    return len(compile_network(st)[DPID])
+
+
+def vms_for(n_flows: int) -> dict[str, VM]:
+    """As many VMs as make about ``n_flows`` flows (asks the compiler what one costs)."""
+    base, per_vm = _flow_count(1), _flow_count(2) - _flow_count(1)
+    return _vms(max(1, (n_flows - base) // per_vm + 1))
 
 
 def main() -> None:
