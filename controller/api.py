@@ -145,6 +145,14 @@ class HistoryOut(BaseModel):
     convergence_ms: float | None
 
 
+class MigrationOut(BaseModel):
+    source: Host
+    target: Host
+    at: datetime
+    how: str
+    convergence_ms: float | None
+
+
 class MigrationIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     target_host: str = Field(min_length=1, max_length=64,
@@ -314,6 +322,8 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
                 "connected": int(r.dpid, 16) in connected,
                 "flows": len(service.installed.get(int(r.dpid, 16), ())),
                 "flow_mods_sent": service.flow_mods.get(int(r.dpid, 16), 0),
+                "ports": [{"number": n, "name": name} for n, name in
+                          sorted(service.ports.get(int(r.dpid, 16), {}).items())],
             }
             for r in rows
         ]
@@ -357,6 +367,18 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
                                port=Port(number=h.port_no, name=h.port_name), since=h.since,
                                until=h.until, how=h.how, convergence_ms=h.convergence_ms)
                     for h in registry.history(s, name)]
+
+    @app.get("/v1/vms/{name}/migrations", responses=errors)
+    def migrations(name: str) -> list[MigrationOut]:
+        """The VM's moves (consecutive places in its history), oldest first, with how the
+        new place was detected and how long the network took to follow."""
+        with service.sessions() as s:
+            registry.get_vm(s, name)
+            hist = registry.history(s, name)
+        return [MigrationOut(source=Host(name=a.switch_name, dpid=a.dpid),
+                             target=Host(name=b.switch_name, dpid=b.dpid), at=b.since,
+                             how=b.how, convergence_ms=b.convergence_ms)
+                for a, b in zip(hist, hist[1:], strict=False)]
 
     @app.post("/v1/vms/{name}/migrations", status_code=202, responses=errors)
     def announce(name: str, body: MigrationIn) -> dict[str, str]:

@@ -56,6 +56,54 @@ def matrix_table(plan: list[VMPlan], seen: dict[tuple[str, str], bool]) -> tuple
     return t, wrong
 
 
+def show_migration(lab: Lab, console: Console) -> bool:
+    """Move the first VM to the next hypervisor while a same-segment peer pings it every
+    10 ms and a VM of another segment keeps trying; show what the network did."""
+    import re
+    import tempfile as tf
+
+    from .migration import migrate
+
+    vm = lab.plan[0]
+    target = f"hv{vm.host % lab.hosts + 1}"
+    peer = next(p for p in lab.plan if p.segment == vm.segment and p.host not in
+                (vm.host, vm.host % lab.hosts + 1) and p is not vm) if lab.hosts > 2 else next(
+        p for p in lab.plan if p.segment == vm.segment and p is not vm)
+    intruder = next(p for p in lab.plan if p.segment != vm.segment)
+    before = lab.get(f"/v1/vms/{vm.name}/location") or {}
+    out = Path(tf.mkdtemp(prefix="vfence-demo-"))
+    lab.host(peer.name).cmd(f"ping -i 0.01 -W 1 -c 400 {vm.ip} > {out}/peer 2>&1 &")
+    lab.host(intruder.name).cmd(f"ping -i 0.01 -W 1 -c 400 {vm.ip} > {out}/intruder 2>&1 &")
+    time.sleep(0.5)
+    with console.status(f"live-migrating {vm.name} from hv{vm.host} to {target}"):
+        migrate(lab.net, vm, target)
+        pattern = r"(\d+) packets transmitted, (\d+) received"
+        Lab.wait_for(lambda: all(re.search(pattern, (out / f).read_text())
+                                 for f in ("peer", "intruder")), 20, "pings")
+    counts = {}
+    for f in ("peer", "intruder"):
+        m = re.search(pattern, (out / f).read_text())
+        assert m is not None
+        counts[f] = (int(m.group(1)), int(m.group(2)))
+    (ps, pr), (is_, ir) = counts["peer"], counts["intruder"]
+    after = lab.get(f"/v1/vms/{vm.name}/location") or {}
+    hist = lab.get(f"/v1/vms/{vm.name}/history") or [{}]
+    conv = hist[-1].get("convergence_ms")
+    moved = (after.get("host") or {}).get("name") == target
+    console.print(f"migration of {vm.name}: {(before.get('host') or {}).get('name')} -> "
+                  f"{(after.get('host') or {}).get('name')} (detected by "
+                  f"{after.get('how')}, network converged in "
+                  f"{conv if conv is None else round(conv, 1)} ms)")
+    console.print(f"  {peer.name} ({peer.segment}) pinging every 10 ms: {pr}/{ps} answered, "
+                  f"{ps - pr} lost ({(ps - pr) * 10} ms)")
+    console.print(f"  {intruder.name} ({intruder.segment}, other segment): {ir}/{is_} got "
+                  f"through, before, during and after")
+    ok = moved and ps - pr <= 20 and ir == 0 and lab.ping(peer.name, vm.name)
+    console.print("[green]the network followed the VM[/green]" if ok else
+                  "[bold red]migration check failed[/bold red]")
+    return ok
+
+
 def run_demo(hosts: int, vms_per_host: int, spines: int, stay_in_cli: bool, db_url: str,
              console: Console) -> bool:
     plan = default_plan(hosts, vms_per_host)
@@ -90,6 +138,8 @@ def run_demo(hosts: int, vms_per_host: int, spines: int, stay_in_cli: bool, db_u
             console.print(f"[bold red]{wrong} cells differ from the segment policy[/bold red]")
         else:
             console.print("[green]every VM reaches exactly its own segment[/green]")
+        if hosts >= 2:
+            wrong += 0 if show_migration(lab, console) else 1
         if stay_in_cli:
             from mininet.cli import CLI
 

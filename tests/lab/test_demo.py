@@ -15,6 +15,8 @@ def test_lab_demo_runs_and_every_cell_matches(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "every VM reaches exactly its own segment" in r.stdout
     assert "reachability" in r.stdout and "vm21" in r.stdout
+    assert "migration of vm11: hv1 -> hv2" in r.stdout
+    assert "the network followed the VM" in r.stdout
 
 
 def test_lab_refuses_bad_flags():

@@ -224,3 +224,18 @@ def test_json_logs_carry_vm_context():
     rec.vm, rec.host = "a", "hv2"
     out = json.loads(JsonFormatter().format(rec))
     assert out["msg"] == "vm-moved a" and out["vm"] == "a" and out["host"] == "hv2"
+
+
+def test_migrations_list_and_host_ports(service):
+    client = TestClient(create_app(service))
+    client.post("/v1/vms", json=VM)
+    service.ovsdb_snapshot([Interface(0x101, 3, "hv1-eth3", VM["mac"], None)])
+    assert client.get("/v1/vms/pay-1/migrations").json() == []
+    service.ports_changed(0x101, {1: "hv1-eth1"})  # the port goes: no move, unbound
+    service.ports_changed(0x101, {1: "hv1-eth1", 4: "hv1-eth4"})
+    service.ovsdb_snapshot([Interface(0x101, 4, "hv1-eth4", VM["mac"], None)])
+    (move,) = client.get("/v1/vms/pay-1/migrations").json()
+    assert move["source"]["name"] == move["target"]["name"] == "hv1" and move["how"] == "ovsdb"
+    (host,) = client.get("/v1/hosts").json()
+    assert host["ports"] == [{"number": 1, "name": "hv1-eth1"}, {"number": 4, "name": "hv1-eth4"}]
+    assert client.get("/v1/vms/ghost/migrations").status_code == 404
