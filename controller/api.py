@@ -456,7 +456,7 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
             description="RFC 3339 time, e.g. 2026-11-27T09:00:00Z",
             json_schema_extra={"format": "date-time"})] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
     ) -> list[EventOut]:
         """Audit events, oldest first: bindings, moves, denied samples, policy changes,
         switch connects."""

@@ -215,12 +215,14 @@ def local_vm_flows(vm: VM, port: int, group_bits: int = 0, standby: bool = False
 
     ``standby``: the VM's port on a migration target. Its frames pass (policy applies
     from the first packet) and a copy tells the controller the VM now runs here;
-    delivery stays with the old port until then."""
+    delivery stays with the old port until then. Until that switch-over the port is
+    held to the controller meter, so it cannot flood the controller."""
     ck = cookie(Owner.VM, vm.id)
     sets: list[tuple] = [("output", OFPP_CONTROLLER)] if standby else []
     sets += [("set", reg, v) for reg, v in group_regs(group_bits, SRC_GROUP_REGS)]
     sets.append(("set", ZONE_REG, vm.segment_id))
-    classify = (apply(*sets), write_meta(meta_value(vm.segment_id, vm.id)), goto(Table.ARP))
+    classify = (*((meter(METER_PUNT),) if standby else ()), apply(*sets),
+                write_meta(meta_value(vm.segment_id, vm.id)), goto(Table.ARP))
     me = {"in_port": port, "eth_src": vm.mac, "vlan_vid": OFPVID_NONE}
     yield Flow(Table.CLASSIFY, 220, match(in_port=port, eth_type=ETH_TYPE_IP, ip_proto=17,
                                           udp_src=67), DROP, ck)  # rogue DHCP server

@@ -106,7 +106,9 @@ schema = schemathesis.openapi.from_asgi(
 
 
 @schema.parametrize()
-@settings(max_examples=25, deadline=None,
+# derandomize: CI reruns the same examples (reproducible); run with a random seed
+# locally to look for more (it found the /v1/events offset overflow that way)
+@settings(max_examples=40, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.filter_too_much])
 def test_api_conforms_to_its_spec_and_never_5xx(case):
