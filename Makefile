@@ -42,8 +42,18 @@ $(STAMP_PY): pyproject.toml $(STAMP_APT)
 	  ln -sfn /usr/lib/python3/dist-packages/mininet $$site/mininet
 	@touch $@
 
+OVS_CTL := /usr/share/openvswitch/scripts/ovs-ctl
+# Start OVS if it is not answering (stale pid files from killed daemons are fine), wait
+# for its database, and restart it once if it still does not answer.
 ovs:
-	@ovs-vsctl --timeout=2 show >/dev/null 2>&1 || /usr/share/openvswitch/scripts/ovs-ctl start --system-id=random >/dev/null 2>&1 || true
+	@if ! ovs-vsctl --timeout=2 show >/dev/null 2>&1; then \
+	  echo ">> starting Open vSwitch"; \
+	  $(OVS_CTL) start --system-id=random >/dev/null 2>&1 || true; \
+	  for i in 1 2 3 4 5 6 7 8 9 10; do \
+	    ovs-vsctl --timeout=2 show >/dev/null 2>&1 && break; sleep 1; done; \
+	  ovs-vsctl --timeout=2 show >/dev/null 2>&1 || { \
+	    $(OVS_CTL) restart --system-id=random >/dev/null 2>&1 || true; sleep 2; }; \
+	fi
 	@ovs-vsctl --timeout=5 show >/dev/null
 
 lint:
