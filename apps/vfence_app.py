@@ -29,7 +29,13 @@ from os_ken.lib.packet import ethernet, icmp, ipv4, packet, tcp, udp
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from controller.compiler import ETH_TYPE_LLDP, METER_LLDP, METER_LOG, METER_PUNT
+from controller.compiler import (
+    ETH_TYPE_LLDP,
+    METER_LLDP,
+    METER_LOG,
+    METER_PUNT,
+    SPOOF_DROP_KINDS,
+)
 from controller.flows import Owner, cookie, cookie_owner
 from controller.model import Link, PortRef
 from controller.reconcile import FlowDiff
@@ -66,7 +72,8 @@ class SwitchError(RuntimeError):
 class _Pending:
     """Replies and errors for one request (by xid)."""
 
-    def __init__(self) -> None:
+    def __init__(self, xid: int) -> None:
+        self.xid = xid
         self.done = threading.Event()
         self.replies: list[Any] = []
         self.errors: list[Any] = []
@@ -85,10 +92,11 @@ class VfenceApp(app_manager.OSKenApp):
         self.pending_lock = threading.Lock()
         self.bundle_ids = itertools.count(1)
         self.work: queue.Queue[Callable[[], object] | None] = queue.Queue()
-        self.stats = {"packet_in": 0, "bundles": 0, "flow_mods": 0}
         self.threads.append(hub.spawn(self._worker))
-        self.threads.append(hub.spawn(self._lldp_loop))
-        self.threads.append(hub.spawn(self._spoof_audit_loop))
+        self.threads.append(hub.spawn(self._every_switch, LLDP_INTERVAL, self._send_lldp,
+                                      "LLDP"))
+        self.threads.append(hub.spawn(self._every_switch, AUDIT_INTERVAL,
+                                      self._audit_switch, "spoof audit"))
         self.drop_counts: dict[tuple[int, int, int], int] = {}
 
     # --- worker -----------------------------------------------------------------------
@@ -111,16 +119,28 @@ class VfenceApp(app_manager.OSKenApp):
 
     # --- request/reply ----------------------------------------------------------------
 
-    def _send(self, dp: Any, msg: Any) -> _Pending:
+    def _register(self, dp: Any, msg: Any) -> _Pending:
+        """Give ``msg`` an xid and collect what the switch answers to it."""
         dp.set_xid(msg)
-        p = _Pending()
+        p = _Pending(msg.xid)
         with self.pending_lock:
             self.pending[msg.xid] = p
+        return p
+
+    def _forget(self, pendings: list[_Pending]) -> None:
+        """Stop collecting for requests that get no reply of their own (errors only)."""
+        with self.pending_lock:
+            for p in pendings:
+                self.pending.pop(p.xid, None)
+
+    def _send(self, dp: Any, msg: Any) -> _Pending:
+        p = self._register(dp, msg)
         dp.send_msg(msg)
         return p
 
     def _wait(self, p: _Pending, what: str) -> list[Any]:
         if not p.done.wait(REPLY_TIMEOUT):
+            self._forget([p])
             raise SwitchError(f"{what}: no reply in {REPLY_TIMEOUT}s")
         return p.replies
 
@@ -155,11 +175,9 @@ class VfenceApp(app_manager.OSKenApp):
                 sent.append((dpid, *self._send_bundle(dpid, changes)))
             except SwitchError as e:
                 failed.append((dpid, str(e)))
-        for dpid, barrier, pendings, xids, n in sent:
+        for dpid, barrier, pendings in sent:
             try:
-                self._finish_bundle(dpid, barrier, pendings, xids)
-                self.stats["bundles"] += 1
-                self.stats["flow_mods"] += n
+                self._finish_bundle(dpid, barrier, pendings)
             except SwitchError as e:
                 failed.append((dpid, str(e)))
         if failed:
@@ -167,26 +185,19 @@ class VfenceApp(app_manager.OSKenApp):
             err.failed = [d for d, _ in failed]  # type: ignore[attr-defined]
             raise err
 
-    def _send_bundle(self, dpid: int, changes: FlowDiff
-                     ) -> tuple[_Pending, list[_Pending], list[int], int]:
+    def _send_bundle(self, dpid: int, changes: FlowDiff) -> tuple[_Pending, list[_Pending]]:
         dp = self.datapaths.get(dpid)
         if dp is None:
             raise SwitchError(f"switch {dpid:016x} is not connected")
         bid = next(self.bundle_ids) & 0xFFFFFFFF
         flags = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
         sent: list[_Pending] = []
-        xids: list[int] = []
         batch = bytearray()
 
         def send(msg: Any) -> None:
             # serialised here and written in large chunks: one queue hand-off per ~256 KiB
             # instead of one per flow-mod
-            dp.set_xid(msg)
-            p = _Pending()
-            with self.pending_lock:
-                self.pending[msg.xid] = p
-            sent.append(p)
-            xids.append(msg.xid)
+            sent.append(self._register(dp, msg))
             msg.serialize()
             batch.extend(msg.buf)
             if len(batch) >= 256 * 1024:
@@ -203,20 +214,13 @@ class VfenceApp(app_manager.OSKenApp):
                 send(parser.ONFBundleAddMsg(dp, bid, flags, mod, []))
             send(parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_COMMIT_REQUEST, flags, []))
         dp.send(bytes(batch))
-        return self._send(dp, parser.OFPBarrierRequest(dp)), sent, xids, len(mods)
+        return self._send(dp, parser.OFPBarrierRequest(dp)), sent
 
-    def _finish_bundle(self, dpid: int, barrier: _Pending, sent: list[_Pending],
-                       xids: list[int]) -> None:
+    def _finish_bundle(self, dpid: int, barrier: _Pending, sent: list[_Pending]) -> None:
         try:
             self._wait(barrier, f"barrier on {dpid:016x}")
-        except SwitchError:
-            with self.pending_lock:
-                for msg_xid in xids:
-                    self.pending.pop(msg_xid, None)
-            raise
-        with self.pending_lock:
-            for msg_xid in xids:
-                self.pending.pop(msg_xid, None)
+        finally:
+            self._forget(sent)
         errors = [e for p in sent for e in p.errors]
         if errors:
             raise SwitchError(f"switch {dpid:016x} refused the bundle: {errors[0]}")
@@ -284,7 +288,10 @@ class VfenceApp(app_manager.OSKenApp):
             msg = parser.OFPMeterMod(dp, cmd, ofp.OFPMF_PKTPS | ofp.OFPMF_BURST, meter_id,
                                      [band])
             p = self._send(dp, msg)
-            self._wait(self._send(dp, parser.OFPBarrierRequest(dp)), "meter barrier")
+            try:
+                self._wait(self._send(dp, parser.OFPBarrierRequest(dp)), "meter barrier")
+            finally:
+                self._forget([p])
             if p.errors:
                 raise SwitchError(f"meter {meter_id} refused: {p.errors[0]}")
 
@@ -334,7 +341,6 @@ class VfenceApp(app_manager.OSKenApp):
 
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     def _packet_in(self, ev: Any) -> None:
-        self.stats["packet_in"] += 1
         self.service.counters["packet_in"] += 1
         self.service.metrics.packet_in.labels(
             (cookie_owner(ev.msg.cookie) or (Owner.BASE, 0))[0].name.lower()).inc()
@@ -374,24 +380,24 @@ class VfenceApp(app_manager.OSKenApp):
             )
             dp.send_msg(out)
 
-    def _spoof_audit_loop(self) -> None:
-        """Every few seconds, read the anti-spoofing drop counters (table 0, VM cookies)
-        and report the ones that grew."""
+    def _every_switch(self, interval: float, fn: Callable[[Any], None], what: str) -> None:
+        """Run ``fn`` on every connected switch every ``interval`` seconds, forever."""
         while True:
-            time.sleep(AUDIT_INTERVAL)
+            time.sleep(interval)
             for dp in list(self.datapaths.values()):
                 try:
-                    self._audit_switch(dp)
+                    fn(dp)
                 except Exception:
-                    LOG.exception("spoof audit of %016x failed", dp.id)
+                    LOG.exception("%s on %016x failed", what, dp.id)
 
     def _audit_switch(self, dp: Any) -> None:
+        """Read the anti-spoofing drop counters (table 0, VM cookies); report growth."""
         vm_cookie = cookie(Owner.VM)
         req = parser.OFPFlowStatsRequest(dp, 0, 0, ofp.OFPP_ANY, ofp.OFPG_ANY, vm_cookie,
                                          0xFF << 56)
         grew = []
         for st in self._request_multi(dp, req, "spoof audit"):
-            if st.instructions or st.priority not in (190, 205, 220):
+            if st.instructions or st.priority not in SPOOF_DROP_KINDS:
                 continue
             key = (dp.id, st.cookie, hash(str(st.match)))
             before = self.drop_counts.get(key, 0)
@@ -401,12 +407,3 @@ class VfenceApp(app_manager.OSKenApp):
                              st.packet_count - before))
         if grew:
             self.submit(self.service.spoof_drops, dp.id, grew)
-
-    def _lldp_loop(self) -> None:
-        while True:
-            time.sleep(LLDP_INTERVAL)
-            for dp in list(self.datapaths.values()):
-                try:
-                    self._send_lldp(dp)
-                except Exception:
-                    LOG.exception("LLDP to %016x failed", dp.id)

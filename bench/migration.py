@@ -14,7 +14,6 @@ loop. Prints a table; asserts nothing. Needs root and OVS.
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import subprocess
 import tempfile
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 
 from mininet_topos.datacenter import VMPlan, vm
-from mininet_topos.lab import Lab
+from mininet_topos.lab import Lab, ping_stream_result, start_ping_stream
 from mininet_topos.migration import migrate
 
 PING_INTERVAL = 0.01
@@ -43,14 +42,12 @@ def run_moves(lab: Lab, plan: list[VMPlan], hosts: int, moves: int, tmp: Path,
         target = at[p.name] % hosts + 1
         peer = next(q for q in plan if at[q.name] not in (at[p.name], target))
         out = tmp / f"ping-{vfence}-{i}.txt"
-        lab.host(peer.name).cmd(f"ping -i {PING_INTERVAL} -W 1 -c 400 {p.ip} > {out} 2>&1 &")
+        start_ping_stream(lab.host(peer.name), p.ip, out, 400, PING_INTERVAL)
         time.sleep(0.5)
         migrate(lab.net, p, f"hv{target}", remove_old_after=0.5)
         at[p.name] = target
-        Lab.wait_for(lambda o=out: "packets transmitted" in o.read_text(), 30, "ping")
-        m = re.search(r"(\d+) packets transmitted, (\d+) received", out.read_text())
-        assert m
-        outages.append((int(m.group(1)) - int(m.group(2))) * PING_INTERVAL * 1000)
+        sent, received = ping_stream_result(out, timeout=30)
+        outages.append((sent - received) * PING_INTERVAL * 1000)
         if vfence:
             hist = lab.get(f"/v1/vms/{p.name}/history") or []
             if hist and hist[-1]["convergence_ms"] is not None:

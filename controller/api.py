@@ -390,7 +390,9 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
     def host_flows(host: str) -> list[FlowOut]:
         """The flows installed on a switch (bridge name or dpid), read from it now, with
         packet and byte counters."""
-        dpid = _find_switch(host)
+        dpid = service.find_switch(host)
+        if dpid is None:
+            raise NotFound(f"no switch named {host!r}", "host")
         out = []
         for f, packets, nbytes in sorted(service.read_flows(dpid), key=lambda x: x[0]):
             owner = cookie_owner(f.cookie)
@@ -400,12 +402,6 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
                 owner=f"{owner[0].name.lower()}:{owner[1]}" if owner else "foreign",
                 packets=packets, bytes=nbytes))
         return out
-
-    def _find_switch(host: str) -> int:
-        for d, sw in service.state.switches.items():
-            if host in (sw.name, registry.dpid_str(d)):
-                return d
-        raise NotFound(f"no switch named {host!r}", "host")
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import VfenceError
+from .model import Policy
 from .store import db
 
 app = typer.Typer(help="vfence: secure per-port switching for virtual networks",
@@ -111,7 +112,7 @@ def serve(
         err.print("[red]TLS needs all of its files: --api-cert with --api-key; --ofp-cert, "
                   "--ofp-key and --ofp-ca together[/red]")
         raise typer.Exit(2)
-    doc = _load_policy_or_exit(policy) if policy else None
+    doc = _load_policy_or_exit(policy)[0] if policy else None
     url = db.resolve_url(database)
     engine = db.make_engine(url)
     db.upgrade(engine)
@@ -165,26 +166,23 @@ def _print_errors(errors: list[dict[str, str]]) -> None:
         err.print(f"[red]{e['field']}[/red]: {e['reason']}")
 
 
-def _load_policy_or_exit(path: str) -> dict[str, Any]:
+def _load_policy_or_exit(path: str) -> tuple[dict[str, Any], Policy]:
+    """The document and what it means, or every problem printed and exit 1."""
     from . import policy as policy_mod
 
     try:
         doc = policy_mod.load_file(path)
-        policy_mod.parse(doc)
+        return doc, policy_mod.parse(doc)
     except policy_mod.PolicyError as e:
         err.print(f"[red]{path}: {len(e.errors)} problem(s)[/red]")
         _print_errors(e.errors)
         raise typer.Exit(1) from None
-    return doc
 
 
 @policy_app.command("check")
 def policy_check(file: str, as_json: JsonOpt = False) -> None:
     """Validate a policy document offline (no controller needed)."""
-    from . import policy as policy_mod
-
-    doc = _load_policy_or_exit(file)
-    p = policy_mod.parse(doc)
+    _, p = _load_policy_or_exit(file)
     summary = {"valid": True, "segments": len(p.segments), "groups": len(p.groups),
                "vms": len(p.vms), "rules": len(p.rules), "isolation": len(p.isolation)}
     if as_json:
@@ -204,7 +202,7 @@ def policy_apply(
     as_json: JsonOpt = False,
 ) -> None:
     """Apply a policy document through the controller (all switches, atomically)."""
-    doc = _load_policy_or_exit(file)
+    doc, _ = _load_policy_or_exit(file)
     with console.status("applying policy and programming switches"):
         report = _call(api, "PUT", "/v1/policy", json=doc,
                        params={"dry_run": "true" if dry_run else "false"})

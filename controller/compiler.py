@@ -67,6 +67,12 @@ IPV6_LINK_LOCAL = ("fe80::", "ffc0::")
 ND_TYPES = (133, 134, 135, 136)  # router/neighbour solicitation and advertisement
 ZONE = (ZONE_REG, 15)  # ct zone from reg5[0..15]: (field, ofs << 6 | nbits - 1)
 RULE_PRIORITY_TOP = 60000
+# port-security drops in CLASSIFY, by what they catch (the audit reads their counters)
+PRIO_ROGUE_DHCP = 220  # DHCP server replies from a VM
+PRIO_SPOOFED_L3 = 205  # IP/ARP/IPv6 with a source that is not the VM's
+PRIO_SPOOFED_L2 = 190  # any other frame: foreign source MAC, or tagged
+SPOOF_DROP_KINDS = {PRIO_ROGUE_DHCP: "dhcp-server", PRIO_SPOOFED_L3: "spoofed-source",
+                    PRIO_SPOOFED_L2: "spoofed-source"}
 
 Flows = dict[int, frozenset[Flow]]
 _F = TypeVar("_F", bound=Callable[..., Iterable[Flow]])
@@ -224,10 +230,10 @@ def local_vm_flows(vm: VM, port: int, group_bits: int = 0, standby: bool = False
     classify = (*((meter(METER_PUNT),) if standby else ()), apply(*sets),
                 write_meta(meta_value(vm.segment_id, vm.id)), goto(Table.ARP))
     me = {"in_port": port, "eth_src": vm.mac, "vlan_vid": OFPVID_NONE}
-    yield Flow(Table.CLASSIFY, 220, match(in_port=port, eth_type=ETH_TYPE_IP, ip_proto=17,
-                                          udp_src=67), DROP, ck)  # rogue DHCP server
-    yield Flow(Table.CLASSIFY, 220, match(in_port=port, eth_type=ETH_TYPE_IPV6, ip_proto=17,
-                                          udp_src=547), DROP, ck)  # rogue DHCPv6 server
+    yield Flow(Table.CLASSIFY, PRIO_ROGUE_DHCP, match(in_port=port, eth_type=ETH_TYPE_IP,
+                                                      ip_proto=17, udp_src=67), DROP, ck)
+    yield Flow(Table.CLASSIFY, PRIO_ROGUE_DHCP, match(in_port=port, eth_type=ETH_TYPE_IPV6,
+                                                      ip_proto=17, udp_src=547), DROP, ck)
     v4 = [ip for ip in vm.ips if ":" not in ip]
     v6 = [ip for ip in vm.ips if ":" in ip]
     for ip in v4:
@@ -239,9 +245,10 @@ def local_vm_flows(vm: VM, port: int, group_bits: int = 0, standby: bool = False
         yield Flow(Table.CLASSIFY, 210, match(**me, eth_type=ETH_TYPE_IPV6, ipv6_src=src6),
                    classify, ck)
     for eth_type in (ETH_TYPE_IP, ETH_TYPE_ARP, ETH_TYPE_IPV6):
-        yield Flow(Table.CLASSIFY, 205, match(in_port=port, eth_type=eth_type), DROP, ck)
+        yield Flow(Table.CLASSIFY, PRIO_SPOOFED_L3, match(in_port=port, eth_type=eth_type),
+                   DROP, ck)
     yield Flow(Table.CLASSIFY, 200, match(**me), classify, ck)
-    yield Flow(Table.CLASSIFY, 190, match(in_port=port), DROP, ck)
+    yield Flow(Table.CLASSIFY, PRIO_SPOOFED_L2, match(in_port=port), DROP, ck)
     for ip in v4:
         # a VM asking for its own address (gratuitous ARP, probes) gets no answer
         yield Flow(

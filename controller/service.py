@@ -71,8 +71,6 @@ class Service:
         self._moves: list[tuple[str, int, int]] = []  # (vm, old dpid, new dpid) to converge
         self.retired: set[tuple[str, PortRef]] = set()  # ports VMs migrated away from
         self.metrics = Metrics()
-        self.last_timing: dict[str, float] = {"compile_ms": 0.0, "program_ms": 0.0}
-        self.convergence_ms: list[float] = []
         self._load()
 
     # --- start-up ---------------------------------------------------------------------
@@ -141,7 +139,7 @@ class Service:
         out = {}
         for dpid in sorted(self.installed):
             d = diff(desired.get(dpid, frozenset()), self.installed[dpid])
-            out[self._switch_name(dpid)] = {
+            out[self.switch_name(dpid)] = {
                 "flows": len(desired.get(dpid, ())), "add": len(d.add), "delete": len(d.delete)}
         return out
 
@@ -286,7 +284,7 @@ class Service:
             announced = self.state.expected.get(vm.name) == dpid
             learn = self.learn_first_frame
             allowed = learn is True or (isinstance(learn, frozenset)
-                                        and self._switch_name(dpid) in learn)
+                                        and self.switch_name(dpid) in learn)
             if not (allowed or announced):
                 return
             t0 = time.monotonic()
@@ -315,8 +313,7 @@ class Service:
         with self.lock:
             if name not in self.state.vms:
                 raise NotFound(f"no VM named {name!r}", "name")
-            dpid = next((d for d, sw in self.state.switches.items()
-                         if target in (sw.name, registry.dpid_str(d))), None)
+            dpid = self.find_switch(target)
             if dpid is None:
                 raise Invalid(f"no connected switch named {target!r}", "target_host")
             self.state.expected[name] = dpid
@@ -327,7 +324,7 @@ class Service:
             except Exception:
                 self.state.expected.pop(name, None)
                 raise
-            return {"vm": name, "target_host": self._switch_name(dpid), "state": "prepared"}
+            return {"vm": name, "target_host": self.switch_name(dpid), "state": "prepared"}
 
     def _port_gone(self, s: Session, b: Binding) -> None:
         """The VM's port vanished: a migration completes if it has a standby port."""
@@ -358,13 +355,13 @@ class Service:
             if state.standby.get(b.vm) != b:
                 state.standby[b.vm] = b
                 registry.record_event(s, "vm-standby", vm=b.vm,
-                                      host=self._switch_name(b.port.dpid),
+                                      host=self.switch_name(b.port.dpid),
                                       port=b.port.port_no, how=b.how)
             return
         owner = self._port_owner(b.port, state)
         if owner is not None and owner != b.vm:
             registry.record_event(
-                s, "binding-refused", vm=b.vm, host=self._switch_name(b.port.dpid),
+                s, "binding-refused", vm=b.vm, host=self.switch_name(b.port.dpid),
                 port=b.port.port_no, reason=f"port is bound to {owner}",
             )
             return
@@ -375,13 +372,13 @@ class Service:
             self._moves.append((b.vm, old.port.dpid, b.port.dpid))
             self.retired.add((b.vm, old.port))  # the VM left it; its port may linger
         row = registry.get_vm(s, b.vm)
-        registry.set_location(s, row, b, self._switch_name(b.port.dpid))
+        registry.set_location(s, row, b, self.switch_name(b.port.dpid))
         kind = "vm-moved" if old is not None else "vm-bound"
         registry.record_event(
-            s, kind, vm=b.vm, host=self._switch_name(b.port.dpid), port=b.port.port_no,
+            s, kind, vm=b.vm, host=self.switch_name(b.port.dpid), port=b.port.port_no,
             how=b.how,
         )
-        host = self._switch_name(b.port.dpid)
+        host = self.switch_name(b.port.dpid)
         LOG.info("%s %s at %s port %s (%s)", kind, b.vm, host, b.port.port_no, b.how,
                  extra={"vm": b.vm, "host": host, "port": b.port.port_no, "how": b.how})
 
@@ -391,13 +388,16 @@ class Service:
             return
         row = registry.get_vm(s, vm)
         registry.close_location(s, row)
-        registry.record_event(s, "vm-unbound", vm=vm, host=self._switch_name(b.port.dpid),
+        registry.record_event(s, "vm-unbound", vm=vm, host=self.switch_name(b.port.dpid),
                               reason=why)
 
-    def switch_name(self, dpid: int) -> str:
-        return self._switch_name(dpid)
+    def find_switch(self, name_or_dpid: str) -> int | None:
+        """A known switch by bridge name or 16-hex-digit dpid."""
+        with self.lock:
+            return next((d for d, sw in self.state.switches.items()
+                         if name_or_dpid in (sw.name, registry.dpid_str(d))), None)
 
-    def _switch_name(self, dpid: int) -> str:
+    def switch_name(self, dpid: int) -> str:
         sw = self.state.switches.get(dpid)
         return sw.name if sw else registry.dpid_str(dpid)
 
@@ -412,21 +412,21 @@ class Service:
             by_mac = {v.mac: v.name for v in self.state.vms.values()}
             with self.sessions.begin() as s:
                 registry.record_event(
-                    s, "denied", vm=by_mac.get(src_mac), host=self._switch_name(dpid),
+                    s, "denied", vm=by_mac.get(src_mac), host=self.switch_name(dpid),
                     rule=rule, src_vm=by_mac.get(src_mac), dst_vm=by_mac.get(dst_mac),
                     src_mac=src_mac, dst_mac=dst_mac, protocol=protocol, port=port)
 
     def spoof_drops(self, dpid: int, drops: list[tuple[int, int, int, int]]) -> None:
         """Anti-spoofing drop counters grew: (vm id, priority, in_port, new packets).
         Audited from counters, so a flood never reaches the controller itself."""
-        kinds = {190: "spoofed-source", 205: "spoofed-source", 220: "dhcp-server"}
         with self.lock:
             by_id = {v.id: v.name for v in self.state.vms.values()}
             with self.sessions.begin() as s:
                 for vm_id, prio, port, packets in drops:
                     registry.record_event(s, "spoof-dropped", vm=by_id.get(vm_id),
-                                          host=self._switch_name(dpid), port=port,
-                                          kind=kinds.get(prio, str(prio)), packets=packets)
+                                          host=self.switch_name(dpid), port=port,
+                                          kind=compiler.SPOOF_DROP_KINDS.get(prio, str(prio)),
+                                          packets=packets)
 
     # --- programming ------------------------------------------------------------------
 
@@ -434,7 +434,9 @@ class Service:
         with self.lock:
             return compiler.compile_network(self.state)
 
-    def _converge(self) -> None:
+    def _converge(self) -> tuple[float, float]:
+        """Program the moves' targets first and their old hosts last; returns how long
+        compiling and programming took (ms)."""
         moves, self._moves = self._moves, []
         first = [new for _, _, new in moves]
         last = [old for _, old, _ in moves]
@@ -442,23 +444,21 @@ class Service:
         desired = compiler.compile_network(self.state)
         t1 = time.monotonic()
         self._program_all(desired, first, last)
-        self.last_timing = {"compile_ms": (t1 - t0) * 1000,
-                            "program_ms": (time.monotonic() - t1) * 1000}
+        return (t1 - t0) * 1000, (time.monotonic() - t1) * 1000
 
     def _converge_moves(self, t0: float, s: Session) -> None:
         """Converge, then record (in the caller's transaction, committed after the
         switches: the network follows the VM first) how long moves took."""
         moves = list(self._moves)
-        self._converge()
+        compile_ms, program_ms = self._converge()
         if not moves:
             return
         ms = (time.monotonic() - t0) * 1000
         LOG.info("converged %d move(s) in %.1f ms (compile %.1f ms, program %.1f ms)",
-                 len(moves), ms, self.last_timing["compile_ms"], self.last_timing["program_ms"])
+                 len(moves), ms, compile_ms, program_ms)
         s.flush()
         for vm, _, _ in moves:
             registry.set_convergence(s, vm, ms)
-        self.convergence_ms.extend([ms] * len(moves))
         for _ in moves:
             self.metrics.moves.inc()
             self.metrics.convergence.observe(ms / 1000)
@@ -472,11 +472,10 @@ class Service:
         across the network."""
         head = [d for d in (first or []) if d in self.ready]
         tail = [d for d in (last or []) if d in self.ready and d not in head]
-        middle = sorted(d for d in self.ready if d not in head and d not in tail) + tail
-        tail = []
+        rest = sorted(d for d in self.ready if d not in head and d not in tail) + tail
         done: list[tuple[int, frozenset[Flow]]] = []
         try:
-            for phase in (head, middle, tail):  # each phase is one pipelined round trip
+            for phase in (head, rest):  # each phase is one pipelined round trip
                 batch = [(d, diff(desired[d], self.installed[d])) for d in phase
                          if d in self.installed and d in desired]
                 batch = [(d, c) for d, c in batch if c]
@@ -526,7 +525,7 @@ class Service:
     def _committed(self, dpid: int, changes: FlowDiff) -> None:
         self.flow_mods[dpid] += len(changes)
         self.installed[dpid] = apply_diff(self.installed[dpid], changes)
-        name = self._switch_name(dpid)
+        name = self.switch_name(dpid)
         self.metrics.flow_mods.labels(name).inc(len(changes))
         self.metrics.bundles.labels(name).inc()
 

@@ -93,8 +93,7 @@ def intersect(c: Cube, match: Iterable[tuple[str, Any]]) -> Cube | None:
         v, m = out.get(f)
         if (v ^ mv) & m & mm:
             return None
-        out = Cube(tuple(sorted([x for x in out.eq if x[0] != f] + [(f, (v | mv) & (m | mm),
-                                                                         m | mm)])), out.ne)
+        out = out.with_eq(f, v | mv, m | mm)
     return None if out.empty() else out
 
 
@@ -155,9 +154,7 @@ def verify(state: NetworkState, flows: dict[int, list[Flow]],
             for n, bd in sorted(state.bindings.items()):
                 if src_group not in state.vms[n].groups or bd.port.dpid not in flows:
                     continue
-                start = Cube().set_exact("in_port", bd.port.port_no)
-                for f in ENTRY_ZERO:
-                    start = start.set_exact(f, 0)
+                start = _entering(Cube(), bd.port.port_no)
                 found = _walk(ctx, bd.port.dpid, 0, start, [f"{n} sends on "
                               f"{names.get(bd.port.dpid)} port {bd.port.port_no}"], 0)
                 v.explored += ctx.steps
@@ -170,6 +167,15 @@ def verify(state: NetworkState, flows: dict[int, list[Flow]],
                 break
         out.append(v)
     return out
+
+
+def _entering(c: Cube, port: int) -> Cube:
+    """Headers ``c`` arriving on ``port``: the switch starts with clear metadata, registers
+    and conntrack state."""
+    c = c.set_exact("in_port", port)
+    for f in ENTRY_ZERO:
+        c = c.set_exact(f, 0)
+    return c
 
 
 def _walk(ctx: _Ctx, dpid: int, table: int, cube: Cube, path: list[str], hops: int
@@ -255,10 +261,7 @@ def _output(ctx: _Ctx, dpid: int, port: int, c: Cube, path: list[str], hops: int
             return path + [f"delivered to {ctx.targets[ref]} on {ctx.names.get(dpid)} port {p}"]
         if ref in ctx.peer and hops < MAX_HOPS:
             there = ctx.peer[ref]
-            entry = c.set_exact("in_port", there.port_no)
-            for f in ENTRY_ZERO:
-                entry = entry.set_exact(f, 0)
-            found = _walk(ctx, there.dpid, 0, entry, path + [
+            found = _walk(ctx, there.dpid, 0, _entering(c, there.port_no), path + [
                 f"{ctx.names.get(dpid)} port {p} -> {ctx.names.get(there.dpid)} port "
                 f"{there.port_no}"], hops + 1)
             if found is not None:

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .datacenter import VMPlan, default_plan
-from .lab import Lab
+from .lab import Lab, ping_stream_result, start_ping_stream
 
 
 def reachability(lab: Lab) -> dict[tuple[str, str], bool]:
@@ -59,7 +59,6 @@ def matrix_table(plan: list[VMPlan], seen: dict[tuple[str, str], bool]) -> tuple
 def show_migration(lab: Lab, console: Console) -> bool:
     """Move the first VM to the next hypervisor while a same-segment peer pings it every
     10 ms and a VM of another segment keeps trying; show what the network did."""
-    import re
     import tempfile as tf
 
     from .migration import migrate
@@ -72,20 +71,13 @@ def show_migration(lab: Lab, console: Console) -> bool:
     intruder = next(p for p in lab.plan if p.segment != vm.segment)
     before = lab.get(f"/v1/vms/{vm.name}/location") or {}
     out = Path(tf.mkdtemp(prefix="vfence-demo-"))
-    lab.host(peer.name).cmd(f"ping -i 0.01 -W 1 -c 400 {vm.ip} > {out}/peer 2>&1 &")
-    lab.host(intruder.name).cmd(f"ping -i 0.01 -W 1 -c 400 {vm.ip} > {out}/intruder 2>&1 &")
+    start_ping_stream(lab.host(peer.name), vm.ip, out / "peer", 400)
+    start_ping_stream(lab.host(intruder.name), vm.ip, out / "intruder", 400)
     time.sleep(0.5)
     with console.status(f"live-migrating {vm.name} from hv{vm.host} to {target}"):
         migrate(lab.net, vm, target)
-        pattern = r"(\d+) packets transmitted, (\d+) received"
-        Lab.wait_for(lambda: all(re.search(pattern, (out / f).read_text())
-                                 for f in ("peer", "intruder")), 20, "pings")
-    counts = {}
-    for f in ("peer", "intruder"):
-        m = re.search(pattern, (out / f).read_text())
-        assert m is not None
-        counts[f] = (int(m.group(1)), int(m.group(2)))
-    (ps, pr), (is_, ir) = counts["peer"], counts["intruder"]
+        ps, pr = ping_stream_result(out / "peer")
+        is_, ir = ping_stream_result(out / "intruder")
     after = lab.get(f"/v1/vms/{vm.name}/location") or {}
     hist = lab.get(f"/v1/vms/{vm.name}/history") or [{}]
     conv = hist[-1].get("convergence_ms")

@@ -7,6 +7,7 @@ userspace datapath, Mininet hosts, the controller process speaking OpenFlow and 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +21,21 @@ from . import datacenter
 from .datacenter import VMPlan
 
 OVSDB = "unix:/var/run/openvswitch/db.sock"
+PING_SUMMARY = re.compile(r"(\d+) packets transmitted, (\d+) received")
+
+
+def start_ping_stream(host, ip: str, out: Path, count: int, interval: float = 0.01) -> None:
+    """``count`` pings every ``interval`` seconds from a Mininet host, in the background."""
+    host.cmd(f"ping -i {interval} -W 1 -c {count} {ip} > {out} 2>&1 &")
+
+
+def ping_stream_result(out: Path, timeout: float = 20) -> tuple[int, int]:
+    """(sent, received) of a ping stream, once it has finished."""
+    Lab.wait_for(lambda: PING_SUMMARY.search(out.read_text()) is not None, timeout,
+                 f"ping summary in {out}")
+    m = PING_SUMMARY.search(out.read_text())
+    assert m is not None
+    return int(m.group(1)), int(m.group(2))
 
 
 class Lab:

@@ -116,6 +116,16 @@ def flow_packets(bridge: str, cookie: int) -> int:
     return sum(int(n) for n in re.findall(r"n_packets=(\d+)", out))
 
 
+def vm_id(bridges, mac: str) -> int:
+    """A VM's id (its cookie's low bits), from the destination lookup that every host of
+    its segment holds."""
+    for br in bridges:
+        for ln in flows_text(br):
+            if "table=15" in ln and f"dl_dst={mac}" in ln:
+                return int(ln.split("cookie=")[1].split(",")[0], 16) & 0xFFFF
+    raise AssertionError(f"no flows for {mac}")
+
+
 def flows_text(bridge: str) -> list[str]:
     out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "--no-stats", "dump-flows", bridge],
                          capture_output=True, text=True, check=True).stdout

@@ -10,7 +10,6 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -18,10 +17,10 @@ import yaml
 
 from controller.flows import Owner, cookie
 from mininet_topos.datacenter import FINANCE_PLACEMENT, FINANCE_POLICY, plan_from_policy
-from mininet_topos.lab import Lab
+from mininet_topos.lab import Lab, ping_stream_result, start_ping_stream
 from mininet_topos.migration import migrate
 
-from .conftest import SOCK, attack, ports, serve
+from .conftest import SOCK, attack, ports, serve, vm_id
 
 DOC = yaml.safe_load(FINANCE_POLICY.read_text())
 PLAN = {p.name: p for p in plan_from_policy(DOC, FINANCE_PLACEMENT)}
@@ -44,38 +43,11 @@ def where(lab, vm: str) -> str:
     return lab.get(f"/v1/vms/{vm}/location")["host"]["name"]
 
 
-def start_ping(host, ip: str, seconds: float, out: str) -> None:
-    n = int(seconds / 0.01)
-    host.cmd(f"ping -i 0.01 -W 1 -c {n} {ip} > {out} 2>&1 &")
-
-
-def ping_result(out: str) -> tuple[int, int]:
-    """(sent, received) once the ping has finished."""
-    pattern = r"(\d+) packets transmitted, (\d+) received"
-    Lab.wait_for(lambda: re.search(pattern, Path(out).read_text()) is not None, 20,
-                 f"ping {out}")
-    text = Path(out).read_text()
-    m = re.search(pattern, text)
-    assert m, text
-    return int(m.group(1)), int(m.group(2))
-
-
 def vm_flows(bridge: str, vm_id: int) -> list[str]:
     out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "--no-stats", "dump-flows", bridge,
                           f"cookie={cookie(Owner.VM, vm_id):#x}/-1"], capture_output=True,
                          text=True, check=True).stdout
     return [ln.strip() for ln in out.splitlines() if "actions=" in ln]
-
-
-def vm_id(lab, vm: str) -> int:
-    hosts = lab.get("/v1/hosts")
-    for h in hosts:
-        out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "--no-stats", "dump-flows",
-                              h["name"], "table=15"], capture_output=True, text=True).stdout
-        for ln in out.splitlines():
-            if f"dl_dst={MAC[vm]}" in ln:
-                return int(ln.split("cookie=")[1].split(",")[0], 16) & 0xFFFF
-    raise AssertionError(f"no flows for {vm}")
 
 
 def assert_only_remote_flows(bridge: str, vid: int, old_port: str) -> None:
@@ -93,17 +65,18 @@ def assert_only_remote_flows(bridge: str, vid: int, old_port: str) -> None:
 
 def test_ovsdb_migration_onto_the_isolated_groups_host(lab, tmp_path):
     """web-2 (frontend) moves hv3 -> hv2, where pay-2 (payroll) runs."""
-    vid = vm_id(lab, "web-2")
-    start_ping(lab.host("web-1"), IP["web-2"], 4, tmp_path / "peer.txt")       # allowed peer
-    start_ping(lab.host("pay-2"), IP["web-2"], 4, tmp_path / "iso-local.txt")  # isolated
-    start_ping(lab.host("pay-1"), IP["web-2"], 4, tmp_path / "iso-far.txt")
+    vid = vm_id([h["name"] for h in lab.get("/v1/hosts")], MAC["web-2"])
+    # an allowed peer, then the isolated group on the target host and on another host
+    start_ping_stream(lab.host("web-1"), IP["web-2"], tmp_path / "peer.txt", 400)
+    start_ping_stream(lab.host("pay-2"), IP["web-2"], tmp_path / "iso-local.txt", 400)
+    start_ping_stream(lab.host("pay-1"), IP["web-2"], tmp_path / "iso-far.txt", 400)
     time.sleep(1)
     mig = migrate(lab.net, PLAN["web-2"], "hv2", announce=False)
     time.sleep(3.5)
-    sent, got = ping_result(tmp_path / "peer.txt")
+    sent, got = ping_stream_result(tmp_path / "peer.txt")
     assert sent - got <= 5, (sent, got)  # at most a few 10 ms pings lost
     for probe in ("iso-local.txt", "iso-far.txt"):
-        assert ping_result(tmp_path / probe)[1] == 0, probe  # not one packet, ever
+        assert ping_stream_result(tmp_path / probe)[1] == 0, probe  # not one packet, ever
     assert where(lab, "web-2") == "hv2"
     hist = lab.get("/v1/vms/web-2/history")
     assert [h["host"]["name"] for h in hist[-2:]] == ["hv3", "hv2"]

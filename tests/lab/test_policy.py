@@ -36,6 +36,7 @@ from .conftest import (
     probe,
     send_frames,
     serve,
+    vm_id,
 )
 
 DOC = yaml.safe_load(FINANCE_POLICY.read_text())
@@ -201,10 +202,7 @@ def test_mac_flood_is_dropped_in_the_datapath(lab):
 
 
 def _vm_id(lab, name: str) -> int:
-    flows = flows_text(HOSTS[name])
-    mac = MAC[name]
-    line = next(ln for ln in flows if f"dl_src={mac}" in ln and "priority=200" in ln)
-    return int(line.split("cookie=")[1].split(",")[0], 16) & 0xFFFF
+    return vm_id([HOSTS[name]], MAC[name])
 
 
 # --- policy changes -------------------------------------------------------------------------
