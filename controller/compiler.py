@@ -47,6 +47,7 @@ from .flows import (
     match,
     meta_value,
     meter,
+    rule_priority,
     write_meta,
 )
 from .model import VM, Binding, Endpoint, NetworkState, Rule
@@ -66,7 +67,6 @@ SEG_LOCAL = META_SEGMENT_MASK | META_FROM_FABRIC
 IPV6_LINK_LOCAL = ("fe80::", "ffc0::")
 ND_TYPES = (133, 134, 135, 136)  # router/neighbour solicitation and advertisement
 ZONE = (ZONE_REG, 15)  # ct zone from reg5[0..15]: (field, ofs << 6 | nbits - 1)
-RULE_PRIORITY_TOP = 60000
 # port-security drops in CLASSIFY, by what they catch (the audit reads their counters)
 PRIO_ROGUE_DHCP = 220  # DHCP server replies from a VM
 PRIO_SPOOFED_L3 = 205  # IP/ARP/IPv6 with a source that is not the VM's
@@ -411,7 +411,7 @@ def rule_flows(rule: Rule, state: NetworkState) -> Iterable[Flow]:
     if src is None or dst is None:
         return  # names a VM that is not registered: matches nothing
     m = _merge_metadata(src, dst)
-    prio = RULE_PRIORITY_TOP - 4 * rule.index
+    prio = rule_priority(rule.index)
     yield from _verdict(prio, m, rule.action, rule, cookie(Owner.RULE, rule.index))
 
 

@@ -57,8 +57,28 @@ class Table(IntEnum):
     FORWARD = 40
 
 
+# --- limits: every tag that lands in a register, metadata, VLAN label or ct zone ---------
+# Tags are allocated densely by the registry (never a database id) and checked against
+# these widths; reaching one is refused with an error naming the field.
+MAX_VM_TAG = 0xFFFF  # metadata bits 16-31 (source VM), reg4 (destination VM): 1..65535
+MAX_SEGMENT_TAG = 0xFFFF  # metadata bits 0-15 and the conntrack zone (16 bits): 1..65535
+MAX_GROUPS = 64  # one bit each in reg0/reg1 (source) and reg2/reg3 (destination)
+MAX_LABEL = 4094  # host label = VLAN id on the fabric: 1..4094
+RULE_PRIORITY_TOP = 60000  # rule i: priorities TOP - STEP*i and one below (non-IP allow)
+RULE_PRIORITY_STEP = 4
+RULE_PRIORITY_FLOOR = 1100  # above the intra-group allows (1000) and the default (10)
+MAX_RULES = (RULE_PRIORITY_TOP - RULE_PRIORITY_FLOOR) // RULE_PRIORITY_STEP + 1
+
+
+def rule_priority(index: int) -> int:
+    """Priority of rule ``index`` (0-based): first match wins, so earlier is higher."""
+    if not 0 <= index < MAX_RULES:
+        raise ValueError(f"rule index {index} outside 0..{MAX_RULES - 1}")
+    return RULE_PRIORITY_TOP - RULE_PRIORITY_STEP * index
+
+
 # --- metadata layout ----------------------------------------------------------------------
-# bits 0-15: segment id, bits 16-31: source VM id, bit 32: frame came from the fabric.
+# bits 0-15: segment tag, bits 16-31: source VM tag, bit 32: frame came from the fabric.
 META_SEGMENT_MASK = 0xFFFF
 META_VM_SHIFT = 16
 META_FROM_FABRIC = 1 << 32
@@ -70,7 +90,6 @@ SRC_GROUP_REGS = ("reg0", "reg1")  # 64 group bits of the source VM
 DST_GROUP_REGS = ("reg2", "reg3")  # 64 group bits of the destination VM
 DST_VM_REG = "reg4"
 ZONE_REG = "reg5"  # conntrack zone = segment id
-MAX_GROUPS = 64
 
 # conntrack
 CT_COMMIT = 1
@@ -100,7 +119,6 @@ def meta_value(segment_id: int, vm_id: int, from_fabric: bool = False) -> int:
 # --- VLAN ids as host labels --------------------------------------------------------------
 OFPVID_PRESENT = 0x1000
 OFPVID_NONE = 0x0000
-MAX_LABEL = 4094
 
 # --- special ports ------------------------------------------------------------------------
 OFPP_IN_PORT = 0xFFFFFFF8
