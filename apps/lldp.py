@@ -1,7 +1,11 @@
-"""LLDP probes for link discovery, authenticated so a VM cannot fake a fabric link.
+"""LLDP probes for link discovery, that neither a VM nor a replay can turn into a link.
 
-Each probe carries the sending switch and port plus an HMAC under a key that exists
-only in this controller process; a probe that fails the check is ignored.
+A probe carries the sending switch and port, a fresh random nonce and an HMAC over all
+three under a key that exists only in this controller process. The controller keeps the
+nonces it sent: a probe counts once, only before it expires, and only if the nonce was
+issued for the switch and port the probe names. Probes go out of operator-marked fabric
+ports only, and the service accepts a link only between two such ports of two
+switches: a VM echoing or relaying probes has nothing to work with.
 """
 
 from __future__ import annotations
@@ -9,26 +13,31 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import threading
+import time
 
 from os_ken.lib.packet import ethernet, lldp, packet
 
 LLDP_MAC = "01:80:c2:00:00:0e"
+PROBE_LIFETIME = 10.0  # seconds a probe is valid after it was sent
 _KEY = os.urandom(16)
 
 
-def _tag(dpid: int, port_no: int) -> bytes:
-    return hmac.new(_KEY, f"{dpid:016x}:{port_no}".encode(), hashlib.sha256).digest()[:16]
+def _tag(dpid: int, port_no: int, nonce: bytes) -> bytes:
+    msg = f"{dpid:016x}:{port_no}:".encode() + nonce
+    return hmac.new(_KEY, msg, hashlib.sha256).digest()[:16]
 
 
-def probe(dpid: int, port_no: int, src_mac: str) -> bytes:
+def probe(dpid: int, port_no: int, src_mac: str, nonce: bytes) -> bytes:
     pkt = packet.Packet()
     pkt.add_protocol(ethernet.ethernet(LLDP_MAC, src_mac, 0x88CC))
     tlvs = [
         lldp.ChassisID(subtype=lldp.ChassisID.SUB_LOCALLY_ASSIGNED,
                        chassis_id=f"dpid:{dpid:016x}".encode()),
         lldp.PortID(subtype=lldp.PortID.SUB_PORT_COMPONENT, port_id=str(port_no).encode()),
-        lldp.TTL(ttl=120),
-        lldp.SystemName(system_name=b"vfence:" + _tag(dpid, port_no).hex().encode()),
+        lldp.TTL(ttl=int(PROBE_LIFETIME)),
+        lldp.SystemName(system_name=b"vfence:" + nonce.hex().encode() + b":"
+                        + _tag(dpid, port_no, nonce).hex().encode()),
         lldp.End(),
     ]
     pkt.add_protocol(lldp.lldp(tlvs))
@@ -36,8 +45,8 @@ def probe(dpid: int, port_no: int, src_mac: str) -> bytes:
     return bytes(pkt.data)
 
 
-def parse(data: bytes) -> tuple[int, int] | None:
-    """(dpid, port) of a genuine probe from this controller, else None."""
+def parse(data: bytes) -> tuple[int, int, bytes] | None:
+    """(dpid, port, nonce) of a probe made by this controller process, else None."""
     try:
         pkt = packet.Packet(data)
         body = pkt.get_protocol(lldp.lldp)
@@ -46,10 +55,37 @@ def parse(data: bytes) -> tuple[int, int] | None:
         fields = {type(t): t for t in body.tlvs}
         chassis = fields[lldp.ChassisID].chassis_id.decode()
         port_no = int(fields[lldp.PortID].port_id.decode())
-        tag = fields[lldp.SystemName].system_name.decode().removeprefix("vfence:")
+        nonce_hex, tag = fields[lldp.SystemName].system_name.decode().removeprefix(
+            "vfence:").split(":")
+        nonce = bytes.fromhex(nonce_hex)
         dpid = int(chassis.removeprefix("dpid:"), 16)
     except (KeyError, ValueError, UnicodeDecodeError, AttributeError, TypeError):
         return None
-    if not hmac.compare_digest(bytes.fromhex(tag), _tag(dpid, port_no)):
+    if not hmac.compare_digest(bytes.fromhex(tag), _tag(dpid, port_no, nonce)):
         return None
-    return dpid, port_no
+    return dpid, port_no, nonce
+
+
+class ProbeBook:
+    """Nonces sent and not yet used: each one proves one fresh probe, once."""
+
+    def __init__(self, lifetime: float = PROBE_LIFETIME) -> None:
+        self.lifetime = lifetime
+        self._sent: dict[bytes, tuple[int, int, float]] = {}
+        self._lock = threading.Lock()
+
+    def issue(self, dpid: int, port_no: int, now: float | None = None) -> bytes:
+        now = time.monotonic() if now is None else now
+        nonce = os.urandom(8)
+        with self._lock:
+            self._sent = {n: v for n, v in self._sent.items() if v[2] > now}
+            self._sent[nonce] = (dpid, port_no, now + self.lifetime)
+        return nonce
+
+    def redeem(self, dpid: int, port_no: int, nonce: bytes, now: float | None = None) -> bool:
+        """True the first time a probe with this nonce, sent from (dpid, port), comes
+        back before it expires."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            sent = self._sent.pop(nonce, None)
+        return sent is not None and sent[:2] == (dpid, port_no) and now <= sent[2]

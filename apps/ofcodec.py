@@ -13,6 +13,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from controller.flows import OFPP_CONTROLLER, Flow, Match
 
+NX_IN_PORT = 0xFFF8  # Nicira actions use 16-bit port numbers: "keep the packet's in_port"
 _INSTRUCTION_ORDER = {"meter": 0, "apply": 1, "meta": 2, "goto": 3}
 
 
@@ -36,6 +37,8 @@ def to_action(a: tuple) -> Any:
         return parser.OFPActionSetField(**{a[1]: a[2]})
     if kind == "move":
         return parser.NXActionRegMove(src_field=a[1], dst_field=a[2], n_bits=a[3])
+    if kind == "resubmit":
+        return parser.NXActionResubmitTable(in_port=NX_IN_PORT, table_id=a[1])
     if kind == "ct":  # ("ct", flags, zone field, zone ofs/nbits, recirc table)
         return parser.NXActionCT(flags=a[1], zone_src=a[2], zone_ofs_nbits=a[3],
                                  recirc_table=a[4], alg=0, actions=[])
@@ -103,6 +106,8 @@ def from_action(a: Any) -> tuple:
     if isinstance(a, parser.NXActionRegMove):
         # OVS reports NXM headers (NXM_OF_ETH_SRC), os-ken names them "eth_src_nxm"
         return ("move", _field(a.src_field), _field(a.dst_field), a.n_bits)
+    if isinstance(a, parser.NXActionResubmitTable) and a.in_port == NX_IN_PORT:
+        return ("resubmit", a.table_id)
     if isinstance(a, parser.NXActionCT):
         return ("ct", a.flags, _field(a.zone_src or ""), a.zone_ofs_nbits, a.recirc_table)
     return ("unknown", type(a).__name__)

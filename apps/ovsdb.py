@@ -16,7 +16,7 @@ import ovs.jsonrpc
 import ovs.poller
 import ovs.stream
 
-from controller.service import Interface
+from controller.hosts import FABRIC_KEY, HOST_KEY, ROLE_KEY, Bridge, HostDb, Interface
 
 LOG = logging.getLogger("vfence.ovsdb")
 
@@ -37,30 +37,48 @@ def fetch_schema(remote: str, timeout: float = 5.0) -> dict:
         rpc.close()
 
 
-def snapshot(idl: ovs.db.idl.Idl) -> list[Interface]:
-    out = []
+def snapshot(idl: ovs.db.idl.Idl, remote: str, name: str | None = None) -> HostDb:
+    """The host as its OVSDB describes it; ``name`` (the operator's) wins over its own."""
+    host = name
+    for row in idl.tables["Open_vSwitch"].rows.values():
+        ext = dict(row.external_ids)
+        host = host or ext.get(HOST_KEY) or ext.get("hostname")
+    bridges, interfaces = [], []
     for br in idl.tables["Bridge"].rows.values():
         try:
             dpid = int((br.datapath_id or ["0"])[0], 16)
         except ValueError:
             continue
+        ext = dict(br.external_ids)
+        bridges.append(Bridge(dpid, br.name, ext.get(HOST_KEY),
+                              ext.get(ROLE_KEY) == "fabric"))
         for port in br.ports:
             for iface in port.interfaces:
                 ofport = (iface.ofport or [-1])[0]
                 ext = dict(iface.external_ids)
-                out.append(Interface(dpid, ofport, iface.name, ext.get("attached-mac"),
-                                     ext.get("iface-id")))
-    return out
+                interfaces.append(Interface(dpid, ofport, iface.name, ext.get("attached-mac"),
+                                            ext.get("iface-id"),
+                                            ext.get(FABRIC_KEY) == "true"))
+    return HostDb(remote, tuple(interfaces), tuple(bridges), host)
+
+
+def parse_remote(spec: str) -> tuple[str | None, str]:
+    """``NAME=REMOTE`` (the operator names the host) or plain ``REMOTE``."""
+    name, sep, remote = spec.partition("=")
+    if sep and ":" not in name:
+        return name or None, remote
+    return None, spec
 
 
 class Monitor:
     """One thread per OVSDB remote, calling ``on_snapshot`` after each change."""
 
-    def __init__(self, remote: str, on_snapshot: Callable[[list[Interface]], None]):
-        self.remote = remote
+    def __init__(self, spec: str, on_snapshot: Callable[[HostDb], None]):
+        self.name, self.remote = parse_remote(spec)
         self.on_snapshot = on_snapshot
         self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name=f"ovsdb:{remote}", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=f"ovsdb:{self.remote}",
+                                       daemon=True)
 
     def start(self) -> None:
         self.thread.start()
@@ -78,7 +96,8 @@ class Monitor:
 
     def _watch(self) -> None:
         helper = ovs.db.idl.SchemaHelper(schema_json=fetch_schema(self.remote))
-        helper.register_columns("Bridge", ["name", "datapath_id", "ports"])
+        helper.register_columns("Open_vSwitch", ["external_ids"])
+        helper.register_columns("Bridge", ["name", "datapath_id", "ports", "external_ids"])
         helper.register_columns("Port", ["name", "interfaces"])
         helper.register_columns("Interface", ["name", "ofport", "external_ids"])
         idl = ovs.db.idl.Idl(self.remote, helper)
@@ -88,7 +107,7 @@ class Monitor:
                 idl.run()
                 if idl.change_seqno != seen and idl.has_ever_connected():
                     seen = idl.change_seqno
-                    self.on_snapshot(snapshot(idl))
+                    self.on_snapshot(snapshot(idl, self.remote, self.name))
                 poller = ovs.poller.Poller()
                 idl.wait(poller)
                 poller.timer_wait(500)

@@ -18,6 +18,7 @@ from os_ken import cfg
 from os_ken.base.app_manager import AppManager
 
 from controller.api import create_app
+from controller.hosts import HostDb
 from controller.service import Service
 
 from .ovsdb import Monitor
@@ -67,8 +68,10 @@ def run(service: Service, opts: ServeOptions) -> None:
                          tls if all(tls) else ())  # type: ignore[arg-type]
     manager = AppManager.get_instance()
 
-    monitors = [Monitor(remote, lambda snap: app.submit(service.ovsdb_snapshot, snap))
-                for remote in opts.ovsdb]
+    def on_snapshot(db: HostDb) -> None:
+        app.submit(service.ovsdb_snapshot, list(db.interfaces), db.bridges, db.remote, db.host)
+
+    monitors = [Monitor(spec, on_snapshot) for spec in opts.ovsdb]
     for m in monitors:
         m.start()
 

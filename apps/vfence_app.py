@@ -97,6 +97,9 @@ class VfenceApp(app_manager.OSKenApp):
                                       "LLDP"))
         self.threads.append(hub.spawn(self._every_switch, AUDIT_INTERVAL,
                                       self._audit_switch, "spoof audit"))
+        self.threads.append(hub.spawn(self._every, LLDP_INTERVAL,
+                                      lambda: self.submit(self.service.expire_links)))
+        self.probes = lldp.ProbeBook()
         self.drop_counts: dict[tuple[int, int, int], int] = {}
 
     # --- worker -----------------------------------------------------------------------
@@ -362,33 +365,54 @@ class VfenceApp(app_manager.OSKenApp):
             return
         if eth.ethertype == ETH_TYPE_LLDP:
             src = lldp.parse(msg.data)
-            if src is not None:
+            if src is not None and self.probes.redeem(*src):
                 link = Link(PortRef(src[0], src[1]), PortRef(dp.id, in_port))
                 self.submit(self.service.link_seen, link)
+            else:
+                LOG.warning("LLDP on %016x port %s: not a fresh probe of ours", dp.id, in_port)
             return
         self.submit(self.service.unbound_frame, dp.id, in_port, eth.src)
 
     # --- LLDP -------------------------------------------------------------------------
 
+    def probe_fabric(self, dpids: set[int]) -> None:
+        """Fabric ports appeared on these switches: look for their links now."""
+        for dpid in dpids:
+            dp = self.datapaths.get(dpid)
+            if dp is not None:
+                self._send_lldp(dp)
+
     def _send_lldp(self, dp: Any, only: list[int] | None = None) -> None:
+        """Probe out of the switch's operator-marked fabric ports (never a VM's)."""
+        fabric = self.service.fabric_ports(dp.id)
         for no, (_, mac) in list(self.ports.get(dp.id, {}).items()):
-            if no > ofp.OFPP_MAX or (only is not None and no not in only):
+            if no not in fabric or (only is not None and no not in only):
                 continue
+            nonce = self.probes.issue(dp.id, no)
             out = parser.OFPPacketOut(
                 dp, ofp.OFP_NO_BUFFER, ofp.OFPP_CONTROLLER,
-                [parser.OFPActionOutput(no)], lldp.probe(dp.id, no, mac),
+                [parser.OFPActionOutput(no)], lldp.probe(dp.id, no, mac, nonce),
             )
             dp.send_msg(out)
 
     def _every_switch(self, interval: float, fn: Callable[[Any], None], what: str) -> None:
         """Run ``fn`` on every connected switch every ``interval`` seconds, forever."""
-        while True:
-            time.sleep(interval)
+        def each() -> None:
             for dp in list(self.datapaths.values()):
                 try:
                     fn(dp)
                 except Exception:
                     LOG.exception("%s on %016x failed", what, dp.id)
+        self._every(interval, each)
+
+    @staticmethod
+    def _every(interval: float, fn: Callable[[], object]) -> None:
+        while True:
+            time.sleep(interval)
+            try:
+                fn()
+            except Exception:
+                LOG.exception("periodic job failed")
 
     def _audit_switch(self, dp: Any) -> None:
         """Read the anti-spoofing drop counters (table 0, VM cookies); report growth."""

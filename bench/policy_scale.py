@@ -27,11 +27,12 @@ def build_document(n_vms: int, hosts: int, groups: int, rules: int, seed: int = 
     banned = {frozenset(p) for p in isolation}
     vms = []
     for i in range(n_vms):
+        n = i + 1  # 10.0.0.0 is the subnet's network address, not a host's
         first = rnd.choice(names)
         gs = [first] + [g for g in [rnd.choice(names)] if g != first
                         and frozenset((g, first)) not in banned][: rnd.randint(0, 1)]
         vms.append({"name": f"vm{i}", "mac": f"02:00:00:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:"
-                    f"{i & 255:02x}", "ips": [f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"],
+                    f"{i & 255:02x}", "ips": [f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"],
                     "segment": "prod", "groups": gs})
     rule_list = []
     while len(rule_list) < rules:

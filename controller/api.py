@@ -10,21 +10,22 @@ import hmac
 import re
 import time
 from datetime import datetime
-from ipaddress import ip_address
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Body, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from . import compiler, registry, topology
+from .addresses import vm_address
 from .errors import Invalid, NotFound, VfenceError
 from .flows import Owner, cookie_owner
+from .policy import field_path
 from .service import Service
 from .store import models as db
 
@@ -35,14 +36,19 @@ PROBLEM = "application/problem+json"
 OPEN_PATHS = {"/v1/health"}  # for load balancers and probes; says nothing sensitive
 
 
+VMAddress = Annotated[str, AfterValidator(vm_address), Field(
+    description="unicast IPv4/IPv6 address without a zone index; not loopback, multicast, "
+                "unspecified or broadcast", json_schema_extra={"anyOf": [
+                    {"format": "ipv4"}, {"format": "ipv6"}]})]
+
+
 class VMIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Name
     mac: str = Field(description="unicast MAC, e.g. 00:00:00:00:01:01",
                      pattern=r"^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$")
-    ips: list[str] = Field(default_factory=list, max_length=64, json_schema_extra={
-        "uniqueItems": True, "items": {"type": "string", "anyOf": [
-            {"format": "ipv4"}, {"format": "ipv6"}]}})
+    ips: list[VMAddress] = Field(default_factory=list, max_length=64,
+                                 json_schema_extra={"uniqueItems": True})
     segment: Name
     groups: list[Name] = Field(default_factory=list, max_length=64,
                                json_schema_extra={"uniqueItems": True})
@@ -62,18 +68,9 @@ class VMIn(BaseModel):
     @field_validator("ips")
     @classmethod
     def _ips(cls, v: list[str]) -> list[str]:
-        out = []
-        for ip in v:
-            try:
-                addr = ip_address(ip)
-            except ValueError:
-                raise ValueError(f"{ip!r} is not an IPv4 or IPv6 address") from None
-            if addr.is_multicast or addr.is_unspecified:
-                raise ValueError(f"{ip} cannot be a VM's address")
-            out.append(str(addr))
-        if len(set(out)) != len(out):
+        if len(set(v)) != len(v):
             raise ValueError("addresses repeat")
-        return out
+        return v
 
     @field_validator("groups")
     @classmethod
@@ -112,7 +109,12 @@ class VMOut(BaseModel):
 
 class VerdictOut(BaseModel):
     pair: list[str]
-    isolated: bool = Field(description="proved: no header from one group reaches the other")
+    status: Literal["isolated", "broken", "unknown"] = Field(
+        description="isolated: proved, no header from one group reaches the other; broken: "
+                    "one does (see witness); unknown: neither could be proved (see reason)")
+    reason: str | None = Field(description="why the status is unknown: the step limit, or "
+                               "an instruction/action it does not model and the flow")
+    isolated: bool = Field(description="status == isolated (kept for older clients)")
     complete: bool = Field(description="false if the search hit its size limit")
     witness: list[str] = Field(description="flows a leaking packet goes through")
     explored: int
@@ -124,7 +126,7 @@ class FlowOut(BaseModel):
     match: dict[str, Any]
     instructions: Any
     cookie: str
-    owner: str = Field(description="base, vm:<id>, segment:<id>, fabric, rule:<index>, "
+    owner: str = Field(description="base, vm:<tag>, segment:<tag>, fabric, rule:<index>, "
                        "policy, isolation:<index>, or foreign (not written by vfence)")
     packets: int
     bytes: int
@@ -271,10 +273,8 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_req: Request, exc: RequestValidationError) -> JSONResponse:
-        found = [
-            {"field": ".".join(str(p) for p in e["loc"]), "reason": e["msg"]}
-            for e in exc.errors()
-        ]
+        # pydantic's error locations as the policy parser writes paths: body.ips[0]
+        found = [{"field": field_path(e["loc"]), "reason": e["msg"]} for e in exc.errors()]
         detail = "; ".join(f"{e['field']}: {e['reason']}" for e in found)
         return problem(422, "Invalid input", detail, found)
 
@@ -439,9 +439,11 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
     def verify() -> list[VerdictOut]:
         """Read the flows installed on every switch and prove, for each isolation pair,
         that no packet from one group can reach the other (header-space walk of the real
-        tables along the real links). A broken pair comes with a witness path."""
-        return [VerdictOut(pair=list(v.pair), isolated=v.isolated, complete=v.complete,
-                           witness=v.witness, explored=v.explored) for v in service.verify()]
+        tables along the real links). A broken pair comes with a witness path; a pair the
+        walk can neither prove nor break is ``unknown``, with the reason."""
+        return [VerdictOut(pair=list(v.pair), status=v.status, reason=v.reason or None,
+                           isolated=v.isolated, complete=v.complete, witness=v.witness,
+                           explored=v.explored) for v in service.verify()]
 
     @app.get("/v1/events")
     def list_events(
@@ -472,9 +474,10 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
 
     @app.get("/v1/segments")
     def segments() -> list[dict[str, Any]]:
-        """Layer-2 segments (written through POST /v1/vms or the policy document)."""
+        """Layer-2 segments (written through POST /v1/vms or the policy document); ``tag``
+        is what flows carry (metadata, conntrack zone, cookie owner id)."""
         with service.sessions() as s:
-            return [{"name": r.name, "subnet": r.subnet, "id": r.id}
+            return [{"name": r.name, "subnet": r.subnet, "id": r.id, "tag": r.tag}
                     for r in registry.segments(s)]
 
     @app.get("/v1/groups")

@@ -1,5 +1,6 @@
 """The ``vfence`` command line. ``serve`` runs the controller; the rest talk to it over REST
-(or, for ``db``, to the database directly). Exit codes: 0 ok, 1 failed, 2 bad usage."""
+(or, for ``db``, to the database directly). Exit codes: 0 ok, 1 failed, 2 bad usage (and
+for ``verify``: 2 when no pair is broken but some could not be proved)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import VfenceError
@@ -72,15 +74,18 @@ def serve(
     api_host: Annotated[str, typer.Option(help="REST listen address")] = "127.0.0.1",
     ovsdb: Annotated[
         list[str] | None,
-        typer.Option(help="OVSDB remote to watch for VM ports (repeatable), "
-                          "e.g. unix:/var/run/openvswitch/db.sock"),
+        typer.Option(help="each host's OVSDB, [NAME=]REMOTE (repeat per host), e.g. "
+                          "unix:/var/run/openvswitch/db.sock or hv1=tcp:10.0.0.11:6640; NAME "
+                          "overrides the host name the OVSDB gives (external_ids:vfence-host, "
+                          "else hostname). Fabric ports, VM ports and host names come from "
+                          "here"),
     ] = None,
     learn_first_frame: Annotated[
         bool, typer.Option(help="bind a registered VM on the first frame from an unbound port "
                                 "(all hosts)")
     ] = False,
     learn_first_frame_on: Annotated[
-        list[str] | None, typer.Option(help="the same, on this host (bridge name; repeatable)")
+        list[str] | None, typer.Option(help="the same, on this host only (host name; repeatable)")
     ] = None,
     policy: Annotated[
         str | None, typer.Option(help="policy document (YAML/JSON) to apply at start")
@@ -384,7 +389,8 @@ def events(
 
 @app.command()
 def verify(api: ApiOpt = "http://127.0.0.1:8080", as_json: JsonOpt = False) -> None:
-    """Prove isolation over the flows installed on the switches. Exit 1 if broken."""
+    """Prove isolation over the flows installed on the switches. Exit 0 if every pair is
+    isolated, 1 if any is broken, 2 if none is broken but some could not be proved."""
     with console.status("reading every switch's flows and walking the header space"):
         rows = _call(api, "POST", "/v1/verify")
     if as_json:
@@ -392,17 +398,18 @@ def verify(api: ApiOpt = "http://127.0.0.1:8080", as_json: JsonOpt = False) -> N
     else:
         for v in rows:
             a, b = v["pair"]
-            if v["isolated"]:
-                note = "" if v["complete"] else " [yellow](search limit hit)[/yellow]"
-                console.print(f"[green]isolated[/green] {a} <-> {b} ({v['explored']} steps)"
-                              + note)
+            if v["status"] == "isolated":
+                console.print(f"[green]isolated[/green] {a} <-> {b} ({v['explored']} steps)")
+            elif v["status"] == "unknown":
+                console.print(f"[yellow]UNKNOWN[/yellow] {a} <-> {b}: {escape(v['reason'])}")
             else:
                 console.print(f"[bold red]BROKEN[/bold red] {a} <-> {b}; witness:")
                 for step in v["witness"]:
                     console.print(f"  {step}")
         if not rows:
             console.print("no isolation pairs in the policy")
-    raise typer.Exit(0 if all(v["isolated"] for v in rows) else 1)
+    statuses = {v["status"] for v in rows}
+    raise typer.Exit(1 if "broken" in statuses else 2 if "unknown" in statuses else 0)
 
 
 @app.command()

@@ -11,6 +11,7 @@ import functools
 import ipaddress
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import TypeVar, cast
 
@@ -47,10 +48,11 @@ from .flows import (
     match,
     meta_value,
     meter,
+    resubmit,
     rule_priority,
     write_meta,
 )
-from .model import VM, Binding, Endpoint, NetworkState, Rule
+from .model import VM, Binding, Endpoint, NetworkState, Rule, ipv6_addresses
 from .policy import port_masks
 
 METER_PUNT = 1  # frames from unbound ports (binding detection)
@@ -62,16 +64,22 @@ ETH_TYPE_IPV6 = 0x86DD
 ETH_TYPE_LLDP = 0x88CC
 ETH_TYPE_VLAN = 0x8100
 MULTICAST = ("01:00:00:00:00:00", "01:00:00:00:00:00")
+UNICAST = ("00:00:00:00:00:00", "01:00:00:00:00:00")
 LINK_LOCAL = ("01:80:c2:00:00:00", "ff:ff:ff:ff:ff:f0")
 SEG_LOCAL = META_SEGMENT_MASK | META_FROM_FABRIC
-IPV6_LINK_LOCAL = ("fe80::", "ffc0::")
-ND_TYPES = (133, 134, 135, 136)  # router/neighbour solicitation and advertisement
+ZERO_MAC = "00:00:00:00:00:00"
+ICMPV6 = 58
+ND_RS, ND_RA, ND_NS, ND_NA, ND_REDIRECT = 133, 134, 135, 136, 137
 ZONE = (ZONE_REG, 15)  # ct zone from reg5[0..15]: (field, ofs << 6 | nbits - 1)
 # port-security drops in CLASSIFY, by what they catch (the audit reads their counters)
 PRIO_ROGUE_DHCP = 220  # DHCP server replies from a VM
+PRIO_ROGUE_ND = 218  # router advertisements and redirects from a VM
+PRIO_ND_OWN = 216  # neighbour discovery about the VM's own addresses and MAC: classify
+PRIO_SPOOFED_ND = 214  # any other neighbour discovery from a VM
 PRIO_SPOOFED_L3 = 205  # IP/ARP/IPv6 with a source that is not the VM's
 PRIO_SPOOFED_L2 = 190  # any other frame: foreign source MAC, or tagged
-SPOOF_DROP_KINDS = {PRIO_ROGUE_DHCP: "dhcp-server", PRIO_SPOOFED_L3: "spoofed-source",
+SPOOF_DROP_KINDS = {PRIO_ROGUE_DHCP: "dhcp-server", PRIO_ROGUE_ND: "router-advertisement",
+                    PRIO_SPOOFED_ND: "spoofed-nd", PRIO_SPOOFED_L3: "spoofed-source",
                     PRIO_SPOOFED_L2: "spoofed-source"}
 
 Flows = dict[int, frozenset[Flow]]
@@ -99,12 +107,12 @@ def _memo(fn: _F) -> _F:
 def compile_network(state: NetworkState) -> Flows:
     """Desired flows for every switch in ``state.switches``."""
     hops = topology.next_hops(state.links, set(state.switches))
-    fabric = topology.fabric_ports(state.links)
     placed = _placed_vms(state)
     shared = frozenset(policy_flows(state))
     return {
         dpid: frozenset(
-            _compile_switch(dpid, state, hops.get(dpid, {}), fabric.get(dpid, set()), placed)
+            _compile_switch(dpid, state, hops.get(dpid, {}), state.fabric.get(dpid, frozenset()),
+                            placed)
         ) | shared
         for dpid in state.switches
     }
@@ -125,7 +133,7 @@ def _compile_switch(
     dpid: int,
     state: NetworkState,
     hops: dict[int, int],
-    fabric_ports: set[int],
+    fabric_ports: frozenset[int],
     placed: list[tuple[VM, Binding]],
 ) -> Iterable[Flow]:
     yield from base_flows()
@@ -143,17 +151,18 @@ def _compile_switch(
         yield from local_vm_flows(vm, b.port.port_no, _bits(state, vm), True)
     for vm, b in remote:
         label = state.switches[b.port.dpid].label
-        yield from remote_vm_flows(vm, label, hops.get(b.port.dpid))
+        yield from remote_vm_flows(vm, label, hops.get(b.port.dpid), _bits(state, vm))
     for vm, _ in local + remote:
         yield from arp_responder_flows(vm)
+        yield from nd_resolver_flows(vm)
         yield from dst_lookup_flows(vm, _bits(state, vm))
     for seg in sorted(segments):
-        ports = sorted(b.port.port_no for vm, b in local if vm.segment_id == seg)
+        receivers = tuple((vm.id, _bits(state, vm)) for vm, b in local if vm.segment_id == seg)
         far = sorted(
             {b.port.dpid for vm, b in remote if vm.segment_id == seg and b.port.dpid in hops}
         )
         targets = [(state.switches[d].label, hops[d]) for d in far]
-        yield from segment_flood_flows(seg, tuple(ports), tuple(targets))
+        yield from segment_flood_flows(seg, receivers, tuple(targets))
 
 
 def _bits(state: NetworkState, vm: VM) -> int:
@@ -172,31 +181,38 @@ def base_flows() -> Iterable[Flow]:
     base = cookie(Owner.BASE)
     to_ctl = apply(("output", OFPP_CONTROLLER))
     yield Flow(Table.CLASSIFY, 0, (), (meter(METER_PUNT), to_ctl), base)
-    lldp = match(eth_type=ETH_TYPE_LLDP)
-    yield Flow(Table.CLASSIFY, 180, lldp, (meter(METER_LLDP), to_ctl), base)
     yield Flow(Table.FABRIC, 0, (), DROP, base)
     yield Flow(Table.REMOTE_CLASSIFY, 0, (), DROP, base)
     yield Flow(Table.ARP, 0, (), (goto(Table.DST_LOOKUP),), base)
     yield Flow(Table.ARP, 50, match(eth_type=ETH_TYPE_ARP, arp_op=1), DROP, base)
+    yield Flow(Table.ARP, 50, _nd(ND_NS), DROP, base)  # solicitation for nobody we know
     yield Flow(Table.DST_LOOKUP, 0, (), (goto(Table.CONNTRACK),), base)
     for eth_type in (ETH_TYPE_IP, ETH_TYPE_IPV6):
         yield Flow(Table.CONNTRACK, 100, match(eth_type=eth_type),
                    (apply(("ct", 0, *ZONE, int(Table.POLICY))),), base)
+    for t in (ND_NS, ND_NA):  # userspace conntrack calls these invalid: not connections
+        yield Flow(Table.CONNTRACK, 110, _nd(t), (goto(Table.POLICY),), base)
     yield Flow(Table.CONNTRACK, 0, (), (goto(Table.POLICY),), base)
     yield Flow(Table.POLICY, 0, (), DROP, base)
+    yield Flow(Table.ND_REACH, 0, (), (goto(Table.ND_REACH_REV),), base)
+    yield Flow(Table.ND_REACH_REV, 0, (), DROP, base)
+    yield Flow(Table.FLOOD_POLICY, 0, (), DROP, base)
     yield Flow(Table.FORWARD, 0, (), DROP, base)
     yield Flow(Table.FORWARD, 300, match(eth_dst=LINK_LOCAL), DROP, base)
 
 
 def fabric_flows(
-    dpid: int, state: NetworkState, hops: dict[int, int], fabric_ports: set[int]
+    dpid: int, state: NetworkState, hops: dict[int, int], fabric_ports: frozenset[int]
 ) -> Iterable[Flow]:
-    """Fabric ports go to FABRIC; host labels are decapsulated here or sent one hop on."""
+    """Operator-marked fabric ports: LLDP to the controller (link discovery), the rest
+    to FABRIC, where host labels are decapsulated here or sent one hop on. LLDP from any
+    other port never reaches the controller as a probe."""
+    to_ctl = (meter(METER_LLDP), apply(("output", OFPP_CONTROLLER)))
     for port in sorted(fabric_ports):
-        yield Flow(
-            Table.CLASSIFY, 170, match(in_port=port), (goto(Table.FABRIC),),
-            cookie(Owner.FABRIC, port),
-        )
+        ck = cookie(Owner.FABRIC, port)
+        yield Flow(Table.CLASSIFY, 180, match(in_port=port, eth_type=ETH_TYPE_LLDP), to_ctl,
+                   ck)
+        yield Flow(Table.CLASSIFY, 170, match(in_port=port), (goto(Table.FABRIC),), ck)
     me = state.switches[dpid]
     yield Flow(
         Table.FABRIC, 100, match(vlan_vid=OFPVID_PRESENT | me.label),
@@ -217,7 +233,9 @@ def fabric_flows(
 def local_vm_flows(vm: VM, port: int, group_bits: int = 0, standby: bool = False
                    ) -> Iterable[Flow]:
     """Port security for a VM on this switch: only its own MAC, untagged, its own IPs
-    (IP source, ARP sender); no DHCP server replies. Then delivery to it.
+    (IP source, ARP sender, IPv6 source: registered or its EUI-64 link-local), neighbour
+    discovery only about itself; no DHCP server replies, router advertisements or
+    redirects. Then delivery to it.
 
     ``standby``: the VM's port on a migration target. Its frames pass (policy applies
     from the first packet) and a copy tells the controller the VM now runs here;
@@ -235,15 +253,19 @@ def local_vm_flows(vm: VM, port: int, group_bits: int = 0, standby: bool = False
     yield Flow(Table.CLASSIFY, PRIO_ROGUE_DHCP, match(in_port=port, eth_type=ETH_TYPE_IPV6,
                                                       ip_proto=17, udp_src=547), DROP, ck)
     v4 = [ip for ip in vm.ips if ":" not in ip]
-    v6 = [ip for ip in vm.ips if ":" in ip]
+    v6 = ipv6_addresses(vm)
     for ip in v4:
         yield Flow(Table.CLASSIFY, 210, match(**me, eth_type=ETH_TYPE_IP, ipv4_src=ip),
                    classify, ck)
         yield Flow(Table.CLASSIFY, 210, match(**me, eth_type=ETH_TYPE_ARP, arp_spa=ip,
                                               arp_sha=vm.mac), classify, ck)
-    for src6 in [*v6, IPV6_LINK_LOCAL, "::"]:
+    yield from _nd_security(vm, port, me, v6, classify, ck)
+    for src6 in v6:
         yield Flow(Table.CLASSIFY, 210, match(**me, eth_type=ETH_TYPE_IPV6, ipv6_src=src6),
                    classify, ck)
+    # the unspecified source: only ICMPv6 (duplicate address detection, MLD reports)
+    yield Flow(Table.CLASSIFY, 210, match(**me, eth_type=ETH_TYPE_IPV6, ipv6_src="::",
+                                          ip_proto=ICMPV6), classify, ck)
     for eth_type in (ETH_TYPE_IP, ETH_TYPE_ARP, ETH_TYPE_IPV6):
         yield Flow(Table.CLASSIFY, PRIO_SPOOFED_L3, match(in_port=port, eth_type=eth_type),
                    DROP, ck)
@@ -255,22 +277,49 @@ def local_vm_flows(vm: VM, port: int, group_bits: int = 0, standby: bool = False
             Table.ARP, 110, match(eth_type=ETH_TYPE_ARP, arp_op=1, in_port=port, arp_tpa=ip),
             DROP, ck,
         )
+    for ip in v6:  # nor its duplicate address detection (so it succeeds)
+        yield Flow(Table.ARP, 110, _nd(ND_NS, in_port=port, ipv6_nd_target=ip), DROP, ck)
     if standby:
         return
-    yield Flow(
-        Table.FORWARD, 100,
-        match(metadata=(vm.segment_id, META_SEGMENT_MASK), eth_dst=vm.mac),
-        (apply(("output", port)),), ck,
-    )
+    yield Flow(Table.FORWARD, 100, match(**{DST_VM_REG: vm.id}), (apply(("output", port)),),
+               ck)
+
+
+def _nd_security(vm: VM, port: int, me: dict, v6: tuple[str, ...], classify: tuple, ck: int
+                 ) -> Iterable[Flow]:
+    """Neighbour discovery from a VM: solicitations from its own (or the unspecified)
+    source with its own MAC or none as source link-layer address; advertisements only
+    for its own addresses, with its own MAC or none as target link-layer address. Router
+    advertisements and redirects never (a VM is not a router); anything else is a spoof."""
+    for t in (ND_RA, ND_REDIRECT):
+        yield Flow(Table.CLASSIFY, PRIO_ROGUE_ND, _nd(t, in_port=port), DROP, ck)
+    for lladdr in (vm.mac, ZERO_MAC):
+        for src in [*v6, "::"]:
+            yield Flow(Table.CLASSIFY, PRIO_ND_OWN, _nd(ND_NS, **me, ipv6_src=src,
+                                                        ipv6_nd_sll=lladdr), classify, ck)
+        for src in v6:
+            for target in v6:
+                yield Flow(Table.CLASSIFY, PRIO_ND_OWN, _nd(
+                    ND_NA, **me, ipv6_src=src, ipv6_nd_target=target, ipv6_nd_tll=lladdr),
+                    classify, ck)
+    for t in (ND_RS, ND_NS, ND_NA):
+        yield Flow(Table.CLASSIFY, PRIO_SPOOFED_ND, _nd(t, in_port=port), DROP, ck)
+
+
+def _nd(icmp_type: int, **fields: object) -> tuple:
+    return match(**fields, eth_type=ETH_TYPE_IPV6, ip_proto=ICMPV6, icmpv6_type=icmp_type)
 
 
 @_memo
-def remote_vm_flows(vm: VM, label: int, hop: int | None) -> Iterable[Flow]:
-    """A VM on another switch of a segment present here: recognise it, send toward it."""
+def remote_vm_flows(vm: VM, label: int, hop: int | None, group_bits: int = 0
+                    ) -> Iterable[Flow]:
+    """A VM on another switch of a segment present here: recognise it (tag, groups: a
+    broadcast from it is judged per receiver here), send toward it."""
     ck = cookie(Owner.VM, vm.id)
+    sets = [("set", reg, v) for reg, v in group_regs(group_bits, SRC_GROUP_REGS)]
     yield Flow(
         Table.REMOTE_CLASSIFY, 100, match(eth_src=vm.mac),
-        (apply(("set", ZONE_REG, vm.segment_id)),
+        (apply(*sets, ("set", ZONE_REG, vm.segment_id)),
          write_meta(meta_value(vm.segment_id, vm.id, from_fabric=True)),
          goto(Table.DST_LOOKUP)),
         ck,
@@ -278,7 +327,7 @@ def remote_vm_flows(vm: VM, label: int, hop: int | None) -> Iterable[Flow]:
     if hop is None:
         return  # no path yet: unknown destination drops, it never floods
     yield Flow(
-        Table.FORWARD, 100, match(metadata=(vm.segment_id, SEG_LOCAL), eth_dst=vm.mac),
+        Table.FORWARD, 100, match(**{DST_VM_REG: vm.id}, metadata=(0, META_FROM_FABRIC)),
         (apply(*_label_and_send(label, hop, push=True)),), ck,
     )
 
@@ -323,23 +372,45 @@ def arp_responder_flows(vm: VM) -> Iterable[Flow]:
 
 
 @_memo
+def nd_resolver_flows(vm: VM) -> Iterable[Flow]:
+    """A neighbour solicitation for one of the VM's IPv6 addresses (its link-local
+    included) goes to the VM alone, as unicast, instead of to the whole segment; it then
+    meets the policy like any frame to the VM (ND_REACH)."""
+    ck = cookie(Owner.VM, vm.id)
+    for ip in ipv6_addresses(vm):
+        yield Flow(Table.ARP, 100, _nd(ND_NS, metadata=(vm.segment_id, META_SEGMENT_MASK),
+                                       ipv6_nd_target=ip),
+                   (apply(("set", "eth_dst", vm.mac)), goto(Table.DST_LOOKUP)), ck)
+
+
+@_memo
 def segment_flood_flows(
-    segment_id: int, ports: tuple[int, ...], remote: tuple[tuple[int, int], ...]
+    segment_id: int, receivers: tuple[tuple[int, int], ...], remote: tuple[tuple[int, int], ...]
 ) -> Iterable[Flow]:
-    """Broadcast/multicast stays in the segment: its local ports, plus one labelled copy
-    per other host that has a VM of the segment. Frames from the fabric stay local."""
+    """Broadcast/multicast stays in the segment, and reaches only the receivers the
+    policy lets the sender reach: each local receiver's copy is judged in FLOOD_POLICY
+    (its tag and groups in reg2-4, then resubmit), plus one labelled copy per other host
+    that has a VM of the segment, judged there. Frames from the fabric stay local.
+    ``reg4=0`` in the match: a receiver's lookup never lands here again."""
     ck = cookie(Owner.SEGMENT, segment_id)
-    local = [("output", p) for p in ports]
+    local: list[tuple] = []
+    for vm_id, bits in receivers:
+        regs = dict.fromkeys(DST_GROUP_REGS, 0) | dict(group_regs(bits, DST_GROUP_REGS))
+        local += [*(("set", reg, v) for reg, v in sorted(regs.items())),
+                  ("set", DST_VM_REG, vm_id), resubmit(Table.FLOOD_POLICY)]
     far: list[tuple] = []
     for i, (label, hop) in enumerate(remote):
         far.extend(_label_and_send(label, hop, push=(i == 0)))
+    unjudged = {DST_VM_REG: 0}
     yield Flow(
-        Table.FORWARD, 50, match(metadata=(segment_id, SEG_LOCAL), eth_dst=MULTICAST),
+        Table.FORWARD, 50,
+        match(metadata=(segment_id, SEG_LOCAL), eth_dst=MULTICAST, **unjudged),
         (apply(*local, *far),) if local or far else DROP, ck,
     )
     yield Flow(
         Table.FORWARD, 50,
-        match(metadata=(segment_id | META_FROM_FABRIC, SEG_LOCAL), eth_dst=MULTICAST),
+        match(metadata=(segment_id | META_FROM_FABRIC, SEG_LOCAL), eth_dst=MULTICAST,
+              **unjudged),
         (apply(*local),) if local else DROP, ck,
     )
 
@@ -356,18 +427,49 @@ COMMIT = ("ct", CT_COMMIT, *ZONE, CT_NO_RECIRC)
 FROM_LOCAL = (0, META_FROM_FABRIC)  # metadata match: frame entered at a VM port here
 
 
+@dataclass(frozen=True)
+class Judge:
+    """One way of evaluating the rules, each in its own table.
+
+    POLICY judges a unicast packet at its source host, statefully (allowed IP is
+    committed to conntrack, deny-and-log samples). FLOOD_POLICY judges one receiver's
+    copy of a broadcast, statelessly. ND_REACH/ND_REACH_REV project the rules onto
+    "may the sender reach the receiver (or the receiver the sender) at all", which is
+    when neighbour discovery between them must work."""
+
+    table: Table
+    stateful: bool = False
+    reach: bool = False  # project onto reachability: no L3/L4 detail
+    reverse: bool = False  # the rule's source is the receiver
+
+
+STATEFUL = Judge(Table.POLICY, stateful=True)
+PER_RECEIVER = Judge(Table.FLOOD_POLICY)
+REACH = Judge(Table.ND_REACH, reach=True)
+REACH_BACK = Judge(Table.ND_REACH_REV, reach=True, reverse=True)
+
+
 def policy_flows(state: NetworkState) -> Iterable[Flow]:
-    """The POLICY table: identical on every switch, O(rules + groups + isolation pairs)."""
+    """POLICY, ND_REACH(_REV) and FLOOD_POLICY: identical on every switch,
+    O(rules + groups + isolation pairs) each."""
     pol, bits = state.policy, state.group_bits
     plumbing = cookie(Owner.POLICY)
     for k, (a, b) in enumerate(pol.isolation):
         if a in bits and b in bits:
             for x, y in ((a, b), (b, a)):
-                yield Flow(Table.POLICY, 65500, match(
-                    metadata=FROM_LOCAL, **dict([group_bit_match(bits[x], SRC_GROUP_REGS),
-                                                 group_bit_match(bits[y], DST_GROUP_REGS)])),
-                    DROP, cookie(Owner.ISOLATION, k))
+                pair = dict([group_bit_match(bits[x], SRC_GROUP_REGS),
+                             group_bit_match(bits[y], DST_GROUP_REGS)])
+                ck = cookie(Owner.ISOLATION, k)
+                yield Flow(Table.POLICY, 65500, match(metadata=FROM_LOCAL, **pair), DROP, ck)
+                yield Flow(Table.FLOOD_POLICY, 65500, match(**pair), DROP, ck)
     done = (goto(Table.FORWARD),)
+    for t in (ND_NS, ND_NA):  # unicast; multicast advertisements are judged per receiver
+        yield Flow(Table.POLICY, 65400, _nd(t, metadata=FROM_LOCAL, eth_dst=UNICAST),
+                   (goto(Table.ND_REACH),), plumbing)
+    # Broadcast and multicast are judged per receiver in FORWARD/FLOOD_POLICY, above the
+    # conntrack checks: a packet of an established connection sent to a broadcast MAC
+    # must not reach everyone (verify found that once).
+    yield Flow(Table.POLICY, 65300, match(eth_dst=MULTICAST), done, plumbing)
     yield Flow(Table.POLICY, 65000, match(ct_state=(CT_TRK | CT_EST, CT_TRK | CT_EST)), done,
                plumbing)
     yield Flow(Table.POLICY, 65000, match(ct_state=(CT_TRK | CT_REL, CT_TRK | CT_REL)), done,
@@ -381,56 +483,65 @@ def policy_flows(state: NetworkState) -> Iterable[Flow]:
                                               ct_state=(CT_TRK | CT_NEW, CT_TRK | CT_NEW)),
                    (apply(COMMIT), goto(Table.FORWARD)), plumbing)
     yield Flow(Table.POLICY, 64400, match(metadata=fabric), done, plumbing)
-    # Broadcast cannot be checked per receiver, so when groups matter all of it is dropped
-    # (IPv6 neighbour discovery included: it can carry data between isolated groups), and
-    # above the conntrack checks: a packet of an established connection sent to a
-    # broadcast MAC would otherwise be flooded to the other group. verify found both.
-    if pol.restrictive:
-        yield Flow(Table.POLICY, 65300, match(metadata=FROM_LOCAL, eth_dst=MULTICAST), DROP,
-                   plumbing)
-    else:
-        for t in ND_TYPES:
-            yield Flow(Table.POLICY, 65400, match(metadata=FROM_LOCAL, eth_dst=MULTICAST,
-                                                  eth_type=ETH_TYPE_IPV6, ip_proto=58,
-                                                  icmpv6_type=t), done, plumbing)
-    for rule in pol.rules:
-        yield from rule_flows(rule, state)
-    if pol.intra_group == "allow":
-        for g in pol.groups:
-            if g in bits:
-                m = dict([group_bit_match(bits[g], SRC_GROUP_REGS),
-                          group_bit_match(bits[g], DST_GROUP_REGS)])
-                yield from _verdict(1000, m, "allow", None, cookie(Owner.POLICY, bits[g] + 1))
-    yield from _verdict(10, {}, pol.inter_group, None, plumbing)
+    for judge in (STATEFUL, PER_RECEIVER, REACH, REACH_BACK):
+        for rule in pol.rules:
+            yield from rule_flows(rule, state, judge)
+        if pol.intra_group == "allow":
+            for g in pol.groups:
+                if g in bits:
+                    m = dict([group_bit_match(bits[g], SRC_GROUP_REGS),
+                              group_bit_match(bits[g], DST_GROUP_REGS)])
+                    yield from _verdict(judge, 1000, m, "allow", None,
+                                        cookie(Owner.POLICY, bits[g] + 1))
+        yield from _verdict(judge, 10, {}, pol.inter_group, None, plumbing)
 
 
-def rule_flows(rule: Rule, state: NetworkState) -> Iterable[Flow]:
-    """One rule: a flow per address family and port mask, at the rule's priority band."""
-    src = _endpoint_match(rule.src, state, SRC_GROUP_REGS, "src")
-    dst = _endpoint_match(rule.dst, state, DST_GROUP_REGS, "dst")
+def rule_flows(rule: Rule, state: NetworkState, judge: Judge = STATEFUL) -> Iterable[Flow]:
+    """One rule as ``judge`` evaluates it: a flow per address family and port mask, at
+    the rule's priority."""
+    sides = ("dst", "src") if judge.reverse else ("src", "dst")
+    src = _endpoint_match(rule.src, state, sides[0], judge, rule.action)
+    dst = _endpoint_match(rule.dst, state, sides[1], judge, rule.action)
     if src is None or dst is None:
-        return  # names a VM that is not registered: matches nothing
+        return  # names a VM that is not registered, or cannot be judged this way
+    if judge.reach and rule.action != "allow" and not _denies_all_ipv6(rule):
+        return  # a partial deny leaves the pair reachable: neighbour discovery passes
     m = _merge_metadata(src, dst)
-    prio = rule_priority(rule.index)
-    yield from _verdict(prio, m, rule.action, rule, cookie(Owner.RULE, rule.index))
+    yield from _verdict(judge, rule_priority(rule.index), m, rule.action, rule,
+                        cookie(Owner.RULE, rule.index))
 
 
-def _verdict(prio: int, m: dict, action: str, rule: Rule | None, ck: int) -> Iterable[Flow]:
-    """Flows for one decision. ``allow`` commits IP to conntrack (IPv4 and IPv6 variants)
-    and lets non-IP through one priority lower, so first-match order is kept."""
-    m = _merge_metadata(m, {"metadata": FROM_LOCAL})
-    variants = _l34_variants(rule, m)
+def _denies_all_ipv6(rule: Rule) -> bool:
+    if rule.ethertype is not None:
+        return rule.ethertype == ETH_TYPE_IPV6
+    return rule.protocol in ("any", "ip") and not rule.ports
+
+
+def _verdict(judge: Judge, prio: int, m: dict, action: str, rule: Rule | None, ck: int
+             ) -> Iterable[Flow]:
+    """Flows for one decision. Statefully, ``allow`` commits IP to conntrack (IPv4 and
+    IPv6 variants) and lets non-IP through one priority lower, so first-match order is
+    kept; a reachability judge's deny hands over to the reverse question."""
+    if judge.stateful:
+        m = _merge_metadata(m, {"metadata": FROM_LOCAL})
+    variants = [m] if judge.reach else _l34_variants(rule, m)
     if action == "allow":
         for v in variants:
             ip = v.get("eth_type") in (ETH_TYPE_IP, ETH_TYPE_IPV6)
-            ins: tuple[Instruction, ...] = ((apply(COMMIT), goto(Table.FORWARD)) if ip
+            ins: tuple[Instruction, ...] = ((apply(COMMIT), goto(Table.FORWARD))
+                                            if ip and judge.stateful
                                             else (goto(Table.FORWARD),))
-            yield Flow(Table.POLICY, prio if "eth_type" in v else prio - 1, match(**v), ins, ck)
+            exact = "eth_type" in v or judge.reach
+            yield Flow(judge.table, prio if exact else prio - 1, match(**v), ins, ck)
+        return
+    if judge.table == Table.ND_REACH:
+        ins = (goto(Table.ND_REACH_REV),)
+    elif action == "deny-and-log" and judge.stateful:
+        ins = (meter(METER_LOG), apply(("output", OFPP_CONTROLLER)))
     else:
-        ins = (meter(METER_LOG), apply(("output", OFPP_CONTROLLER))) \
-            if action == "deny-and-log" else DROP
-        for v in variants:
-            yield Flow(Table.POLICY, prio, match(**v), ins, ck)
+        ins = DROP
+    for v in variants:
+        yield Flow(judge.table, prio, match(**v), ins, ck)
 
 
 def _l34_variants(rule: Rule | None, m: dict) -> list[dict]:
@@ -478,8 +589,12 @@ def _families(m: dict) -> list[int]:
     return []
 
 
-def _endpoint_match(e: Endpoint, state: NetworkState, regs: tuple[str, str], side: str
+def _endpoint_match(e: Endpoint, state: NetworkState, side: str, judge: Judge, action: str
                     ) -> dict | None:
+    """The match for one end of a rule, on ``side`` of the packet (src: the sender,
+    dst: the receiver). None: the rule cannot match (unregistered VM), or this judge
+    cannot decide on it and must leave it out."""
+    regs = SRC_GROUP_REGS if side == "src" else DST_GROUP_REGS
     if e.kind == "any":
         return {}
     if e.kind == "group":
@@ -494,6 +609,14 @@ def _endpoint_match(e: Endpoint, state: NetworkState, regs: tuple[str, str], sid
         return {DST_VM_REG: vm.id}
     if e.kind == "mac":
         return {f"eth_{side}": e.value}
+    if judge.reach:
+        # addresses say nothing about neighbour discovery (link-local, multicast): an
+        # allow counts for every pair, a deny for none
+        return {} if action == "allow" else None
+    if judge.table == Table.FLOOD_POLICY and side == "dst":
+        # a broadcast's destination IP is not the receiver's: a deny holds for every
+        # receiver, an allow for none
+        return {} if action != "allow" else None
     net = ipaddress.ip_network(e.value)
     fam = "ipv4" if net.version == 4 else "ipv6"
     full = net.prefixlen == net.max_prefixlen

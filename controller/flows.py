@@ -10,31 +10,45 @@ Pipeline (one job per table):
 table       name              job
 ==========  ================  ===============================================================
 0           CLASSIFY          port -> source identity. Bound VM port + own MAC + own IP
-                              (IP, ARP sender) + untagged: write segment/VM id to metadata,
-                              source group bits to reg0/1, conntrack zone to reg5. Anything
-                              else from a VM port is a spoof, and DHCP server replies are
-                              rogue: drop (counted). LLDP -> controller. Fabric ports ->
-                              FABRIC. Unbound ports -> controller through the meter.
+                              (IP, ARP sender, IPv6 incl. its EUI-64 link-local) + untagged
+                              and neighbour discovery only for its own addresses: write
+                              segment/VM tag to metadata, source group bits to reg0/1, zone
+                              to reg5. Anything else from a VM port is a spoof; DHCP server
+                              replies, router advertisements and redirects are rogue: drop
+                              (counted). Operator-marked fabric ports: LLDP -> controller,
+                              the rest -> FABRIC. Unbound ports -> controller (metered).
 1           FABRIC            frames carrying a host label (VLAN id): ours -> pop, go to
                               REMOTE_CLASSIFY; another host's -> next hop toward it.
-2           REMOTE_CLASSIFY   frame arrived from another host: source VM by eth_src.
-10          ARP               answer ARP requests for known IPs in the datapath, drop other
-                              requests (never flooded); the rest goes on.
-15          DST_LOOKUP        (segment, eth_dst) -> destination VM id (reg4) and its group
+2           REMOTE_CLASSIFY   frame arrived from another host: source VM (tag, groups) by
+                              eth_src.
+10          ARP               address resolution in the datapath: ARP requests for known IPs
+                              answered; IPv6 neighbour solicitations for a known address
+                              turned into unicast to its owner; all other requests dropped.
+15          DST_LOOKUP        (segment, eth_dst) -> destination VM tag (reg4) and its group
                               bits (reg2/3), for the policy.
-20          CONNTRACK         IP -> ct(zone=segment), continue in POLICY with ct_state.
-30          POLICY            isolation pairs (above everything), established/related pass,
-                              invalid drop, frames from the fabric (already checked at their
-                              source host) are committed and pass, then the rules in order
-                              (first match wins) on group bits, then the defaults. Allowed
-                              new connections are committed to conntrack.
-40          FORWARD           destination by (segment, eth_dst): local port, or label with
-                              the destination host and send toward it; segment broadcast
-                              replicated to the segment's ports only; unknown unicast drops.
+20          CONNTRACK         IP -> ct(zone=segment), continue in POLICY with ct_state;
+                              neighbour discovery skips conntrack (it is not a connection).
+30          POLICY            isolation pairs (above everything), broadcast/multicast to
+                              FORWARD (judged per receiver there), neighbour discovery to
+                              ND_REACH, established/related pass, invalid drop, frames from
+                              the fabric (checked at their source host) are committed and
+                              pass, then the rules in order (first match wins) on group
+                              bits, then the defaults. Allowed new connections committed.
+32          ND_REACH          neighbour discovery from a VM passes when the policy lets the
+                              sender reach the receiver in any way ...
+33          ND_REACH_REV      ... or the receiver reach the sender (replies need both).
+35          FLOOD_POLICY      one copy of a broadcast/multicast frame, for the receiver in
+                              reg2-4: the rules, stateless; allowed -> FORWARD (its port).
+40          FORWARD           destination by reg4: local port, or label with the destination
+                              host and send toward it. Broadcast/multicast: every receiver
+                              of the segment on this host is judged in FLOOD_POLICY (via
+                              resubmit), plus one labelled copy per other host of the
+                              segment (judged there). Unknown unicast drops.
 ==========  ================  ===============================================================
 
-Policy is enforced where traffic enters the network (the source VM's host); the
-destination host tracks the connection too, so replies are recognised on both ends.
+Policy is enforced where traffic enters the network (the source VM's host) for unicast,
+and at each receiver for broadcast and multicast; the destination host tracks
+connections too, so replies are recognised on both ends.
 """
 
 from __future__ import annotations
@@ -54,6 +68,9 @@ class Table(IntEnum):
     DST_LOOKUP = 15
     CONNTRACK = 20
     POLICY = 30
+    ND_REACH = 32
+    ND_REACH_REV = 33
+    FLOOD_POLICY = 35
     FORWARD = 40
 
 
@@ -162,7 +179,7 @@ def cookie_owner(value: int) -> tuple[Owner, int] | None:
 # Instructions, in this order when present: ("meter", id), ("apply", actions),
 # ("meta", value, mask), ("goto", table). Actions are tuples:
 #   ("output", port) ("push_vlan", ethertype) ("pop_vlan",) ("set", field, value)
-#   ("move", src_field, dst_field, n_bits)
+#   ("move", src_field, dst_field, n_bits) ("resubmit", table) ("ct", ...)
 Match = tuple[tuple[str, Any], ...]
 Action = tuple[Any, ...]
 Instruction = tuple[Any, ...]
@@ -215,6 +232,12 @@ def _fmt(v: Any) -> str:
 
 def apply(*actions: Action) -> Instruction:
     return ("apply", tuple(actions))
+
+
+def resubmit(table: Table) -> Action:
+    """OVS's resubmit: look the packet up in ``table`` now, then carry on with the next
+    action (one copy of a flood is judged per receiver this way)."""
+    return ("resubmit", int(table))
 
 
 def goto(table: Table) -> Instruction:

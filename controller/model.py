@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 
@@ -15,6 +17,20 @@ class VM:
     segment_id: int
     segment: str
     groups: tuple[str, ...] = ()
+
+
+def eui64_link_local(mac: str) -> str:
+    """The link-local IPv6 address a guest derives from its MAC (modified EUI-64)."""
+    b = bytes.fromhex(mac.replace(":", ""))
+    iid = bytes([b[0] ^ 0x02, b[1], b[2], 0xFF, 0xFE, b[3], b[4], b[5]])
+    return str(ipaddress.IPv6Address(b"\xfe\x80" + bytes(6) + iid))
+
+
+@lru_cache(maxsize=1 << 16)
+def ipv6_addresses(vm: VM) -> tuple[str, ...]:
+    """Every IPv6 address the VM may use: its registered ones and its EUI-64 link-local."""
+    own = {str(ipaddress.IPv6Address(ip)) for ip in vm.ips if ":" in ip}
+    return tuple(sorted(own | {eui64_link_local(vm.mac)}))
 
 
 @dataclass(frozen=True)
@@ -119,3 +135,6 @@ class NetworkState:
     standby: dict[str, Binding] = field(default_factory=dict)
     # pre-announced migrations: VM -> target switch (prepared make-before-break)
     expected: dict[str, int] = field(default_factory=dict)
+    # ports the operator marked as facing the fabric (host OVSDB), per switch; only these
+    # carry LLDP and host labels
+    fabric: dict[int, frozenset[int]] = field(default_factory=dict)

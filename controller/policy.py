@@ -18,7 +18,9 @@ from typing import Any
 import jsonschema
 import yaml
 
+from . import addresses
 from .errors import Invalid
+from .flows import MAX_RULES, MAX_SEGMENT_TAG, MAX_VM_TAG
 from .model import ANY, Endpoint, Policy, Rule, VMSpec
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "policy.schema.json"
@@ -72,7 +74,8 @@ def _validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
 
 
-def _path(parts: Any) -> str:
+def field_path(parts: Any) -> str:
+    """A location (keys and list indexes) as a field path: ``rules[2].ports``."""
     out = ""
     for p in parts:
         out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
@@ -85,7 +88,7 @@ def _path(parts: Any) -> str:
 def parse(doc: dict[str, Any]) -> Policy:
     """Validate ``doc`` completely and return the policy, or raise PolicyError."""
     errors = [
-        {"field": _path(e.absolute_path), "reason": e.message}
+        {"field": field_path(e.absolute_path), "reason": e.message}
         for e in sorted(_validator().iter_errors(doc), key=lambda e: list(e.absolute_path))
     ]
     if errors:
@@ -97,6 +100,7 @@ class _Checker:
     def __init__(self, doc: dict[str, Any]) -> None:
         self.doc = doc
         self.errors: list[dict[str, str]] = []
+        self.prefixes: dict[str, list[addresses.IPNetwork]] = {}  # segment -> subnet(6)
 
     def err(self, path: str, reason: str) -> None:
         self.errors.append({"field": path, "reason": reason})
@@ -111,7 +115,15 @@ class _Checker:
             names.append(item["name"])
         return names
 
+    def _at_most(self, key: str, limit: int, why: str) -> None:
+        n = len(self.doc.get(key, []))
+        if n > limit:
+            self.err(key, f"at most {limit} {key} ({why}); the document has {n}")
+
     def run(self) -> Policy:
+        self._at_most("segments", MAX_SEGMENT_TAG, "the segment tag is 16 bits")
+        self._at_most("vms", MAX_VM_TAG, "the VM tag is 16 bits")
+        self._at_most("rules", MAX_RULES, "each rule has its own priority band")
         segments = self._segments()
         groups = self._unique("groups")
         vms = self._vms(segments, set(groups))
@@ -128,16 +140,28 @@ class _Checker:
         )
 
     def _segments(self) -> dict[str, str | None]:
+        """Segment -> its subnet. The prefixes (subnet, subnet6) that its VMs' addresses
+        must lie in go to ``self.prefixes``."""
         self._unique("segments")
         out: dict[str, str | None] = {}
         for i, s in enumerate(self.doc.get("segments", [])):
-            subnet = s.get("subnet")
-            if subnet is not None:
-                try:
-                    subnet = str(ipaddress.ip_network(subnet, strict=False))
-                except ValueError:
-                    self.err(f"segments[{i}].subnet", f"{subnet!r} is not a valid CIDR")
-            out[s["name"]] = subnet
+            where = f"segments[{i}]"
+            nets: dict[str, addresses.IPNetwork | None] = {}
+            for key, version in (("subnet", 4), ("subnet6", 6)):
+                nets[key] = None
+                if key in s:
+                    try:
+                        nets[key] = addresses.prefix(s[key], version)
+                    except ValueError as e:
+                        self.err(f"{where}.{key}", str(e))
+            for key, net_key in (("gateway", "subnet"), ("gateway6", "subnet6")):
+                if key in s and (nets[net_key] is not None or net_key not in s):
+                    try:
+                        addresses.gateway(s[key], nets[net_key], net_key)
+                    except ValueError as e:
+                        self.err(f"{where}.{key}", str(e))
+            out[s["name"]] = str(nets["subnet"]) if nets["subnet"] else None
+            self.prefixes[s["name"]] = [n for n in nets.values() if n is not None]
         return out
 
     def _vms(self, segments: dict[str, str | None], groups: set[str]) -> list[VMSpec]:
@@ -155,21 +179,19 @@ class _Checker:
             macs.setdefault(mac, v["name"])
             if v["segment"] not in segments:
                 self.err(f"{where}.segment", f"unknown segment {v['segment']!r}")
-            subnet = segments.get(v["segment"])
+            prefixes = self.prefixes.get(v["segment"], [])
             addrs = []
             for j, ip in enumerate(v.get("ips", [])):
                 try:
-                    addr = ipaddress.ip_address(ip)
-                except ValueError:
-                    self.err(f"{where}.ips[{j}]", f"{ip!r} is not an IP address")
+                    addr = addresses.vm_address(ip, prefixes)
+                except ValueError as e:
+                    self.err(f"{where}.ips[{j}]", str(e))
                     continue
-                key = (v["segment"], str(addr))
+                key = (v["segment"], addr)
                 if key in ips:
                     self.err(f"{where}.ips[{j}]", f"{addr} is also VM {ips[key]!r}'s")
                 ips.setdefault(key, v["name"])
-                if subnet and addr not in ipaddress.ip_network(subnet):
-                    self.err(f"{where}.ips[{j}]", f"{addr} is outside segment subnet {subnet}")
-                addrs.append(str(addr))
+                addrs.append(addr)
             for j, g in enumerate(v.get("groups", [])):
                 if g not in groups:
                     self.err(f"{where}.groups[{j}]", f"unknown group {g!r}")

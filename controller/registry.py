@@ -6,15 +6,17 @@ API call is one transaction: on any error nothing is written.
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select
+from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
 from . import model
+from .addresses import vm_address
 from .errors import Conflict, Invalid, NotFound
-from .flows import MAX_GROUPS
+from .flows import MAX_GROUPS, MAX_LABEL, MAX_SEGMENT_TAG, MAX_VM_TAG
 from .model import Policy, VMSpec
 from .store import models as db
 from .store.models import utcnow
@@ -25,24 +27,56 @@ def dpid_str(dpid: int) -> str:
 
 
 def to_model(row: db.VM) -> model.VM:
+    """The compiler's view of a VM: its tags (never database ids) as ``id``/``segment_id``."""
     return model.VM(
-        id=row.id, name=row.name, mac=row.mac, ips=tuple(a.ip for a in row.ips),
-        segment_id=row.segment_id, segment=row.segment.name,
+        id=row.tag, name=row.name, mac=row.mac, ips=tuple(a.ip for a in row.ips),
+        segment_id=row.segment.tag, segment=row.segment.name,
         groups=tuple(sorted(g.name for g in row.groups)),
     )
 
 
-def _get_or_create(session: Session, cls: Any, name: str) -> Any:
+# --- tags: small numbers that flows carry, allocated densely -------------------------------
+# Reaching a limit is a Conflict (409), not Invalid (422): the request itself is fine, the
+# registry is full; the same request succeeds once something is removed.
+
+_LIMITS: dict[Any, tuple[int, int, str]] = {
+    # column: (first, last, what the number is)
+    db.VM.tag: (1, MAX_VM_TAG, "VMs can be registered at once (the VM tag is 16 bits: "
+                               "metadata bits 16-31 and reg4)"),
+    db.Segment.tag: (1, MAX_SEGMENT_TAG, "segments can exist (the segment tag is 16 bits: "
+                                         "metadata bits 0-15 and the conntrack zone)"),
+    db.Group.bit: (0, MAX_GROUPS - 1, "groups can exist at once (one bit each in "
+                                      "reg0/reg1 and reg2/reg3)"),
+    db.Switch.label: (1, MAX_LABEL, "switches can have a host label (the VLAN id "
+                                    "on the fabric)"),
+}
+
+
+def _allocate(session: Session, column: InstrumentedAttribute[Any], who: str,
+              field: str) -> int:
+    """The lowest number of ``column``'s range that no row holds, or Conflict naming
+    ``field`` when every one is taken."""
+    first, last, what = _LIMITS[column]
+    if session.scalar(select(column).where(column == first)) is None:
+        return first
+    nxt = getattr(aliased(column.class_), column.key)
+    gap = session.scalar(select(func.min(column + 1)).where(
+        column >= first, ~select(nxt).where(nxt == column + 1).exists()))
+    if gap is None or gap > last:
+        raise Conflict(f"at most {last - first + 1} {what}; {who} would be one more", field)
+    return int(gap)
+
+
+def _get_or_create(session: Session, cls: Any, name: str, field: str) -> Any:
+    """The row named ``name``; a new segment gets a tag and a new group a bit (Conflict at
+    ``field`` when none is free)."""
     row = session.scalar(select(cls).where(cls.name == name))
     if row is None:
         row = cls(name=name)
         if cls is db.Group:
-            used = set(session.scalars(select(db.Group.bit)))
-            free = [b for b in range(MAX_GROUPS) if b not in used]
-            if not free:
-                raise Invalid(f"at most {MAX_GROUPS} groups exist at once; {name!r} would be "
-                              f"one more", "groups")
-            row.bit = free[0]
+            row.bit = _allocate(session, db.Group.bit, f"group {name!r}", field)
+        elif cls is db.Segment:
+            row.tag = _allocate(session, db.Segment.tag, f"segment {name!r}", field)
         session.add(row)
         session.flush()
     return row
@@ -71,8 +105,13 @@ def create_vm(session: Session, spec: VMSpec) -> db.VM:
     other = session.scalar(select(db.VM).where(db.VM.mac == spec.mac))
     if other is not None:
         raise Conflict(f"MAC {spec.mac} belongs to VM {other.name!r}", "mac")
-    segment = _get_or_create(session, db.Segment, spec.segment)
+    segment = _get_or_create(session, db.Segment, spec.segment, "segment")
+    subnet = [ipaddress.ip_network(segment.subnet)] if segment.subnet else []
     for i, ip in enumerate(spec.ips):
+        try:
+            vm_address(ip, subnet)
+        except ValueError as e:
+            raise Invalid(str(e), f"ips[{i}]") from None
         taken = session.scalar(
             select(db.VMAddress).where(
                 db.VMAddress.segment_id == segment.id, db.VMAddress.ip == ip
@@ -84,8 +123,10 @@ def create_vm(session: Session, spec: VMSpec) -> db.VM:
                 f"IP {ip} belongs to VM {owner.name if owner else '?'!r} in segment "
                 f"{spec.segment!r}", f"ips[{i}]",
             )
-    row = db.VM(name=spec.name, mac=spec.mac, segment=segment)
-    row.groups = [_get_or_create(session, db.Group, g) for g in spec.groups]
+    row = db.VM(name=spec.name, mac=spec.mac, segment=segment,
+                tag=_allocate(session, db.VM.tag, f"VM {spec.name!r}", "name"))
+    row.groups = [_get_or_create(session, db.Group, g, f"groups[{j}]")
+                  for j, g in enumerate(spec.groups)]
     row.ips = [db.VMAddress(segment_id=segment.id, ip=ip) for ip in spec.ips]
     session.add(row)
     session.flush()
@@ -98,9 +139,10 @@ def update_vm(session: Session, row: db.VM, spec: VMSpec) -> bool:
     if (before.mac, before.ips, before.segment, before.groups) == (
             spec.mac, spec.ips, spec.segment, tuple(sorted(spec.groups))):
         return False
-    segment = _get_or_create(session, db.Segment, spec.segment)
+    segment = _get_or_create(session, db.Segment, spec.segment, "segment")
     row.mac, row.segment = spec.mac, segment
-    row.groups = [_get_or_create(session, db.Group, g) for g in spec.groups]
+    row.groups = [_get_or_create(session, db.Group, g, f"groups[{j}]")
+                  for j, g in enumerate(spec.groups)]
     if (before.ips, before.segment) != (spec.ips, spec.segment):
         row.ips = []
         session.flush()  # old addresses go before new ones arrive (unique per segment)
@@ -115,10 +157,10 @@ def sync_policy(session: Session, policy: Policy) -> dict[str, list[str]]:
     Returns the VM names added, removed and changed. Raises (and the caller rolls
     back) on any conflict.
     """
-    for name, subnet in policy.segments:
-        _get_or_create(session, db.Segment, name).subnet = subnet
-    for g in policy.groups:
-        _get_or_create(session, db.Group, g)
+    for i, (name, subnet) in enumerate(policy.segments):
+        _get_or_create(session, db.Segment, name, f"segments[{i}]").subnet = subnet
+    for i, g in enumerate(policy.groups):
+        _get_or_create(session, db.Group, g, f"groups[{i}]")
     wanted = {v.name: v for v in policy.vms}
     existing = {r.name: r for r in list_vms(session)}
     report: dict[str, list[str]] = {"added": [], "removed": [], "changed": []}
@@ -164,8 +206,7 @@ def ensure_switch(session: Session, dpid: int, name: str) -> db.Switch:
     key = dpid_str(dpid)
     row = session.scalar(select(db.Switch).where(db.Switch.dpid == key))
     if row is None:
-        used = set(session.scalars(select(db.Switch.label)))
-        label = next(i for i in range(1, 4095) if i not in used)
+        label = _allocate(session, db.Switch.label, f"switch {key} ({name})", "label")
         row = db.Switch(dpid=key, name=name, label=label)
         session.add(row)
     row.name = name

@@ -14,16 +14,16 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import compiler, registry
+from . import compiler, hosts, registry
 from . import policy as policy_mod
 from . import verify as verify_mod
 from .errors import Invalid, NotFound
 from .flows import Flow
+from .hosts import Bridge, HostDb, Interface
 from .metrics import Metrics
 from .model import Binding, Link, NetworkState, PortRef, Switch
 from .reconcile import FlowDiff, additions_only, apply_diff, diff
@@ -41,15 +41,8 @@ class Programmer(Protocol):
         """(flow, packets, bytes) for every flow on the switch, read now."""
 
 
-@dataclass(frozen=True)
-class Interface:
-    """An OVSDB Interface row, as far as bindings care."""
-
-    dpid: int
-    ofport: int
-    name: str
-    attached_mac: str | None = None
-    iface_id: str | None = None
+__all__ = ["Bridge", "Interface", "Programmer", "Service"]
+LINK_LIFETIME = 20.0  # seconds a fabric link lives without a fresh LLDP confirmation
 
 
 class Service:
@@ -65,7 +58,12 @@ class Service:
         self.installed: dict[int, frozenset[Flow]] = {}
         self.ready: set[int] = set()
         self.ports: dict[int, dict[int, str]] = {}
-        self.interfaces: list[Interface] | None = None  # last OVSDB snapshot
+        self.interfaces: list[Interface] | None = None  # every OVSDB's interfaces
+        self.ovsdb: dict[str, HostDb] = {}  # last snapshot of each host's OVSDB
+        self.names: dict[int, str] = {}  # dpid -> host name from the OVSDBs
+        self.vm_ports: set[PortRef] = set()  # ports a VM has been bound to: never fabric
+        self.link_times: dict[Link, float] = {}  # when LLDP last confirmed each link
+        self._refused: set[tuple[str, ...]] = set()  # audited once each (fabric, moves)
         self.flow_mods: Counter[int] = Counter()
         self.counters: Counter[str] = Counter()  # packet_in, ... (written by the app)
         self._moves: list[tuple[str, int, int]] = []  # (vm, old dpid, new dpid) to converge
@@ -182,6 +180,7 @@ class Service:
         """A switch (re)connected and its flows were read back. It gets only missing
         flows now; everything else waits for :meth:`switch_ready` (links known)."""
         with self.lock:
+            name = self.names.get(dpid) or self._unnamed(dpid, name)
             with self.sessions.begin() as s:
                 row = registry.ensure_switch(s, dpid, name)
                 registry.record_event(s, "switch-connected", host=name, dpid=row.dpid)
@@ -225,9 +224,28 @@ class Service:
                         del self.state.standby[vm]
                 self._converge_moves(t0, s)
 
-    def link_seen(self, link: Link) -> bool:
-        """LLDP saw ``link``; returns True if it is new."""
+    def _unnamed(self, dpid: int, bridge: str) -> str:
+        """A switch no OVSDB names: its bridge name while that is unique, else its dpid
+        (every hypervisor's bridge is ``br-int``: name hosts in their OVSDB)."""
+        taken = {sw.name for d, sw in self.state.switches.items() if d != dpid}
+        return bridge if bridge and bridge not in taken else registry.dpid_str(dpid)
+
+    def fabric_ports(self, dpid: int) -> frozenset[int]:
+        """Ports of ``dpid`` the operator marked as facing the fabric (LLDP goes there)."""
         with self.lock:
+            return self.state.fabric.get(dpid, frozenset())
+
+    def link_seen(self, link: Link, now: float | None = None) -> bool:
+        """A genuine, fresh LLDP probe went from ``link.src`` to ``link.dst``. Only a link
+        between two operator-marked fabric ports of two switches counts. True if new."""
+        with self.lock:
+            fabric = self.state.fabric
+            if link.src.dpid == link.dst.dpid or any(
+                    p.port_no not in fabric.get(p.dpid, ()) for p in (link.src, link.dst)):
+                LOG.warning("LLDP %s -> %s ignored: not between fabric ports of two switches",
+                            link.src, link.dst)
+                return False
+            self.link_times[link] = time.monotonic() if now is None else now
             if link in self.state.links:
                 return False
             # a port faces one neighbour: forget what it faced before
@@ -237,14 +255,33 @@ class Service:
             self._converge()
             return True
 
+    def expire_links(self, now: float | None = None) -> None:
+        """Forget links LLDP has not confirmed for LINK_LIFETIME seconds."""
+        now = time.monotonic() if now is None else now
+        with self.lock:
+            old = {lk for lk in self.state.links
+                   if now - self.link_times.get(lk, now) > LINK_LIFETIME}
+            if old:
+                LOG.warning("links expired: %s", sorted(old))
+                self._drop_links(old)
+
+    def _drop_links(self, links: set[Link]) -> None:
+        self.state.links -= links
+        for lk in links:
+            self.link_times.pop(lk, None)
+        self._converge()
+
     # --- bindings ---------------------------------------------------------------------
 
-    def ovsdb_snapshot(self, interfaces: list[Interface]) -> None:
-        """The whole Interface table as OVSDB has it now."""
+    def ovsdb_snapshot(self, interfaces: list[Interface], bridges: Iterable[Bridge] = (),
+                       remote: str = "", host: str | None = None) -> None:
+        """One host's OVSDB as it is now: its name, bridges and interfaces."""
         with self.lock:
-            self.interfaces = list(interfaces)
+            self.ovsdb[remote] = HostDb(remote, tuple(interfaces), tuple(bridges), host)
+            self.interfaces = [i for db in self.ovsdb.values() for i in db.interfaces]
             present = {(i.dpid, i.ofport) for i in interfaces}
-            dpids = {i.dpid for i in interfaces}
+            dpids = {i.dpid for i in interfaces} | {b.dpid for b in bridges}
+            self._refresh_hosts()
             self.retired = {(vm, p) for vm, p in self.retired
                             if (p.dpid, p.port_no) in present}
             t0 = time.monotonic()
@@ -257,6 +294,43 @@ class Service:
                         del self.state.standby[vm]
                 self._bind_from_interfaces(s)
                 self._converge_moves(t0, s)
+
+    def _refresh_hosts(self) -> None:
+        """Names and fabric ports from every OVSDB; rename switches, drop links that
+        no longer join two fabric ports."""
+        names = hosts.switch_names(self.ovsdb.values())
+        fabric, refused = hosts.fabric_ports(self.ovsdb.values(), self.vm_ports)
+        for iface, why in refused:
+            self._audit_once(("fabric-refused", str(iface.dpid), iface.name), host=self.switch_name(
+                iface.dpid), port=iface.ofport, port_name=iface.name, reason=why)
+        renamed = {d: n for d, n in names.items()
+                   if d in self.state.switches and self.state.switches[d].name != n}
+        if renamed:
+            with self.sessions.begin() as s:
+                for dpid, name in renamed.items():
+                    sw = self.state.switches[dpid]
+                    self.state.switches[dpid] = Switch(dpid, name, sw.label)
+                    registry.ensure_switch(s, dpid, name)
+                    LOG.info("switch %016x is host %s", dpid, name)
+        self.names = names
+        if fabric != self.state.fabric:
+            grew = {d for d, ports in fabric.items() if ports - self.state.fabric.get(d, set())}
+            self.state.fabric = fabric
+            stale = {lk for lk in self.state.links if any(
+                p.port_no not in fabric.get(p.dpid, ()) for p in (lk.src, lk.dst))}
+            self._drop_links(stale)
+            probe = getattr(self.programmer, "probe_fabric", None)
+            if grew and probe is not None:
+                probe(grew)  # find the new links now, not at the next LLDP round
+
+    def _audit_once(self, key: tuple[str, ...], vm: str | None = None, **detail: Any) -> None:
+        """Record an audit event the first time ``key`` happens (repeats are noise)."""
+        if key in self._refused:
+            return
+        self._refused.add(key)
+        with self.sessions.begin() as s:
+            registry.record_event(s, key[0], vm=vm, **detail)
+        LOG.warning("%s %s %s", key[0], vm or "", detail)
 
     def _bind_from_interfaces(self, s: Session, state: NetworkState | None = None) -> None:
         state = state or self.state
@@ -279,13 +353,20 @@ class Service:
         or the move was announced."""
         with self.lock:
             vm = next((v for v in self.state.vms.values() if v.mac == src_mac.lower()), None)
-            if vm is None or self._port_owner(PortRef(dpid, port_no)) is not None:
+            here = PortRef(dpid, port_no)
+            if vm is None or self._port_owner(here) is not None:
                 return
             announced = self.state.expected.get(vm.name) == dpid
             learn = self.learn_first_frame
             allowed = learn is True or (isinstance(learn, frozenset)
                                         and self.switch_name(dpid) in learn)
             if not (allowed or announced):
+                return
+            if not announced and (why := self._still_there(vm.name, here)):
+                # a VM that is up elsewhere does not move on a frame alone: a spoof
+                self._audit_once(("move-refused", vm.name, str(dpid), str(port_no)),
+                                 vm=vm.name, host=self.switch_name(dpid), port=port_no,
+                                 reason=why)
                 return
             t0 = time.monotonic()
             name = self.ports.get(dpid, {}).get(port_no, "")
@@ -326,6 +407,18 @@ class Service:
                 raise
             return {"vm": name, "target_host": self.switch_name(dpid), "state": "prepared"}
 
+    def _still_there(self, vm: str, here: PortRef) -> str | None:
+        """Why ``vm`` cannot have moved to ``here`` on a frame alone: its port elsewhere
+        still exists with its link up, or a standby port is prepared for it."""
+        b = self.state.bindings.get(vm)
+        if b is not None and b.port != here and b.port.port_no in self.ports.get(
+                b.port.dpid, {}):
+            return f"{vm} is still up on {self.switch_name(b.port.dpid)} port {b.port.port_no}"
+        sb = self.state.standby.get(vm)
+        if sb is not None and sb.port != here:
+            return f"{vm} is moving to {self.switch_name(sb.port.dpid)} port {sb.port.port_no}"
+        return None
+
     def _port_gone(self, s: Session, b: Binding) -> None:
         """The VM's port vanished: a migration completes if it has a standby port."""
         if b.vm in self.state.standby:
@@ -352,11 +445,19 @@ class Service:
             return
         if old is not None and not direct and old.port.port_no in self.ports.get(
                 old.port.dpid, {}):
+            if b.port.port_no in state.fabric.get(b.port.dpid, ()):
+                return
             if state.standby.get(b.vm) != b:
+                self.vm_ports.add(b.port)
                 state.standby[b.vm] = b
                 registry.record_event(s, "vm-standby", vm=b.vm,
                                       host=self.switch_name(b.port.dpid),
                                       port=b.port.port_no, how=b.how)
+            return
+        if b.port.port_no in state.fabric.get(b.port.dpid, ()):
+            registry.record_event(
+                s, "binding-refused", vm=b.vm, host=self.switch_name(b.port.dpid),
+                port=b.port.port_no, reason="the port faces the fabric")
             return
         owner = self._port_owner(b.port, state)
         if owner is not None and owner != b.vm:
@@ -366,6 +467,7 @@ class Service:
             )
             return
         state.bindings[b.vm] = b
+        self.vm_ports.add(b.port)
         state.standby.pop(b.vm, None)
         state.expected.pop(b.vm, None)
         if old is not None:

@@ -13,6 +13,31 @@ The space is kept as "cubes": a value/mask per constrained field, plus value/mas
 patterns a field must avoid. When an exclusion only partly overlaps a cube, the cube
 is kept whole. That over-approximates, so the analysis can report a path that no packet
 can really take, but it never misses a real one: "isolated" is a proof.
+
+Each verdict is one of three:
+
+- ``isolated``: proved, no header from one group of the pair reaches a port of the other.
+- ``broken``: some header does; ``witness`` lists the flows it goes through.
+- ``unknown``: neither could be shown, and ``reason`` says why: the walk reached its step
+  limit (MAX_STEPS), or a header reached something the walk does not model (an
+  instruction other than meter/apply/write-metadata/goto, an action other than
+  set-field/move/push_vlan/pop_vlan/ct/output/resubmit, resubmits nested deeper than
+  MAX_NESTING, a path of more than MAX_HOPS fabric hops, a switch whose flows were not
+  read). The walk never guesses past these.
+
+Approximations (all of them only add headers, so "isolated" stays a proof):
+
+- ``("resubmit", table)`` (OVS's NX resubmit): the header is looked up in ``table`` on the
+  spot (its actions apply, outputs and further gotos/resubmits included), then the
+  current action list goes on. What a resubmitted lookup changes persists, but the walk
+  does not track which of its many paths was taken: it continues with the header as it
+  was before the resubmit, with every field that any flow reachable from ``table``
+  (through goto, resubmit and ct recirculation) may write set free. A header that really
+  comes back is in that space, whatever the lookup did to it.
+- ``ct``: conntrack may give any state. With a recirculation table the tracked copy goes
+  on there with ct_state +trk and anything else; the original goes on with the rest of
+  the action list, its ct_state set free (OVS leaves it untracked).
+- meters may drop; the walk lets everything through them.
 """
 
 from __future__ import annotations
@@ -29,6 +54,7 @@ OFPP_NORMAL, OFPP_FLOOD, OFPP_ALL = 0xFFFFFFFA, 0xFFFFFFFB, 0xFFFFFFFC
 CT_TRK = 0x20
 MAX_STEPS = 200_000
 MAX_HOPS = 16
+MAX_NESTING = 64  # resubmits and recirculations inside one another (OVS's limit too)
 ENTRY_ZERO = ("metadata", "reg0", "reg1", "reg2", "reg3", "reg4", "reg5", "reg6", "reg7",
               "ct_state")
 WIDTH = {"metadata": 64, "ct_state": 32, "vlan_vid": 13, "eth_src": 48, "eth_dst": 48,
@@ -74,9 +100,9 @@ class Cube:
         eq = tuple(x for x in self.eq if x[0] != f) + ((f, v, _full(f)),)
         return Cube(tuple(sorted(eq)), tuple(x for x in self.ne if x[0] != f))
 
-    def forget(self, f: str) -> Cube:
-        return Cube(tuple(x for x in self.eq if x[0] != f),
-                    tuple(x for x in self.ne if x[0] != f))
+    def forget(self, *fields: str) -> Cube:
+        return Cube(tuple(x for x in self.eq if x[0] not in fields),
+                    tuple(x for x in self.ne if x[0] not in fields))
 
     def empty(self) -> bool:
         for f, xv, xm in self.ne:
@@ -122,10 +148,15 @@ def subtract(c: Cube, match: tuple[tuple[str, Any], ...]) -> list[Cube]:
 @dataclass
 class Verdict:
     pair: tuple[str, str]
-    isolated: bool
+    status: str = "isolated"  # isolated | broken | unknown
     witness: list[str] = field(default_factory=list)
     explored: int = 0
-    complete: bool = True
+    complete: bool = True  # False when the step limit cut the walk short
+    reason: str = ""  # why the status is unknown
+
+    @property
+    def isolated(self) -> bool:
+        return self.status == "isolated"
 
 
 @dataclass
@@ -136,6 +167,16 @@ class _Ctx:
     targets: dict[PortRef, str]
     ports: dict[int, set[int]]
     steps: int = 0
+    exhausted: bool = False  # the step limit was reached
+    unknown: str = ""  # the first thing the walk could not model
+    written: dict[tuple[int, int], frozenset[str]] = field(default_factory=dict)
+
+    def cannot_model(self, reason: str) -> None:
+        self.unknown = self.unknown or reason
+
+    def describe(self, dpid: int, f: Flow) -> str:
+        return (f"{self.names.get(dpid)} table {f.table} prio {f.priority} "
+                f"cookie {f.cookie:#x} {dict(f.match)}")
 
 
 def verify(state: NetworkState, flows: dict[int, list[Flow]],
@@ -146,25 +187,34 @@ def verify(state: NetworkState, flows: dict[int, list[Flow]],
     peer = {lk.src: lk.dst for lk in state.links}
     names = {d: sw.name for d, sw in state.switches.items()}
     for a, b in state.policy.isolation:
-        v = Verdict((a, b), True)
+        v = Verdict((a, b))
+        reasons = []
         for src_group, dst_group in ((a, b), (b, a)):
             targets = {bd.port: n for n, bd in state.bindings.items()
                        if dst_group in state.vms[n].groups}
             ctx = _Ctx(by_prio, names, peer, targets, ports)
             for n, bd in sorted(state.bindings.items()):
-                if src_group not in state.vms[n].groups or bd.port.dpid not in flows:
+                if src_group not in state.vms[n].groups:
                     continue
                 start = _entering(Cube(), bd.port.port_no)
                 found = _walk(ctx, bd.port.dpid, 0, start, [f"{n} sends on "
-                              f"{names.get(bd.port.dpid)} port {bd.port.port_no}"], 0)
-                v.explored += ctx.steps
+                              f"{names.get(bd.port.dpid)} port {bd.port.port_no}"], 0, 0)
                 if found is not None:
-                    v.isolated, v.witness = False, found
+                    v.status, v.witness = "broken", found
                     break
-                if ctx.steps > MAX_STEPS:
-                    v.complete = False
-            if not v.isolated:
+                if ctx.exhausted:
+                    break
+            v.explored += ctx.steps
+            if v.status == "broken":
                 break
+            if ctx.exhausted:
+                v.complete = False
+                reasons.append(f"step limit reached: {MAX_STEPS} steps from {src_group} "
+                               f"toward {dst_group} without a proof")
+            if ctx.unknown:
+                reasons.append(f"from {src_group} toward {dst_group}: {ctx.unknown}")
+        if v.status != "broken" and reasons:
+            v.status, v.reason = "unknown", "; ".join(reasons)
         out.append(v)
     return out
 
@@ -178,24 +228,28 @@ def _entering(c: Cube, port: int) -> Cube:
     return c
 
 
-def _walk(ctx: _Ctx, dpid: int, table: int, cube: Cube, path: list[str], hops: int
-          ) -> list[str] | None:
+def _walk(ctx: _Ctx, dpid: int, table: int, cube: Cube, path: list[str], hops: int,
+          depth: int) -> list[str] | None:
+    """Push ``cube`` through ``table``: the witness path if part of it reaches a target."""
+    if dpid not in ctx.flows:
+        ctx.cannot_model(f"the flows of switch {ctx.names.get(dpid, hex(dpid))} were not "
+                         "read (not connected)")
+        return None
     cubes = [cube]
-    for f in ctx.flows.get(dpid, []):
+    for f in ctx.flows[dpid]:
         if f.table != table:
             continue
         rest = []
         for c in cubes:
             ctx.steps += 1
             if ctx.steps > MAX_STEPS:
+                ctx.exhausted = True
                 return None
             hit = intersect(c, f.match)
             if hit is None:
                 rest.append(c)
                 continue
-            step = (f"{ctx.names.get(dpid)} table {f.table} prio {f.priority} "
-                    f"cookie {f.cookie:#x} {dict(f.match)}")
-            found = _apply(ctx, dpid, f, hit, path + [step], hops)
+            found = _apply(ctx, dpid, f, hit, path + [ctx.describe(dpid, f)], hops, depth)
             if found is not None:
                 return found
             rest.extend(subtract(c, f.match))
@@ -205,10 +259,12 @@ def _walk(ctx: _Ctx, dpid: int, table: int, cube: Cube, path: list[str], hops: i
     return None  # table miss: dropped
 
 
-def _apply(ctx: _Ctx, dpid: int, f: Flow, c: Cube, path: list[str], hops: int
+def _apply(ctx: _Ctx, dpid: int, f: Flow, c: Cube, path: list[str], hops: int, depth: int
            ) -> list[str] | None:
     nxt_table = None
     for ins in f.instructions:
+        if ins[0] == "meter":
+            continue  # may drop; letting everything through over-approximates
         if ins[0] == "meta":
             v, m = c.get("metadata")
             c = c.with_eq("metadata", (v & ~ins[2]) | (ins[1] & ins[2]), m | ins[2])
@@ -225,25 +281,84 @@ def _apply(ctx: _Ctx, dpid: int, f: Flow, c: Cube, path: list[str], hops: int
                     c = c.forget("vlan_vid")
                 elif kind == "move":
                     c = c.forget(act[2])
-                elif kind == "ct":
-                    if act[4] != 0xFF:  # recirculate: any connection state afterwards
-                        c = c.forget("ct_state").with_eq("ct_state", CT_TRK, CT_TRK)
-                        found = _walk(ctx, dpid, act[4], c, path, hops)
-                        if found is not None:
-                            return found
-                        return None
                 elif kind == "output":
                     found = _output(ctx, dpid, act[1], c, path, hops)
                     if found is not None:
                         return found
-                elif kind == "unknown":
-                    # an action we cannot model: assume it may deliver anywhere
-                    found = _output(ctx, dpid, OFPP_ALL, c, path, hops)
+                elif kind in ("ct", "resubmit"):
+                    table = act[4] if kind == "ct" else act[1]
+                    if kind == "ct" and table == 0xFF:  # no recirculation
+                        c = c.forget("ct_state")
+                        continue
+                    if depth >= MAX_NESTING:
+                        ctx.cannot_model(f"resubmits/recirculations nested deeper than "
+                                         f"{MAX_NESTING} at {ctx.describe(dpid, f)}")
+                        return None
+                    inner = c
+                    if kind == "ct":  # the tracked copy: any connection state
+                        inner = c.forget("ct_state").with_eq("ct_state", CT_TRK, CT_TRK)
+                    found = _walk(ctx, dpid, table, inner, path + [f"{kind} to table {table}"],
+                                  hops, depth + 1)
                     if found is not None:
                         return found
+                    if kind == "ct":  # the original goes on, untracked
+                        c = c.forget("ct_state")
+                    else:  # changes made in there persist: set those fields free
+                        c = c.forget(*_written(ctx, dpid, table))
+                else:
+                    name = act[1] if kind == "unknown" and len(act) > 1 else kind
+                    ctx.cannot_model(f"action {name!r} is not modelled, at "
+                                     f"{ctx.describe(dpid, f)}")
+                    return None
+        else:
+            name = ins[1] if ins[0] == "unknown" and len(ins) > 1 else ins[0]
+            ctx.cannot_model(f"instruction {name!r} is not modelled, at "
+                             f"{ctx.describe(dpid, f)}")
+            return None
     if nxt_table is not None:
-        return _walk(ctx, dpid, nxt_table, c, path, hops)
+        return _walk(ctx, dpid, nxt_table, c, path, hops, depth)
     return None
+
+
+def _written(ctx: _Ctx, dpid: int, table: int) -> frozenset[str]:
+    """Every field a flow in ``table``, or in a table it leads to on this switch (goto,
+    resubmit, ct recirculation), may write. Kinds the walk does not model are left out:
+    a header that reaches one makes the verdict unknown anyway."""
+    key = (dpid, table)
+    if key in ctx.written:
+        return ctx.written[key]
+    out: set[str] = set()
+    seen, todo = {table}, [table]
+    while todo:
+        t = todo.pop()
+        for f in ctx.flows.get(dpid, []):
+            if f.table != t:
+                continue
+            nxt = []
+            for ins in f.instructions:
+                if ins[0] == "meta":
+                    out.add("metadata")
+                elif ins[0] == "goto":
+                    nxt.append(ins[1])
+                elif ins[0] == "apply":
+                    for act in ins[1]:
+                        if act[0] == "set":
+                            out.add(act[1])
+                        elif act[0] == "move":
+                            out.add(act[2])
+                        elif act[0] in ("push_vlan", "pop_vlan"):
+                            out.add("vlan_vid")
+                        elif act[0] == "ct":
+                            out.add("ct_state")
+                            nxt.append(act[4])
+                        elif act[0] == "resubmit":
+                            nxt.append(act[1])
+            for n in nxt:
+                if n not in seen and n != 0xFF:
+                    seen.add(n)
+                    todo.append(n)
+    ctx.written[key] = frozenset(out)
+    return ctx.written[key]
 
 
 def _output(ctx: _Ctx, dpid: int, port: int, c: Cube, path: list[str], hops: int
@@ -259,12 +374,15 @@ def _output(ctx: _Ctx, dpid: int, port: int, c: Cube, path: list[str], hops: int
         ref = PortRef(dpid, p)
         if ref in ctx.targets:
             return path + [f"delivered to {ctx.targets[ref]} on {ctx.names.get(dpid)} port {p}"]
-        if ref in ctx.peer and hops < MAX_HOPS:
+        if ref in ctx.peer:
+            if hops >= MAX_HOPS:
+                ctx.cannot_model(f"a path longer than {MAX_HOPS} fabric hops, at "
+                                 f"{ctx.names.get(dpid)} port {p}")
+                continue
             there = ctx.peer[ref]
             found = _walk(ctx, there.dpid, 0, _entering(c, there.port_no), path + [
                 f"{ctx.names.get(dpid)} port {p} -> {ctx.names.get(there.dpid)} port "
-                f"{there.port_no}"], hops + 1)
+                f"{there.port_no}"], hops + 1, 0)
             if found is not None:
                 return found
     return None
-

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from mininet.link import TCLink
+from mininet.link import Intf, TCLink
 from mininet.net import Mininet
 from mininet.node import OVSSwitch, RemoteController
 from mininet.topo import Topo
@@ -100,29 +100,49 @@ def start(net: Mininet, of_port: int = 6653) -> None:
     """Point every bridge at the controller and start it."""
     net.addController("c0", controller=RemoteController, ip="127.0.0.1", port=of_port)
     net.start()
-    for sw in net.switches:  # no in-band, no hub fallback, 1 s reconnect
-        sw.cmd(f"ovs-vsctl set Bridge {sw.name} fail_mode=secure other-config:disable-in-band=true")
+    for sw in net.switches:  # no in-band, no hub fallback; name and role as an installer would
+        role = "external_ids:vfence-role=fabric" if sw.name.startswith("sp") else ""
+        sw.cmd(f"ovs-vsctl set Bridge {sw.name} fail_mode=secure other-config:disable-in-band=true"
+               f" external_ids:vfence-host={sw.name} {role}")
+    for link in net.links:  # hypervisor ports that face a fabric switch
+        for a, b in ((link.intf1, link.intf2), (link.intf2, link.intf1)):
+            if a.node.name.startswith("hv") and b.node.name.startswith("sp"):
+                subprocess.run(["ovs-vsctl", "set", "Interface", a.name,
+                                "external_ids:vfence-fabric=true"], check=True)
+
+
+def switch_side(net: Mininet, vm_name: str) -> Intf:
+    """The bridge-side interface of a VM's link; its node is the switch."""
+    intf = net.get(vm_name).defaultIntf()
+    link = intf.link
+    return link.intf2 if link.intf1 is intf else link.intf1
 
 
 def switch_intf(net: Mininet, vm_name: str) -> str:
     """Name of the bridge-side interface of a VM's link (e.g. ``hv1-eth3``)."""
-    host = net.get(vm_name)
-    intf = host.defaultIntf()
-    link = intf.link
-    other = link.intf2 if link.intf1 is intf else link.intf1
-    return other.name
+    return switch_side(net, vm_name).name
+
+
+def plug_like_libvirt(sw_intf: Intf, p: VMPlan) -> None:
+    """Set the external_ids libvirt sets when it plugs a VM's tap into the bridge, in the
+    OVSDB of the switch that owns ``sw_intf`` (its node's ``vsctl``)."""
+    out = sw_intf.node.vsctl("set", "Interface", sw_intf.name,
+                             f"external_ids:attached-mac={p.mac}",
+                             f"external_ids:iface-id={p.name}",
+                             "external_ids:iface-status=active")
+    if out and out.strip():
+        raise RuntimeError(f"plugging {p.name} on {sw_intf.node.name}: {out.strip()}")
 
 
 def announce_like_libvirt(net: Mininet, p: VMPlan) -> None:
     """Set the external_ids libvirt sets when it plugs a VM's tap into the bridge."""
-    intf = switch_intf(net, p.name)
-    subprocess.run(
-        ["ovs-vsctl", "set", "Interface", intf, f"external_ids:attached-mac={p.mac}",
-         f"external_ids:iface-id={p.name}", "external_ids:iface-status=active"],
-        check=True,
-    )
+    plug_like_libvirt(switch_side(net, p.name), p)
 
 
 def cleanup() -> None:
-    """Remove what a previous lab may have left (bridges, veths, namespaces)."""
+    """Remove what a previous lab may have left: Mininet's (bridges in the system OVS,
+    veths, hosts) and the production-shaped lab's (namespaces with their own OVS)."""
+    from .prodlab import remove_leftovers  # prodlab builds on this module
+
+    remove_leftovers()
     subprocess.run(["mn", "-c"], capture_output=True, check=False)

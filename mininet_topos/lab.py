@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Self
 
 import httpx
 from mininet.net import Mininet
@@ -38,7 +39,11 @@ def ping_stream_result(out: Path, timeout: float = 20) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-class Lab:
+class LabBase:
+    """What every lab shares: the controller as a real process (``serve`` with one
+    ``--ovsdb`` per OVSDB the lab runs), REST, registration, convergence and traffic.
+    A lab says which OVSDBs it has and how its network starts and stops."""
+
     def __init__(self, hosts: int, spines: int, plan: list[VMPlan], *, db_url: str,
                  workdir: Path, of_port: int = 6653, api_port: int = 8080,
                  extra_args: tuple[str, ...] = (), policy: dict | None = None) -> None:
@@ -60,7 +65,8 @@ class Lab:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "controller", "serve", "--db", self.db_url,
              "--ofp-port", str(self.of_port), "--api-port", str(self.api_port),
-             "--ovsdb", OVSDB, *self.extra_args],
+             *(a for remote in self.ovsdb_remotes() for a in ("--ovsdb", remote)),
+             *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         self.restarts += 1
@@ -79,15 +85,16 @@ class Lab:
             return None
         return r.json() if r.status_code == 200 else None
 
-    # --- network -------------------------------------------------------------------------
+    # --- network (each lab its own) ------------------------------------------------------
+
+    def ovsdb_remotes(self) -> list[str]:
+        raise NotImplementedError
 
     def start_network(self) -> Mininet:
-        datacenter.cleanup()
-        self.net = datacenter.build_net(self.hosts, self.spines, self.plan)
-        datacenter.start(self.net, self.of_port)
-        for p in self.plan:
-            datacenter.announce_like_libvirt(self.net, p)
-        return self.net
+        raise NotImplementedError
+
+    def stop_network(self) -> None:
+        raise NotImplementedError
 
     def register(self) -> None:
         """VMs come from the policy document if the lab has one, else one POST each."""
@@ -117,14 +124,14 @@ class Lab:
 
         self.wait_for(done, timeout, "convergence")
 
-    def up(self) -> Lab:
+    def up(self) -> Self:
         self.start_controller()
         self.start_network()
         self.register()
         self.wait_converged()
         return self
 
-    def __enter__(self) -> Lab:
+    def __enter__(self) -> Self:
         try:
             return self.up()
         except BaseException:
@@ -136,10 +143,7 @@ class Lab:
 
     def down(self) -> None:
         self.kill_controller(signal.SIGTERM)
-        if self.net is not None:
-            self.net.stop()
-            self.net = None
-        datacenter.cleanup()
+        self.stop_network()
 
     # --- traffic -------------------------------------------------------------------------
 
@@ -164,3 +168,24 @@ class Lab:
                 return
             time.sleep(0.2)
         raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Lab(LabBase):
+    """Every bridge (hv1, hv2, sp1...) in the one system Open vSwitch, under its own name."""
+
+    def ovsdb_remotes(self) -> list[str]:
+        return [OVSDB]
+
+    def start_network(self) -> Mininet:
+        datacenter.cleanup()
+        self.net = datacenter.build_net(self.hosts, self.spines, self.plan)
+        datacenter.start(self.net, self.of_port)
+        for p in self.plan:
+            datacenter.announce_like_libvirt(self.net, p)
+        return self.net
+
+    def stop_network(self) -> None:
+        if self.net is not None:
+            self.net.stop()
+            self.net = None
+        datacenter.cleanup()

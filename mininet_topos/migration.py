@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from pathlib import Path
 
 from mininet.net import Mininet
 
-from .datacenter import VMPlan, switch_intf
+from .datacenter import VMPlan, plug_like_libvirt, switch_intf
 
 RARP = Path(__file__).with_name("rarp.py")
 
@@ -55,10 +54,7 @@ def migrate_many(net: Mininet, moves: list[tuple[VMPlan, str]], *, libvirt_ids: 
         host.cmd(f"ip link set {new_intf.name} down")  # the VM is not running there yet
         sw.attach(new_sw_intf)
         if libvirt_ids:
-            subprocess.run(["ovs-vsctl", "set", "Interface", new_sw_intf.name,
-                            f"external_ids:attached-mac={p.mac}",
-                            f"external_ids:iface-id={p.name}",
-                            "external_ids:iface-status=active"], check=True)
+            plug_like_libvirt(new_sw_intf, p)
         if announce:  # QEMU announces as soon as the VM resumes on the target
             host.cmd(f"{sys.executable} {RARP} {new_intf.name} {p.mac} >/dev/null 2>&1 &")
         staged.append((p, host, old_intf, old_link, old_sw_intf, new_intf, new_sw_intf))

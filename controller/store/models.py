@@ -54,10 +54,15 @@ vm_groups = Table(
 
 
 class Segment(Base):
+    """A layer-2 segment. ``tag`` (1..MAX_SEGMENT_TAG, the lowest free one when the row is
+    created; never the database id) is what flows carry: metadata bits 0-15, the conntrack
+    zone, the owner id of its cookies."""
+
     __tablename__ = "segments"
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     subnet: Mapped[str | None] = mapped_column(String(64))
+    tag: Mapped[int] = mapped_column(Integer, unique=True)
 
 
 class Group(Base):
@@ -70,9 +75,14 @@ class Group(Base):
 
 
 class VM(Base):
+    """A registered VM. ``tag`` (1..MAX_VM_TAG, the lowest free one when the row is created;
+    never the database id) is what flows carry: metadata bits 16-31, reg4, the owner id of
+    its cookies."""
+
     __tablename__ = "vms"
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
+    tag: Mapped[int] = mapped_column(Integer, unique=True)
     mac: Mapped[str] = mapped_column(String(17), unique=True)
     segment_id: Mapped[int] = mapped_column(ForeignKey("segments.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -19,6 +19,8 @@ def two_hosts_two_spines() -> NetworkState:
         st.switches[dpid] = Switch(dpid, name, label)
     st.links = (link_pair(HV1, 1, SP1, 1) | link_pair(HV1, 2, SP2, 1)
                 | link_pair(HV2, 1, SP1, 2) | link_pair(HV2, 2, SP2, 2))
+    st.fabric = {HV1: frozenset({1, 2}), HV2: frozenset({1, 2}), SP1: frozenset({1, 2}),
+                 SP2: frozenset({1, 2})}
     return st
 
 

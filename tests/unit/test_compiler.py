@@ -31,8 +31,8 @@ def test_empty_switch_gets_skeleton_only():
     flows = compiler.compile_network(st)
     base = list(compiler.base_flows())
     policy = set(compiler.policy_flows(st))
-    # skeleton + 2 fabric ports + own label + 3 transit labels + the (permissive) policy
-    assert len(flows[HV1]) == len(base) + 2 + 1 + 3 + len(policy)
+    # skeleton + 2 fabric ports (LLDP, rest) + own label + 3 transit labels + the policy
+    assert len(flows[HV1]) == len(base) + 2 * 2 + 1 + 3 + len(policy)
     owners = {cookie_owner(f.cookie)[0] for f in flows[HV1]}
     assert owners == {Owner.BASE, Owner.FABRIC, Owner.POLICY}
 
@@ -53,17 +53,22 @@ def test_local_vm_is_classified_only_with_its_mac_untagged():
     classify = _find(flows, Table.CLASSIFY, in_port=3)
     allowed = [f for f in classify if ("goto", Table.ARP) in f.instructions]
     me = {"in_port": 3, "eth_src": vm.mac, "vlan_vid": OFPVID_NONE}
-    # own IPv4 source, own ARP sender, IPv6 own/link-local/unspecified, and non-IP
-    assert sorted(tuple(sorted(set(dict(f.match)) - set(me))) for f in allowed) == sorted([
+    plain = [f for f in allowed if "icmpv6_type" not in dict(f.match)]
+    # own IPv4 source, own ARP sender, own IPv6 (only the EUI-64 link-local here),
+    # the unspecified IPv6 source for ICMPv6 only, and non-IP
+    assert sorted(tuple(sorted(set(dict(f.match)) - set(me))) for f in plain) == sorted([
         ("arp_sha", "arp_spa", "eth_type"), ("eth_type", "ipv4_src"), ("eth_type", "ipv6_src"),
-        ("eth_type", "ipv6_src"), (), ])
+        ("eth_type", "ip_proto", "ipv6_src"), (), ])
     assert all(me.items() <= dict(f.match).items() for f in allowed)
     (v4,) = [f for f in allowed if dict(f.match).get("ipv4_src")]
     assert dict(v4.match)["ipv4_src"] == vm.ips[0]
+    assert {dict(f.match).get("ipv6_src") for f in plain} >= {"fe80::200:ff:fe00:1", "::"}
     drops = [f for f in classify if f.instructions == ()]
-    # rogue DHCP (v4, v6) > other source IP / ARP sender / IPv6 > any other MAC or a tag
-    assert sorted(f.priority for f in drops) == [190, 205, 205, 205, 220, 220]
-    assert max(f.priority for f in allowed) < 220 and min(f.priority for f in allowed) > 190
+    # rogue DHCP (v4, v6) > RA, redirect > other ND (RS, NS, NA) > other source IP /
+    # ARP sender / IPv6 > any other MAC or a tag
+    assert sorted(f.priority for f in drops) == [190, 205, 205, 205, 214, 214, 214, 218, 218,
+                                                 220, 220]
+    assert max(f.priority for f in allowed) < 218 and min(f.priority for f in allowed) > 190
     assert {f.cookie for f in classify} == {cookie(Owner.VM, 1)}
 
 
@@ -72,15 +77,15 @@ def test_unicast_to_local_and_remote_vm_and_no_flood_flow():
     a = add_vm(st, 1, "a", 1, HV1, 3)
     b = add_vm(st, 2, "b", 1, HV2, 3)
     flows = compiler.compile_network(st)[HV1]
-    (to_a,) = _find(flows, Table.FORWARD, eth_dst=a.mac)
+    (to_a,) = _find(flows, Table.FORWARD, reg4=a.id)
     assert to_a.instructions == (("apply", (("output", 3),)),)
-    (to_b,) = _find(flows, Table.FORWARD, eth_dst=b.mac)
+    (to_b,) = _find(flows, Table.FORWARD, reg4=b.id)
     # labelled with hv2's label (2), sent out of the lower-numbered equal-cost port
     assert to_b.instructions == (("apply", (("push_vlan", 0x8100),
                                             ("set", "vlan_vid", OFPVID_PRESENT | 2),
                                             ("output", 1))),)
     # frames from the fabric never go back into it
-    assert dict(to_b.match)["metadata"] == (1, 0xFFFF | META_FROM_FABRIC)
+    assert dict(to_b.match)["metadata"] == (0, META_FROM_FABRIC)
     # the only catch-all in FORWARD drops: unknown unicast is never flooded
     (miss,) = [f for f in flows if f.table == Table.FORWARD and f.priority == 0]
     assert miss.instructions == ()
@@ -105,10 +110,16 @@ def test_broadcast_stays_in_segment():
     seg1 = [f for f in flows if f.cookie == cookie(Owner.SEGMENT, 1)]
     local_src = next(f for f in seg1 if dict(f.match)["metadata"] == (1, 0x1_0000_FFFF))
     acts = local_src.instructions[0][1]
-    assert ("output", 3) in acts and ("output", 5) in acts and ("output", 4) not in acts
-    assert ("set", "vlan_vid", OFPVID_PRESENT | 2) in acts  # one copy to hv2
+    # each local receiver of the segment (a: 1, a2: 2, not c: 3) is judged on its own:
+    # its tag in reg4, its groups in reg2/3 (cleared), then FLOOD_POLICY
+    judged = [acts[i - 1][2] for i, a in enumerate(acts) if a == ("resubmit", 35)]
+    assert judged == [1, 2]
+    assert [a for a in acts if a[0] == "output"] == [("output", 1)]  # one copy to hv2
+    assert ("set", "vlan_vid", OFPVID_PRESENT | 2) in acts
+    assert dict(local_src.match)["reg4"] == 0  # a receiver's own lookup never lands here
     from_fabric = next(f for f in seg1 if f is not local_src)
-    assert from_fabric.instructions == (("apply", (("output", 3), ("output", 5))),)
+    assert [a for a in from_fabric.instructions[0][1] if a[0] != "set"] == [
+        ("resubmit", 35), ("resubmit", 35)]
 
 
 def test_arp_answered_in_datapath_for_segment_ips_only():
@@ -117,13 +128,14 @@ def test_arp_answered_in_datapath_for_segment_ips_only():
     add_vm(st, 2, "b", 1, HV2, 3, ip="10.0.0.2")
     add_vm(st, 3, "c", 2, HV2, 4, ip="10.0.0.3")
     flows = compiler.compile_network(st)[HV1]
-    answers = [f for f in flows if f.table == Table.ARP and f.priority == 100]
+    answers = [f for f in flows if f.table == Table.ARP and f.priority == 100
+               and "arp_tpa" in dict(f.match)]
     assert sorted(dict(f.match)["arp_tpa"] for f in answers) == ["10.0.0.1", "10.0.0.2"]
     acts = answers[0].instructions[0][1]
     assert acts[-1] == ("output", OFPP_IN_PORT)
-    # unanswered requests are dropped, never flooded
-    (drop,) = [f for f in flows if f.table == Table.ARP and f.priority == 50]
-    assert drop.instructions == ()
+    # unanswered requests (ARP, neighbour solicitations) are dropped, never flooded
+    drops = [f for f in flows if f.table == Table.ARP and f.priority == 50]
+    assert len(drops) == 2 and all(f.instructions == () for f in drops)
 
 
 def test_spines_forward_labels_only_and_ignore_vms():

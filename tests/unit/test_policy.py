@@ -118,15 +118,22 @@ def finance_state(n_extra: int = 0) -> NetworkState:
 def test_rules_compile_to_group_tag_matches():
     st = finance_state()
     flows = compiler.compile_network(st)[HV1]
-    web_to_api = [f for f in flows if f.cookie == cookie(Owner.RULE, 0)]
+    mine = [f for f in flows if f.cookie == cookie(Owner.RULE, 0)]
+    web_to_api = [f for f in mine if f.table == Table.POLICY]
     # tcp/8443 for IPv4 and IPv6, each committed to conntrack
     assert len(web_to_api) == 2
+    # the same rule judges broadcast copies (stateless, v4 + v6) and, as "web may reach
+    # api", neighbour discovery both ways
+    assert sorted(f.table for f in mine if f not in web_to_api) == [
+        Table.ND_REACH, Table.ND_REACH_REV, Table.FLOOD_POLICY, Table.FLOOD_POLICY]
     for f in web_to_api:
         m = dict(f.match)
         assert m["reg0"] == (1 << 1, 1 << 1) and m["reg2"] == (1 << 2, 1 << 2)
         assert m["tcp_dst"] == 8443 and f.instructions[0][1][0][0] == "ct"
     iso = [f for f in flows if f.cookie == cookie(Owner.ISOLATION, 0)]
-    assert len(iso) == 2 and all(f.instructions == () for f in iso)
+    # both directions, for unicast (POLICY) and for each broadcast copy (FLOOD_POLICY)
+    assert len(iso) == 4 and all(f.instructions == () for f in iso)
+    assert sorted(f.table for f in iso) == [Table.POLICY] * 2 + [Table.FLOOD_POLICY] * 2
     est = [f for f in flows if f.table == Table.POLICY and dict(f.match).get("ct_state")
            == (CT_TRK | CT_EST, CT_TRK | CT_EST)]
     assert est and min(f.priority for f in iso) > est[0].priority  # isolation above all
@@ -153,7 +160,8 @@ def test_bench_scale_flow_count_is_linear():
     st = build_state(1000, hosts=10, groups=50, rules=200)
     flows = compiler.compile_network(st)
     per_host = max(len(f) for f in flows.values())
-    assert per_host < 1000 * 8 + 200 * 8
+    # each rule is judged four ways (unicast, per broadcast receiver, ND reach both ways)
+    assert per_host < 1000 * 8 + 200 * 16
     assert per_host < 1000 * 1000 / 10
 
 
