@@ -85,8 +85,23 @@ def field_path(parts: Any) -> str:
 # --- parsing and meaning ------------------------------------------------------------------
 
 
+# what flows can carry (controller/flows.py); a larger document is refused up front, before
+# seconds go into checking the rest of it
+SIZE_LIMITS = {"segments": (MAX_SEGMENT_TAG, "the segment tag is 16 bits"),
+               "vms": (MAX_VM_TAG, "the VM tag is 16 bits"),
+               "rules": (MAX_RULES, "each rule has its own priority band")}
+
+
 def parse(doc: dict[str, Any]) -> Policy:
     """Validate ``doc`` completely and return the policy, or raise PolicyError."""
+    errors = [
+        {"field": key, "reason": f"at most {limit} {key} ({why}); the document has "
+                                 f"{len(doc[key])}"}
+        for key, (limit, why) in SIZE_LIMITS.items()
+        if isinstance(doc.get(key), list) and len(doc[key]) > limit
+    ]
+    if errors:
+        raise PolicyError(errors)
     errors = [
         {"field": field_path(e.absolute_path), "reason": e.message}
         for e in sorted(_validator().iter_errors(doc), key=lambda e: list(e.absolute_path))
@@ -115,15 +130,7 @@ class _Checker:
             names.append(item["name"])
         return names
 
-    def _at_most(self, key: str, limit: int, why: str) -> None:
-        n = len(self.doc.get(key, []))
-        if n > limit:
-            self.err(key, f"at most {limit} {key} ({why}); the document has {n}")
-
     def run(self) -> Policy:
-        self._at_most("segments", MAX_SEGMENT_TAG, "the segment tag is 16 bits")
-        self._at_most("vms", MAX_VM_TAG, "the VM tag is 16 bits")
-        self._at_most("rules", MAX_RULES, "each rule has its own priority band")
         segments = self._segments()
         groups = self._unique("groups")
         vms = self._vms(segments, set(groups))

@@ -110,19 +110,23 @@ class LabBase:
                     raise RuntimeError(f"registering {p.name}: {r.status_code} {r.text}")
 
     def wait_converged(self, timeout: float = 60) -> None:
-        """All switches ready, the fabric fully discovered, every registered VM bound."""
+        """All switches ready, the fabric fully discovered, every expected VM bound."""
         switches = self.hosts + self.spines
         links = self.hosts * self.spines
-        registered = {p.name for p in self.plan if p.register}
+        expected = self.expected_bound()
 
         def done() -> bool:
             h = self.get("/v1/health")
             vms = self.get("/v1/vms") or []
             bound = {v["name"] for v in vms if v["location"]}
             return bool(h) and h["switches_ready"] == switches and h["links"] == links \
-                and registered <= bound
+                and expected <= bound
 
         self.wait_for(done, timeout, "convergence")
+
+    def expected_bound(self) -> set[str]:
+        """The VMs that convergence waits to see bound."""
+        return {p.name for p in self.plan if p.register}
 
     def up(self) -> Self:
         self.start_controller()

@@ -347,6 +347,11 @@ class ProdLab(LabBase):
                         not isinstance(self.libvirt_ids, bool) and p.name in self.libvirt_ids)):
                 self.plug(p.name)
 
+    def expected_bound(self) -> set[str]:
+        """Registered VMs with libvirt's ids on their port (others bind on a first frame,
+        if the controller learns from them, or never)."""
+        return super().expected_bound() & self.plugged
+
     def plug(self, vm: str) -> None:
         """libvirt's external_ids on the VM's current port, in its hypervisor's OVSDB."""
         assert self.net is not None
@@ -354,13 +359,15 @@ class ProdLab(LabBase):
         self.plugged.add(vm)
 
     def stop_network(self) -> None:
-        if self.net is not None:
-            for sw in self.net.switches:
-                sw.stop_ovs()
-            self._keep_logs()
-            self.net.stop()
+        try:
+            if self.net is not None:
+                for sw in self.net.switches:
+                    sw.stop_ovs()
+                self._keep_logs()
+                self.net.stop()
+        finally:  # whatever failed above (or while starting), nothing of ours stays
             self.net = None
-        remove_leftovers(self.state_root)
+            remove_leftovers(self.state_root)
 
     def _keep_logs(self) -> None:
         """The daemons' logs, for a post-mortem (the state dirs go)."""
@@ -399,9 +406,9 @@ def remove_leftovers(state_root: Path = STATE_ROOT) -> None:
                               text=True).stdout.split()
         _terminate([int(p) for p in pids])
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-    if state_root.is_dir():
-        _terminate([pid for f in state_root.glob("*/*.pid")
-                    if (pid := _pid_from(f)) is not None and _cmdline_has(pid, str(state_root))])
+    # daemons outside our namespaces (a namespace deleted under them), and the controller
+    # of a crashed run (it watches our databases: --ovsdb unix:STATE_ROOT/...)
+    _terminate([pid for pid in _all_pids() if _left_by_us(pid, state_root)])
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True,
                            text=True).stdout
     for line in links.splitlines():
@@ -414,6 +421,22 @@ def remove_leftovers(state_root: Path = STATE_ROOT) -> None:
 def _our_namespaces() -> list[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     return [ln.split()[0] for ln in out.splitlines() if ln.startswith(NETNS_PREFIX)]
+
+
+def _all_pids() -> list[int]:
+    return [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit()]
+
+
+def _left_by_us(pid: int, state_root: Path) -> bool:
+    """One of our OVS daemons, or a controller serving our databases."""
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return False
+    if comm in DAEMONS:
+        return f"{state_root}/" in cmd
+    return "controller serve" in cmd and f"--ovsdb unix:{state_root}/" in cmd
 
 
 def _pid_from(pidfile: Path) -> int | None:

@@ -89,7 +89,7 @@ def test_mac_is_normalised(env):
 @pytest.mark.parametrize("patch, field", [
     ({"mac": "zz:00:00:00:00:01"}, "body.mac"),
     ({"mac": "01:00:5e:00:00:01"}, "body.mac"),
-    ({"ips": ["10.0.0.300"]}, "body.ips"),
+    ({"ips": ["10.0.0.300"]}, "body.ips[0]"),
     ({"name": "bad name!"}, "body.name"),
     ({"segment": ""}, "body.segment"),
     ({"groups": ["a", "a"]}, "body.groups"),
@@ -190,3 +190,99 @@ def test_checked_in_openapi_spec_is_what_is_served(env):
     assert json.loads(checked_in.read_text()) == served, \
         "regenerate: python -m controller.openapi > schemas/openapi.json"
     assert render() == checked_in.read_text()
+
+
+# --- addresses: what a VM may claim -------------------------------------------------------
+
+
+@pytest.mark.parametrize("ips, field, words", [
+    (["fe80::1%eth0"], "body.ips[0]", ["scoped"]),
+    (["10.0.0.1", "224.0.0.5"], "body.ips[1]", ["multicast"]),
+    (["ff02::1"], "body.ips[0]", ["multicast"]),
+    (["0.0.0.0"], "body.ips[0]", ["unspecified"]),
+    (["::"], "body.ips[0]", ["unspecified"]),
+    (["127.0.0.1"], "body.ips[0]", ["loopback"]),
+    (["::1"], "body.ips[0]", ["loopback"]),
+    (["::ffff:127.0.0.1"], "body.ips[0]", ["loopback"]),
+    (["255.255.255.255"], "body.ips[0]", ["broadcast"]),
+    (["fd00::1", "FD00::0001"], "body.ips", ["repeat"]),
+])
+def test_an_address_no_vm_may_have_is_422_naming_it_and_writes_nothing(env, ips, field, words):
+    client, _, _, engine = env
+    r = client.post("/v1/vms", json={**VM, "ips": ips})
+    assert r.status_code == 422, r.text
+    (err,) = [e for e in r.json()["errors"] if e["field"] == field]
+    assert all(w in err["reason"] for w in words), err
+    assert count(engine, m.VM) == 0 and count(engine, m.Segment) == 0
+
+
+def test_legal_vm_addresses_are_accepted_normalised(env):
+    client, *_ = env
+    ips = ["10.0.0.11", "fe80::5", "FD00::0001", "169.254.3.4", "100.64.0.1"]
+    r = client.post("/v1/vms", json={**VM, "ips": ips})
+    assert r.status_code == 201, r.text
+    assert r.json()["ips"] == ["10.0.0.11", "fe80::5", "fd00::1", "169.254.3.4", "100.64.0.1"]
+
+
+@pytest.mark.parametrize("ip, words", [
+    ("10.0.1.5", ["outside", "10.0.0.0/24"]),
+    ("10.0.0.0", ["network address"]),
+    ("10.0.0.255", ["broadcast address"]),
+])
+def test_a_vm_address_must_be_a_host_of_its_segments_subnet(env, ip, words):
+    client, service, _, engine = env
+    service.apply_policy({"segments": [{"name": "prod", "subnet": "10.0.0.0/24"}]})
+    r = client.post("/v1/vms", json={**VM, "ips": ["fe80::5", ip]})
+    assert r.status_code == 422, r.text
+    (err,) = r.json()["errors"]
+    assert err["field"] == "ips[1]" and all(w in err["reason"] for w in words), err
+    assert count(engine, m.VM) == 0
+    assert client.post("/v1/vms", json={**VM, "ips": ["10.0.0.254"]}).status_code == 201
+
+
+def test_a_policy_document_with_a_bad_address_changes_nothing(env):
+    client, service, rec, engine = env
+    good = {"segments": [{"name": "prod", "subnet": "10.0.0.0/24", "gateway": "10.0.0.1"}],
+            "vms": [{**{k: VM[k] for k in ("name", "mac", "segment")}, "ips": ["10.0.0.11"]}]}
+    assert client.put("/v1/policy", json=good).status_code == 200
+    sent = len(rec.sent)
+    bad = json.loads(json.dumps(good))
+    bad["segments"][0]["gateway"] = "10.0.0.255"
+    bad["vms"][0]["ips"] = ["10.0.0.12", "::1"]
+    bad["vms"].append({"name": "web-1", "mac": "00:00:00:00:01:02", "segment": "prod"})
+    r = client.put("/v1/policy", json=bad)
+    assert r.status_code == 422
+    fields = {e["field"]: e["reason"] for e in r.json()["errors"]}
+    assert "broadcast" in fields["segments[0].gateway"]
+    assert "loopback" in fields["vms[0].ips[1]"]
+    assert client.get("/v1/policy").json() == good
+    assert client.get("/v1/vms/pay-1").json()["ips"] == ["10.0.0.11"]
+    assert count(engine, m.VM) == 1 and len(rec.sent) == sent
+
+
+# --- limits through the API ------------------------------------------------------------------
+
+
+def test_the_65536th_vm_is_409_naming_the_field_and_writes_nothing(env):
+    """The real limit: 65,533 VMs bulk-inserted beside one registered through the API."""
+    from sqlalchemy import insert
+
+    from controller.flows import MAX_VM_TAG
+
+    client, _, _, engine = env
+    assert client.post("/v1/vms", json=VM).status_code == 201  # tag 1, segment prod
+    with db.sessions(engine).begin() as s:
+        seg = s.scalar(select(m.Segment.id))
+        s.execute(insert(m.VM), [{"name": f"bulk-{t}", "mac": f"02:00:00:00:{t >> 8:02x}:"
+                                  f"{t & 255:02x}", "segment_id": seg, "tag": t}
+                                 for t in range(2, MAX_VM_TAG)])
+    last = {**VM, "name": "last", "mac": "00:00:00:00:09:01", "ips": ["10.0.0.12"]}
+    r = client.post("/v1/vms", json=last)
+    assert r.status_code == 201, r.text  # the 65,535th
+    r = client.post("/v1/vms", json={**last, "name": "one-more", "mac": "00:00:00:00:09:02",
+                                     "ips": ["10.0.0.13"], "groups": ["new"]})
+    assert r.status_code == 409 and r.headers["content-type"] == "application/problem+json"
+    (err,) = r.json()["errors"]
+    assert err["field"] == "name" and f"at most {MAX_VM_TAG} VMs" in err["reason"], err
+    assert count(engine, m.VM) == MAX_VM_TAG and count(engine, m.Group) == 1
+    assert count(engine, m.VMAddress) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import random
 from pathlib import Path
 
@@ -169,3 +170,135 @@ def test_switch_list_only_gets_flows():
     st = NetworkState()
     st.switches[1] = Switch(1, "solo", 1)
     assert set(compiler.compile_network(st)) == {1}
+
+
+# --- addresses: VMs, subnets, gateways ----------------------------------------------------
+
+
+def _seg(**fields):
+    """Mutation: segments[0] (prod) gets ``fields``."""
+    return lambda d: d["segments"][0].update(fields)
+
+
+def _ips(i, *ips):
+    return lambda d: d["vms"][i].update({"ips": list(ips)})
+
+
+@pytest.mark.parametrize("mutate, field, words", [
+    (_ips(2, "fe80::1%eth0"), "vms[2].ips[0]", ["scoped"]),
+    (_ips(2, "10.0.1.21", "224.0.0.251"), "vms[2].ips[1]", ["multicast"]),
+    (_ips(2, "ff02::fb"), "vms[2].ips[0]", ["multicast"]),
+    (_ips(2, "0.0.0.0"), "vms[2].ips[0]", ["unspecified"]),
+    (_ips(2, "::"), "vms[2].ips[0]", ["unspecified"]),
+    (_ips(2, "127.0.0.53"), "vms[2].ips[0]", ["loopback"]),
+    (_ips(2, "::1"), "vms[2].ips[0]", ["loopback"]),
+    (_ips(2, "255.255.255.255"), "vms[2].ips[0]", ["broadcast"]),
+    (_ips(2, "10.0.0.0"), "vms[2].ips[0]", ["network address", "10.0.0.0/8"]),
+    (_ips(2, "10.255.255.255"), "vms[2].ips[0]", ["broadcast address", "10.0.0.0/8"]),
+    (lambda d: (_seg(subnet6="fd00:1::/64")(d), _ips(2, "fd00:2::5")(d)), "vms[2].ips[0]",
+     ["outside", "subnet6 fd00:1::/64"]),
+    (lambda d: (_seg(subnet6="fd00:1::/64")(d), _ips(2, "fd00:1::")(d)), "vms[2].ips[0]",
+     ["network address"]),
+    (_seg(subnet="fe80::/64%eth0"), "segments[0].subnet", ["scoped"]),
+    (_seg(subnet="10.0.0.0/33"), "segments[0].subnet", ["not a valid CIDR"]),
+    (_seg(subnet="fd00::/64"), "segments[0].subnet", ["IPv6", "subnet6"]),
+    (_seg(subnet="224.0.0.0/24"), "segments[0].subnet", ["multicast"]),
+    (_seg(subnet="127.0.0.0/16"), "segments[0].subnet", ["loopback"]),
+    (_seg(subnet="0.0.0.0/0"), "segments[0].subnet", ["unspecified"]),
+    (_seg(subnet="255.255.255.0/24"), "segments[0].subnet", ["broadcast"]),
+    (_seg(subnet6="10.0.0.0/8"), "segments[0].subnet6", ["IPv6"]),
+    (_seg(subnet6="ff05::/16"), "segments[0].subnet6", ["multicast"]),
+    (_seg(subnet6="::/0"), "segments[0].subnet6", ["unspecified"]),
+    (_seg(subnet6="::1/128"), "segments[0].subnet6", ["loopback"]),
+    (_seg(gateway="192.168.0.1"), "segments[0].gateway", ["outside", "10.0.0.0/8"]),
+    (_seg(gateway="10.0.0.0"), "segments[0].gateway", ["network address"]),
+    (_seg(gateway="10.255.255.255"), "segments[0].gateway", ["broadcast address"]),
+    (_seg(gateway="224.0.0.1"), "segments[0].gateway", ["multicast"]),
+    (_seg(gateway="fd00::1"), "segments[0].gateway", ["IPv4"]),
+    (_seg(gateway="10.0.0.1%eth0"), "segments[0].gateway", ["scoped"]),
+    (_seg(gateway6="fd00::1"), "segments[0].gateway6", ["needs", "subnet6"]),
+    (_seg(subnet6="fd00::/64", gateway6="fd01::1"), "segments[0].gateway6", ["outside"]),
+    (_seg(subnet6="fd00::/64", gateway6="fd00::"), "segments[0].gateway6",
+     ["network address"]),
+    (_seg(subnet6="fd00::/64", gateway6="fe80::1%eth0"), "segments[0].gateway6", ["scoped"]),
+    (lambda d: d["segments"].append({"name": "dev", "gateway": "10.1.0.1"}),
+     "segments[1].gateway", ["needs", "subnet"]),
+])
+def test_each_bad_address_is_rejected_naming_the_field(mutate, field, words):
+    d = copy.deepcopy(FINANCE)
+    mutate(d)
+    hit = [e for e in rejected(d) if e["field"] == field]
+    assert hit, rejected(d)
+    assert all(w in hit[0]["reason"] for w in words), hit
+
+
+def test_legal_addresses_prefixes_gateways_and_rule_cidrs():
+    d = copy.deepcopy(FINANCE)
+    d["segments"][0].update({"subnet": "10.0.0.7/8", "subnet6": "FD00:0:0:1::/64",
+                             "gateway": "10.0.0.1", "gateway6": "fd00:0:0:1::1"})
+    d["segments"].append({"name": "p2p", "subnet": "192.0.2.0/31", "subnet6": "2001:db8::/127"})
+    d["vms"][2]["ips"] = ["10.0.1.21", "fd00:0:0:1::21", "fe80::5", "10.0.0.1"]
+    d["vms"].append({"name": "edge", "mac": "00:00:00:00:04:01", "segment": "p2p",
+                     "ips": ["192.0.2.0", "192.0.2.1", "2001:db8::"]})
+    d["rules"].append({"name": "all4", "from": "0.0.0.0/0", "to": "payroll", "action": "deny"})
+    d["rules"].append({"name": "all6", "from": "::/0", "to": "payroll", "action": "deny"})
+    p = policy.parse(d)
+    assert p.segments[0] == ("prod", "10.0.0.0/8")
+    web1 = next(v for v in p.vms if v.name == "web-1")
+    assert web1.ips == ("10.0.1.21", "fd00:0:0:1::21", "fe80::5", "10.0.0.1")
+    assert [r.src.value for r in p.rules[-2:]] == ["0.0.0.0/0", "::/0"]
+
+
+# --- limits of a document ---------------------------------------------------------------------
+
+
+def _deny_rules(n):
+    return [{"name": f"r{i}", "from": "frontend", "to": "ops", "action": "deny"}
+            for i in range(n)]
+
+
+def test_max_rules_is_the_limit_at_field_rules(tmp_path):
+    """The real limit: MAX_RULES rules (each one priority band) parse and compile; one
+    more is refused at ``rules``, also by ``vfence policy check``."""
+    from typer.testing import CliRunner
+
+    from controller.cli import app
+    from controller.flows import MAX_RULES, rule_priority
+
+    st = finance_state()
+    st.policy = policy.parse(doc(rules=_deny_rules(MAX_RULES)))
+    assert len(st.policy.rules) == MAX_RULES
+    last = list(compiler.rule_flows(st.policy.rules[-1], st))
+    assert last and {f.priority for f in last} == {rule_priority(MAX_RULES - 1)}
+    assert rule_priority(MAX_RULES - 1) - 1 > 1000  # even its non-IP variant: above intra-group
+    (err,) = rejected(doc(rules=_deny_rules(MAX_RULES + 1)))
+    assert err["field"] == "rules" and f"at most {MAX_RULES} rules" in err["reason"]
+    assert f"has {MAX_RULES + 1}" in err["reason"]
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps(doc(rules=_deny_rules(MAX_RULES + 1))))
+    r = CliRunner().invoke(app, ["policy", "check", str(path)])
+    assert r.exit_code == 1 and "rules" in r.output and f"at most {MAX_RULES}" in r.output
+
+
+@pytest.mark.parametrize("key, limit_name", [("vms", "MAX_VM_TAG"),
+                                             ("segments", "MAX_SEGMENT_TAG")])
+def test_a_document_with_more_vms_or_segments_than_tags_is_refused(key, limit_name):
+    """Over the real limit the document is refused up front (no seconds of checking). The
+    registry tests (tests/store/test_limits.py) register the last VM and segment at the
+    real limit; here the at-limit document uses a limit of 3 (monkeypatched), because a
+    valid 65,535-VM document takes ~7 s to check."""
+    import controller.flows as flows
+
+    limit = getattr(flows, limit_name)
+    items = [{"name": f"x{i}", "mac": f"02:00:00:00:{i >> 8:02x}:{i & 255:02x}",
+              "segment": "prod"} if key == "vms" else {"name": f"x{i}"}
+             for i in range(limit + 1)]
+    (err,) = rejected({key: items})
+    assert err["field"] == key and f"at most {limit} {key}" in err["reason"]
+    small = {**policy.SIZE_LIMITS, key: (3, "test")}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(policy, "SIZE_LIMITS", small)
+        base = {"segments": [{"name": "prod"}]} if key == "vms" else {}
+        policy.parse({**base, key: items[:3] if key == "vms" else [{"name": "prod"}] + items[:2]})
+        (err,) = rejected({**base, key: items[:4]})
+        assert err["field"] == key

@@ -1,0 +1,223 @@
+"""Trust boundaries in the service, on a real SQLite database with recording switches:
+host names come from each host's OVSDB, only operator-marked fabric ports make links,
+LLDP probes are single-use, a VM that is up elsewhere cannot be moved by a frame."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from apps import lldp
+from controller.api import create_app
+from controller.hosts import Bridge, HostDb, Interface, fabric_ports, switch_names
+from controller.model import Link, PortRef
+from controller.service import Service
+from controller.store import db
+
+from .test_api import Recorder
+
+HV1, HV2, SP1 = 0x101, 0x102, 0x201
+VM = {"name": "pay-1", "mac": "00:00:00:00:01:01", "ips": ["10.0.0.11"], "segment": "prod",
+      "groups": ["payroll"]}
+
+
+def _service(url: str, **kw) -> tuple[Service, Recorder]:
+    engine = db.make_engine(url)
+    db.upgrade(engine)
+    service = Service(db.sessions(engine), **kw)
+    service.programmer = rec = Recorder()
+    return service, rec
+
+
+def _host(service: Service, name: str, dpid: int, ifaces: list[Interface],
+          fabric_switch: bool = False) -> None:
+    service.ovsdb_snapshot(ifaces, [Bridge(dpid, "br-int", None, fabric_switch)],
+                           f"unix:/run/{name}/db.sock", name)
+
+
+def _connect(service: Service, dpid: int, ports: dict[int, str]) -> None:
+    service.switch_connected(dpid, "br-int", ports, [])
+    service.switch_ready(dpid)
+
+
+# --- names -----------------------------------------------------------------------------
+
+
+def test_every_br_int_is_named_by_its_host_everywhere(sqlite_url):
+    service, _ = _service(sqlite_url)
+    client = TestClient(create_app(service))
+    _host(service, "hv1", HV1, [Interface(HV1, 3, "vnet0", VM["mac"], "pay-1")])
+    _host(service, "hv2", HV2, [])
+    for dpid in (HV1, HV2):
+        _connect(service, dpid, {3: "vnet0"})
+    assert sorted(h["name"] for h in client.get("/v1/hosts").json()) == ["hv1", "hv2"]
+    assert client.post("/v1/vms", json=VM).status_code == 201
+    assert client.get("/v1/vms/pay-1/location").json()["host"]["name"] == "hv1"
+    bound = client.get("/v1/events", params={"type": "vm-bound"}).json()
+    assert [e["host"] for e in bound] == ["hv1"]
+    assert client.get("/v1/hosts/hv2/flows").status_code == 200
+
+
+def test_a_switch_that_connects_before_its_ovsdb_is_renamed(sqlite_url):
+    service, _ = _service(sqlite_url)
+    _connect(service, HV1, {})
+    _connect(service, HV2, {})
+    # both report "br-int": the second cannot take a name that is already used
+    assert {sw.name for sw in service.state.switches.values()} == {"br-int",
+                                                                  "0000000000000102"}
+    _host(service, "hv1", HV1, [])
+    _host(service, "hv2", HV2, [])
+    assert {sw.name for sw in service.state.switches.values()} == {"hv1", "hv2"}
+    assert service.find_switch("hv2") == HV2
+
+
+def test_names_from_ovsdb_rules():
+    one = HostDb("a", bridges=(Bridge(1, "br-int"),), host="hv1")
+    two = HostDb("b", bridges=(Bridge(2, "br-int"), Bridge(3, "br-ex", host="edge")),
+                 host="hv2")
+    dup = HostDb("c", bridges=(Bridge(4, "br-int"),), host="hv1")
+    unnamed = HostDb("d", bridges=(Bridge(5, "br-int"),))
+    assert switch_names([one, two, dup, unnamed]) == {
+        1: "hv1", 2: "hv2/br-int", 3: "edge", 4: "hv1@0000000000000004"}
+
+
+def test_learn_first_frame_on_one_host_only(sqlite_url):
+    service, _ = _service(sqlite_url, learn_first_frame=frozenset({"hv2"}))
+    client = TestClient(create_app(service))
+    _host(service, "hv1", HV1, [Interface(HV1, 5, "tap5")])
+    _host(service, "hv2", HV2, [Interface(HV2, 5, "tap5")])
+    _connect(service, HV1, {5: "tap5"})
+    _connect(service, HV2, {5: "tap5"})
+    client.post("/v1/vms", json=VM)
+    service.unbound_frame(HV1, 5, VM["mac"])  # hv1 does not learn from frames
+    assert client.get("/v1/vms/pay-1/location").status_code == 404
+    service.unbound_frame(HV2, 5, VM["mac"])
+    assert client.get("/v1/vms/pay-1/location").json()["host"]["name"] == "hv2"
+
+
+# --- fabric ----------------------------------------------------------------------------
+
+
+def _fabric_lab(url: str) -> Service:
+    service, _ = _service(url)
+    _host(service, "hv1", HV1, [Interface(HV1, 1, "up0", fabric=True),
+                                Interface(HV1, 3, "vnet0"),
+                                Interface(HV1, 4, "vnet1", VM["mac"], "pay-1", fabric=True)])
+    _host(service, "sp1", SP1, [Interface(SP1, 1, "d1"), Interface(SP1, 2, "d2")],
+          fabric_switch=True)
+    _connect(service, HV1, {1: "up0", 3: "vnet0", 4: "vnet1"})
+    _connect(service, SP1, {1: "d1", 2: "d2"})
+    return service
+
+
+def _both(a: PortRef, b: PortRef) -> list[Link]:
+    return [Link(a, b), Link(b, a)]
+
+
+def test_links_only_between_marked_fabric_ports_of_two_switches(sqlite_url):
+    service = _fabric_lab(sqlite_url)
+    up, down = PortRef(HV1, 1), PortRef(SP1, 1)
+    assert all(service.link_seen(lk) for lk in _both(up, down))  # control
+    assert service.state.links == set(_both(up, down))
+    vm_port = PortRef(HV1, 3)
+    # a VM echoing a probe (a self-link), a VM relaying between its two ports, a VM port
+    # claiming to face the spine: none makes a link
+    assert not service.link_seen(Link(vm_port, vm_port))
+    assert not service.link_seen(Link(vm_port, PortRef(HV1, 4)))
+    assert not any(service.link_seen(lk) for lk in _both(vm_port, PortRef(SP1, 2)))
+    assert service.state.links == set(_both(up, down))
+
+
+def test_a_marked_port_with_a_vm_is_never_fabric(sqlite_url):
+    service = _fabric_lab(sqlite_url)
+    assert service.fabric_ports(HV1) == {1}  # vnet1 carries pay-1's ids: refused
+    assert service.fabric_ports(SP1) == {1, 2}
+    with service.sessions() as s:
+        from controller import registry
+        refused = [e for e in registry.events(s, type_="fabric-refused")]
+    assert [e.detail["port_name"] for e in refused] == ["vnet1"]
+    # a port a VM was bound to stays out even once its ids are gone and it is marked
+    client = TestClient(create_app(service))
+    client.post("/v1/vms", json=VM)
+    assert client.get("/v1/vms/pay-1/location").json()["port"]["number"] == 4
+    _host(service, "hv1", HV1, [Interface(HV1, 1, "up0", fabric=True),
+                                Interface(HV1, 4, "vnet1", fabric=True)])
+    assert service.fabric_ports(HV1) == {1}
+
+
+def test_unmarking_a_port_drops_its_link(sqlite_url):
+    service = _fabric_lab(sqlite_url)
+    for lk in _both(PortRef(HV1, 1), PortRef(SP1, 1)):
+        service.link_seen(lk)
+    _host(service, "hv1", HV1, [Interface(HV1, 1, "up0")])
+    assert service.state.links == set()
+
+
+def test_links_expire_without_fresh_probes(sqlite_url):
+    service = _fabric_lab(sqlite_url)
+    for lk in _both(PortRef(HV1, 1), PortRef(SP1, 1)):
+        service.link_seen(lk, now=100.0)
+    service.expire_links(now=110.0)
+    assert len(service.state.links) == 2
+    service.expire_links(now=125.0)
+    assert service.state.links == set()
+
+
+def test_probes_are_single_use_fresh_and_bound_to_their_port():
+    book = lldp.ProbeBook(lifetime=10)
+    frame = lldp.probe(HV1, 1, "02:00:00:00:00:01", book.issue(HV1, 1, now=0))
+    dpid, port, nonce = lldp.parse(frame)
+    assert (dpid, port) == (HV1, 1)
+    assert book.redeem(dpid, port, nonce, now=1)  # control
+    assert not book.redeem(dpid, port, nonce, now=2)  # replayed
+    late = book.issue(HV1, 1, now=0)
+    assert not book.redeem(HV1, 1, late, now=11)  # expired
+    other = book.issue(HV1, 2, now=0)
+    assert not book.redeem(HV1, 1, other, now=1)  # issued for another port
+    forged = frame.replace(b"dpid:0000000000000101", b"dpid:0000000000000102")
+    assert lldp.parse(forged) is None  # the HMAC covers switch, port and nonce
+
+
+# --- moves -----------------------------------------------------------------------------
+
+
+def test_a_frame_cannot_steal_a_vm_that_is_up_elsewhere(sqlite_url):
+    service, _ = _service(sqlite_url, learn_first_frame=True)
+    client = TestClient(create_app(service))
+    _host(service, "hv1", HV1, [Interface(HV1, 3, "vnet0", VM["mac"], "pay-1")])
+    _host(service, "hv2", HV2, [Interface(HV2, 5, "rogue")])
+    _connect(service, HV1, {3: "vnet0"})
+    _connect(service, HV2, {5: "rogue"})
+    client.post("/v1/vms", json=VM)
+    for _ in range(5):  # QEMU's announcement pattern, from an attacker on hv2
+        service.unbound_frame(HV2, 5, VM["mac"])
+    loc = client.get("/v1/vms/pay-1/location").json()
+    assert (loc["host"]["name"], loc["port"]["number"]) == ("hv1", 3)
+    refused = client.get("/v1/events", params={"type": "move-refused"}).json()
+    assert len(refused) == 1 and refused[0]["host"] == "hv2"  # audited once, not 5 times
+    # once the VM's old port is gone (its link down or deleted), the move completes
+    service.ports_changed(HV1, {})
+    service.unbound_frame(HV2, 5, VM["mac"])
+    assert client.get("/v1/vms/pay-1/location").json()["host"]["name"] == "hv2"
+
+
+def test_an_announced_move_completes_on_the_first_frame(sqlite_url):
+    service, _ = _service(sqlite_url)
+    client = TestClient(create_app(service))
+    _host(service, "hv1", HV1, [Interface(HV1, 3, "vnet0", VM["mac"], "pay-1")])
+    _host(service, "hv2", HV2, [Interface(HV2, 5, "vnet9")])
+    _connect(service, HV1, {3: "vnet0"})
+    _connect(service, HV2, {5: "vnet9"})
+    client.post("/v1/vms", json=VM)
+    assert client.post("/v1/vms/pay-1/migrations",
+                       json={"target_host": "hv2"}).status_code == 202
+    service.unbound_frame(HV2, 5, VM["mac"])
+    assert client.get("/v1/vms/pay-1/location").json()["host"]["name"] == "hv2"
+
+
+def test_fabric_ports_and_vm_ports_helper_refuses_with_reason():
+    db_ = HostDb("x", interfaces=(Interface(1, 1, "a", fabric=True),
+                                  Interface(1, 2, "b", "00:00:00:00:00:01", fabric=True),
+                                  Interface(1, 3, "c", fabric=True)))
+    ports, refused = fabric_ports([db_], {PortRef(1, 3)})
+    assert ports == {1: frozenset({1})}
+    assert [(i.name, why.split()[0]) for i, why in refused] == [("b", "the"), ("c", "a")]
