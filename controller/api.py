@@ -10,7 +10,7 @@ import hmac
 import re
 import time
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import Body, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from . import compiler, registry, topology
+from . import verify as verify_mod
 from .addresses import vm_address
 from .errors import Invalid, NotFound, VfenceError
 from .flows import Owner, cookie_owner
@@ -109,7 +110,7 @@ class VMOut(BaseModel):
 
 class VerdictOut(BaseModel):
     pair: list[str]
-    status: Literal["isolated", "broken", "unknown"] = Field(
+    status: verify_mod.Status = Field(
         description="isolated: proved, no header from one group reaches the other; broken: "
                     "one does (see witness); unknown: neither could be proved (see reason)")
     reason: str | None = Field(description="why the status is unknown: the step limit, or "

@@ -10,11 +10,11 @@ from typing import Any
 
 @dataclass(frozen=True)
 class VM:
-    id: int  # small stable integer (database id): lands in metadata and cookies
+    id: int  # the VM's tag, 1..MAX_VM_TAG (never its database id): metadata, reg4, cookies
     name: str
     mac: str  # lower-case colon form
     ips: tuple[str, ...]
-    segment_id: int
+    segment_id: int  # the segment's tag, 1..MAX_SEGMENT_TAG: metadata, ct zone, cookies
     segment: str
     groups: tuple[str, ...] = ()
 

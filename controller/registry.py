@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import ipaddress
 from datetime import datetime
+from functools import cache
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
 from . import model
@@ -36,8 +37,8 @@ def to_model(row: db.VM) -> model.VM:
 
 
 # --- tags: small numbers that flows carry, allocated densely -------------------------------
-# Reaching a limit is a Conflict (409), not Invalid (422): the request itself is fine, the
-# registry is full; the same request succeeds once something is removed.
+# Reaching a limit is a Conflict (409), not Invalid (422): the request itself is fine, what
+# is registered already leaves no room (a VM's tag is free again when the VM goes).
 
 _LIMITS: dict[Any, tuple[int, int, str]] = {
     # column: (first, last, what the number is)
@@ -52,16 +53,26 @@ _LIMITS: dict[Any, tuple[int, int, str]] = {
 }
 
 
+@cache
+def _free_queries(column: InstrumentedAttribute[Any]) -> tuple[Select[Any], Select[Any]]:
+    """Is the first number taken; the lowest number above a taken one that is free.
+    Built once: a policy document can allocate thousands of tags in one go."""
+    first = _LIMITS[column][0]
+    nxt = getattr(aliased(column.class_), column.key)
+    return (select(column).where(column == first),
+            select(func.min(column + 1)).where(
+                column >= first, ~select(nxt).where(nxt == column + 1).exists()))
+
+
 def _allocate(session: Session, column: InstrumentedAttribute[Any], who: str,
               field: str) -> int:
     """The lowest number of ``column``'s range that no row holds, or Conflict naming
     ``field`` when every one is taken."""
     first, last, what = _LIMITS[column]
-    if session.scalar(select(column).where(column == first)) is None:
+    is_first_taken, lowest_gap = _free_queries(column)
+    if session.scalar(is_first_taken) is None:
         return first
-    nxt = getattr(aliased(column.class_), column.key)
-    gap = session.scalar(select(func.min(column + 1)).where(
-        column >= first, ~select(nxt).where(nxt == column + 1).exists()))
+    gap = session.scalar(lowest_gap)
     if gap is None or gap > last:
         raise Conflict(f"at most {last - first + 1} {what}; {who} would be one more", field)
     return int(gap)

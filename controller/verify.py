@@ -45,7 +45,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from .flows import OFPP_CONTROLLER, OFPP_IN_PORT, Flow
 from .model import NetworkState, PortRef
@@ -145,10 +145,13 @@ def subtract(c: Cube, match: tuple[tuple[str, Any], ...]) -> list[Cube]:
     return out
 
 
+Status = Literal["isolated", "broken", "unknown"]
+
+
 @dataclass
 class Verdict:
     pair: tuple[str, str]
-    status: str = "isolated"  # isolated | broken | unknown
+    status: Status = "isolated"
     witness: list[str] = field(default_factory=list)
     explored: int = 0
     complete: bool = True  # False when the step limit cut the walk short

@@ -9,6 +9,7 @@ libvirt-style ``external_ids`` (``attached-mac``, ``iface-id``).
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Collection
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -139,10 +140,11 @@ def announce_like_libvirt(net: Mininet, p: VMPlan) -> None:
     plug_like_libvirt(switch_side(net, p.name), p)
 
 
-def cleanup() -> None:
+def cleanup(keep: Collection[int] = ()) -> None:
     """Remove what a previous lab may have left: Mininet's (bridges in the system OVS,
-    veths, hosts) and the production-shaped lab's (namespaces with their own OVS)."""
+    veths, hosts) and the production-shaped lab's (namespaces with their own OVS, its
+    controller; ``keep``: pids to spare)."""
     from .prodlab import remove_leftovers  # prodlab builds on this module
 
-    remove_leftovers()
+    remove_leftovers(keep=keep)
     subprocess.run(["mn", "-c"], capture_output=True, check=False)

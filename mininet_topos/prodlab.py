@@ -288,7 +288,7 @@ class ProdLab(LabBase):
 
     def start_network(self) -> Mininet:
         t0 = time.monotonic()
-        cleanup()
+        cleanup(keep=[self.proc.pid] if self.proc is not None else [])
         t1 = time.monotonic()
         self.state_root.mkdir(parents=True, exist_ok=True)
         net = self.net = Mininet(topo=None, controller=None, link=ProdLink, build=False,
@@ -308,14 +308,7 @@ class ProdLab(LabBase):
                 ports[hv_name(h)].append(link.intf1.name)
                 ports[sp_name(s)].append(link.intf2.name)
         for p in self.plan:
-            host = net.addHost(p.name, ip=f"{p.ip}/{p.prefix}")
-            link = net.addLink(host, hv_name(p.host), addr1=p.mac)
-            ports[hv_name(p.host)].append(link.intf2.name)
-            host.configDefault()
-            if self.ipv6 is not None:
-                v = 0 if self.ipv6 else 1
-                host.cmd(f"sysctl -qw net.ipv6.conf.all.disable_ipv6={v} "
-                         f"net.ipv6.conf.default.disable_ipv6={v}")
+            ports[hv_name(p.host)].append(self._vm_host(p).name)
         t2 = time.monotonic()
         target = "tcp:{}:" + str(self.of_port)
         for sw in self.switches:  # all at once: each waits on its own daemons
@@ -324,6 +317,43 @@ class ProdLab(LabBase):
             sw.wait_start_ovs()
         self.timings.update(cleanup=t1 - t0, build=t2 - t1, ovs=time.monotonic() - t2)
         return net
+
+    def _vm_host(self, p: VMPlan) -> Intf:
+        """The VM's Mininet host, linked to its hypervisor; the hypervisor's end."""
+        assert self.net is not None
+        host = self.net.addHost(p.name, ip=f"{p.ip}/{p.prefix}")
+        link = self.net.addLink(host, hv_name(p.host), addr1=p.mac)
+        host.configDefault()
+        if self.ipv6 is not None:  # `all` sets the existing interfaces, `default` new ones
+            v = 0 if self.ipv6 else 1
+            host.cmd(f"sysctl -qw net.ipv6.conf.all.disable_ipv6={v} "
+                     f"net.ipv6.conf.default.disable_ipv6={v}")
+        return link.intf2
+
+    def add_vm(self, p: VMPlan, *, plug: bool = False):
+        """Start a VM on a running lab (its port on ``hv{p.host}``'s br-int); ``plug``:
+        with libvirt's ids. It joins ``plan``; registering it is up to the caller."""
+        intf = self._vm_host(p)
+        intf.node.attach(intf)
+        self.plan.append(p)
+        if plug:
+            self.plug(p.name)
+        return self.host(p.name)
+
+    def remove_vm(self, name: str) -> None:
+        """The VM's ports leave their bridges, its links and host go (what a hypervisor
+        does when a VM is destroyed)."""
+        assert self.net is not None
+        host = self.host(name)
+        for intf in list(host.intfList()):
+            if intf.link is not None:
+                link = intf.link
+                other = link.intf2 if link.intf1 is intf else link.intf1
+                other.node.detach(other)
+                self.net.delLink(link)
+        self.net.delHost(host)
+        self.plan = [p for p in self.plan if p.name != name]
+        self.plugged.discard(name)
 
     def _controller_links(self) -> None:
         """A veth per switch from the root namespace (the controller) into its namespace."""
@@ -364,6 +394,9 @@ class ProdLab(LabBase):
                 for sw in self.net.switches:
                     sw.stop_ovs()
                 self._keep_logs()
+                nodes = set(self.net.values())  # links of hosts a test deleted: gone already
+                self.net.links = [ln for ln in self.net.links
+                                  if {ln.intf1.node, ln.intf2.node} <= nodes]
                 self.net.stop()
         finally:  # whatever failed above (or while starting), nothing of ours stays
             self.net = None
@@ -392,15 +425,16 @@ def migrate(lab: ProdLab, vm_name: str, target_hv: str, *, libvirt_ids: bool = T
 # --- cleanup ------------------------------------------------------------------------------
 
 
-def cleanup() -> None:
+def cleanup(keep: Collection[int] = ()) -> None:
     """Remove what any lab left, this one's and the old one's (safe at any time when no lab
-    runs)."""
-    datacenter.cleanup()
+    runs; ``keep``: pids to spare, the controller a lab has just started)."""
+    datacenter.cleanup(keep)
 
 
-def remove_leftovers(state_root: Path = STATE_ROOT) -> None:
-    """Stop every process in our namespaces and every daemon of our pid files, delete the
-    namespaces (their veths go with them), our root-side veths and the state dirs."""
+def remove_leftovers(state_root: Path = STATE_ROOT, keep: Collection[int] = ()) -> None:
+    """Stop every process in our namespaces, our OVS daemons wherever they are and a crashed
+    run's controller; delete the namespaces (their veths go with them), our root-side
+    veths and the state dirs."""
     for ns in _our_namespaces():
         pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
                               text=True).stdout.split()
@@ -408,7 +442,7 @@ def remove_leftovers(state_root: Path = STATE_ROOT) -> None:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
     # daemons outside our namespaces (a namespace deleted under them), and the controller
     # of a crashed run (it watches our databases: --ovsdb unix:STATE_ROOT/...)
-    _terminate([pid for pid in _all_pids() if _left_by_us(pid, state_root)])
+    _terminate([pid for pid in _all_pids() if pid not in keep and _left_by_us(pid, state_root)])
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True,
                            text=True).stdout
     for line in links.splitlines():
@@ -446,13 +480,6 @@ def _pid_from(pidfile: Path) -> int | None:
     except (OSError, ValueError):
         return None
     return pid if Path(f"/proc/{pid}").exists() else None
-
-
-def _cmdline_has(pid: int, text: str) -> bool:
-    try:
-        return text in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return False
 
 
 def _terminate(pids: list[int], timeout: float = 5.0) -> None:

@@ -241,3 +241,37 @@ def test_migrations_list_and_host_ports(service):
     (host,) = client.get("/v1/hosts").json()
     assert host["ports"] == [{"number": 1, "name": "hv1-eth1"}, {"number": 4, "name": "hv1-eth4"}]
     assert client.get("/v1/vms/ghost/migrations").status_code == 404
+
+
+ISOLATED_PAIR = {
+    "segments": [{"name": "prod"}], "groups": [{"name": "payroll"}, {"name": "frontend"}],
+    "vms": [{"name": "pay-1", "mac": "00:00:00:00:01:01", "segment": "prod",
+             "groups": ["payroll"]},
+            {"name": "web-1", "mac": "00:00:00:00:01:02", "segment": "prod",
+             "groups": ["frontend"]}],
+    "isolation": [["payroll", "frontend"]]}
+
+
+@pytest.mark.parametrize("hv1_flows, status, code", [
+    ([], "isolated", 0),  # every frame dropped
+    ([((), (("apply", (("output", 4),)),))], "broken", 1),
+    ([((), (("actions3", (("output", 4),)),))], "unknown", 2),  # write-actions: not modelled
+])
+def test_cli_verify_exit_codes_and_the_api_status(live_api, hv1_flows, status, code):
+    """pay-1 on hv1 port 3, web-1 on port 4; hv1 holds exactly ``hv1_flows``."""
+    from controller.flows import Flow
+
+    url, service = live_api
+    service.apply_policy(ISOLATED_PAIR)
+    service.ports_changed(0x101, {1: "hv1-eth1", 3: "hv1-eth3", 4: "hv1-eth4"})
+    service.ovsdb_snapshot([Interface(0x101, 3, "hv1-eth3", "00:00:00:00:01:01", None),
+                            Interface(0x101, 4, "hv1-eth4", "00:00:00:00:01:02", None)])
+    service.programmer.flows = {0x101: [Flow(0, 100, m, ins, 0) for m, ins in hv1_flows]}
+    (v,) = httpx.post(url + "/v1/verify").json()
+    assert (v["status"], v["isolated"]) == (status, status == "isolated")
+    assert (v["reason"] is not None) == (status == "unknown")
+    r = cli("verify", "--api", url)
+    assert r.returncode == code, (r.stdout, r.stderr)
+    if status == "unknown":
+        out = " ".join(r.stdout.split())  # rich wraps long lines
+        assert "UNKNOWN" in out and "'actions3' is not modelled" in out

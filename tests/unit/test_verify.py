@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import pytest
 import yaml
 
 from controller import compiler, policy, verify
@@ -90,3 +91,93 @@ def test_intersect_and_subtract():
     assert len(rest) == 1 and verify.intersect(rest[0], match(eth_type=0x0800)) is None
     assert verify.subtract(c, match(in_port=4)) == [c]
     copy.deepcopy(c)
+
+
+# --- three answers: isolated, broken, unknown -------------------------------------------------
+# pay-1 (payroll) sends on hv1 port 3, web-1 (frontend) listens on hv1 port 4.
+
+OUT_4 = (("apply", (("output", 4),)),)
+RESUBMIT_50 = (("apply", (("resubmit", 50),)),)
+
+
+def _verdict_with(first, *more, st=None, flows=None):
+    """The verdict when hv1 starts pay-1's frames (port 3) with the instructions ``first``,
+    above everything the compiler wrote, and also holds the flows ``more``."""
+    st = st or finance_state()
+    flows = flows or as_lists(compiler.compile_network(st))
+    if first is not None:
+        flows[HV1].append(Flow(0, 65000, match(in_port=3), first, 0xBEEF))
+    flows[HV1].extend(more)
+    (v,) = verify.verify(st, flows, ports(st))
+    return v
+
+
+def test_the_step_limit_makes_the_verdict_unknown_never_isolated(monkeypatch):
+    monkeypatch.setattr(verify, "MAX_STEPS", 50)
+    v = _verdict_with(None)
+    assert v.status == "unknown" and not v.isolated and not v.complete
+    assert "step limit reached" in v.reason and "50 steps" in v.reason
+
+
+@pytest.mark.parametrize("instructions, named", [
+    ((("actions3", (("output", 4),)),), "'actions3'"),  # write-actions
+    ((("unknown", "OFPInstructionFoo"),), "'OFPInstructionFoo'"),
+    ((("apply", (("unknown", "NXActionLearn"),)),), "'NXActionLearn'"),
+    ((("apply", (("group", 7),)),), "'group'"),
+])
+def test_an_unmodelled_instruction_or_action_makes_it_unknown_naming_it_and_the_flow(
+        instructions, named):
+    v = _verdict_with(instructions)
+    assert v.status == "unknown" and not v.isolated and v.complete, v.witness
+    assert named in v.reason and "not modelled" in v.reason
+    assert "hv1 table 0 prio 65000 cookie 0xbeef" in v.reason
+
+
+def test_a_real_leak_beats_an_unmodelled_flow():
+    v = _verdict_with(None, Flow(0, 65000, match(in_port=3, eth_type=0x0800),
+                                 (("actions3", (("output", 4),)),), 0),
+                      Flow(0, 65000, match(in_port=3, eth_type=0x86DD), OUT_4, 0))
+    assert v.status == "broken" and "delivered to web-1" in v.witness[-1]
+
+
+def test_a_leak_only_reachable_through_a_resubmit_is_found():
+    v = _verdict_with(RESUBMIT_50, Flow(50, 10, (), OUT_4, 0))
+    assert v.status == "broken"
+    assert "resubmit to table 50" in v.witness and "delivered to web-1" in v.witness[-1]
+
+
+def test_a_drop_inside_the_resubmitted_table_keeps_the_pair_isolated():
+    v = _verdict_with(RESUBMIT_50, Flow(50, 10, (), (), 0))
+    assert v.status == "isolated" and v.reason == "", v.witness
+
+
+def test_actions_after_a_resubmit_run_with_what_it_changed():
+    """reg7 is set inside the resubmitted table; the goto after the resubmit matches on it.
+    Continuing with the header as it was before (reg7 = 0) would miss the leak."""
+    v = _verdict_with((*RESUBMIT_50, ("goto", 51)),
+                      Flow(50, 10, (), (("apply", (("set", "reg7", 1),)),), 0),
+                      Flow(51, 10, match(reg7=1), OUT_4, 0))
+    assert v.status == "broken" and "delivered to web-1" in v.witness[-1]
+    # and the next action of the same list goes on after the resubmitted lookup
+    v = _verdict_with((("apply", (("resubmit", 50), ("output", 4))),), Flow(50, 10, (), (), 0))
+    assert v.status == "broken"
+
+
+def test_resubmits_in_a_loop_are_unknown():
+    v = _verdict_with(RESUBMIT_50, Flow(50, 10, (), RESUBMIT_50, 0))
+    assert v.status == "unknown" and "nested deeper than 64" in v.reason
+
+
+def test_the_original_of_a_ct_recirculation_goes_on():
+    """ct(table=N) forks: the tracked copy goes to table N, the original carries on with
+    the actions after it."""
+    v = _verdict_with((("apply", (("ct", 0, "reg5", 15, 60), ("output", 4))),))
+    assert v.status == "broken"
+
+
+def test_a_switch_whose_flows_were_not_read_is_unknown():
+    st = finance_state()
+    flows = as_lists(compiler.compile_network(st))
+    del flows[HV2]  # pay-2 and web-2 sit there
+    v = _verdict_with(None, st=st, flows=flows)
+    assert v.status == "unknown" and "hv2" in v.reason and "not read" in v.reason
