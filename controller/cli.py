@@ -122,13 +122,19 @@ def serve(
     engine = db.make_engine(url)
     db.upgrade(engine)
     learn: bool | frozenset[str] = learn_first_frame or frozenset(learn_first_frame_on or [])
-    service = Service(db.sessions(engine), learn_first_frame=learn)
+    try:
+        service = Service(db.sessions(engine), learn_first_frame=learn,
+                          replace_stored_policy=doc is not None)
+    except VfenceError as e:
+        err.print("[red]the policy stored in the database no longer validates; start with "
+                  "--policy FILE to replace it:[/red]")
+        _print_error(e)
+        raise typer.Exit(2) from None
     if doc is not None:
         try:
             service.apply_policy(doc)
         except VfenceError as e:
-            _print_errors(getattr(e, "errors", None) or [{"field": e.field or "", "reason":
-                                                           e.reason}])
+            _print_error(e)
             raise typer.Exit(2) from None
     run(service, ServeOptions(ofp_host, ofp_port, api_host, api_port, list(ovsdb or []),
                               token, api_cert, api_key, ofp_cert, ofp_key, ofp_ca))
@@ -164,6 +170,11 @@ def db_upgrade(database: DbOpt = None) -> None:
 
 
 # --- policy -------------------------------------------------------------------------------
+
+
+def _print_error(e: VfenceError) -> None:
+    """Every field an error names, with its reason."""
+    _print_errors(getattr(e, "errors", None) or [{"field": e.field or "", "reason": e.reason}])
 
 
 def _print_errors(errors: list[dict[str, str]]) -> None:

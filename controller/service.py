@@ -49,8 +49,13 @@ class Service:
     def __init__(
         self, sessions: sessionmaker[Session], *,
         learn_first_frame: bool | frozenset[str] = False,
+        replace_stored_policy: bool = False,
     ) -> None:
+        """``replace_stored_policy``: the caller applies a new document right away, so a
+        stored one that no longer validates (stricter checks since it was applied) is
+        not an error; otherwise it is raised as a PolicyError."""
         self.sessions = sessions
+        self.replace_stored_policy = replace_stored_policy
         self.learn_first_frame = learn_first_frame
         self.lock = threading.RLock()
         self.state = NetworkState()
@@ -78,7 +83,11 @@ class Service:
         with self.sessions() as s:
             doc = registry.current_policy(s)
             if doc is not None:
-                self.state.policy = policy_mod.parse(doc)
+                try:
+                    self.state.policy = policy_mod.parse(doc)
+                except policy_mod.PolicyError:
+                    if not self.replace_stored_policy:
+                        raise
             self._refresh_registry(s, self.state)
             for row in registry.list_vms(s):
                 if row.location is not None:

@@ -59,7 +59,11 @@ ENTRY_ZERO = ("metadata", "reg0", "reg1", "reg2", "reg3", "reg4", "reg5", "reg6"
               "ct_state")
 WIDTH = {"metadata": 64, "ct_state": 32, "vlan_vid": 13, "eth_src": 48, "eth_dst": 48,
          "arp_sha": 48, "arp_tha": 48, "ipv6_src": 128, "ipv6_dst": 128, "ipv4_src": 32,
-         "ipv4_dst": 32, "arp_spa": 32, "arp_tpa": 32, "in_port": 32}
+         "ipv4_dst": 32, "arp_spa": 32, "arp_tpa": 32, "in_port": 32,
+         "ipv6_nd_target": 128, "ipv6_nd_sll": 48, "ipv6_nd_tll": 48, "ipv6_flabel": 20,
+         "icmpv6_type": 8, "icmpv6_code": 8, "icmpv4_type": 8, "icmpv4_code": 8,
+         "ip_proto": 8, "ip_dscp": 6, "ip_ecn": 2, "arp_op": 16, "eth_type": 16,
+         "udp_src": 16, "udp_dst": 16, "tcp_src": 16, "tcp_dst": 16}
 
 
 def _full(f: str) -> int:

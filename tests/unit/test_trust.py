@@ -221,3 +221,33 @@ def test_fabric_ports_and_vm_ports_helper_refuses_with_reason():
     ports, refused = fabric_ports([db_], {PortRef(1, 3)})
     assert ports == {1: frozenset({1})}
     assert [(i.name, why.split()[0]) for i, why in refused] == [("b", "the"), ("c", "a")]
+
+
+# --- a stored policy that stricter checks now refuse ------------------------------------
+
+
+def test_a_stored_policy_that_no_longer_validates_stops_serve_with_the_field(sqlite_url):
+    """Checks grew stricter (loopback VM addresses): a document stored before must not be
+    silently dropped (fail open) nor crash with a traceback."""
+    import pytest
+    from typer.testing import CliRunner
+
+    from controller.cli import app
+    from controller.policy import PolicyError
+    from controller.store import models as m
+
+    engine = db.make_engine(sqlite_url)
+    db.upgrade(engine)
+    old = {"segments": [{"name": "prod"}],
+           "vms": [{"name": "v", "mac": "00:00:00:00:00:01", "ips": ["127.0.0.5"],
+                    "segment": "prod"}]}
+    with db.sessions(engine).begin() as s:
+        s.add(m.PolicyDocument(document=old))
+    with pytest.raises(PolicyError):
+        Service(db.sessions(engine))
+    r = CliRunner().invoke(app, ["serve", "--db", sqlite_url])
+    assert r.exit_code == 2
+    assert "no longer validates" in r.output and "vms[0].ips[0]" in r.output
+    # a replacement document given at start-up is fine: the old one is not used
+    service = Service(db.sessions(engine), replace_stored_policy=True)
+    assert service.state.policy.vms == ()
