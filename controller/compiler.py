@@ -22,7 +22,6 @@ from .flows import (
     CT_INV,
     CT_NEW,
     CT_NO_RECIRC,
-    CT_REL,
     CT_TRK,
     DROP,
     DST_GROUP_REGS,
@@ -58,6 +57,7 @@ from .policy import port_masks
 METER_PUNT = 1  # frames from unbound ports (binding detection)
 METER_LLDP = 2  # link discovery
 METER_LOG = 3  # deny-and-log samples
+METER_STANDBY = 4  # a migration target's port until switch-over (not shared with punts)
 ETH_TYPE_IP = 0x0800
 ETH_TYPE_ARP = 0x0806
 ETH_TYPE_IPV6 = 0x86DD
@@ -245,13 +245,15 @@ def local_vm_flows(vm: VM, port: int, group_bits: int = 0, standby: bool = False
     sets: list[tuple] = [("output", OFPP_CONTROLLER)] if standby else []
     sets += [("set", reg, v) for reg, v in group_regs(group_bits, SRC_GROUP_REGS)]
     sets.append(("set", ZONE_REG, vm.segment_id))
-    classify = (*((meter(METER_PUNT),) if standby else ()), apply(*sets),
+    classify = (*((meter(METER_STANDBY),) if standby else ()), apply(*sets),
                 write_meta(meta_value(vm.segment_id, vm.id)), goto(Table.ARP))
     me = {"in_port": port, "eth_src": vm.mac, "vlan_vid": OFPVID_NONE}
-    yield Flow(Table.CLASSIFY, PRIO_ROGUE_DHCP, match(in_port=port, eth_type=ETH_TYPE_IP,
-                                                      ip_proto=17, udp_src=67), DROP, ck)
-    yield Flow(Table.CLASSIFY, PRIO_ROGUE_DHCP, match(in_port=port, eth_type=ETH_TYPE_IPV6,
-                                                      ip_proto=17, udp_src=547), DROP, ck)
+    # DHCP servers answer from 67/547, and clients listen on 68/546 whatever the source
+    for eth_type, ports in ((ETH_TYPE_IP, ("udp_src", 67, "udp_dst", 68)),
+                            (ETH_TYPE_IPV6, ("udp_src", 547, "udp_dst", 546))):
+        for field, value in zip(ports[::2], ports[1::2], strict=True):
+            yield Flow(Table.CLASSIFY, PRIO_ROGUE_DHCP, match(
+                in_port=port, eth_type=eth_type, ip_proto=17, **{field: value}), DROP, ck)
     v4 = [ip for ip in vm.ips if ":" not in ip]
     v6 = ipv6_addresses(vm)
     for ip in v4:
@@ -294,14 +296,17 @@ def _nd_security(vm: VM, port: int, me: dict, v6: tuple[str, ...], classify: tup
     for t in (ND_RA, ND_REDIRECT):
         yield Flow(Table.CLASSIFY, PRIO_ROGUE_ND, _nd(t, in_port=port), DROP, ck)
     for lladdr in (vm.mac, ZERO_MAC):
-        for src in [*v6, "::"]:
+        for src in v6:
             yield Flow(Table.CLASSIFY, PRIO_ND_OWN, _nd(ND_NS, **me, ipv6_src=src,
                                                         ipv6_nd_sll=lladdr), classify, ck)
-        for src in v6:
             for target in v6:
                 yield Flow(Table.CLASSIFY, PRIO_ND_OWN, _nd(
                     ND_NA, **me, ipv6_src=src, ipv6_nd_target=target, ipv6_nd_tll=lladdr),
                     classify, ck)
+    for target in v6:  # duplicate address detection: from ::, about its own address only
+        yield Flow(Table.CLASSIFY, PRIO_ND_OWN, _nd(ND_NS, **me, ipv6_src="::",
+                                                    ipv6_nd_sll=ZERO_MAC, ipv6_nd_target=target),
+                   classify, ck)
     for t in (ND_RS, ND_NS, ND_NA):
         yield Flow(Table.CLASSIFY, PRIO_SPOOFED_ND, _nd(t, in_port=port), DROP, ck)
 
@@ -334,14 +339,31 @@ def remote_vm_flows(vm: VM, label: int, hop: int | None, group_bits: int = 0
 
 @_memo
 def dst_lookup_flows(vm: VM, group_bits: int) -> Iterable[Flow]:
-    """Tag frames to the VM with its id and groups, for the policy table."""
+    """Tag frames to the VM with its id and groups, for the policy table. IP to the VM's
+    MAC must carry one of its addresses (or, for a solicitation, their solicited-node
+    group): a packet of an allowed connection re-addressed to another VM's MAC, which
+    conntrack would call established, reaches nobody."""
+    ck = cookie(Owner.VM, vm.id)
     sets = [("set", reg, v) for reg, v in group_regs(group_bits, DST_GROUP_REGS)]
     sets.append(("set", DST_VM_REG, vm.id))
-    yield Flow(
-        Table.DST_LOOKUP, 100, match(metadata=(vm.segment_id, META_SEGMENT_MASK),
-                                     eth_dst=vm.mac),
-        (apply(*sets), goto(Table.CONNTRACK)), cookie(Owner.VM, vm.id),
-    )
+    tag = (apply(*sets), goto(Table.CONNTRACK))
+    mine = {"metadata": (vm.segment_id, META_SEGMENT_MASK), "eth_dst": vm.mac}
+    for ip in vm.ips:
+        if ":" not in ip:
+            yield Flow(Table.DST_LOOKUP, 100, match(**mine, eth_type=ETH_TYPE_IP, ipv4_dst=ip),
+                       tag, ck)
+    v6 = ipv6_addresses(vm)
+    for ip in sorted({*v6, *(_solicited_node(a) for a in v6)}):
+        yield Flow(Table.DST_LOOKUP, 100, match(**mine, eth_type=ETH_TYPE_IPV6, ipv6_dst=ip),
+                   tag, ck)
+    for eth_type in (ETH_TYPE_IP, ETH_TYPE_IPV6):
+        yield Flow(Table.DST_LOOKUP, 90, match(**mine, eth_type=eth_type), DROP, ck)
+    yield Flow(Table.DST_LOOKUP, 80, match(**mine), tag, ck)
+
+
+def _solicited_node(ip: str) -> str:
+    low = int(ipaddress.IPv6Address(ip)) & 0xFFFFFF
+    return str(ipaddress.IPv6Address(int(ipaddress.IPv6Address("ff02::1:ff00:0")) | low))
 
 
 @_memo
@@ -472,8 +494,9 @@ def policy_flows(state: NetworkState) -> Iterable[Flow]:
     yield Flow(Table.POLICY, 65300, match(eth_dst=MULTICAST), done, plumbing)
     yield Flow(Table.POLICY, 65000, match(ct_state=(CT_TRK | CT_EST, CT_TRK | CT_EST)), done,
                plumbing)
-    yield Flow(Table.POLICY, 65000, match(ct_state=(CT_TRK | CT_REL, CT_TRK | CT_REL)), done,
-               plumbing)
+    # Related packets (ICMP errors) are judged by the rules like new ones: conntrack
+    # relates an error to a connection by its inner header alone, so a VM could forge one
+    # about a connection it is not part of, toward a VM it may not reach.
     yield Flow(Table.POLICY, 64900, match(ct_state=(CT_TRK | CT_INV, CT_TRK | CT_INV)), DROP,
                plumbing)
     # the source host checked it: track it here too so replies pass, then deliver
@@ -504,11 +527,19 @@ def rule_flows(rule: Rule, state: NetworkState, judge: Judge = STATEFUL) -> Iter
     dst = _endpoint_match(rule.dst, state, sides[1], judge, rule.action)
     if src is None or dst is None:
         return  # names a VM that is not registered, or cannot be judged this way
-    if judge.reach and rule.action != "allow" and not _denies_all_ipv6(rule):
-        return  # a partial deny leaves the pair reachable: neighbour discovery passes
+    if judge.reach and not (_denies_all_ipv6(rule) if rule.action != "allow"
+                            else _may_carry_ipv6(rule)):
+        return  # a partial deny leaves the pair reachable; an IPv4-only allow gives no
+        # reason to resolve IPv6 neighbours
     m = _merge_metadata(src, dst)
     yield from _verdict(judge, rule_priority(rule.index), m, rule.action, rule,
                         cookie(Owner.RULE, rule.index))
+
+
+def _may_carry_ipv6(rule: Rule) -> bool:
+    if rule.ethertype is not None:
+        return rule.ethertype == ETH_TYPE_IPV6
+    return rule.protocol != "icmp"
 
 
 def _denies_all_ipv6(rule: Rule) -> bool:
@@ -582,6 +613,8 @@ def _l34_variants(rule: Rule | None, m: dict) -> list[dict]:
 
 
 def _families(m: dict) -> list[int]:
+    if m.get("eth_type") in (ETH_TYPE_IP, ETH_TYPE_IPV6):
+        return [m["eth_type"]]
     if "ipv4_src" in m or "ipv4_dst" in m:
         return [ETH_TYPE_IP]
     if "ipv6_src" in m or "ipv6_dst" in m:
@@ -607,17 +640,26 @@ def _endpoint_match(e: Endpoint, state: NetworkState, side: str, judge: Judge, a
         if side == "src":
             return {"metadata": (vm.id << META_VM_SHIFT, META_SEGMENT_MASK << META_VM_SHIFT)}
         return {DST_VM_REG: vm.id}
+    flood_dst = judge.table == Table.FLOOD_POLICY and side == "dst"
     if e.kind == "mac":
+        if side == "dst":  # a VM's MAC names that VM, also for a broadcast's copy to it
+            owner = next((v for v in state.vms.values() if v.mac == e.value), None)
+            if owner is not None:
+                return {DST_VM_REG: owner.id}
+        if flood_dst:  # a broadcast is never sent to that MAC: deny all, allow none
+            return {} if action != "allow" else None
         return {f"eth_{side}": e.value}
-    if judge.reach:
-        # addresses say nothing about neighbour discovery (link-local, multicast): an
-        # allow counts for every pair, a deny for none
-        return {} if action == "allow" else None
-    if judge.table == Table.FLOOD_POLICY and side == "dst":
-        # a broadcast's destination IP is not the receiver's: a deny holds for every
-        # receiver, an allow for none
-        return {} if action != "allow" else None
     net = ipaddress.ip_network(e.value)
+    if judge.reach:
+        # IPv4 says nothing about neighbour discovery; an IPv6 prefix cannot be checked
+        # on it (link-local sources, solicited-node destinations): an allow counts for
+        # every pair, a deny for none
+        return {} if action == "allow" and net.version == 6 else None
+    if flood_dst:
+        # a broadcast's destination IP is not the receiver's: a deny holds for every
+        # receiver (of that address family), an allow for none
+        return {"eth_type": ETH_TYPE_IP if net.version == 4 else ETH_TYPE_IPV6} \
+            if action != "allow" else None
     fam = "ipv4" if net.version == 4 else "ipv6"
     full = net.prefixlen == net.max_prefixlen
     value = str(net.network_address) if full else (str(net.network_address),

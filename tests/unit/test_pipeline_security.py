@@ -5,6 +5,8 @@ attacks on real Open vSwitch; these pin the compiler's part in microseconds."""
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
 from controller import compiler
@@ -16,6 +18,7 @@ from .pipeline import Pipeline
 
 BCAST = "ff:ff:ff:ff:ff:ff"
 IP4, IP6, ARP, LLDP = 0x0800, 0x86DD, 0x0806, 0x88CC
+ZERO = "00:00:00:00:00:00"
 
 
 def _network(rules=(), inter_group="allow", isolation=()):
@@ -82,9 +85,11 @@ def test_isolation_pair_blocks_broadcast_both_ways():
 
 
 def _ns(vm, target, port, src=None):
-    return {"in_port": port, "eth_src": vm.mac, "eth_dst": "33:33:ff:00:00:02",
+    group = compiler._solicited_node(target)
+    low = ipaddress.IPv6Address(group).packed[-4:]
+    return {"in_port": port, "eth_src": vm.mac, "eth_dst": "33:33:" + low.hex(":"),
             "eth_type": IP6, "ipv6_src": src or eui64_link_local(vm.mac),
-            "ipv6_dst": "ff02::1:ff00:2", "ip_proto": 58, "icmpv6_type": 135,
+            "ipv6_dst": group, "ip_proto": 58, "icmpv6_type": 135,
             "ipv6_nd_target": target, "ipv6_nd_sll": vm.mac}
 
 
@@ -159,3 +164,68 @@ def test_lldp_reaches_the_controller_only_from_fabric_ports():
     assert hv1.ports({**lldp, "in_port": 9}) == [OFPP_CONTROLLER]  # unbound: punted...
     # ... through the binding-detection meter, as any frame: the app ignores it as LLDP
     assert hv1.trace[0].instructions[0] == ("meter", compiler.METER_PUNT)
+
+
+# --- found by the attack review ---------------------------------------------------------
+
+
+def test_an_established_packet_readdressed_to_a_denied_vm_reaches_nobody():
+    """guest has an allowed connection to web; its packets re-addressed to db's MAC are
+    'established' for conntrack, but db's MAC only takes db's own addresses."""
+    vms, hv1, _ = _network([_deny("guest", "db")])
+    pkt = _udp(vms["guest"], vms["db"].mac, vms["web"].ips[0])
+    assert hv1.ports(pkt, ct_state=0x22) == []
+    assert hv1.ports({**pkt, "eth_dst": vms["web"].mac}, ct_state=0x22) == [5]  # control
+
+
+def test_a_related_packet_is_judged_like_a_new_one():
+    """A forged ICMP error 'related' to db's own connection with web, from guest."""
+    vms, hv1, _ = _network([_deny("guest", "db")])
+    err = {**_udp(vms["guest"], vms["db"].mac, vms["db"].ips[0]), "ip_proto": 1,
+           "icmpv4_type": 3, "icmpv4_code": 3}
+    del err["udp_dst"]
+    assert hv1.ports(err, ct_state=0x24) == []
+    assert hv1.ports({**err, "eth_dst": vms["web"].mac, "ipv4_dst": vms["web"].ips[0]},
+                     ct_state=0x24) == [5]  # control: guest may reach web
+
+
+def test_a_deny_naming_a_vms_mac_holds_for_broadcast():
+    vms, hv1, _ = _network([Rule(0, "r0", Endpoint("group", "guest"),
+                                 Endpoint("mac", "00:00:00:00:00:02"), "deny")])
+    ports = hv1.ports(_udp(vms["guest"], BCAST, "10.0.0.255"))
+    assert 5 in ports and 4 not in ports
+
+
+def test_a_cidr_deny_holds_back_only_its_family_of_broadcasts():
+    vms, hv1, _ = _network([Rule(0, "r0", Endpoint("group", "guest"),
+                                 Endpoint("cidr", "fd00::/64"), "deny")])
+    assert 5 in hv1.ports(_udp(vms["guest"], BCAST, "10.0.0.255"))  # IPv4 unaffected
+    v6 = {"in_port": 3, "eth_src": vms["guest"].mac, "eth_dst": "33:33:00:00:00:01",
+          "eth_type": IP6, "ipv6_src": "fd00::1", "ipv6_dst": "ff02::1", "ip_proto": 17,
+          "udp_dst": 9}
+    assert hv1.ports(v6) == [1]  # only the copy for hv2, judged (and dropped) there
+
+
+def test_duplicate_address_detection_only_for_own_addresses():
+    """An NS from :: makes its target give up a tentative address: only about itself."""
+    vms, hv1, _ = _network()
+    guest = vms["guest"]
+    dad = {**_ns(guest, "fd00::2", 3, src="::"), "ipv6_nd_sll": ZERO}
+    assert hv1.ports(dad) == []
+    assert hv1.trace[0].priority == compiler.PRIO_SPOOFED_ND
+    own = {**_ns(guest, "fd00::1", 3, src="::"), "ipv6_nd_sll": ZERO}
+    assert hv1.ports(own) == []  # passes port security, never answered: DAD succeeds
+    assert hv1.trace[0].priority == compiler.PRIO_ND_OWN
+
+
+@pytest.mark.parametrize("family, sport, dport", [(IP4, 6767, 68), (IP4, 67, 68),
+                                                  (IP6, 5000, 546)])
+def test_dhcp_answers_from_a_vm_are_dropped_whatever_the_source_port(family, sport, dport):
+    vms, hv1, _ = _network()
+    guest = vms["guest"]
+    src = {"ipv4_src": guest.ips[0], "ipv4_dst": "255.255.255.255"} if family == IP4 else {
+        "ipv6_src": "fd00::1", "ipv6_dst": "ff02::1:2"}
+    pkt = {"in_port": 3, "eth_src": guest.mac, "eth_dst": BCAST, "eth_type": family,
+           "ip_proto": 17, "udp_src": sport, "udp_dst": dport, **src}
+    assert hv1.ports(pkt) == []
+    assert 5 in hv1.ports({**pkt, "udp_dst": 9999, "udp_src": 9999})  # control
