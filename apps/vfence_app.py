@@ -34,6 +34,7 @@ from controller.compiler import (
     METER_LLDP,
     METER_LOG,
     METER_PUNT,
+    METER_STANDBY,
     SPOOF_DROP_KINDS,
 )
 from controller.flows import Owner, cookie, cookie_owner
@@ -50,7 +51,7 @@ LLDP_INTERVAL = 5.0
 AUDIT_INTERVAL = 2.0
 REPLY_TIMEOUT = 10.0
 # packets/s to the controller per switch: unbound ports, LLDP, deny-and-log samples
-METERS = {METER_PUNT: 100, METER_LLDP: 200, METER_LOG: 20}
+METERS = {METER_PUNT: 100, METER_LLDP: 200, METER_LOG: 20, METER_STANDBY: 200}
 
 
 def _l4(pkt: Any) -> tuple[str, int | None]:
@@ -98,7 +99,7 @@ class VfenceApp(app_manager.OSKenApp):
         self.threads.append(hub.spawn(self._every_switch, AUDIT_INTERVAL,
                                       self._audit_switch, "spoof audit"))
         self.threads.append(hub.spawn(self._every, LLDP_INTERVAL,
-                                      lambda: self.submit(self.service.expire_links)))
+                                      lambda: self.submit(self.service.housekeeping)))
         self.probes = lldp.ProbeBook()
         self.drop_counts: dict[tuple[int, int, int], int] = {}
 

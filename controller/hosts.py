@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 from .model import PortRef
 
+OFPP_MAX = 0xFF00  # above: reserved ports (OVSDB reports the bridge's own as 65534)
+
 HOST_KEY = "vfence-host"
 ROLE_KEY = "vfence-role"
 FABRIC_KEY = "vfence-fabric"
@@ -90,7 +92,7 @@ def fabric_ports(dbs: Iterable[HostDb], vm_ports: set[PortRef]
     for db in dbs:
         fabric_switch = {br.dpid for br in db.bridges if br.fabric}
         for i in db.interfaces:
-            if i.ofport <= 0 or not (i.fabric or i.dpid in fabric_switch):
+            if not 0 < i.ofport < OFPP_MAX or not (i.fabric or i.dpid in fabric_switch):
                 continue
             if i.vm_port:
                 refused.append((i, "the port carries a VM's attached-mac/iface-id"))

@@ -43,6 +43,7 @@ class Programmer(Protocol):
 
 __all__ = ["Bridge", "Interface", "Programmer", "Service"]
 LINK_LIFETIME = 20.0  # seconds a fabric link lives without a fresh LLDP confirmation
+ANNOUNCE_LIFETIME = 600.0  # seconds a pre-announced migration waits for the VM
 
 
 class Service:
@@ -69,6 +70,9 @@ class Service:
         self.vm_ports: set[PortRef] = set()  # ports a VM has been bound to: never fabric
         self.link_times: dict[Link, float] = {}  # when LLDP last confirmed each link
         self._refused: set[tuple[str, ...]] = set()  # audited once each (fabric, moves)
+        # pre-announced moves: VM -> (ports the target had then, deadline); only a port
+        # that appears after the announcement can be the VM's new one
+        self.announced: dict[str, tuple[frozenset[int], float]] = {}
         self.flow_mods: Counter[int] = Counter()
         self.counters: Counter[str] = Counter()  # packet_in, ... (written by the app)
         self._moves: list[tuple[str, int, int]] = []  # (vm, old dpid, new dpid) to converge
@@ -179,6 +183,9 @@ class Service:
             registry.record_event(s, "vm-removed", vm=name)
             self.state.vms.pop(name, None)
             self.state.bindings.pop(name, None)
+            self.state.standby.pop(name, None)
+            self.state.expected.pop(name, None)
+            self.announced.pop(name, None)
             self._converge()
 
     # --- switches ---------------------------------------------------------------------
@@ -218,6 +225,7 @@ class Service:
         """New port list of a switch: bindings and links on vanished ports end."""
         with self.lock:
             gone = set(self.ports.get(dpid, {})) - set(ports)
+            came = set(ports) - set(self.ports.get(dpid, {}))
             self.ports[dpid] = dict(ports)
             self.state.links = {
                 lk for lk in self.state.links
@@ -231,6 +239,8 @@ class Service:
                 for vm, sb in list(self.state.standby.items()):
                     if sb.port.dpid == dpid and sb.port.port_no in gone:
                         del self.state.standby[vm]
+                if came:  # a VM port whose link came back up is the VM's again
+                    self._bind_from_interfaces(s)
                 self._converge_moves(t0, s)
 
     def _unnamed(self, dpid: int, bridge: str) -> str:
@@ -264,6 +274,19 @@ class Service:
             self._converge()
             return True
 
+    def housekeeping(self, now: float | None = None) -> None:
+        """Periodic: forget stale links and announcements that were never completed."""
+        now = time.monotonic() if now is None else now
+        self.expire_links(now)
+        with self.lock:
+            late = [vm for vm, (_, deadline) in self.announced.items() if now > deadline]
+            for vm in late:
+                self.announced.pop(vm)
+                self.state.expected.pop(vm, None)
+                LOG.warning("announced migration of %s expired", vm)
+            if late:
+                self._converge()
+
     def expire_links(self, now: float | None = None) -> None:
         """Forget links LLDP has not confirmed for LINK_LIFETIME seconds."""
         now = time.monotonic() if now is None else now
@@ -291,8 +314,9 @@ class Service:
             present = {(i.dpid, i.ofport) for i in interfaces}
             dpids = {i.dpid for i in interfaces} | {b.dpid for b in bridges}
             self._refresh_hosts()
+            everywhere = {(i.dpid, i.ofport) for i in self.interfaces}
             self.retired = {(vm, p) for vm, p in self.retired
-                            if (p.dpid, p.port_no) in present}
+                            if (p.dpid, p.port_no) in everywhere}
             t0 = time.monotonic()
             with self.sessions.begin() as s:
                 for b in list(self.state.bindings.values()):
@@ -347,8 +371,9 @@ class Service:
             return
         by_mac = {vm.mac: vm for vm in state.vms.values()}
         for i in sorted(self.interfaces, key=lambda i: (i.dpid, i.ofport)):
-            if i.ofport <= 0:
-                continue
+            if not 0 < i.ofport < hosts.OFPP_MAX or (
+                    i.dpid in self.ports and i.ofport not in self.ports[i.dpid]):
+                continue  # not a port, or its switch says it is gone or its link down
             vm = state.vms.get(i.iface_id or "") or by_mac.get(
                 (i.attached_mac or "").lower()
             )
@@ -365,7 +390,7 @@ class Service:
             here = PortRef(dpid, port_no)
             if vm is None or self._port_owner(here) is not None:
                 return
-            announced = self.state.expected.get(vm.name) == dpid
+            announced = self._announced_here(vm.name, here)
             learn = self.learn_first_frame
             allowed = learn is True or (isinstance(learn, frozenset)
                                         and self.switch_name(dpid) in learn)
@@ -407,19 +432,35 @@ class Service:
             if dpid is None:
                 raise Invalid(f"no connected switch named {target!r}", "target_host")
             self.state.expected[name] = dpid
+            self.announced[name] = (frozenset(self.ports.get(dpid, {})),
+                                    time.monotonic() + ANNOUNCE_LIFETIME)
             try:
                 with self.sessions.begin() as s:
                     registry.record_event(s, "migration-announced", vm=name, host=target)
                     self._converge()
             except Exception:
                 self.state.expected.pop(name, None)
+                self.announced.pop(name, None)
                 raise
             return {"vm": name, "target_host": self.switch_name(dpid), "state": "prepared"}
 
+    def _announced_here(self, vm: str, here: PortRef, now: float | None = None) -> bool:
+        """The orchestrator announced ``vm``'s move to this switch, not too long ago, and
+        ``here`` is a port that appeared since (a port that was there before, an attacker's
+        say, cannot take the VM)."""
+        now = time.monotonic() if now is None else now
+        if self.state.expected.get(vm) != here.dpid or vm not in self.announced:
+            return False
+        before, deadline = self.announced[vm]
+        return here.port_no not in before and now <= deadline
+
     def _still_there(self, vm: str, here: PortRef) -> str | None:
         """Why ``vm`` cannot have moved to ``here`` on a frame alone: its port elsewhere
-        still exists with its link up, or a standby port is prepared for it."""
+        still exists with its link up (or its switch has not told us yet), or a standby
+        port is prepared for it."""
         b = self.state.bindings.get(vm)
+        if b is not None and b.port != here and b.port.dpid not in self.ports:
+            return f"{vm}'s host {self.switch_name(b.port.dpid)} has not reported its ports"
         if b is not None and b.port != here and b.port.port_no in self.ports.get(
                 b.port.dpid, {}):
             return f"{vm} is still up on {self.switch_name(b.port.dpid)} port {b.port.port_no}"
@@ -479,6 +520,7 @@ class Service:
         self.vm_ports.add(b.port)
         state.standby.pop(b.vm, None)
         state.expected.pop(b.vm, None)
+        self.announced.pop(b.vm, None)
         if old is not None:
             self._moves.append((b.vm, old.port.dpid, b.port.dpid))
             self.retired.add((b.vm, old.port))  # the VM left it; its port may linger

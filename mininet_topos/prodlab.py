@@ -369,7 +369,10 @@ class ProdLab(LabBase):
 
     def register(self) -> None:
         """Register the VMs, then plug their ports (libvirt starts the VM once the
-        orchestrator has it)."""
+        orchestrator has it). In this order each plug is a change in that host's OVSDB
+        that the controller sees after it knows the VM; the controller of 447ed04 kept
+        only the last OVSDB snapshot of all its ``--ovsdb`` remotes, so VMs plugged before
+        registration bound on one host only."""
         super().register()
         for p in self.plan:
             if p.name not in self.plugged and (
@@ -395,8 +398,8 @@ class ProdLab(LabBase):
                     sw.stop_ovs()
                 self._keep_logs()
                 nodes = set(self.net.values())  # links of hosts a test deleted: gone already
-                self.net.links = [ln for ln in self.net.links
-                                  if {ln.intf1.node, ln.intf2.node} <= nodes]
+                self.net.links = [ln for ln in self.net.links if ln.intf1 and ln.intf2
+                                  and {ln.intf1.node, ln.intf2.node} <= nodes]
                 self.net.stop()
         finally:  # whatever failed above (or while starting), nothing of ours stays
             self.net = None

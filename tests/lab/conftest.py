@@ -44,7 +44,8 @@ class Capture:
     def __init__(self, host, iface: str, path: Path) -> None:
         self.host, self.path = host, path
         self.err = path.with_suffix(".err")
-        host.cmd(f"tcpdump -i {iface} -U -w {path} 2>{self.err} & echo $! > {path}.pid")
+        host.cmd(f"tcpdump -i {iface} -U --immediate-mode -w {path} 2>{self.err} & "
+                 f"echo $! > {path}.pid")
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.err.exists() and "listening" in self.err.read_text():

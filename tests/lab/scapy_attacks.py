@@ -111,5 +111,5 @@ elif kind == "tcpmid":
         for i in range(5)]
 else:
     raise SystemExit(f"unknown attack {kind}")
-sendp(pkts, iface=iface, verbose=False, inter=0.01)
+sendp(pkts, iface=iface, verbose=False, inter=0.01 if len(pkts) <= 20 else 0)
 print("sent", len(pkts))

@@ -204,14 +204,66 @@ def test_an_announced_move_completes_on_the_first_frame(sqlite_url):
     service, _ = _service(sqlite_url)
     client = TestClient(create_app(service))
     _host(service, "hv1", HV1, [Interface(HV1, 3, "vnet0", VM["mac"], "pay-1")])
-    _host(service, "hv2", HV2, [Interface(HV2, 5, "vnet9")])
+    _host(service, "hv2", HV2, [Interface(HV2, 4, "rogue")])
     _connect(service, HV1, {3: "vnet0"})
-    _connect(service, HV2, {5: "vnet9"})
+    _connect(service, HV2, {4: "rogue"})
     client.post("/v1/vms", json=VM)
     assert client.post("/v1/vms/pay-1/migrations",
                        json={"target_host": "hv2"}).status_code == 202
+    # a port that was there before the announcement cannot take the VM
+    service.unbound_frame(HV2, 4, VM["mac"])
+    assert client.get("/v1/vms/pay-1/location").json()["host"]["name"] == "hv1"
+    # the VM's new port appears (libvirt plugs it, here without ids), then its RARP
+    service.ports_changed(HV2, {4: "rogue", 5: "vnet9"})
     service.unbound_frame(HV2, 5, VM["mac"])
     assert client.get("/v1/vms/pay-1/location").json()["host"]["name"] == "hv2"
+
+
+def test_an_announcement_expires_and_goes_with_its_vm(sqlite_url):
+    service, _ = _service(sqlite_url)
+    client = TestClient(create_app(service))
+    _host(service, "hv1", HV1, [Interface(HV1, 3, "vnet0", VM["mac"], "pay-1")])
+    _host(service, "hv2", HV2, [])
+    _connect(service, HV1, {3: "vnet0"})
+    _connect(service, HV2, {})
+    client.post("/v1/vms", json=VM)
+    client.post("/v1/vms/pay-1/migrations", json={"target_host": "hv2"})
+    import time
+
+    from controller import service as service_mod
+    service.housekeeping(now=time.monotonic() + service_mod.ANNOUNCE_LIFETIME + 1)
+    assert "pay-1" not in service.state.expected and not service.announced
+    client.post("/v1/vms/pay-1/migrations", json={"target_host": "hv2"})
+    assert client.delete("/v1/vms/pay-1").status_code == 204
+    assert "pay-1" not in service.state.expected and not service.announced
+
+
+def test_a_vm_whose_switch_has_not_reconnected_cannot_be_claimed(sqlite_url):
+    """After a controller restart, bindings come from the database before the switches
+    report their ports: the VM is still up there until its switch says otherwise."""
+    service, _ = _service(sqlite_url, learn_first_frame=True)
+    client = TestClient(create_app(service))
+    _host(service, "hv1", HV1, [Interface(HV1, 3, "vnet0", VM["mac"], "pay-1")])
+    _connect(service, HV1, {3: "vnet0"})
+    client.post("/v1/vms", json=VM)
+    restarted = Service(service.sessions, learn_first_frame=True)
+    restarted.programmer = Recorder()
+    _host(restarted, "hv2", HV2, [Interface(HV2, 5, "rogue")])
+    _connect(restarted, HV2, {5: "rogue"})
+    restarted.unbound_frame(HV2, 5, VM["mac"])
+    assert restarted.state.bindings["pay-1"].port == PortRef(HV1, 3)
+
+
+def test_a_vm_port_whose_link_comes_back_is_rebound(sqlite_url):
+    service, _ = _service(sqlite_url)
+    client = TestClient(create_app(service))
+    _host(service, "hv1", HV1, [Interface(HV1, 3, "vnet0", VM["mac"], "pay-1")])
+    _connect(service, HV1, {3: "vnet0"})
+    client.post("/v1/vms", json=VM)
+    service.ports_changed(HV1, {})  # link down (a guest reboot)
+    assert client.get("/v1/vms/pay-1/location").status_code == 404
+    service.ports_changed(HV1, {3: "vnet0"})
+    assert client.get("/v1/vms/pay-1/location").json()["port"]["number"] == 3
 
 
 def test_fabric_ports_and_vm_ports_helper_refuses_with_reason():
