@@ -70,9 +70,13 @@ class Service:
         self.vm_ports: set[PortRef] = set()  # ports a VM has been bound to: never fabric
         self.link_times: dict[Link, float] = {}  # when LLDP last confirmed each link
         self._refused: set[tuple[str, ...]] = set()  # audited once each (fabric, moves)
+        self.unnamed_connects: set[int] = set()  # switch-connected events not yet written
         # pre-announced moves: VM -> (ports the target had then, deadline); only a port
         # that appears after the announcement can be the VM's new one
         self.announced: dict[str, tuple[frozenset[int], float]] = {}
+        # where a VM's frames were refused (its old port was still up): the move there
+        # completes when the old port goes, even if the VM is silent by then
+        self.candidates: dict[str, Binding] = {}
         self.flow_mods: Counter[int] = Counter()
         self.counters: Counter[str] = Counter()  # packet_in, ... (written by the app)
         self._moves: list[tuple[str, int, int]] = []  # (vm, old dpid, new dpid) to converge
@@ -186,6 +190,7 @@ class Service:
             self.state.standby.pop(name, None)
             self.state.expected.pop(name, None)
             self.announced.pop(name, None)
+            self.candidates.pop(name, None)
             self._converge()
 
     # --- switches ---------------------------------------------------------------------
@@ -199,8 +204,11 @@ class Service:
             name = self.names.get(dpid) or self._unnamed(dpid, name)
             with self.sessions.begin() as s:
                 row = registry.ensure_switch(s, dpid, name)
-                registry.record_event(s, "switch-connected", host=name, dpid=row.dpid)
                 label = row.label
+            # the event waits for the host's name from its OVSDB (or for switch_ready)
+            self.unnamed_connects.add(dpid)
+            if dpid in self.names:
+                self._connected_event(dpid)
             self.state.switches[dpid] = Switch(dpid, name, label)
             self.ports[dpid] = dict(ports)
             self.installed[dpid] = frozenset(flows)
@@ -209,9 +217,17 @@ class Service:
             self._send(dpid, additions_only(diff(desired, self.installed[dpid]),
                                             self.installed[dpid]))
 
+    def _connected_event(self, dpid: int) -> None:
+        if dpid in self.unnamed_connects:
+            self.unnamed_connects.discard(dpid)
+            with self.sessions.begin() as s:
+                registry.record_event(s, "switch-connected", host=self.switch_name(dpid),
+                                      dpid=registry.dpid_str(dpid))
+
     def switch_ready(self, dpid: int) -> None:
         with self.lock:
             if dpid in self.state.switches:
+                self._connected_event(dpid)  # no OVSDB named it by now
                 self.ready.add(dpid)
                 self._converge()
 
@@ -346,6 +362,9 @@ class Service:
                     registry.ensure_switch(s, dpid, name)
                     LOG.info("switch %016x is host %s", dpid, name)
         self.names = names
+        for dpid in list(self.unnamed_connects):
+            if dpid in names and dpid in self.state.switches:
+                self._connected_event(dpid)
         if fabric != self.state.fabric:
             grew = {d for d, ports in fabric.items() if ports - self.state.fabric.get(d, set())}
             self.state.fabric = fabric
@@ -391,13 +410,12 @@ class Service:
             if vm is None or self._port_owner(here) is not None:
                 return
             announced = self._announced_here(vm.name, here)
-            learn = self.learn_first_frame
-            allowed = learn is True or (isinstance(learn, frozenset)
-                                        and self.switch_name(dpid) in learn)
-            if not (allowed or announced):
+            if not (self._learns(dpid) or announced):
                 return
             if not announced and (why := self._still_there(vm.name, here)):
                 # a VM that is up elsewhere does not move on a frame alone: a spoof
+                self.candidates[vm.name] = Binding(vm.name, here, self.ports.get(
+                    dpid, {}).get(port_no, ""), "first-frame")
                 self._audit_once(("move-refused", vm.name, str(dpid), str(port_no)),
                                  vm=vm.name, host=self.switch_name(dpid), port=port_no,
                                  reason=why)
@@ -470,11 +488,27 @@ class Service:
         return None
 
     def _port_gone(self, s: Session, b: Binding) -> None:
-        """The VM's port vanished: a migration completes if it has a standby port."""
+        """The VM's port vanished: a migration completes on its standby port, or on the
+        port its frames came from while the old one was still up (a learning host)."""
+        cand = self.candidates.pop(b.vm, None)
         if b.vm in self.state.standby:
             self._promote(s, b.vm)
+        elif cand is not None and self._may_take(cand):
+            self._bind(s, cand, direct=True)
         else:
             self._unbind(s, b.vm, "port-removed")
+
+    def _may_take(self, cand: Binding) -> bool:
+        """The candidate port still exists, nobody is bound to it, its host still learns."""
+        dpid, port = cand.port.dpid, cand.port.port_no
+        return (port in self.ports.get(dpid, {}) and self._port_owner(cand.port) is None
+                and self._learns(dpid))
+
+    def _learns(self, dpid: int) -> bool:
+        """May this host bind VMs from their first frames (--learn-first-frame[-on])?"""
+        learn = self.learn_first_frame
+        return learn is True or (isinstance(learn, frozenset)
+                                 and self.switch_name(dpid) in learn)
 
     def _promote(self, s: Session, vm: str) -> None:
         sb = self.state.standby.pop(vm)
@@ -521,6 +555,7 @@ class Service:
         state.standby.pop(b.vm, None)
         state.expected.pop(b.vm, None)
         self.announced.pop(b.vm, None)
+        self.candidates.pop(b.vm, None)
         if old is not None:
             self._moves.append((b.vm, old.port.dpid, b.port.dpid))
             self.retired.add((b.vm, old.port))  # the VM left it; its port may linger

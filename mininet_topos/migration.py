@@ -37,7 +37,8 @@ def migrate(net: Mininet, p: VMPlan, target: str, **kw) -> Migration:
 
 
 def migrate_many(net: Mininet, moves: list[tuple[VMPlan, str]], *, libvirt_ids: bool = True,
-                 announce: bool = True, precopy: float = 0.2, remove_old_after: float = 1.0
+                 announce: bool = True, precopy: float = 0.2, remove_old_after: float = 1.0,
+                 old_link_down: bool = True
                  ) -> list[Migration]:
     """Move several VMs at once, phase by phase, as a cluster evacuating a host would."""
     started = time.monotonic()
@@ -63,7 +64,10 @@ def migrate_many(net: Mininet, moves: list[tuple[VMPlan, str]], *, libvirt_ids: 
     for p, host, old_intf, _, old_sw_intf, new_intf, new_sw_intf in staged:
         # 2. switch-over: stop at the source, resume at the target
         cidr = f"{p.ip}/{p.prefix}"
-        host.cmd(f"ip link set {old_intf.name} down; ip addr del {cidr} dev {old_intf.name}; "
+        # QEMU keeps the source tap up until its process exits (old_link_down=False): the
+        # VM just stops using it
+        down = f"ip link set {old_intf.name} down; " if old_link_down else ""
+        host.cmd(f"{down}ip addr del {cidr} dev {old_intf.name}; "
                  f"ip addr add {cidr} dev {new_intf.name}; ip link set {new_intf.name} up")
         switched = time.monotonic()  # 3. the announcer sends RARPs from the new place now
         done.append(Migration(p.name, old_sw_intf.name, new_sw_intf.name, started, switched))

@@ -148,14 +148,18 @@ def test_forged_mid_stream_tcp_from_a_denied_group(lab, tmp_path):
 
 
 def test_rogue_dhcp_server(lab, tmp_path):
+    """Offers from the server port, and from any port to the client port: dropped."""
     victim = cap(lab, "app-1", tmp_path)
-    mark, good = marker(), marker()
-    send(lab, "guest-1", mark, "dhcp", MAC["guest-1"], IP["guest-1"], "67")
-    send(lab, "guest-1", good, "dhcp", MAC["guest-1"], IP["guest-1"], "6767")
+    server, sneaky, good = marker(), marker(), marker()
+    send(lab, "guest-1", server, "dhcp", MAC["guest-1"], IP["guest-1"], "67")
+    send(lab, "guest-1", sneaky, "dhcp", MAC["guest-1"], IP["guest-1"], "6767")
+    send(lab, "guest-1", good, "udp", *udp("guest-1", "ff:ff:ff:ff:ff:ff", "10.20.255.255"))
     victim.wait(lambda fs: marked(fs, good) >= 1)
     frames = victim.stop()
-    assert marked(frames, good) >= 1 and marked(frames, mark) == 0
-    record(lab, "rogue DHCP server (offers from port 67)", 5, 0, marked(frames, good))
+    assert marked(frames, good) >= 1
+    assert marked(frames, server) == 0 and marked(frames, sneaky) == 0
+    record(lab, "rogue DHCP offers (from port 67, and from 6767 to the client port)", 10, 0,
+           marked(frames, good))
 
 
 def test_mac_and_ip_and_arp_spoofing(lab, tmp_path):

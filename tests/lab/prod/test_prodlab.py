@@ -1,7 +1,6 @@
-"""Smoke test of the production-shaped lab (mininet_topos/prodlab.py): one Open vSwitch
-per hypervisor and fabric switch, each in its own network namespace, every bridge br-int.
-
-3 hypervisors x 2 VMs (vmH1 blue, vmH2 red), 2 fabric switches.
+"""The production-shaped lab itself (mininet_topos/prodlab.py): one Open vSwitch per
+hypervisor and fabric switch, each in its own network namespace, every bridge br-int,
+hosts named from their OVSDB. Runs first on the shared lab (see conftest.py).
 """
 
 from __future__ import annotations
@@ -11,29 +10,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
-from mininet_topos.datacenter import default_plan, hv_name
+from mininet_topos.datacenter import hv_name
 from mininet_topos.lab import ping_stream_result, start_ping_stream
-from mininet_topos.prodlab import BRIDGE, ProdLab, migrate
+from mininet_topos.prodlab import BRIDGE, migrate
 
-from .conftest import ports, probe, serve
-
-PLAN = default_plan(3, 2)
-IP = {p.name: p.ip for p in PLAN}
-SWITCHES = ("hv1", "hv2", "hv3", "sp1", "sp2")
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    of_port, api_port = ports()
-    work = tmp_path_factory.mktemp("prodlab")
-    t0 = time.monotonic()
-    with ProdLab(3, 2, PLAN, db_url=f"sqlite:///{work}/vfence.db", workdir=work,
-                 of_port=of_port, api_port=api_port) as lab:
-        lab.timings["up"] = time.monotonic() - t0
-        (work / "timings.txt").write_text(repr(lab.timings))
-        yield lab
+from ..conftest import probe
+from .conftest import IP, PLAN, SWITCHES
 
 
 def netns(pid: int) -> int:
@@ -79,7 +61,7 @@ def test_one_ovs_per_switch_each_in_its_own_namespace(lab):
         fabric = sw.run("ovs-vsctl", "--bare", "--columns=name", "find", "Interface",
                         "external_ids:vfence-fabric=true").split()
         assert sorted(fabric) == ["fab-sp1", "fab-sp2"]
-        for p in (p for p in PLAN if p.host == h):
+        for p in (p for p in PLAN if p.host == h and p.register):
             hv, port = lab.vm_port(p.name)
             assert hv == sw.name
             assert get(sw, "Interface", port, "external_ids:attached-mac") == p.mac
@@ -89,38 +71,42 @@ def test_one_ovs_per_switch_each_in_its_own_namespace(lab):
 
 
 def test_same_segment_across_hypervisors_and_not_across_segments(lab):
-    assert lab.ping("vm11", "vm21") and lab.ping("vm21", "vm31")  # blue
-    assert lab.ping("vm12", "vm32") and lab.ping("vm32", "vm22")  # red
-    assert not lab.ping("vm11", "vm22", tries=1)
-    assert not lab.ping("vm31", "vm12", tries=1)
-    serve(lab.host("vm31"), "tcp", 9000, seconds=60)  # TCP needs checksum offload off
-    time.sleep(0.5)
-    assert probe(lab.host("vm11"), [("tcp", IP["vm31"], 9000)]) == {
-        ("tcp", IP["vm31"], 9000): True}
+    assert lab.ping("pay-1", "pay-2") and lab.ping("app-2", "app-1")  # hv1-hv2, hv1-hv3
+    assert not lab.ping("app-2", "pay-1", tries=1)  # dmz and prod share hv1, nothing more
+    assert not lab.ping("pay-2", "db-1", tries=1)  # and hv2
+    # TCP needs checksum offload off on the userspace datapath
+    assert probe(lab.host("app-2"), [("tcp", IP["app-1"], 5432)]) == {
+        ("tcp", IP["app-1"], 5432): True}
 
 
 def test_hosts_are_named_by_their_vfence_host_id(lab):
-    """Needs the controller to read external_ids:vfence-host (every bridge is br-int)."""
+    """Every bridge is br-int: names come from external_ids:vfence-host in each OVSDB."""
     hosts = {h["name"]: h["dpid"] for h in lab.get("/v1/hosts")}
     assert hosts == {n: f"{lab.switch(n).dpid:016x}" for n in SWITCHES}
     for p in PLAN:
-        assert lab.get(f"/v1/vms/{p.name}/location")["host"]["name"] == hv_name(p.host)
+        if p.register:
+            assert lab.get(f"/v1/vms/{p.name}/location")["host"]["name"] == hv_name(p.host)
+    connected = lab.get("/v1/events?type=switch-connected") or []
+    assert {e["host"] for e in connected} >= set(SWITCHES)
 
 
-def test_live_migration_keeps_a_ping_stream(lab, tmp_path):
-    """vm31 (blue) moves hv3 -> hv2 while vm11 pings it every 10 ms."""
-    start_ping_stream(lab.host("vm11"), IP["vm31"], tmp_path / "peer.txt", 400)
-    time.sleep(1)
-    mig = migrate(lab, "vm31", "hv2")
-    sent, got = ping_stream_result(tmp_path / "peer.txt")
-    assert sent - got <= 10, (sent, got)  # at most ~100 ms of 10 ms pings lost
-    assert lab.vm_port("vm31") == ("hv2", mig.new_port)
-    assert mig.old_port not in lab.switch("hv3").run("ovs-vsctl", "list-ports", BRIDGE).split()
+def test_live_migration_there_and_back_keeps_a_ping_stream(lab, tmp_path):
+    """app-1 moves hv3 -> hv2 and back while app-2 pings it every 10 ms."""
+    for target, back in (("hv2", "hv3"), ("hv3", "hv2")):
+        out = tmp_path / f"to-{target}.txt"
+        start_ping_stream(lab.host("app-2"), IP["app-1"], out, 300)
+        time.sleep(0.5)
+        mig = migrate(lab, "app-1", target)
+        sent, got = ping_stream_result(out)
+        assert sent - got <= 10, (target, sent, got)  # at most ~100 ms of pings lost
+        assert lab.vm_port("app-1") == (target, mig.new_port)
+        assert mig.old_port not in lab.switch(back).run("ovs-vsctl", "list-ports",
+                                                        BRIDGE).split()
 
-    def moved() -> bool:
-        loc = lab.get("/v1/vms/vm31/location")
-        return bool(loc) and loc["host"]["dpid"] == f"{0x102:016x}" \
-            and loc["port"]["name"] == mig.new_port
+        def moved(target=target, mig=mig) -> bool:
+            loc = lab.get("/v1/vms/app-1/location")
+            return bool(loc) and loc["host"]["name"] == target \
+                and loc["port"]["name"] == mig.new_port
 
-    lab.wait_for(moved, 10, "vm31's location on hv2")
-    assert lab.ping("vm21", "vm31") and not lab.ping("vm22", "vm31", tries=1)
+        lab.wait_for(moved, 10, f"app-1's location on {target}")
+    assert lab.ping("app-2", "app-1") and not lab.ping("pay-1", "app-1", tries=1)
