@@ -90,9 +90,12 @@ class Monitor:
         while not self._stop.is_set():
             try:
                 self._watch()
+            except OSError as e:  # not up yet, or restarting: keep trying, quietly
+                LOG.warning("OVSDB %s: %s; retrying", self.remote, e)
+                self._stop.wait(1)
             except Exception:  # keep watching: OVSDB may restart
                 LOG.exception("OVSDB monitor %s failed; retrying", self.remote)
-                self._stop.wait(2)
+                self._stop.wait(1)
 
     def _watch(self) -> None:
         helper = ovs.db.idl.SchemaHelper(schema_json=fetch_schema(self.remote))

@@ -71,6 +71,7 @@ def run(service: Service, opts: ServeOptions) -> None:
     def on_snapshot(db: HostDb) -> None:
         app.submit(service.ovsdb_snapshot, list(db.interfaces), db.bridges, db.remote, db.host)
 
+    service.expect_names = bool(opts.ovsdb)
     monitors = [Monitor(spec, on_snapshot) for spec in opts.ovsdb]
     for m in monitors:
         m.start()

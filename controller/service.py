@@ -44,6 +44,7 @@ class Programmer(Protocol):
 __all__ = ["Bridge", "Interface", "Programmer", "Service"]
 LINK_LIFETIME = 20.0  # seconds a fabric link lives without a fresh LLDP confirmation
 ANNOUNCE_LIFETIME = 600.0  # seconds a pre-announced migration waits for the VM
+NAME_WAIT = 30.0  # seconds a switch-connected event waits for the host's OVSDB name
 
 
 class Service:
@@ -70,7 +71,9 @@ class Service:
         self.vm_ports: set[PortRef] = set()  # ports a VM has been bound to: never fabric
         self.link_times: dict[Link, float] = {}  # when LLDP last confirmed each link
         self._refused: set[tuple[str, ...]] = set()  # audited once each (fabric, moves)
-        self.unnamed_connects: set[int] = set()  # switch-connected events not yet written
+        # switch-connected events wait (a while) for the host's name from its OVSDB
+        self.unnamed_connects: dict[int, float] = {}
+        self.expect_names = False  # set when OVSDBs are watched (serve --ovsdb)
         # pre-announced moves: VM -> (ports the target had then, deadline); only a port
         # that appears after the announcement can be the VM's new one
         self.announced: dict[str, tuple[frozenset[int], float]] = {}
@@ -205,9 +208,9 @@ class Service:
             with self.sessions.begin() as s:
                 row = registry.ensure_switch(s, dpid, name)
                 label = row.label
-            # the event waits for the host's name from its OVSDB (or for switch_ready)
-            self.unnamed_connects.add(dpid)
-            if dpid in self.names:
+            # the event waits for the host's name from its OVSDB
+            self.unnamed_connects[dpid] = time.monotonic()
+            if dpid in self.names or not self.expect_names:
                 self._connected_event(dpid)
             self.state.switches[dpid] = Switch(dpid, name, label)
             self.ports[dpid] = dict(ports)
@@ -218,8 +221,7 @@ class Service:
                                             self.installed[dpid]))
 
     def _connected_event(self, dpid: int) -> None:
-        if dpid in self.unnamed_connects:
-            self.unnamed_connects.discard(dpid)
+        if self.unnamed_connects.pop(dpid, None) is not None:
             with self.sessions.begin() as s:
                 registry.record_event(s, "switch-connected", host=self.switch_name(dpid),
                                       dpid=registry.dpid_str(dpid))
@@ -227,7 +229,6 @@ class Service:
     def switch_ready(self, dpid: int) -> None:
         with self.lock:
             if dpid in self.state.switches:
-                self._connected_event(dpid)  # no OVSDB named it by now
                 self.ready.add(dpid)
                 self._converge()
 
@@ -302,6 +303,9 @@ class Service:
                 LOG.warning("announced migration of %s expired", vm)
             if late:
                 self._converge()
+            for dpid, since in list(self.unnamed_connects.items()):
+                if now - since > NAME_WAIT:  # no OVSDB names it: say so with what we have
+                    self._connected_event(dpid)
 
     def expire_links(self, now: float | None = None) -> None:
         """Forget links LLDP has not confirmed for LINK_LIFETIME seconds."""

@@ -63,12 +63,12 @@ def migrate_many(net: Mininet, moves: list[tuple[VMPlan, str]], *, libvirt_ids: 
     done = []
     for p, host, old_intf, _, old_sw_intf, new_intf, new_sw_intf in staged:
         # 2. switch-over: stop at the source, resume at the target
-        cidr = f"{p.ip}/{p.prefix}"
         # QEMU keeps the source tap up until its process exits (old_link_down=False): the
         # VM just stops using it
         down = f"ip link set {old_intf.name} down; " if old_link_down else ""
-        host.cmd(f"{down}ip addr del {cidr} dev {old_intf.name}; "
-                 f"ip addr add {cidr} dev {new_intf.name}; ip link set {new_intf.name} up")
+        # addresses first: Linux drops IPv6 addresses from an interface that goes down
+        host.cmd(f"{_move_addresses(old_intf.name, new_intf.name)}; {down}"
+                 f"ip link set {new_intf.name} up")
         switched = time.monotonic()  # 3. the announcer sends RARPs from the new place now
         done.append(Migration(p.name, old_sw_intf.name, new_sw_intf.name, started, switched))
     time.sleep(remove_old_after)
@@ -76,6 +76,15 @@ def migrate_many(net: Mininet, moves: list[tuple[VMPlan, str]], *, libvirt_ids: 
         old_sw_intf.node.detach(old_sw_intf)
         net.delLink(old_link)
     return done
+
+
+def _move_addresses(old: str, new: str) -> str:
+    """Shell: every global IPv4 and IPv6 address of ``old`` goes to ``new`` (the guest's
+    configuration is the same after a migration)."""
+    return (f"for a in $(ip -4 -o addr show dev {old} | awk '{{print $4}}'); do "
+            f"ip addr del $a dev {old}; ip addr add $a dev {new}; done; "
+            f"for a in $(ip -6 -o addr show dev {old} scope global | awk '{{print $4}}'); do "
+            f"ip addr del $a dev {old}; ip addr add $a dev {new} nodad; done")
 
 
 def current_port(net: Mininet, vm: str) -> str:

@@ -60,6 +60,11 @@ TCP_PORTS = (22, 80, 5432, 8443)
 UDP_PORTS = (53, 9000)
 
 
+def nic(lab, vm: str) -> str:
+    """A VM's interface now (a migration gives it a new one)."""
+    return lab.host(vm).defaultIntf().name
+
+
 @pytest.fixture(scope="package")
 def lab(tmp_path_factory):
     of_port, api_port = ports()

@@ -18,7 +18,7 @@ import pytest
 from controller.model import eui64_link_local
 
 from ..conftest import ATTACKS, Capture, probe
-from .conftest import IP, IP6, MAC
+from .conftest import IP, IP6, MAC, nic
 
 RESULTS: list[str] = []
 
@@ -32,12 +32,12 @@ def marked(frames, mark: str) -> int:
 
 
 def cap(lab, vm: str, tmp_path, tag: str = "") -> Capture:
-    return Capture(lab.host(vm), f"{vm}-eth0", tmp_path / f"{vm}{tag}.pcap")
+    return Capture(lab.host(vm), nic(lab, vm), tmp_path / f"{vm}{tag}.pcap")
 
 
 def send(lab, vm: str, mark: str, kind: str, *args: str) -> None:
     import sys
-    out = lab.host(vm).cmd(f"{sys.executable} {ATTACKS} {vm}-eth0 {mark} {kind} "
+    out = lab.host(vm).cmd(f"{sys.executable} {ATTACKS} {nic(lab, vm)} {mark} {kind} "
                            f"{' '.join(args)}; echo rc=$?")
     assert "rc=0" in out, out
 
@@ -205,10 +205,10 @@ def test_ipv6_between_vms_on_two_hosts_by_link_local_and_global(lab):
     ll = {vm: eui64_link_local(MAC[vm]) for vm in ("app-1", "app-2")}
     # app-1 (hv3) and app-2 (hv1): intra-group, in a segment with deny rules
     for _ in range(3):  # duplicate address detection and the first resolution take a moment
-        if _ping6(lab, "app-1", f"{ll['app-2']}%app-1-eth0", 1):
+        if _ping6(lab, "app-1", f"{ll['app-2']}%{nic(lab, 'app-1')}", 1):
             break
-    assert _ping6(lab, "app-1", f"{ll['app-2']}%app-1-eth0") == 3
-    assert _ping6(lab, "app-2", f"{ll['app-1']}%app-2-eth0") == 3
+    assert _ping6(lab, "app-1", f"{ll['app-2']}%{nic(lab, 'app-1')}") == 3
+    assert _ping6(lab, "app-2", f"{ll['app-1']}%{nic(lab, 'app-2')}") == 3
     assert _ping6(lab, "app-1", IP6["app-2"]) == 3
     assert _ping6(lab, "app-2", IP6["app-1"]) == 3
     # guest may reach app (its replies come back through conntrack) but not db
@@ -220,9 +220,9 @@ def test_neighbour_discovery_works_next_to_a_deny_rule(lab):
     """app -> db is allowed for tcp/5432 only: ping6 is denied, but app-1 still learns
     db-2's MAC (both on hv3), because db-2's advertisement reaches it."""
     host = lab.host("app-1")
-    host.cmd("ip -6 neigh flush dev app-1-eth0")
+    host.cmd(f"ip -6 neigh flush dev {nic(lab, 'app-1')}")
     assert _ping6(lab, "app-1", IP6["db-2"], count=2) == 0  # the policy: no ICMP
-    neigh = host.cmd(f"ip -6 neigh show {IP6['db-2']} dev app-1-eth0").lower()
+    neigh = host.cmd(f"ip -6 neigh show {IP6['db-2']} dev {nic(lab, 'app-1')}").lower()
     assert MAC["db-2"] in neigh and "failed" not in neigh, neigh
 
 

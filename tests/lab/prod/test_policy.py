@@ -21,7 +21,7 @@ import pytest
 from controller.flows import Owner, cookie
 
 from ..conftest import Capture, flow_packets, flows_text, probe, send_frames
-from .conftest import DOC, HOSTS, IP, MAC, SWITCHES, TCP_PORTS, UDP_PORTS
+from .conftest import DOC, HOSTS, IP, MAC, SWITCHES, TCP_PORTS, UDP_PORTS, nic
 
 
 def reach(lab, src: str, dst: str, proto: str, port: int) -> bool:
@@ -71,9 +71,9 @@ CONTROL = {"web-1": ("tcp", IP["api-1"], 8443), "web-2": ("tcp", IP["api-1"], 84
 
 
 def test_isolation_holds_for_raw_l2_frames(lab, tmp_path):
-    cap = Capture(lab.host("pay-1"), "pay-1-eth0", tmp_path / "pay1.pcap")
-    send_frames(lab.host("web-1"), "web-1-eth0", MAC["web-1"], MAC["pay-1"], 5)
-    send_frames(lab.host("pay-2"), "pay-2-eth0", MAC["pay-2"], MAC["pay-1"], 3)  # control
+    cap = Capture(lab.host("pay-1"), nic(lab, "pay-1"), tmp_path / "pay1.pcap")
+    send_frames(lab.host("web-1"), nic(lab, "web-1"), MAC["web-1"], MAC["pay-1"], 5)
+    send_frames(lab.host("pay-2"), nic(lab, "pay-2"), MAC["pay-2"], MAC["pay-1"], 3)  # control
     def mine(fs, src):  # only this test's frames (its ethertype), from ``src``
         return sum(1 for f in fs if f.src == src and f.type == 0x88B5)
     cap.wait(lambda fs: mine(fs, MAC["pay-2"]) >= 3)

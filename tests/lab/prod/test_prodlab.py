@@ -98,7 +98,7 @@ def test_live_migration_there_and_back_keeps_a_ping_stream(lab, tmp_path):
         time.sleep(0.5)
         mig = migrate(lab, "app-1", target)
         sent, got = ping_stream_result(out)
-        assert sent - got <= 10, (target, sent, got)  # at most ~100 ms of pings lost
+        assert sent - got <= 25, (target, sent, got)  # generous: bench/ has the figure
         assert lab.vm_port("app-1") == (target, mig.new_port)
         assert mig.old_port not in lab.switch(back).run("ovs-vsctl", "list-ports",
                                                         BRIDGE).split()
