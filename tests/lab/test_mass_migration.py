@@ -10,11 +10,12 @@ import time
 import httpx
 import pytest
 
+from controller.flows import Owner, cookie
 from mininet_topos.datacenter import vm
 from mininet_topos.lab import Lab
 from mininet_topos.migration import migrate_many
 
-from .conftest import ports
+from .conftest import ports, vm_id
 
 HOSTS = 4
 PLAN = [vm(f"m{h}{i}", h, "blue", index=i) for h in range(1, HOSTS + 1) for i in range(1, 6)]
@@ -29,10 +30,12 @@ def lab(tmp_path_factory):
         yield lab
 
 
-def delivery_ports(bridge: str, mac: str) -> list[str]:
+def delivery_ports(bridge: str, vid: int) -> list[str]:
+    """FORWARD flows that deliver to VM ``vid`` on a port of this bridge (not labelled
+    toward another host)."""
     out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "--no-stats", "dump-flows", bridge,
-                          f"table=40,dl_dst={mac}"], capture_output=True, text=True,
-                         check=True).stdout
+                          f"table=40,cookie={cookie(Owner.VM, vid):#x}/-1"],
+                         capture_output=True, text=True, check=True).stdout
     return [ln for ln in out.splitlines() if "actions=output:" in ln]
 
 
@@ -76,8 +79,9 @@ def test_twenty_vms_move_at_once_while_the_api_is_hammered(lab):
                    for v in vms) and len(vms) == len(PLAN)
     lab.wait_for(all_moved, 30, "all 20 locations")
     for p in PLAN:
+        vid = vm_id([f"hv{h}" for h in range(1, HOSTS + 1)], p.mac)
         for h in range(1, HOSTS + 1):
-            n = len(delivery_ports(f"hv{h}", p.mac))
+            n = len(delivery_ports(f"hv{h}", vid))
             assert n == (1 if f"hv{h}" == target[p.name] else 0), (p.name, h)
         hist = lab.get(f"/v1/vms/{p.name}/history")
         assert [x["host"]["name"] for x in hist][-2:] == [f"hv{p.host}", target[p.name]]
