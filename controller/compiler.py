@@ -75,6 +75,7 @@ ZONE = (ZONE_REG, 15)  # ct zone from reg5[0..15]: (field, ofs << 6 | nbits - 1)
 PRIO_ROGUE_DHCP = 220  # DHCP server replies from a VM
 PRIO_ROGUE_ND = 218  # router advertisements and redirects from a VM
 PRIO_ND_OWN = 216  # neighbour discovery about the VM's own addresses and MAC: classify
+PRIO_QUIET_DROP = 215  # router solicitations: harmless, dropped without an audit
 PRIO_SPOOFED_ND = 214  # any other neighbour discovery from a VM
 PRIO_SPOOFED_L3 = 205  # IP/ARP/IPv6 with a source that is not the VM's
 PRIO_SPOOFED_L2 = 190  # any other frame: foreign source MAC, or tagged
@@ -307,7 +308,9 @@ def _nd_security(vm: VM, port: int, me: dict, v6: tuple[str, ...], classify: tup
         yield Flow(Table.CLASSIFY, PRIO_ND_OWN, _nd(ND_NS, **me, ipv6_src="::",
                                                     ipv6_nd_sll=ZERO_MAC, ipv6_nd_target=target),
                    classify, ck)
-    for t in (ND_RS, ND_NS, ND_NA):
+    # router solicitations: every guest sends them, nobody here answers (not audited)
+    yield Flow(Table.CLASSIFY, PRIO_QUIET_DROP, _nd(ND_RS, in_port=port), DROP, ck)
+    for t in (ND_NS, ND_NA):
         yield Flow(Table.CLASSIFY, PRIO_SPOOFED_ND, _nd(t, in_port=port), DROP, ck)
 
 

@@ -394,9 +394,8 @@ class Service:
             return
         by_mac = {vm.mac: vm for vm in state.vms.values()}
         for i in sorted(self.interfaces, key=lambda i: (i.dpid, i.ofport)):
-            if not 0 < i.ofport < hosts.OFPP_MAX or (
-                    i.dpid in self.ports and i.ofport not in self.ports[i.dpid]):
-                continue  # not a port, or its switch says it is gone or its link down
+            if not 0 < i.ofport < hosts.OFPP_MAX:
+                continue
             vm = state.vms.get(i.iface_id or "") or by_mac.get(
                 (i.attached_mac or "").lower()
             )
@@ -547,6 +546,9 @@ class Service:
                 s, "binding-refused", vm=b.vm, host=self.switch_name(b.port.dpid),
                 port=b.port.port_no, reason="the port faces the fabric")
             return
+        if b.port.dpid in self.ports and b.port.port_no not in self.ports[b.port.dpid]:
+            return  # its switch says the port is gone or its link down: not yet (a standby
+            # may wait on a port that is down; the VM's delivery may not)
         owner = self._port_owner(b.port, state)
         if owner is not None and owner != b.vm:
             registry.record_event(
