@@ -16,7 +16,7 @@ demo: deps ovs
 	$(BIN)/vfence lab
 
 test: deps ovs
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 	$(BIN)/ruff check controller apps mininet_topos tests bench migrations
 	$(BIN)/mypy
 

@@ -134,6 +134,7 @@ def create_vm(session: Session, spec: VMSpec) -> db.VM:
                 f"IP {ip} belongs to VM {owner.name if owner else '?'!r} in segment "
                 f"{spec.segment!r}", f"ips[{i}]",
             )
+    _check_link_locals(session, segment.id, spec)
     row = db.VM(name=spec.name, mac=spec.mac, segment=segment,
                 tag=_allocate(session, db.VM.tag, f"VM {spec.name!r}", "name"))
     row.groups = [_get_or_create(session, db.Group, g, f"groups[{j}]")
@@ -144,6 +145,37 @@ def create_vm(session: Session, spec: VMSpec) -> db.VM:
     return row
 
 
+def _eui64_mac(ip: str) -> str | None:
+    """The MAC an EUI-64 link-local address was made from, if it is one."""
+    a = ipaddress.IPv6Address(ip)
+    if not a.is_link_local or a.packed[11:13] != b"\xff\xfe":
+        return None
+    b = a.packed[8:16]
+    return ":".join(f"{x:02x}" for x in (b[0] ^ 0x02, b[1], b[2], b[5], b[6], b[7]))
+
+
+def _check_link_locals(session: Session, segment_id: int, spec: VMSpec) -> None:
+    """A VM's EUI-64 link-local address (from its MAC) is its own: no other VM of the
+    segment may register it, or it could answer neighbour discovery for it."""
+    for i, ip in enumerate(spec.ips):
+        mac = _eui64_mac(ip) if ":" in ip else None
+        if mac is None or mac == spec.mac:
+            continue
+        owner = session.scalar(select(db.VM).where(db.VM.mac == mac,
+                                                   db.VM.segment_id == segment_id))
+        if owner is not None and owner.name != spec.name:
+            raise Conflict(f"{ip} is the link-local address of VM {owner.name!r} (made from "
+                           f"its MAC)", f"ips[{i}]")
+    mine = model.eui64_link_local(spec.mac)
+    taken = session.scalar(select(db.VMAddress).where(db.VMAddress.segment_id == segment_id,
+                                                      db.VMAddress.ip == mine))
+    if taken is not None:
+        owner = session.get(db.VM, taken.vm_id)
+        if owner is not None and owner.name != spec.name:
+            raise Conflict(f"VM {owner.name!r} registered {mine}, the link-local address made "
+                           f"from this MAC", "mac")
+
+
 def update_vm(session: Session, row: db.VM, spec: VMSpec) -> bool:
     """Make ``row`` match ``spec``; True if anything changed."""
     before = to_model(row)
@@ -151,6 +183,7 @@ def update_vm(session: Session, row: db.VM, spec: VMSpec) -> bool:
             spec.mac, spec.ips, spec.segment, tuple(sorted(spec.groups))):
         return False
     segment = _get_or_create(session, db.Segment, spec.segment, "segment")
+    _check_link_locals(session, segment.id, spec)
     row.mac, row.segment = spec.mac, segment
     row.groups = [_get_or_create(session, db.Group, g, f"groups[{j}]")
                   for j, g in enumerate(spec.groups)]

@@ -304,3 +304,26 @@ def test_a_stored_policy_that_no_longer_validates_stops_serve_with_the_field(sql
     # a replacement document given at start-up is fine: the old one is not used
     service = Service(db.sessions(engine), replace_stored_policy=True)
     assert service.state.policy.vms == ()
+
+
+def test_nobody_registers_another_vms_link_local(sqlite_url):
+    service, _ = _service(sqlite_url)
+    client = TestClient(create_app(service))
+    db_vm = {"name": "db", "mac": "00:00:00:00:00:02", "ips": [], "segment": "s"}
+    own = {"name": "web", "mac": "00:00:00:00:00:05", "ips": ["fe80::200:ff:fe00:5"],
+           "segment": "s"}
+    assert client.post("/v1/vms", json=db_vm).status_code == 201
+    assert client.post("/v1/vms", json=own).status_code == 201  # its own: fine
+    steal = {"name": "guest", "mac": "00:00:00:00:00:01", "ips": ["fe80::200:ff:fe00:2"],
+             "segment": "s"}
+    r = client.post("/v1/vms", json=steal)
+    assert r.status_code == 409 and r.json()["errors"][0]["field"] == "ips[0]", r.json()
+    # the other way round: the address is registered first, then its MAC's VM comes
+    early = {"name": "early", "mac": "00:00:00:00:00:07", "ips": ["fe80::200:ff:fe00:3"],
+             "segment": "s"}
+    assert client.post("/v1/vms", json=early).status_code == 201
+    late = {"name": "late", "mac": "00:00:00:00:00:03", "ips": [], "segment": "s"}
+    r = client.post("/v1/vms", json=late)
+    assert r.status_code == 409 and r.json()["errors"][0]["field"] == "mac", r.json()
+    assert client.get("/v1/vms/guest").status_code == 404
+    assert client.get("/v1/vms/late").status_code == 404
