@@ -31,6 +31,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from controller.compiler import (
     ETH_TYPE_LLDP,
+    ETH_TYPE_VLAN,
     METER_LLDP,
     METER_LOG,
     METER_PUNT,
@@ -372,6 +373,9 @@ class VfenceApp(app_manager.OSKenApp):
             else:
                 LOG.warning("LLDP on %016x port %s: not a fresh probe of ours", dp.id, in_port)
             return
+        if eth.ethertype == ETH_TYPE_VLAN:
+            return  # a labelled frame from a fabric port the OVSDB has not marked yet: a
+            # VM never sends tagged frames (port security drops them), so no binding
         self.submit(self.service.unbound_frame, dp.id, in_port, eth.src)
 
     # --- LLDP -------------------------------------------------------------------------

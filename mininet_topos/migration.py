@@ -64,8 +64,11 @@ def migrate_many(net: Mininet, moves: list[tuple[VMPlan, str]], *, libvirt_ids: 
     for p, host, old_intf, _, old_sw_intf, new_intf, new_sw_intf in staged:
         # 2. switch-over: stop at the source, resume at the target
         # QEMU keeps the source tap up until its process exits (old_link_down=False): the
-        # VM just stops using it
-        down = f"ip link set {old_intf.name} down; " if old_link_down else ""
+        # guest is gone from it but its link stays up. Here the old NIC is parked in an
+        # empty bridge that stays down: carrier on, and nothing sent or received.
+        down = f"ip link set {old_intf.name} down; " if old_link_down else (
+            f"ip link add vf-park type bridge 2>/dev/null; "
+            f"ip link set {old_intf.name} master vf-park; ")
         # addresses first: Linux drops IPv6 addresses from an interface that goes down
         host.cmd(f"{_move_addresses(old_intf.name, new_intf.name)}; {down}"
                  f"ip link set {new_intf.name} up")
