@@ -5,6 +5,7 @@ COPY controller controller
 COPY apps apps
 COPY migrations migrations
 COPY mininet_topos mininet_topos
+COPY schemas schemas
 RUN pip install --no-cache-dir .
 EXPOSE 6653 8080
 ENTRYPOINT ["vfence"]

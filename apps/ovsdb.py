@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from collections.abc import Callable
 
-import ovs.db.idl
-import ovs.jsonrpc
-import ovs.poller
-import ovs.stream
+with warnings.catch_warnings():
+    # the ovs library imports eventlet when it is installed (os-ken pulls it in), which
+    # warns on every start; vfence does not use eventlet
+    warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
+    import ovs.db.idl
+    import ovs.jsonrpc
+    import ovs.poller
+    import ovs.stream
 
 from controller.hosts import FABRIC_KEY, HOST_KEY, ROLE_KEY, Bridge, HostDb, Interface
 

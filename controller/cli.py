@@ -101,6 +101,10 @@ def serve(
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
     log_json: Annotated[bool, typer.Option(help="JSON log lines (with vm/host context)")]
     = False,
+    check: Annotated[bool, typer.Option(
+        "--check", help="run every start-up check (options, token, TLS files, the "
+                        "database, upgrading its schema as serve does, the stored policy, "
+                        "--policy as a dry run), then exit 0 without serving")] = False,
 ) -> None:
     """Run the controller: OpenFlow 1.3, REST API and OVSDB monitors."""
     _setup_logging(log_level, log_json)
@@ -132,12 +136,19 @@ def serve(
         raise typer.Exit(2) from None
     if doc is not None:
         try:
-            service.apply_policy(doc)
+            service.apply_policy(doc, dry_run=check)
         except VfenceError as e:
             _print_error(e)
             raise typer.Exit(2) from None
-    run(service, ServeOptions(ofp_host, ofp_port, api_host, api_port, list(ovsdb or []),
-                              token, api_cert, api_key, ofp_cert, ofp_key, ofp_ca))
+    opts = ServeOptions(ofp_host, ofp_port, api_host, api_port, list(ovsdb or []), token,
+                        api_cert, api_key, ofp_cert, ofp_key, ofp_ca)
+    if check:
+        console.print(f"start-up checks passed: would serve OpenFlow on {ofp_host}:{ofp_port}, "
+                      f"the API on {api_host}:{api_port}"
+                      f"{' with a token' if token else ''}, {len(opts.ovsdb)} OVSDB(s), "
+                      f"database {db.redact(url)}")
+        raise typer.Exit(0)
+    run(service, opts)
 
 
 def _api_token(path: str | None) -> str | None:

@@ -12,6 +12,7 @@ import ipaddress
 import json
 import re
 from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from .errors import Invalid
 from .flows import MAX_RULES, MAX_SEGMENT_TAG, MAX_VM_TAG
 from .model import ANY, Endpoint, Policy, Rule, VMSpec
 
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "policy.schema.json"
+SCHEMA = ("schemas", "policy.schema.json")  # package data: found installed or not
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 IP_PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
 
@@ -71,7 +72,9 @@ def load_text(text: str, json_only: bool = False) -> dict[str, Any]:
 
 @cache
 def _validator() -> jsonschema.Draft202012Validator:
-    return jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
+    """The policy JSON Schema, read through importlib.resources: it ships in the wheel."""
+    text = resources.files(SCHEMA[0]).joinpath(SCHEMA[1]).read_text(encoding="utf-8")
+    return jsonschema.Draft202012Validator(json.loads(text))
 
 
 def field_path(parts: Any) -> str:

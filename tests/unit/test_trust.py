@@ -180,14 +180,21 @@ def test_probes_are_single_use_fresh_and_bound_to_their_port():
 # --- moves -----------------------------------------------------------------------------
 
 
-def test_a_frame_cannot_steal_a_vm_that_is_up_elsewhere(sqlite_url):
-    service, _ = _service(sqlite_url, learn_first_frame=True)
+def _vm_on_hv1_and_a_rogue_on_hv2(url: str, rogue_port: int, **kw
+                                   ) -> tuple[Service, TestClient]:
+    """pay-1 bound on hv1 port 3 (libvirt ids), an unbound port on hv2."""
+    service, _ = _service(url, **kw)
     client = TestClient(create_app(service))
     _host(service, "hv1", HV1, [Interface(HV1, 3, "vnet0", VM["mac"], "pay-1")])
-    _host(service, "hv2", HV2, [Interface(HV2, 5, "rogue")])
+    _host(service, "hv2", HV2, [Interface(HV2, rogue_port, "rogue")])
     _connect(service, HV1, {3: "vnet0"})
-    _connect(service, HV2, {5: "rogue"})
+    _connect(service, HV2, {rogue_port: "rogue"})
     client.post("/v1/vms", json=VM)
+    return service, client
+
+
+def test_a_frame_cannot_steal_a_vm_that_is_up_elsewhere(sqlite_url):
+    service, client = _vm_on_hv1_and_a_rogue_on_hv2(sqlite_url, 5, learn_first_frame=True)
     for _ in range(5):  # QEMU's announcement pattern, from an attacker on hv2
         service.unbound_frame(HV2, 5, VM["mac"])
     loc = client.get("/v1/vms/pay-1/location").json()
@@ -202,13 +209,7 @@ def test_a_frame_cannot_steal_a_vm_that_is_up_elsewhere(sqlite_url):
 
 
 def test_an_announced_move_completes_on_the_first_frame(sqlite_url):
-    service, _ = _service(sqlite_url)
-    client = TestClient(create_app(service))
-    _host(service, "hv1", HV1, [Interface(HV1, 3, "vnet0", VM["mac"], "pay-1")])
-    _host(service, "hv2", HV2, [Interface(HV2, 4, "rogue")])
-    _connect(service, HV1, {3: "vnet0"})
-    _connect(service, HV2, {4: "rogue"})
-    client.post("/v1/vms", json=VM)
+    service, client = _vm_on_hv1_and_a_rogue_on_hv2(sqlite_url, 4)
     assert client.post("/v1/vms/pay-1/migrations",
                        json={"target_host": "hv2"}).status_code == 202
     # a port that was there before the announcement cannot take the VM

@@ -1,0 +1,1 @@
+"""JSON Schemas vfence reads at run time (package data: they ship in the wheel)."""
