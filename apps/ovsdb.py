@@ -44,10 +44,10 @@ def fetch_schema(remote: str, timeout: float = 5.0) -> dict:
 
 def snapshot(idl: ovs.db.idl.Idl, remote: str, name: str | None = None) -> HostDb:
     """The host as its OVSDB describes it; ``name`` (the operator's) wins over its own."""
-    host = name
+    host = None
     for row in idl.tables["Open_vSwitch"].rows.values():
         ext = dict(row.external_ids)
-        host = host or ext.get(HOST_KEY) or ext.get("hostname")
+        host = ext.get(HOST_KEY) or ext.get("hostname")
     bridges, interfaces = [], []
     for br in idl.tables["Bridge"].rows.values():
         try:
@@ -64,7 +64,7 @@ def snapshot(idl: ovs.db.idl.Idl, remote: str, name: str | None = None) -> HostD
                 interfaces.append(Interface(dpid, ofport, iface.name, ext.get("attached-mac"),
                                             ext.get("iface-id"),
                                             ext.get(FABRIC_KEY) == "true"))
-    return HostDb(remote, tuple(interfaces), tuple(bridges), host)
+    return HostDb(remote, tuple(interfaces), tuple(bridges), host, name)
 
 
 def parse_remote(spec: str) -> tuple[str | None, str]:

@@ -69,7 +69,8 @@ def run(service: Service, opts: ServeOptions) -> None:
     manager = AppManager.get_instance()
 
     def on_snapshot(db: HostDb) -> None:
-        app.submit(service.ovsdb_snapshot, list(db.interfaces), db.bridges, db.remote, db.host)
+        app.submit(service.ovsdb_snapshot, list(db.interfaces), db.bridges, db.remote, db.host,
+                   db.override)
 
     service.expect_names = bool(opts.ovsdb)
     monitors = [Monitor(spec, on_snapshot) for spec in opts.ovsdb]

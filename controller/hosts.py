@@ -4,9 +4,10 @@ Data no VM can shape. Hosts are named by the operator or installer, never by wha
 switch reports over OpenFlow (every integration bridge is called ``br-int``), and a port
 faces the fabric only when the host's OVSDB marks it so:
 
-- ``Bridge external_ids:vfence-host=NAME`` names that bridge; otherwise the host's name
-  (``Open_vSwitch external_ids:vfence-host``, the operator's ``--ovsdb NAME=REMOTE``, or
-  ``external_ids:hostname``) names its only bridge, or ``NAME/BRIDGE`` when it has several;
+- the operator's ``--ovsdb NAME=REMOTE`` names that host, whatever its OVSDB says; else
+  ``Bridge external_ids:vfence-host=NAME`` names that bridge; else the host's name
+  (``Open_vSwitch external_ids:vfence-host``, or ``external_ids:hostname``) names its
+  only bridge, or ``NAME/BRIDGE`` when it has several;
 - ``Bridge external_ids:vfence-role=fabric``: a fabric switch, every port faces the fabric;
 - ``Interface external_ids:vfence-fabric=true``: that port faces the fabric.
 
@@ -60,7 +61,8 @@ class HostDb:
     remote: str
     interfaces: tuple[Interface, ...] = ()
     bridges: tuple[Bridge, ...] = ()
-    host: str | None = None  # operator's name, vfence-host, or hostname: in that order
+    host: str | None = None  # the host's own: vfence-host, else hostname
+    override: str | None = None  # the operator's (--ovsdb NAME=REMOTE): wins over all
 
 
 def switch_names(dbs: Iterable[HostDb]) -> dict[int, str]:
@@ -69,10 +71,10 @@ def switch_names(dbs: Iterable[HostDb]) -> dict[int, str]:
     wanted: dict[int, str] = {}
     for db in dbs:
         for br in db.bridges:
-            if br.host:
+            if br.host and not db.override:
                 wanted[br.dpid] = br.host
-            elif db.host:
-                wanted[br.dpid] = db.host if len(db.bridges) == 1 else f"{db.host}/{br.name}"
+            elif host := db.override or db.host:
+                wanted[br.dpid] = host if len(db.bridges) == 1 else f"{host}/{br.name}"
     names: dict[int, str] = {}
     taken: set[str] = set()
     for dpid in sorted(wanted):

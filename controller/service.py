@@ -326,10 +326,13 @@ class Service:
     # --- bindings ---------------------------------------------------------------------
 
     def ovsdb_snapshot(self, interfaces: list[Interface], bridges: Iterable[Bridge] = (),
-                       remote: str = "", host: str | None = None) -> None:
-        """One host's OVSDB as it is now: its name, bridges and interfaces."""
+                       remote: str = "", host: str | None = None,
+                       override: str | None = None) -> None:
+        """One host's OVSDB as it is now: its name (``override``: the operator's), bridges
+        and interfaces."""
         with self.lock:
-            self.ovsdb[remote] = HostDb(remote, tuple(interfaces), tuple(bridges), host)
+            self.ovsdb[remote] = HostDb(remote, tuple(interfaces), tuple(bridges), host,
+                                        override)
             self.interfaces = [i for db in self.ovsdb.values() for i in db.interfaces]
             present = {(i.dpid, i.ofport) for i in interfaces}
             dpids = {i.dpid for i in interfaces} | {b.dpid for b in bridges}

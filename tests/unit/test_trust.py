@@ -328,3 +328,15 @@ def test_nobody_registers_another_vms_link_local(sqlite_url):
     assert r.status_code == 409 and r.json()["errors"][0]["field"] == "mac", r.json()
     assert client.get("/v1/vms/guest").status_code == 404
     assert client.get("/v1/vms/late").status_code == 404
+
+
+def test_the_operator_names_a_host_on_the_command_line():
+    from apps.ovsdb import parse_remote
+
+    assert parse_remote("hv7=tcp:192.0.2.7:6640") == ("hv7", "tcp:192.0.2.7:6640")
+    assert parse_remote("unix:/run/openvswitch/db.sock") == (None,
+                                                             "unix:/run/openvswitch/db.sock")
+    assert parse_remote("tcp:[fd00::1]:6640") == (None, "tcp:[fd00::1]:6640")
+    own = HostDb("r", bridges=(Bridge(1, "br-int", host="from-bridge"),), host="from-ovs")
+    assert switch_names([own]) == {1: "from-bridge"}
+    assert switch_names([HostDb(**{**own.__dict__, "override": "hv7"})]) == {1: "hv7"}
