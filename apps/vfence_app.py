@@ -72,10 +72,10 @@ class SwitchError(RuntimeError):
 
 
 class _Pending:
-    """Replies and errors for one request (by xid)."""
+    """Replies and errors for one request (by switch and xid)."""
 
-    def __init__(self, xid: int) -> None:
-        self.xid = xid
+    def __init__(self, key: tuple[int, int]) -> None:
+        self.key = key  # (dpid, xid)
         self.done = threading.Event()
         self.replies: list[Any] = []
         self.errors: list[Any] = []
@@ -90,7 +90,8 @@ class VfenceApp(app_manager.OSKenApp):
         self.service.programmer = self
         self.datapaths: dict[int, Any] = {}
         self.ports: dict[int, dict[int, tuple[str, str]]] = {}  # dpid -> no -> (name, mac)
-        self.pending: dict[int, _Pending] = {}
+        # (dpid, xid): each switch numbers its own requests, so xids repeat across switches
+        self.pending: dict[tuple[int, int], _Pending] = {}
         self.pending_lock = threading.Lock()
         self.bundle_ids = itertools.count(1)
         self.work: queue.Queue[Callable[[], object] | None] = queue.Queue()
@@ -127,16 +128,16 @@ class VfenceApp(app_manager.OSKenApp):
     def _register(self, dp: Any, msg: Any) -> _Pending:
         """Give ``msg`` an xid and collect what the switch answers to it."""
         dp.set_xid(msg)
-        p = _Pending(msg.xid)
+        p = _Pending((dp.id, msg.xid))
         with self.pending_lock:
-            self.pending[msg.xid] = p
+            self.pending[p.key] = p
         return p
 
     def _forget(self, pendings: list[_Pending]) -> None:
         """Stop collecting for requests that get no reply of their own (errors only)."""
         with self.pending_lock:
             for p in pendings:
-                self.pending.pop(p.xid, None)
+                self.pending.pop(p.key, None)
 
     def _send(self, dp: Any, msg: Any) -> _Pending:
         p = self._register(dp, msg)
@@ -151,12 +152,13 @@ class VfenceApp(app_manager.OSKenApp):
 
     def _resolve(self, msg: Any, more: bool = False) -> None:
         with self.pending_lock:
-            p = self.pending.get(msg.xid)
+            key = (msg.datapath.id, msg.xid)
+            p = self.pending.get(key)
             if p is None:
                 return
             p.replies.append(msg)
             if not more:
-                self.pending.pop(msg.xid, None)
+                self.pending.pop(key, None)
         if not more:
             p.done.set()
 
@@ -338,7 +340,7 @@ class VfenceApp(app_manager.OSKenApp):
         LOG.error("switch %016x error type=%s code=%s", msg.datapath.id or 0, msg.type,
                   msg.code)
         with self.pending_lock:
-            p = self.pending.get(msg.xid)
+            p = self.pending.get((msg.datapath.id, msg.xid))
         if p is not None:
             p.errors.append(f"type={msg.type} code={msg.code}")
 
