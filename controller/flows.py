@@ -219,16 +219,6 @@ class Flow:
     def __lt__(self, other: Flow) -> bool:
         return self.sort_key() < other.sort_key()
 
-    def describe(self) -> str:
-        m = ",".join(f"{k}={_fmt(v)}" for k, v in self.match) or "*"
-        return f"table={self.table} prio={self.priority} {m} -> {self.instructions}"
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, tuple):
-        return f"{_fmt(v[0])}/{_fmt(v[1])}"
-    return hex(v) if isinstance(v, int) and v > 9 else str(v)
-
 
 def apply(*actions: Action) -> Instruction:
     return ("apply", tuple(actions))

@@ -26,7 +26,6 @@ from .model import ANY, Endpoint, Policy, Rule, VMSpec
 
 SCHEMA = ("schemas", "policy.schema.json")  # package data: found installed or not
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-IP_PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
 
 
 class PolicyError(Invalid):

@@ -27,7 +27,6 @@ from .hosts import Bridge, HostDb, Interface
 from .metrics import Metrics
 from .model import Binding, Link, NetworkState, PortRef, Switch
 from .reconcile import FlowDiff, additions_only, apply_diff, diff
-from .store import models as db
 
 LOG = logging.getLogger("vfence.service")
 
@@ -627,10 +626,6 @@ class Service:
 
     # --- programming ------------------------------------------------------------------
 
-    def desired(self) -> compiler.Flows:
-        with self.lock:
-            return compiler.compile_network(self.state)
-
     def _converge(self) -> tuple[float, float]:
         """Program the moves' targets first and their old hosts last; returns how long
         compiling and programming took (ms)."""
@@ -746,6 +741,3 @@ class Service:
     def connected(self) -> list[int]:
         with self.lock:
             return sorted(self.installed)
-
-    def vm_rows(self, s: Session) -> list[db.VM]:
-        return registry.list_vms(s)
