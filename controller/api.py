@@ -28,7 +28,7 @@ from .errors import Invalid, NotFound, VfenceError
 from .flows import Owner, cookie_owner
 from .policy import field_path
 from .service import Service
-from .store import models as db
+from .store import models as m
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -197,7 +197,7 @@ def problem(status: int, title: str, detail: str, errors: list[dict[str, str]]) 
     return JSONResponse(body.model_dump(), status_code=status, media_type=PROBLEM)
 
 
-def _location(row: db.VM) -> LocationOut | None:
+def _location(row: m.VM) -> LocationOut | None:
     loc = row.location
     if loc is None:
         return None
@@ -207,7 +207,7 @@ def _location(row: db.VM) -> LocationOut | None:
     )
 
 
-def _vm_out(row: db.VM) -> VMOut:
+def _vm_out(row: m.VM) -> VMOut:
     return VMOut(
         name=row.name, mac=row.mac, ips=[a.ip for a in row.ips], segment=row.segment.name,
         groups=sorted(g.name for g in row.groups), location=_location(row),
@@ -407,11 +407,11 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
         """Prometheus exposition. Rule counters are read from the switches now."""
-        m = service.metrics
-        m.switches.set(len(service.connected()))
+        gauges = service.metrics
+        gauges.switches.set(len(service.connected()))
         for dpid, installed in list(service.installed.items()):
             for table, n in compiler.count_by_table(installed).items():
-                m.flows.labels(service.switch_name(dpid), str(table)).set(n)
+                gauges.flows.labels(service.switch_name(dpid), str(table)).set(n)
         rules = {r.index: r.name for r in service.state.policy.rules}
         packets: dict[str, int] = {}
         nbytes: dict[str, int] = {}
@@ -432,9 +432,9 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
                     packets[name] = packets.get(name, 0) + p
                     nbytes[name] = nbytes.get(name, 0) + b
         for name in packets:
-            m.rule_packets.labels(name).set(packets[name])
-            m.rule_bytes.labels(name).set(nbytes[name])
-        return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+            gauges.rule_packets.labels(name).set(packets[name])
+            gauges.rule_bytes.labels(name).set(nbytes[name])
+        return Response(generate_latest(gauges.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/verify", responses=errors)
     def verify() -> list[VerdictOut]:

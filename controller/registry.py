@@ -19,7 +19,7 @@ from .addresses import vm_address
 from .errors import Conflict, Invalid, NotFound
 from .flows import MAX_GROUPS, MAX_LABEL, MAX_SEGMENT_TAG, MAX_VM_TAG
 from .model import Policy, VMSpec
-from .store import models as db
+from .store import models as m
 from .store.models import utcnow
 
 
@@ -27,7 +27,7 @@ def dpid_str(dpid: int) -> str:
     return f"{dpid:016x}"
 
 
-def to_model(row: db.VM) -> model.VM:
+def to_model(row: m.VM) -> model.VM:
     """The compiler's view of a VM: its tags (never database ids) as ``id``/``segment_id``."""
     return model.VM(
         id=row.tag, name=row.name, mac=row.mac, ips=tuple(a.ip for a in row.ips),
@@ -42,13 +42,13 @@ def to_model(row: db.VM) -> model.VM:
 
 _LIMITS: dict[Any, tuple[int, int, str]] = {
     # column: (first, last, what the number is)
-    db.VM.tag: (1, MAX_VM_TAG, "VMs can be registered at once (the VM tag is 16 bits: "
+    m.VM.tag: (1, MAX_VM_TAG, "VMs can be registered at once (the VM tag is 16 bits: "
                                "metadata bits 16-31 and reg4)"),
-    db.Segment.tag: (1, MAX_SEGMENT_TAG, "segments can exist (the segment tag is 16 bits: "
+    m.Segment.tag: (1, MAX_SEGMENT_TAG, "segments can exist (the segment tag is 16 bits: "
                                          "metadata bits 0-15 and the conntrack zone)"),
-    db.Group.bit: (0, MAX_GROUPS - 1, "groups can exist at once (one bit each in "
+    m.Group.bit: (0, MAX_GROUPS - 1, "groups can exist at once (one bit each in "
                                       "reg0/reg1 and reg2/reg3)"),
-    db.Switch.label: (1, MAX_LABEL, "switches can have a host label (the VLAN id "
+    m.Switch.label: (1, MAX_LABEL, "switches can have a host label (the VLAN id "
                                     "on the fabric)"),
 }
 
@@ -84,39 +84,39 @@ def _get_or_create(session: Session, cls: Any, name: str, field: str) -> Any:
     row = session.scalar(select(cls).where(cls.name == name))
     if row is None:
         row = cls(name=name)
-        if cls is db.Group:
-            row.bit = _allocate(session, db.Group.bit, f"group {name!r}", field)
-        elif cls is db.Segment:
-            row.tag = _allocate(session, db.Segment.tag, f"segment {name!r}", field)
+        if cls is m.Group:
+            row.bit = _allocate(session, m.Group.bit, f"group {name!r}", field)
+        elif cls is m.Segment:
+            row.tag = _allocate(session, m.Segment.tag, f"segment {name!r}", field)
         session.add(row)
         session.flush()
     return row
 
 
-def segments(session: Session) -> list[db.Segment]:
-    return list(session.scalars(select(db.Segment).order_by(db.Segment.name)))
+def segments(session: Session) -> list[m.Segment]:
+    return list(session.scalars(select(m.Segment).order_by(m.Segment.name)))
 
 
-def groups(session: Session) -> list[db.Group]:
-    return list(session.scalars(select(db.Group).order_by(db.Group.name)))
+def groups(session: Session) -> list[m.Group]:
+    return list(session.scalars(select(m.Group).order_by(m.Group.name)))
 
 
 def group_bits(session: Session) -> dict[str, int]:
-    return {g.name: g.bit for g in session.scalars(select(db.Group)) if g.bit is not None}
+    return {g.name: g.bit for g in session.scalars(select(m.Group)) if g.bit is not None}
 
 
-def create_vm(session: Session, spec: VMSpec) -> db.VM:
+def create_vm(session: Session, spec: VMSpec) -> m.VM:
     """Insert a VM; a segment or group named for the first time is created.
 
     Raises Conflict naming the field when the name, MAC or an IP (within the
     segment) is taken.
     """
-    if session.scalar(select(db.VM).where(db.VM.name == spec.name)) is not None:
+    if session.scalar(select(m.VM).where(m.VM.name == spec.name)) is not None:
         raise Conflict(f"a VM named {spec.name!r} exists", "name")
-    other = session.scalar(select(db.VM).where(db.VM.mac == spec.mac))
+    other = session.scalar(select(m.VM).where(m.VM.mac == spec.mac))
     if other is not None:
         raise Conflict(f"MAC {spec.mac} belongs to VM {other.name!r}", "mac")
-    segment = _get_or_create(session, db.Segment, spec.segment, "segment")
+    segment = _get_or_create(session, m.Segment, spec.segment, "segment")
     subnet = [ipaddress.ip_network(segment.subnet)] if segment.subnet else []
     for i, ip in enumerate(spec.ips):
         try:
@@ -124,22 +124,22 @@ def create_vm(session: Session, spec: VMSpec) -> db.VM:
         except ValueError as e:
             raise Invalid(str(e), f"ips[{i}]") from None
         taken = session.scalar(
-            select(db.VMAddress).where(
-                db.VMAddress.segment_id == segment.id, db.VMAddress.ip == ip
+            select(m.VMAddress).where(
+                m.VMAddress.segment_id == segment.id, m.VMAddress.ip == ip
             )
         )
         if taken is not None:
-            owner = session.get(db.VM, taken.vm_id)
+            owner = session.get(m.VM, taken.vm_id)
             raise Conflict(
                 f"IP {ip} belongs to VM {owner.name if owner else '?'!r} in segment "
                 f"{spec.segment!r}", f"ips[{i}]",
             )
     _check_link_locals(session, segment.id, spec)
-    row = db.VM(name=spec.name, mac=spec.mac, segment=segment,
-                tag=_allocate(session, db.VM.tag, f"VM {spec.name!r}", "name"))
-    row.groups = [_get_or_create(session, db.Group, g, f"groups[{j}]")
+    row = m.VM(name=spec.name, mac=spec.mac, segment=segment,
+                tag=_allocate(session, m.VM.tag, f"VM {spec.name!r}", "name"))
+    row.groups = [_get_or_create(session, m.Group, g, f"groups[{j}]")
                   for j, g in enumerate(spec.groups)]
-    row.ips = [db.VMAddress(segment_id=segment.id, ip=ip) for ip in spec.ips]
+    row.ips = [m.VMAddress(segment_id=segment.id, ip=ip) for ip in spec.ips]
     session.add(row)
     session.flush()
     return row
@@ -161,36 +161,36 @@ def _check_link_locals(session: Session, segment_id: int, spec: VMSpec) -> None:
         mac = _eui64_mac(ip) if ":" in ip else None
         if mac is None or mac == spec.mac:
             continue
-        owner = session.scalar(select(db.VM).where(db.VM.mac == mac,
-                                                   db.VM.segment_id == segment_id))
+        owner = session.scalar(select(m.VM).where(m.VM.mac == mac,
+                                                   m.VM.segment_id == segment_id))
         if owner is not None and owner.name != spec.name:
             raise Conflict(f"{ip} is the link-local address of VM {owner.name!r} (made from "
                            f"its MAC)", f"ips[{i}]")
     mine = model.eui64_link_local(spec.mac)
-    taken = session.scalar(select(db.VMAddress).where(db.VMAddress.segment_id == segment_id,
-                                                      db.VMAddress.ip == mine))
+    taken = session.scalar(select(m.VMAddress).where(m.VMAddress.segment_id == segment_id,
+                                                      m.VMAddress.ip == mine))
     if taken is not None:
-        owner = session.get(db.VM, taken.vm_id)
+        owner = session.get(m.VM, taken.vm_id)
         if owner is not None and owner.name != spec.name:
             raise Conflict(f"VM {owner.name!r} registered {mine}, the link-local address made "
                            f"from this MAC", "mac")
 
 
-def update_vm(session: Session, row: db.VM, spec: VMSpec) -> bool:
+def update_vm(session: Session, row: m.VM, spec: VMSpec) -> bool:
     """Make ``row`` match ``spec``; True if anything changed."""
     before = to_model(row)
     if (before.mac, before.ips, before.segment, before.groups) == (
             spec.mac, spec.ips, spec.segment, tuple(sorted(spec.groups))):
         return False
-    segment = _get_or_create(session, db.Segment, spec.segment, "segment")
+    segment = _get_or_create(session, m.Segment, spec.segment, "segment")
     _check_link_locals(session, segment.id, spec)
     row.mac, row.segment = spec.mac, segment
-    row.groups = [_get_or_create(session, db.Group, g, f"groups[{j}]")
+    row.groups = [_get_or_create(session, m.Group, g, f"groups[{j}]")
                   for j, g in enumerate(spec.groups)]
     if (before.ips, before.segment) != (spec.ips, spec.segment):
         row.ips = []
         session.flush()  # old addresses go before new ones arrive (unique per segment)
-        row.ips = [db.VMAddress(segment_id=segment.id, ip=ip) for ip in spec.ips]
+        row.ips = [m.VMAddress(segment_id=segment.id, ip=ip) for ip in spec.ips]
     session.flush()
     return True
 
@@ -202,9 +202,9 @@ def sync_policy(session: Session, policy: Policy) -> dict[str, list[str]]:
     back) on any conflict.
     """
     for i, (name, subnet) in enumerate(policy.segments):
-        _get_or_create(session, db.Segment, name, f"segments[{i}]").subnet = subnet
+        _get_or_create(session, m.Segment, name, f"segments[{i}]").subnet = subnet
     for i, g in enumerate(policy.groups):
-        _get_or_create(session, db.Group, g, f"groups[{i}]")
+        _get_or_create(session, m.Group, g, f"groups[{i}]")
     wanted = {v.name: v for v in policy.vms}
     existing = {r.name: r for r in list_vms(session)}
     report: dict[str, list[str]] = {"added": [], "removed": [], "changed": []}
@@ -218,25 +218,25 @@ def sync_policy(session: Session, policy: Policy) -> dict[str, list[str]]:
     for name in sorted(set(wanted) - set(existing)):
         create_vm(session, wanted[name])
         report["added"].append(name)
-    session.add(db.PolicyDocument(document=policy.document))
+    session.add(m.PolicyDocument(document=policy.document))
     session.flush()
     return report
 
 
 def current_policy(session: Session) -> dict[str, Any] | None:
-    row = session.scalar(select(db.PolicyDocument).order_by(db.PolicyDocument.id.desc()))
+    row = session.scalar(select(m.PolicyDocument).order_by(m.PolicyDocument.id.desc()))
     return row.document if row is not None else None
 
 
-def get_vm(session: Session, name: str) -> db.VM:
-    row = session.scalar(select(db.VM).where(db.VM.name == name))
+def get_vm(session: Session, name: str) -> m.VM:
+    row = session.scalar(select(m.VM).where(m.VM.name == name))
     if row is None:
         raise NotFound(f"no VM named {name!r}", "name")
     return row
 
 
-def list_vms(session: Session) -> list[db.VM]:
-    return list(session.scalars(select(db.VM).order_by(db.VM.name)))
+def list_vms(session: Session) -> list[m.VM]:
+    return list(session.scalars(select(m.VM).order_by(m.VM.name)))
 
 
 def delete_vm(session: Session, name: str) -> None:
@@ -245,13 +245,13 @@ def delete_vm(session: Session, name: str) -> None:
     session.delete(row)
 
 
-def ensure_switch(session: Session, dpid: int, name: str) -> db.Switch:
+def ensure_switch(session: Session, dpid: int, name: str) -> m.Switch:
     """The switch's row, created with the lowest free host label on first sight."""
     key = dpid_str(dpid)
-    row = session.scalar(select(db.Switch).where(db.Switch.dpid == key))
+    row = session.scalar(select(m.Switch).where(m.Switch.dpid == key))
     if row is None:
-        label = _allocate(session, db.Switch.label, f"switch {key} ({name})", "label")
-        row = db.Switch(dpid=key, name=name, label=label)
+        label = _allocate(session, m.Switch.label, f"switch {key} ({name})", "label")
+        row = m.Switch(dpid=key, name=name, label=label)
         session.add(row)
     row.name = name
     row.last_seen = utcnow()
@@ -259,18 +259,18 @@ def ensure_switch(session: Session, dpid: int, name: str) -> db.Switch:
     return row
 
 
-def switches(session: Session) -> list[db.Switch]:
-    return list(session.scalars(select(db.Switch).order_by(db.Switch.label)))
+def switches(session: Session) -> list[m.Switch]:
+    return list(session.scalars(select(m.Switch).order_by(m.Switch.label)))
 
 
-def close_location(session: Session, vm: db.VM) -> None:
+def close_location(session: Session, vm: m.VM) -> None:
     """End the VM's current location (history row gets ``until``)."""
     if vm.location is None:
         return
     now = utcnow()
     open_rows = session.scalars(
-        select(db.LocationHistory).where(
-            db.LocationHistory.vm_name == vm.name, db.LocationHistory.until.is_(None)
+        select(m.LocationHistory).where(
+            m.LocationHistory.vm_name == vm.name, m.LocationHistory.until.is_(None)
         )
     )
     for h in open_rows:
@@ -281,18 +281,18 @@ def close_location(session: Session, vm: db.VM) -> None:
 
 
 def set_location(
-    session: Session, vm: db.VM, binding: model.Binding, switch_name: str
+    session: Session, vm: m.VM, binding: model.Binding, switch_name: str
 ) -> None:
     """Record that ``vm`` is now at ``binding``; the previous place goes to history."""
     close_location(session, vm)
     now = utcnow()
     key = dpid_str(binding.port.dpid)
-    vm.location = db.Location(
+    vm.location = m.Location(
         dpid=key, switch_name=switch_name, port_no=binding.port.port_no,
         port_name=binding.port_name, since=now, how=binding.how,
     )
     session.add(
-        db.LocationHistory(
+        m.LocationHistory(
             vm_name=vm.name, dpid=key, switch_name=switch_name,
             port_no=binding.port.port_no, port_name=binding.port_name, since=now,
             how=binding.how,
@@ -303,35 +303,35 @@ def set_location(
 
 def set_convergence(session: Session, vm: str, ms: float) -> None:
     """Convergence time of the VM's latest move, on its open history row."""
-    row = session.scalar(select(db.LocationHistory).where(
-        db.LocationHistory.vm_name == vm, db.LocationHistory.until.is_(None)))
+    row = session.scalar(select(m.LocationHistory).where(
+        m.LocationHistory.vm_name == vm, m.LocationHistory.until.is_(None)))
     if row is not None:
         row.convergence_ms = round(ms, 3)
 
 
-def history(session: Session, vm: str) -> list[db.LocationHistory]:
-    return list(session.scalars(select(db.LocationHistory).where(
-        db.LocationHistory.vm_name == vm).order_by(db.LocationHistory.id)))
+def history(session: Session, vm: str) -> list[m.LocationHistory]:
+    return list(session.scalars(select(m.LocationHistory).where(
+        m.LocationHistory.vm_name == vm).order_by(m.LocationHistory.id)))
 
 
 def record_event(
     session: Session, type_: str, vm: str | None = None, host: str | None = None,
     **detail: object,
 ) -> None:
-    session.add(db.Event(type=type_, vm=vm, host=host, detail=dict(detail)))
+    session.add(m.Event(type=type_, vm=vm, host=host, detail=dict(detail)))
 
 
 def events(session: Session, *, type_: str | None = None, vm: str | None = None,
            host: str | None = None, since: datetime | None = None, limit: int = 100,
-           offset: int = 0) -> list[db.Event]:
+           offset: int = 0) -> list[m.Event]:
     """Audit events, oldest first, filtered and paginated."""
-    q = select(db.Event)
+    q = select(m.Event)
     if type_:
-        q = q.where(db.Event.type == type_)
+        q = q.where(m.Event.type == type_)
     if vm:
-        q = q.where(db.Event.vm == vm)
+        q = q.where(m.Event.vm == vm)
     if host:
-        q = q.where(db.Event.host == host)
+        q = q.where(m.Event.host == host)
     if since:
-        q = q.where(db.Event.ts >= since)
-    return list(session.scalars(q.order_by(db.Event.id).offset(offset).limit(limit)))
+        q = q.where(m.Event.ts >= since)
+    return list(session.scalars(q.order_by(m.Event.id).offset(offset).limit(limit)))
