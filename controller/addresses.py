@@ -16,6 +16,7 @@ checked here.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -111,3 +112,23 @@ def prefix(text: str, version: int) -> IPNetwork:
         if net.overlaps(bad):
             raise ValueError(f"{net} overlaps {what} ({bad})")
     return net
+
+
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+def is_mac(text: str) -> bool:
+    """Six colon-separated hex octets (any case)."""
+    return bool(MAC_RE.match(text.lower()))
+
+
+def vm_mac(text: str) -> str:
+    """A VM's MAC, lower-case with colons; ValueError saying why it cannot be one."""
+    v = text.strip().lower().replace("-", ":")
+    if not MAC_RE.match(v):
+        raise ValueError("not a MAC address (six colon-separated hex octets)")
+    if int(v[:2], 16) & 1:
+        raise ValueError(f"{v} is a multicast/broadcast MAC: not a VM's address")
+    if v == "00:00:00:00:00:00":
+        raise ValueError("the all-zero MAC cannot be a VM's address")
+    return v

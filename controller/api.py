@@ -23,7 +23,7 @@ from starlette.routing import Match
 
 from . import compiler, registry, topology
 from . import verify as verify_mod
-from .addresses import vm_address
+from .addresses import vm_address, vm_mac
 from .errors import Invalid, NotFound, VfenceError
 from .flows import Owner, cookie_owner
 from .policy import field_path
@@ -31,7 +31,6 @@ from .service import Service
 from .store import models as m
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 Name = Annotated[str, Field(pattern=NAME, description="letters, digits, '_', '.', '-'")]
 PROBLEM = "application/problem+json"
 OPEN_PATHS = {"/v1/health"}  # for load balancers and probes; says nothing sensitive
@@ -57,14 +56,7 @@ class VMIn(BaseModel):
     @field_validator("mac")
     @classmethod
     def _mac(cls, v: str) -> str:
-        v = v.strip().lower().replace("-", ":")
-        if not MAC_RE.match(v):
-            raise ValueError("not a MAC address (six colon-separated hex octets)")
-        if int(v[:2], 16) & 1:
-            raise ValueError("multicast/broadcast MAC cannot be a VM's address")
-        if v == "00:00:00:00:00:00":
-            raise ValueError("all-zero MAC cannot be a VM's address")
-        return v
+        return vm_mac(v)
 
     @field_validator("ips")
     @classmethod

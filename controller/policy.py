@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import re
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -25,7 +24,6 @@ from .flows import MAX_RULES, MAX_SEGMENT_TAG, MAX_VM_TAG
 from .model import ANY, Endpoint, Policy, Rule, VMSpec
 
 SCHEMA = ("schemas", "policy.schema.json")  # package data: found installed or not
-MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
 class PolicyError(Invalid):
@@ -180,9 +178,11 @@ class _Checker:
         out = []
         for i, v in enumerate(self.doc.get("vms", [])):
             where = f"vms[{i}]"
-            mac = v["mac"].lower().replace("-", ":")
-            if int(mac[:2], 16) & 1 or mac == "00:00:00:00:00:00":
-                self.err(f"{where}.mac", f"{mac} is not a unicast MAC")
+            try:
+                mac = addresses.vm_mac(v["mac"])
+            except ValueError as e:
+                mac = v["mac"].lower()
+                self.err(f"{where}.mac", str(e))
             if mac in macs:
                 self.err(f"{where}.mac", f"MAC {mac} is also VM {macs[mac]!r}'s")
             macs.setdefault(mac, v["name"])
@@ -234,7 +234,7 @@ class _Checker:
             return Endpoint("group", text)
         if text in vms:
             return Endpoint("vm", text)
-        if MAC_RE.match(text.lower()):
+        if addresses.is_mac(text):
             return Endpoint("mac", text.lower())
         if "/" in text or text.replace(".", "").isdigit() or ":" in text:
             try:
