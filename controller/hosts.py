@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .model import PortRef
+from .model import Link, PortRef
 
 OFPP_MAX = 0xFF00  # above: reserved ports (OVSDB reports the bridge's own as 65534)
 
@@ -103,3 +103,9 @@ def fabric_ports(dbs: Iterable[HostDb], vm_ports: set[PortRef]
             else:
                 out.setdefault(i.dpid, set()).add(i.ofport)
     return {d: frozenset(p) for d, p in out.items()}, refused
+
+
+def on_fabric(link: Link, fabric: dict[int, frozenset[int]]) -> bool:
+    """A link may be used only between two marked fabric ports of two switches."""
+    return link.src.dpid != link.dst.dpid and all(
+        p.port_no in fabric.get(p.dpid, ()) for p in (link.src, link.dst))

@@ -189,10 +189,7 @@ class Service:
             registry.record_event(s, "vm-removed", vm=name)
             self.state.vms.pop(name, None)
             self.state.bindings.pop(name, None)
-            self.state.standby.pop(name, None)
-            self.state.expected.pop(name, None)
-            self.announced.pop(name, None)
-            self.candidates.pop(name, None)
+            self._forget_move(name, self.state)
             self._converge()
 
     # --- switches ---------------------------------------------------------------------
@@ -274,9 +271,7 @@ class Service:
         """A genuine, fresh LLDP probe went from ``link.src`` to ``link.dst``. Only a link
         between two operator-marked fabric ports of two switches counts. True if new."""
         with self.lock:
-            fabric = self.state.fabric
-            if link.src.dpid == link.dst.dpid or any(
-                    p.port_no not in fabric.get(p.dpid, ()) for p in (link.src, link.dst)):
+            if not hosts.on_fabric(link, self.state.fabric):
                 LOG.warning("LLDP %s -> %s ignored: not between fabric ports of two switches",
                             link.src, link.dst)
                 return False
@@ -374,8 +369,7 @@ class Service:
         if fabric != self.state.fabric:
             grew = {d for d, ports in fabric.items() if ports - self.state.fabric.get(d, set())}
             self.state.fabric = fabric
-            stale = {lk for lk in self.state.links if any(
-                p.port_no not in fabric.get(p.dpid, ()) for p in (lk.src, lk.dst))}
+            stale = {lk for lk in self.state.links if not hosts.on_fabric(lk, fabric)}
             self._drop_links(stale)
             probe = getattr(self.programmer, "probe_fabric", None)
             if grew and probe is not None:
@@ -482,11 +476,12 @@ class Service:
         still exists with its link up (or its switch has not told us yet), or a standby
         port is prepared for it."""
         b = self.state.bindings.get(vm)
-        if b is not None and b.port != here and b.port.dpid not in self.ports:
-            return f"{vm}'s host {self.switch_name(b.port.dpid)} has not reported its ports"
-        if b is not None and b.port != here and b.port.port_no in self.ports.get(
-                b.port.dpid, {}):
-            return f"{vm} is still up on {self.switch_name(b.port.dpid)} port {b.port.port_no}"
+        if b is not None and b.port != here:
+            host = self.switch_name(b.port.dpid)
+            if b.port.dpid not in self.ports:
+                return f"{vm}'s host {host} has not reported its ports"
+            if b.port.port_no in self.ports[b.port.dpid]:
+                return f"{vm} is still up on {host} port {b.port.port_no}"
         sb = self.state.standby.get(vm)
         if sb is not None and sb.port != here:
             return f"{vm} is moving to {self.switch_name(sb.port.dpid)} port {sb.port.port_no}"
@@ -514,6 +509,14 @@ class Service:
         learn = self.learn_first_frame
         return learn is True or (isinstance(learn, frozenset)
                                  and self.switch_name(dpid) in learn)
+
+    def _forget_move(self, vm: str, state: NetworkState) -> None:
+        """The VM's move is over (or the VM is gone): no standby, announcement or
+        candidate port for it any more."""
+        state.standby.pop(vm, None)
+        state.expected.pop(vm, None)
+        self.announced.pop(vm, None)
+        self.candidates.pop(vm, None)
 
     def _promote(self, s: Session, vm: str) -> None:
         sb = self.state.standby.pop(vm)
@@ -560,10 +563,7 @@ class Service:
             return
         state.bindings[b.vm] = b
         self.vm_ports.add(b.port)
-        state.standby.pop(b.vm, None)
-        state.expected.pop(b.vm, None)
-        self.announced.pop(b.vm, None)
-        self.candidates.pop(b.vm, None)
+        self._forget_move(b.vm, state)
         if old is not None:
             self._moves.append((b.vm, old.port.dpid, b.port.dpid))
             self.retired.add((b.vm, old.port))  # the VM left it; its port may linger
