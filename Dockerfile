@@ -1,6 +1,8 @@
 FROM python:3.11-slim
 WORKDIR /opt/vfence
 COPY pyproject.toml README.md ./
+# src/vfence links the folders below under the vfence namespace
+COPY src src
 COPY controller controller
 COPY apps apps
 COPY migrations migrations

@@ -9,14 +9,26 @@ APT_PKGS := openvswitch-switch mininet ethtool tcpdump iputils-ping netcat-openb
             postgresql python3-venv python3-pip iproute2 procps
 STAMP_APT := $(VENV)/.apt-done
 STAMP_PY  := $(VENV)/.py-done
+# The lab tests run against the wheel, installed as users install it, in a fresh venv.
+INSTALLED := .venv-installed
 
-.PHONY: demo test deps ovs lint typecheck bench clean
+# Debian's mininet is only importable by /usr/bin/python3: expose just that package.
+define expose_mininet
+	@site=$$($(1)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
+	  ln -sfn /usr/lib/python3/dist-packages/mininet $$site/mininet
+endef
+
+.PHONY: demo test deps ovs installed lint typecheck bench clean
 
 demo: deps ovs
 	$(BIN)/vfence lab
 
-test: deps ovs
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
+# unit + store tests on the editable install; lab tests (and the installed-package checks)
+# on the wheel in $(INSTALLED), run from tests/ so the checkout is not importable.
+test: deps ovs installed
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=10 tests/unit tests/store
+	cd tests && VFENCE_INSTALLED=1 ../$(INSTALLED)/bin/python -m pytest -q -p no:cacheprovider \
+	  --durations=15 --rootdir=.. -c ../pyproject.toml lab installed
 	$(BIN)/ruff check controller apps mininet_topos tests bench migrations
 	$(BIN)/mypy
 
@@ -37,10 +49,16 @@ $(STAMP_PY): pyproject.toml $(STAMP_APT)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
-	@# Debian's mininet is only importable by /usr/bin/python3: expose just that package.
-	@site=$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
-	  ln -sfn /usr/lib/python3/dist-packages/mininet $$site/mininet
+	$(call expose_mininet,$(VENV))
 	@touch $@
+
+# A fresh venv every run: build the wheel, install it (not editable) with the lab extras.
+installed: deps
+	rm -rf build dist $(INSTALLED)
+	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w dist .
+	$(PYTHON) -m venv $(INSTALLED)
+	$(INSTALLED)/bin/pip install -q "$$(ls dist/vfence-*.whl)[lab]"
+	$(call expose_mininet,$(INSTALLED))
 
 OVS_CTL := /usr/share/openvswitch/scripts/ovs-ctl
 # Start OVS if it is not answering (stale pid files from killed daemons are fine), wait
@@ -69,4 +87,4 @@ bench: deps ovs
 	$(BIN)/python -m bench.migration
 
 clean:
-	rm -rf $(VENV) var
+	rm -rf $(VENV) $(INSTALLED) build dist var

@@ -11,7 +11,7 @@ from typing import Any
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from controller.flows import OFPP_CONTROLLER, Flow, Match
+from vfence.controller.flows import OFPP_CONTROLLER, Flow, Match
 
 NX_IN_PORT = 0xFFF8  # Nicira actions use 16-bit port numbers: "keep the packet's in_port"
 _INSTRUCTION_ORDER = {"meter": 0, "apply": 1, "meta": 2, "goto": 3}

@@ -21,7 +21,7 @@ with warnings.catch_warnings():
     import ovs.poller
     import ovs.stream
 
-from controller.hosts import FABRIC_KEY, HOST_KEY, ROLE_KEY, Bridge, HostDb, Interface
+from vfence.controller.hosts import FABRIC_KEY, HOST_KEY, ROLE_KEY, Bridge, HostDb, Interface
 
 LOG = logging.getLogger("vfence.ovsdb")
 

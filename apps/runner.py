@@ -17,9 +17,9 @@ import uvicorn
 from os_ken import cfg
 from os_ken.base.app_manager import AppManager
 
-from controller.api import create_app
-from controller.hosts import HostDb
-from controller.service import Service
+from vfence.controller.api import create_app
+from vfence.controller.hosts import HostDb
+from vfence.controller.service import Service
 
 from .ovsdb import Monitor
 from .vfence_app import VfenceApp
@@ -55,7 +55,7 @@ def start_openflow(service: Service, host: str, port: int, tls: tuple[str, ...] 
         args.append(f"--ofp-tcp-listen-port={port}")
     cfg.CONF(args=args, project="os_ken")
     manager = AppManager.get_instance()
-    manager.load_apps(["apps.vfence_app", "os_ken.controller.ofp_handler"])
+    manager.load_apps(["vfence.apps.vfence_app", "os_ken.controller.ofp_handler"])
     contexts = manager.create_contexts()
     manager.instantiate_apps(vfence_service=service, **contexts)
     return next(a for a in manager.applications.values() if isinstance(a, VfenceApp))

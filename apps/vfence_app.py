@@ -29,7 +29,7 @@ from os_ken.lib.packet import ethernet, icmp, ipv4, packet, tcp, udp
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from controller.compiler import (
+from vfence.controller.compiler import (
     ETH_TYPE_LLDP,
     ETH_TYPE_VLAN,
     METER_LLDP,
@@ -38,10 +38,10 @@ from controller.compiler import (
     METER_STANDBY,
     SPOOF_DROP_KINDS,
 )
-from controller.flows import Owner, cookie, cookie_owner
-from controller.model import Link, PortRef
-from controller.reconcile import FlowDiff
-from controller.service import Service
+from vfence.controller.flows import Owner, cookie, cookie_owner
+from vfence.controller.model import Link, PortRef
+from vfence.controller.reconcile import FlowDiff
+from vfence.controller.service import Service
 
 from . import lldp, ofcodec
 

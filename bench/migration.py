@@ -20,9 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from mininet_topos.datacenter import VMPlan, vm
-from mininet_topos.lab import Lab, ping_stream_result, start_ping_stream
-from mininet_topos.migration import migrate
+from vfence.mininet_topos.datacenter import VMPlan, vm
+from vfence.mininet_topos.lab import Lab, ping_stream_result, start_ping_stream
+from vfence.mininet_topos.migration import migrate
 
 PING_INTERVAL = 0.01
 

@@ -14,8 +14,8 @@ import random
 import statistics
 import time
 
-from controller import compiler, policy
-from controller.model import VM, Binding, Link, NetworkState, PortRef, Switch
+from vfence.controller import compiler, policy
+from vfence.controller.model import VM, Binding, Link, NetworkState, PortRef, Switch
 
 PORTS = ["22", "80", "443", "5432", "8000-8999", "1024-65535", "53", "3306", "6379,6380"]
 

@@ -16,11 +16,11 @@ import threading
 import time
 from pathlib import Path
 
-from controller.compiler import compile_network
-from controller.model import VM, Binding, NetworkState, PortRef, Switch
-from controller.reconcile import FlowDiff
-from controller.service import Service
-from controller.store import db
+from vfence.controller.compiler import compile_network
+from vfence.controller.model import VM, Binding, NetworkState, PortRef, Switch
+from vfence.controller.reconcile import FlowDiff
+from vfence.controller.service import Service
+from vfence.controller.store import db
 
 BRIDGE = "vfbench"
 DPID = 0xBE7C
@@ -82,8 +82,8 @@ def main() -> None:
     ap.add_argument("--of-port", type=int, default=6690)
     args = ap.parse_args()
 
-    from apps.runner import start_openflow
-    from apps.vfence_app import METERS
+    from vfence.apps.runner import start_openflow
+    from vfence.apps.vfence_app import METERS
 
     tmp = Path(tempfile.mkdtemp(prefix="vfence-bench-"))
     engine = db.make_engine(f"sqlite:///{tmp}/bench.db")

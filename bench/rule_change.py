@@ -22,8 +22,8 @@ from pathlib import Path
 import httpx
 import yaml
 
-from mininet_topos.datacenter import FINANCE_PLACEMENT, FINANCE_POLICY, plan_from_policy
-from mininet_topos.lab import Lab
+from vfence.mininet_topos.datacenter import FINANCE_PLACEMENT, FINANCE_POLICY, plan_from_policy
+from vfence.mininet_topos.lab import Lab
 
 BRIDGES = ("hv1", "hv2", "hv3", "sp1", "sp2")
 

@@ -108,7 +108,7 @@ def serve(
 ) -> None:
     """Run the controller: OpenFlow 1.3, REST API and OVSDB monitors."""
     _setup_logging(log_level, log_json)
-    from apps.runner import ServeOptions, run  # os-ken only when serving
+    from vfence.apps.runner import ServeOptions, run  # os-ken only when serving
 
     from .service import Service
 
@@ -446,7 +446,7 @@ def lab(
     if os.geteuid() != 0:
         err.print("[red]the lab needs root (Mininet, Open vSwitch)[/red]")
         raise typer.Exit(2)
-    from mininet_topos.demo import run_demo
+    from vfence.mininet_topos.demo import run_demo
 
     ok = run_demo(hosts=hosts, vms_per_host=vms, spines=spines, stay_in_cli=cli,
                   db_url=database or "sqlite:///var/lab.db", console=console)

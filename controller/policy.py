@@ -23,7 +23,7 @@ from .errors import Invalid
 from .flows import MAX_RULES, MAX_SEGMENT_TAG, MAX_VM_TAG
 from .model import ANY, Endpoint, Policy, Rule, VMSpec
 
-SCHEMA = ("schemas", "policy.schema.json")  # package data: found installed or not
+SCHEMA = ("vfence.schemas", "policy.schema.json")  # package data: found installed or not
 
 
 class PolicyError(Invalid):

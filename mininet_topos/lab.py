@@ -63,7 +63,7 @@ class LabBase:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.workdir / f"controller-{self.restarts}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "controller", "serve", "--db", self.db_url,
+            [sys.executable, "-m", "vfence", "serve", "--db", self.db_url,
              "--ofp-port", str(self.of_port), "--api-port", str(self.api_port),
              *(a for remote in self.ovsdb_remotes() for a in ("--ovsdb", remote)),
              *self.extra_args],

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from controller.store import db
+from vfence.controller.store import db
 
 
 def _free_port() -> int:

@@ -32,6 +32,10 @@ def _lab_prereqs():
             pytest.fail(f"{tool} not installed: run `make test`, which installs it")
     if subprocess.run(["ovs-vsctl", "--timeout=5", "show"], capture_output=True).returncode:
         pytest.fail("Open vSwitch is not running: run `make test`, which starts it")
+    import vfence
+
+    if os.environ.get("VFENCE_INSTALLED") and "site-packages" not in vfence.__file__:
+        pytest.fail(f"make test runs the labs on the installed wheel, not {vfence.__file__}")
 
 
 def ports() -> tuple[int, int]:

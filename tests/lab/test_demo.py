@@ -8,7 +8,7 @@ import sys
 
 def test_lab_demo_runs_and_every_cell_matches(tmp_path):
     r = subprocess.run(
-        [sys.executable, "-m", "controller", "lab", "--hosts", "2", "--vms", "2",
+        [sys.executable, "-m", "vfence", "lab", "--hosts", "2", "--vms", "2",
          "--db", f"sqlite:///{tmp_path}/lab.db"],
         capture_output=True, text=True, timeout=240,
     )
@@ -20,6 +20,6 @@ def test_lab_demo_runs_and_every_cell_matches(tmp_path):
 
 
 def test_lab_refuses_bad_flags():
-    r = subprocess.run([sys.executable, "-m", "controller", "lab", "--hosts", "0"],
+    r = subprocess.run([sys.executable, "-m", "vfence", "lab", "--hosts", "0"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--hosts" in r.stderr

@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from mininet_topos.datacenter import vm
-from mininet_topos.lab import Lab
+from vfence.mininet_topos.datacenter import vm
+from vfence.mininet_topos.lab import Lab
 
 from .conftest import Capture, ports, send_frames
 

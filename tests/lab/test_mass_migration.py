@@ -10,10 +10,10 @@ import time
 import httpx
 import pytest
 
-from controller.flows import Owner, cookie
-from mininet_topos.datacenter import vm
-from mininet_topos.lab import Lab
-from mininet_topos.migration import migrate_many
+from vfence.controller.flows import Owner, cookie
+from vfence.mininet_topos.datacenter import vm
+from vfence.mininet_topos.lab import Lab
+from vfence.mininet_topos.migration import migrate_many
 
 from .conftest import ports, vm_id
 

@@ -11,9 +11,9 @@ import pytest
 from alembic import command
 from sqlalchemy import func, insert, select, text
 
-from controller import compiler, registry, verify
-from controller.errors import Conflict
-from controller.flows import (
+from vfence.controller import compiler, registry, verify
+from vfence.controller.errors import Conflict
+from vfence.controller.flows import (
     MAX_GROUPS,
     MAX_LABEL,
     MAX_SEGMENT_TAG,
@@ -23,9 +23,9 @@ from controller.flows import (
     cookie,
     cookie_owner,
 )
-from controller.model import Binding, Policy, PortRef
-from controller.store import db
-from controller.store import models as m
+from vfence.controller.model import Binding, Policy, PortRef
+from vfence.controller.store import db
+from vfence.controller.store import models as m
 
 from ..unit.netfixtures import HV1, HV2, two_hosts_two_spines
 

@@ -7,11 +7,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import func, inspect, select
 
-from controller import registry
-from controller.errors import Conflict
-from controller.model import Binding, PortRef
-from controller.store import db
-from controller.store import models as m
+from vfence.controller import registry
+from vfence.controller.errors import Conflict
+from vfence.controller.model import Binding, PortRef
+from vfence.controller.store import db
+from vfence.controller.store import models as m
 
 SPEC = registry.VMSpec("pay-1", "00:00:00:00:01:01", ("10.0.0.11",), "prod", ("payroll",))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from controller.model import VM, Binding, Link, NetworkState, PortRef, Switch
+from vfence.controller.model import VM, Binding, Link, NetworkState, PortRef, Switch
 
 HV1, HV2, SP1, SP2 = 0x101, 0x102, 0x201, 0x202
 

@@ -13,7 +13,7 @@ import ipaddress
 from collections.abc import Iterable
 from typing import Any
 
-from controller.flows import OFPP_CONTROLLER, OFPP_IN_PORT, Flow
+from vfence.controller.flows import OFPP_CONTROLLER, OFPP_IN_PORT, Flow
 
 ENTRY_ZERO = ("metadata", "reg0", "reg1", "reg2", "reg3", "reg4", "reg5", "reg6")
 

@@ -8,12 +8,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from controller.api import create_app
-from controller.flows import Owner, cookie
-from controller.reconcile import FlowDiff
-from controller.service import Interface, Service
-from controller.store import db
-from controller.store import models as m
+from vfence.controller.api import create_app
+from vfence.controller.flows import Owner, cookie
+from vfence.controller.reconcile import FlowDiff
+from vfence.controller.service import Interface, Service
+from vfence.controller.store import db
+from vfence.controller.store import models as m
 
 VM = {"name": "pay-1", "mac": "00:00:00:00:01:01", "ips": ["10.0.0.11"], "segment": "prod",
       "groups": ["payroll"]}
@@ -183,7 +183,7 @@ def test_health_and_hosts(env):
 def test_checked_in_openapi_spec_is_what_is_served(env):
     from pathlib import Path
 
-    from controller.openapi import render
+    from vfence.controller.openapi import render
 
     served = env[0].get("/openapi.json").json()
     checked_in = Path(__file__).parents[2] / "schemas" / "openapi.json"
@@ -267,7 +267,7 @@ def test_the_65536th_vm_is_409_naming_the_field_and_writes_nothing(env):
     """The real limit: 65,533 VMs bulk-inserted beside one registered through the API."""
     from sqlalchemy import insert
 
-    from controller.flows import MAX_VM_TAG
+    from vfence.controller.flows import MAX_VM_TAG
 
     client, _, _, engine = env
     assert client.post("/v1/vms", json=VM).status_code == 201  # tag 1, segment prod

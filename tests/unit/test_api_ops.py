@@ -20,8 +20,8 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from controller.api import create_app
-from controller.service import Interface
+from vfence.controller.api import create_app
+from vfence.controller.service import Interface
 
 from .test_api import VM, make_service
 
@@ -145,7 +145,7 @@ def live_api(sqlite_url):
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "controller", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "vfence", *args], capture_output=True,
                           text=True, timeout=60)
 
 
@@ -220,7 +220,7 @@ def test_segments_groups_rules(service):
 
 
 def test_json_logs_carry_vm_context():
-    from controller.cli import JsonFormatter
+    from vfence.controller.cli import JsonFormatter
     rec = logging.LogRecord("vfence.service", logging.INFO, __file__, 1, "vm-moved %s", ("a",),
                             None)
     rec.vm, rec.host = "a", "hv2"
@@ -259,7 +259,7 @@ ISOLATED_PAIR = {
 ])
 def test_cli_verify_exit_codes_and_the_api_status(live_api, hv1_flows, status, code):
     """pay-1 on hv1 port 3, web-1 on port 4; hv1 holds exactly ``hv1_flows``."""
-    from controller.flows import Flow
+    from vfence.controller.flows import Flow
 
     url, service = live_api
     service.apply_policy(ISOLATED_PAIR)

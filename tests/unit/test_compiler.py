@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from controller import compiler
-from controller.flows import (
+from vfence.controller import compiler
+from vfence.controller.flows import (
     META_FROM_FABRIC,
     OFPP_IN_PORT,
     OFPVID_NONE,

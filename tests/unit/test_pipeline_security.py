@@ -9,9 +9,9 @@ import ipaddress
 
 import pytest
 
-from controller import compiler
-from controller.flows import OFPP_CONTROLLER, OFPVID_PRESENT
-from controller.model import Endpoint, Policy, Rule, eui64_link_local
+from vfence.controller import compiler
+from vfence.controller.flows import OFPP_CONTROLLER, OFPVID_PRESENT
+from vfence.controller.model import Endpoint, Policy, Rule, eui64_link_local
 
 from .netfixtures import HV1, HV2, add_vm, two_hosts_two_spines
 from .pipeline import Pipeline

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controller import compiler, policy
-from controller.flows import CT_EST, CT_TRK, Owner, Table, cookie
-from controller.model import NetworkState, Switch
+from vfence.controller import compiler, policy
+from vfence.controller.flows import CT_EST, CT_TRK, Owner, Table, cookie
+from vfence.controller.model import NetworkState, Switch
 
 from .netfixtures import HV1, HV2, add_vm, two_hosts_two_spines
 
@@ -263,8 +263,8 @@ def test_max_rules_is_the_limit_at_field_rules(tmp_path):
     more is refused at ``rules``, also by ``vfence policy check``."""
     from typer.testing import CliRunner
 
-    from controller.cli import app
-    from controller.flows import MAX_RULES, rule_priority
+    from vfence.controller.cli import app
+    from vfence.controller.flows import MAX_RULES, rule_priority
 
     st = finance_state()
     st.policy = policy.parse(doc(rules=_deny_rules(MAX_RULES)))
@@ -288,7 +288,7 @@ def test_a_document_with_more_vms_or_segments_than_tags_is_refused(key, limit_na
     registry tests (tests/store/test_limits.py) register the last VM and segment at the
     real limit; here the at-limit document uses a limit of 3 (monkeypatched), because a
     valid 65,535-VM document takes ~7 s to check."""
-    import controller.flows as flows
+    import vfence.controller.flows as flows
 
     limit = getattr(flows, limit_name)
     items = [{"name": f"x{i}", "mac": f"02:00:00:00:{i >> 8:02x}:{i & 255:02x}",

@@ -1,5 +1,5 @@
-from controller.flows import Flow, match
-from controller.reconcile import FlowDiff, additions_only, apply_diff, diff
+from vfence.controller.flows import Flow, match
+from vfence.controller.reconcile import FlowDiff, additions_only, apply_diff, diff
 
 A = Flow(0, 10, match(in_port=1), (("goto", 10),), 1)
 A2 = Flow(0, 10, match(in_port=1), (("goto", 40),), 1)

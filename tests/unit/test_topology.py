@@ -1,5 +1,5 @@
-from controller import topology
-from controller.model import Link, PortRef
+from vfence.controller import topology
+from vfence.controller.model import Link, PortRef
 
 from .netfixtures import HV1, HV2, SP1, SP2, link_pair
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from apps import lldp
-from controller.api import create_app
-from controller.hosts import Bridge, HostDb, Interface, fabric_ports, switch_names
-from controller.model import Link, PortRef
-from controller.service import Service
-from controller.store import db
+from vfence.apps import lldp
+from vfence.controller.api import create_app
+from vfence.controller.hosts import Bridge, HostDb, Interface, fabric_ports, switch_names
+from vfence.controller.model import Link, PortRef
+from vfence.controller.service import Service
+from vfence.controller.store import db
 
 from .test_api import Recorder
 
@@ -132,7 +132,7 @@ def test_a_marked_port_with_a_vm_is_never_fabric(sqlite_url):
     assert service.fabric_ports(HV1) == {1}  # vnet1 carries pay-1's ids: refused
     assert service.fabric_ports(SP1) == {1, 2}
     with service.sessions() as s:
-        from controller import registry
+        from vfence.controller import registry
         refused = [e for e in registry.events(s, type_="fabric-refused")]
     assert [e.detail["port_name"] for e in refused] == ["vnet1"]
     # a port a VM was bound to stays out even once its ids are gone and it is marked
@@ -232,7 +232,7 @@ def test_an_announcement_expires_and_goes_with_its_vm(sqlite_url):
     client.post("/v1/vms/pay-1/migrations", json={"target_host": "hv2"})
     import time
 
-    from controller import service as service_mod
+    from vfence.controller import service as service_mod
     service.housekeeping(now=time.monotonic() + service_mod.ANNOUNCE_LIFETIME + 1)
     assert "pay-1" not in service.state.expected and not service.announced
     client.post("/v1/vms/pay-1/migrations", json={"target_host": "hv2"})
@@ -286,9 +286,9 @@ def test_a_stored_policy_that_no_longer_validates_stops_serve_with_the_field(sql
     import pytest
     from typer.testing import CliRunner
 
-    from controller.cli import app
-    from controller.policy import PolicyError
-    from controller.store import models as m
+    from vfence.controller.cli import app
+    from vfence.controller.policy import PolicyError
+    from vfence.controller.store import models as m
 
     engine = db.make_engine(sqlite_url)
     db.upgrade(engine)
@@ -331,7 +331,7 @@ def test_nobody_registers_another_vms_link_local(sqlite_url):
 
 
 def test_the_operator_names_a_host_on_the_command_line():
-    from apps.ovsdb import parse_remote
+    from vfence.apps.ovsdb import parse_remote
 
     assert parse_remote("hv7=tcp:192.0.2.7:6640") == ("hv7", "tcp:192.0.2.7:6640")
     assert parse_remote("unix:/run/openvswitch/db.sock") == (None,

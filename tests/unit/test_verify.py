@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controller import compiler, policy, verify
-from controller.flows import Flow, match
-from controller.model import VM, Binding, PortRef
+from vfence.controller import compiler, policy, verify
+from vfence.controller.flows import Flow, match
+from vfence.controller.model import VM, Binding, PortRef
 
 from .netfixtures import HV1, HV2, two_hosts_two_spines
 

@@ -18,8 +18,13 @@ import copy
 import pytest
 import yaml
 
-from mininet_topos.datacenter import FINANCE_PLACEMENT, FINANCE_POLICY, VMPlan, plan_from_policy
-from mininet_topos.prodlab import ProdLab
+from vfence.mininet_topos.datacenter import (
+    FINANCE_PLACEMENT,
+    FINANCE_POLICY,
+    VMPlan,
+    plan_from_policy,
+)
+from vfence.mininet_topos.prodlab import ProdLab
 
 from ..conftest import ports, serve
 

@@ -15,7 +15,7 @@ import uuid
 import httpx
 import pytest
 
-from controller.model import eui64_link_local
+from vfence.controller.model import eui64_link_local
 
 from ..conftest import ATTACKS, Capture, probe
 from .conftest import IP, IP6, MAC, nic
@@ -275,7 +275,7 @@ def test_a_move_cannot_be_stolen(lab, tmp_path):
 
 def test_first_frame_learning_is_per_host(lab):
     """--learn-first-frame-on hv3: an unannounced VM is learnt there, nowhere else."""
-    from mininet_topos.datacenter import VMPlan
+    from vfence.mininet_topos.datacenter import VMPlan
 
     results = {}
     for name, hv, idx in (("late-2", 2, 0x21), ("late-3", 3, 0x22)):

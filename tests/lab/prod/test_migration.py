@@ -13,9 +13,9 @@ import time
 
 import httpx
 
-from controller.flows import Owner, cookie
-from mininet_topos.lab import ping_stream_result, start_ping_stream
-from mininet_topos.prodlab import migrate
+from vfence.controller.flows import Owner, cookie
+from vfence.mininet_topos.lab import ping_stream_result, start_ping_stream
+from vfence.mininet_topos.prodlab import migrate
 
 from ..conftest import ATTACKS, SOCK, Capture, probe, serve, vm_id
 from .conftest import IP, MAC, nic

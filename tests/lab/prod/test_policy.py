@@ -18,7 +18,7 @@ import sys
 import httpx
 import pytest
 
-from controller.flows import Owner, cookie
+from vfence.controller.flows import Owner, cookie
 
 from ..conftest import Capture, flow_packets, flows_text, probe, send_frames
 from .conftest import DOC, HOSTS, IP, MAC, SWITCHES, TCP_PORTS, UDP_PORTS, nic
@@ -170,7 +170,7 @@ def test_verify_proves_isolation_then_catches_a_hand_made_hole(lab):
     hole = f"table=0,priority=65000,in_port={web1},actions=output:{pay1}"
     lab.switch("hv1").ofctl("add-flow", hole)
     try:
-        r = subprocess.run([sys.executable, "-m", "controller", "verify", "--json", "--api",
+        r = subprocess.run([sys.executable, "-m", "vfence", "verify", "--json", "--api",
                             lab.api], capture_output=True, text=True, timeout=120)
         assert r.returncode == 1, r.stdout + r.stderr  # the CLI says: broken
         (v,) = json.loads(r.stdout)

@@ -10,9 +10,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from mininet_topos.datacenter import hv_name
-from mininet_topos.lab import ping_stream_result, start_ping_stream
-from mininet_topos.prodlab import BRIDGE, migrate
+from vfence.mininet_topos.datacenter import hv_name
+from vfence.mininet_topos.lab import ping_stream_result, start_ping_stream
+from vfence.mininet_topos.prodlab import BRIDGE, migrate
 
 from ..conftest import probe
 from .conftest import IP, PLAN, SWITCHES

@@ -1,0 +1,5 @@
+"""``python -m vfence``: the same command line as the ``vfence`` script."""
+
+from vfence.controller.cli import main
+
+main()
