@@ -72,7 +72,7 @@ def run(service: Service, opts: ServeOptions) -> None:
         app.submit(service.ovsdb_snapshot, list(db.interfaces), db.bridges, db.remote, db.host,
                    db.override)
 
-    service.expect_names = bool(opts.ovsdb)
+    service.hosts.expect_names = bool(opts.ovsdb)
     monitors = [Monitor(spec, on_snapshot) for spec in opts.ovsdb]
     for m in monitors:
         m.start()

@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+
+def field_path(parts: Any) -> str:
+    """A location (keys and list indexes) as a field path: ``rules[2].ports``."""
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(document)"
+
 
 class VfenceError(Exception):
     status = 400

@@ -13,16 +13,21 @@ faces the fabric only when the host's OVSDB marks it so:
 
 A port that carries a VM's ids (``attached-mac``/``iface-id``) or ever had a VM bound is
 never a fabric port, whatever it is marked: a VM must not become part of the fabric.
-Pure functions; the OVSDB monitor (apps/ovsdb.py) fills these records.
+Pure functions, and HostBook (what the hosts reported so far, no I/O); the OVSDB
+monitor (apps/ovsdb.py) fills these records.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from .model import Link, PortRef
+from .model import Link, PortRef, Switch
 
+LOG = logging.getLogger("vfence.hosts")
+LINK_LIFETIME = 20.0  # seconds a fabric link lives without a fresh LLDP confirmation
+NAME_WAIT = 30.0  # seconds a switch-connected event waits for the host's OVSDB name
 OFPP_MAX = 0xFF00  # above: reserved ports (OVSDB reports the bridge's own as 65534)
 
 HOST_KEY = "vfence-host"
@@ -105,7 +110,70 @@ def fabric_ports(dbs: Iterable[HostDb], vm_ports: set[PortRef]
     return {d: frozenset(p) for d, p in out.items()}, refused
 
 
+def fallback_name(dpid: int, bridge: str, switches: Mapping[int, Switch]) -> str:
+    """A switch no OVSDB names: its bridge name while no other switch has it, else its
+    dpid (every hypervisor's bridge is ``br-int``: name hosts in their OVSDB)."""
+    taken = {sw.name for d, sw in switches.items() if d != dpid}
+    return bridge if bridge and bridge not in taken else f"{dpid:016x}"
+
+
 def on_fabric(link: Link, fabric: dict[int, frozenset[int]]) -> bool:
     """A link may be used only between two marked fabric ports of two switches."""
     return link.src.dpid != link.dst.dpid and all(
         p.port_no in fabric.get(p.dpid, ()) for p in (link.src, link.dst))
+
+
+class HostBook:
+    """What the hosts told us, beside the network state: each OVSDB's last snapshot, the
+    host names they give, when LLDP last confirmed each link, and switch-connected events
+    waiting (a while) for their host's name."""
+
+    def __init__(self) -> None:
+        self.dbs: dict[str, HostDb] = {}
+        self.names: dict[int, str] = {}  # dpid -> host name from the OVSDBs
+        self.link_times: dict[Link, float] = {}
+        self.waiting: dict[int, float] = {}  # dpid -> when it connected
+        self.expect_names = False  # OVSDBs are watched (serve --ovsdb): wait for names
+
+    def snapshot(self, db: HostDb) -> None:
+        self.dbs[db.remote] = db
+        self.names = switch_names(self.dbs.values())
+
+    def interfaces(self) -> tuple[Interface, ...] | None:
+        """Every OVSDB's interfaces (None before the first snapshot)."""
+        if not self.dbs:
+            return None
+        return tuple(i for db in self.dbs.values() for i in db.interfaces)
+
+    def fabric(self, vm_ports: set[PortRef]
+               ) -> tuple[dict[int, frozenset[int]], list[tuple[Interface, str]]]:
+        return fabric_ports(self.dbs.values(), vm_ports)
+
+    def confirm(self, link: Link, fabric: dict[int, frozenset[int]], now: float) -> bool:
+        """A fresh LLDP probe crossed ``link``: True if it joins two fabric ports of two
+        switches (only those count), and then it lives on from ``now``."""
+        if not on_fabric(link, fabric):
+            LOG.warning("LLDP %s -> %s ignored: not between fabric ports of two switches",
+                        link.src, link.dst)
+            return False
+        if link not in self.link_times:
+            LOG.info("link %s -> %s", link.src, link.dst)
+        self.link_times[link] = now
+        return True
+
+    def expired(self, links: Iterable[Link], now: float) -> set[Link]:
+        """Links LLDP has not confirmed for LINK_LIFETIME seconds; forgotten here."""
+        old = {lk for lk in links if now - self.link_times.get(lk, now) > LINK_LIFETIME}
+        for lk in old:
+            self.link_times.pop(lk, None)
+        return old
+
+    def connected(self, dpid: int, now: float) -> bool:
+        """A switch connected: may its event be said now (its name known or not awaited)?"""
+        self.waiting[dpid] = now
+        return dpid in self.names or not self.expect_names
+
+    def due(self, now: float) -> list[int]:
+        """Waiting switches that are named now, or have waited NAME_WAIT seconds."""
+        return [d for d, since in self.waiting.items()
+                if d in self.names or now - since > NAME_WAIT]

@@ -10,7 +10,8 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.switches = Gauge("vfence_switches_connected", "switches connected", registry=r)
-        self.flows = Gauge("vfence_flows", "flows installed", ["switch", "table"], registry=r)
+        self.flows = Gauge("vfence_flows", "flows installed", ["switch", "table", "table_name"],
+                           registry=r)
         self.flow_mods = Counter("vfence_flow_mods_total", "flow-mods sent (in bundles)",
                                  ["switch"], registry=r)
         self.bundles = Counter("vfence_bundles_total", "bundles committed", ["switch"],

@@ -138,3 +138,10 @@ class NetworkState:
     # ports the operator marked as facing the fabric (host OVSDB), per switch; only these
     # carry LLDP and host labels
     fabric: dict[int, frozenset[int]] = field(default_factory=dict)
+
+    def copy(self) -> NetworkState:
+        """A copy whose containers are its own (the items are frozen): changing it never
+        changes this one."""
+        return NetworkState(dict(self.switches), set(self.links), dict(self.vms),
+                            dict(self.bindings), self.policy, dict(self.group_bits),
+                            dict(self.standby), dict(self.expected), dict(self.fabric))

@@ -1,6 +1,6 @@
 """The OpenAPI document, as served at /openapi.json and checked in at schemas/openapi.json.
 
-    python -m controller.openapi > schemas/openapi.json
+    python -m vfence.controller.openapi > schemas/openapi.json
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import jsonschema
 import yaml
 
 from . import addresses
-from .errors import Invalid
+from .errors import Invalid, field_path
 from .flows import MAX_RULES, MAX_SEGMENT_TAG, MAX_VM_TAG
 from .model import ANY, Endpoint, Policy, Rule, VMSpec
 
@@ -72,14 +72,6 @@ def _validator() -> jsonschema.Draft202012Validator:
     """The policy JSON Schema, read through importlib.resources: it ships in the wheel."""
     text = resources.files(SCHEMA[0]).joinpath(SCHEMA[1]).read_text(encoding="utf-8")
     return jsonschema.Draft202012Validator(json.loads(text))
-
-
-def field_path(parts: Any) -> str:
-    """A location (keys and list indexes) as a field path: ``rules[2].ports``."""
-    out = ""
-    for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out or "(document)"
 
 
 # --- parsing and meaning ------------------------------------------------------------------

@@ -188,7 +188,7 @@ def test_checked_in_openapi_spec_is_what_is_served(env):
     served = env[0].get("/openapi.json").json()
     checked_in = Path(__file__).parents[2] / "schemas" / "openapi.json"
     assert json.loads(checked_in.read_text()) == served, \
-        "regenerate: python -m controller.openapi > schemas/openapi.json"
+        "regenerate: python -m vfence.controller.openapi > schemas/openapi.json"
     assert render() == checked_in.read_text()
 
 

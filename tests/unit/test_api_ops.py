@@ -54,7 +54,7 @@ def test_metrics_scrape(service):
     text = client.get("/metrics").text
     assert "vfence_switches_connected 1.0" in text
     assert 'vfence_flow_mods_total{switch="hv1"}' in text
-    assert 'vfence_flows{switch="hv1",table="0"}' in text
+    assert 'vfence_flows{switch="hv1",table="0",table_name="classify"}' in text
     assert 'vfence_rule_packets{rule="anti-spoofing"} 91.0' in text  # 13 drop flows x 7
     assert 'vfence_api_request_seconds_count{method="POST",route="/v1/vms",status="201"} 1.0' \
         in text

@@ -156,9 +156,9 @@ def test_links_expire_without_fresh_probes(sqlite_url):
     service = _fabric_lab(sqlite_url)
     for lk in _both(PortRef(HV1, 1), PortRef(SP1, 1)):
         service.link_seen(lk, now=100.0)
-    service.expire_links(now=110.0)
+    service.housekeeping(now=110.0)
     assert len(service.state.links) == 2
-    service.expire_links(now=125.0)
+    service.housekeeping(now=125.0)
     assert service.state.links == set()
 
 
@@ -232,12 +232,12 @@ def test_an_announcement_expires_and_goes_with_its_vm(sqlite_url):
     client.post("/v1/vms/pay-1/migrations", json={"target_host": "hv2"})
     import time
 
-    from vfence.controller import service as service_mod
-    service.housekeeping(now=time.monotonic() + service_mod.ANNOUNCE_LIFETIME + 1)
-    assert "pay-1" not in service.state.expected and not service.announced
+    from vfence.controller import binding
+    service.housekeeping(now=time.monotonic() + binding.ANNOUNCE_LIFETIME + 1)
+    assert "pay-1" not in service.state.expected and not service.places.announced
     client.post("/v1/vms/pay-1/migrations", json={"target_host": "hv2"})
     assert client.delete("/v1/vms/pay-1").status_code == 204
-    assert "pay-1" not in service.state.expected and not service.announced
+    assert "pay-1" not in service.state.expected and not service.places.announced
 
 
 def test_a_vm_whose_switch_has_not_reconnected_cannot_be_claimed(sqlite_url):

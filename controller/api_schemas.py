@@ -1,0 +1,159 @@
+"""The REST API's request and response bodies (pydantic), and its error document."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from .addresses import vm_address, vm_mac
+from .verify import Status
+
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+Name = Annotated[str, Field(pattern=NAME, description="letters, digits, '_', '.', '-'")]
+PROBLEM = "application/problem+json"
+OPEN_PATHS = {"/v1/health"}  # for load balancers and probes; says nothing sensitive
+
+
+VMAddress = Annotated[str, AfterValidator(vm_address), Field(
+    description="unicast IPv4/IPv6 address without a zone index; not loopback, multicast, "
+                "unspecified or broadcast", json_schema_extra={"anyOf": [
+                    {"format": "ipv4"}, {"format": "ipv6"}]})]
+
+
+class VMIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Name
+    mac: str = Field(description="unicast MAC, e.g. 00:00:00:00:01:01",
+                     pattern=r"^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$")
+    ips: list[VMAddress] = Field(default_factory=list, max_length=64,
+                                 json_schema_extra={"uniqueItems": True})
+    segment: Name
+    groups: list[Name] = Field(default_factory=list, max_length=64,
+                               json_schema_extra={"uniqueItems": True})
+
+    @field_validator("mac")
+    @classmethod
+    def _mac(cls, v: str) -> str:
+        return vm_mac(v)
+
+    @field_validator("ips")
+    @classmethod
+    def _ips(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("addresses repeat")
+        return v
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("groups repeat")
+        return v
+
+
+class Host(BaseModel):
+    name: str
+    dpid: str
+
+
+class Port(BaseModel):
+    number: int
+    name: str
+
+
+class LocationOut(BaseModel):
+    vm: str
+    host: Host
+    port: Port
+    since: datetime
+    how: str
+
+
+class VMOut(BaseModel):
+    name: str
+    mac: str
+    ips: list[str]
+    segment: str
+    groups: list[str]
+    location: LocationOut | None = None
+
+
+class VerdictOut(BaseModel):
+    pair: list[str]
+    status: Status = Field(
+        description="isolated: proved, no header from one group reaches the other; broken: "
+                    "one does (see witness); unknown: neither could be proved (see reason)")
+    reason: str | None = Field(description="why the status is unknown: the step limit, or "
+                               "an instruction/action it does not model and the flow")
+    isolated: bool = Field(description="status == isolated (kept for older clients)")
+    complete: bool = Field(description="false if the search hit its size limit")
+    witness: list[str] = Field(description="flows a leaking packet goes through")
+    explored: int
+
+
+class FlowOut(BaseModel):
+    table: int
+    table_name: str = Field(description="the table's job in the pipeline (docs/pipeline.md)")
+    priority: int
+    match: dict[str, Any]
+    instructions: Any
+    cookie: str
+    owner: str = Field(description="base, vm:<tag>, segment:<tag>, fabric, rule:<index>, "
+                       "policy, isolation:<index>, or foreign (not written by vfence)")
+    packets: int
+    bytes: int
+
+
+class HistoryOut(BaseModel):
+    host: Host
+    port: Port
+    since: datetime
+    until: datetime | None
+    how: str
+    convergence_ms: float | None
+
+
+class MigrationOut(BaseModel):
+    source: Host
+    target: Host
+    at: datetime
+    how: str
+    convergence_ms: float | None
+
+
+class MigrationIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    target_host: str = Field(min_length=1, max_length=64,
+                             description="bridge name or 16-hex-digit dpid")
+
+
+class EventOut(BaseModel):
+    id: int
+    ts: datetime
+    type: str
+    vm: str | None
+    host: str | None
+    detail: dict[str, Any]
+
+
+class HostChange(BaseModel):
+    flows: int = Field(description="flows the host holds after the change")
+    add: int = Field(description="flows added or replaced")
+    delete: int
+
+
+class PolicyReport(BaseModel):
+    dry_run: bool
+    vms: dict[str, list[str]] = Field(description="VM names added, removed, changed")
+    rules: list[str]
+    hosts: dict[str, HostChange]
+
+
+class Problem(BaseModel):
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    errors: list[dict[str, str]] = Field(default_factory=list)

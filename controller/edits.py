@@ -1,0 +1,111 @@
+"""What each kind of change does to a copy of the network state (and the session), as
+functions the service runs on its one path (copy, edit, compile, program, commit, swap).
+An edit may return an event for the binding machine (``binding.py``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from . import binding, hosts, records, registry
+from .model import Link, NetworkState, Policy, PortRef, Switch, VMSpec
+
+LOG = logging.getLogger("vfence.service")
+Edit = Callable[[NetworkState, Session], binding.Event | None]
+
+
+def nothing(new: NetworkState, s: Session) -> None:
+    """Recompile and reprogram as things are (a switch became ready)."""
+
+
+def apply_policy(policy: Policy, changes: dict[str, list[str]]) -> Edit:
+    """The registry follows the document (``changes`` gets what it added, removed,
+    changed); the rules replace the old ones."""
+    def edit(new: NetworkState, s: Session) -> binding.Event:
+        changes.update(registry.sync_policy(s, policy))
+        new.policy = policy
+        records.refresh_registry(s, new)
+        registry.record_event(s, "policy-applied", rules=len(policy.rules),
+                              vms=len(policy.vms),
+                              changes={k: len(v) for k, v in changes.items()})
+        return binding.Rebind()
+    return edit
+
+
+def add_vm(spec: VMSpec) -> Edit:
+    def edit(new: NetworkState, s: Session) -> binding.Event:
+        vm = registry.to_model(registry.create_vm(s, spec))
+        registry.record_event(s, "vm-added", vm=vm.name, mac=vm.mac, segment=vm.segment)
+        new.vms[vm.name] = vm
+        new.group_bits = registry.group_bits(s)
+        return binding.Rebind()
+    return edit
+
+
+def remove_vm(name: str) -> Edit:
+    def edit(new: NetworkState, s: Session) -> binding.Event:
+        registry.delete_vm(s, name)
+        registry.record_event(s, "vm-removed", vm=name)
+        new.vms.pop(name, None)
+        return binding.Forget(name)
+    return edit
+
+
+def connect_switch(dpid: int, name: str) -> Edit:
+    def edit(new: NetworkState, s: Session) -> None:
+        new.switches[dpid] = Switch(dpid, name, registry.ensure_switch(s, dpid, name).label)
+    return edit
+
+
+def port_status(dpid: int, gone: frozenset[int], came: bool) -> Edit:
+    """Links on vanished ports end; the binding machine sees the ports go."""
+    def edit(new: NetworkState, s: Session) -> binding.Event:
+        new.links = {lk for lk in new.links if not any(
+            p.dpid == dpid and p.port_no in gone for p in (lk.src, lk.dst))}
+        return binding.PortsChanged(dpid, gone, came)
+    return edit
+
+
+def host_listed(names: dict[int, str], fabric: dict[int, frozenset[int]],
+                interfaces: Iterable[hosts.Interface], dpids: frozenset[int],
+                audit_refused: Callable[[Session], Any]) -> Edit:
+    """One OVSDB's snapshot: switches renamed after their hosts, fabric ports, links that
+    still join two fabric ports, and the interfaces for the binding machine."""
+    present = frozenset(PortRef(i.dpid, i.ofport) for i in interfaces)
+
+    def edit(new: NetworkState, s: Session) -> binding.Event:
+        audit_refused(s)
+        for dpid, name in names.items():
+            if dpid in new.switches and new.switches[dpid].name != name:
+                new.switches[dpid] = Switch(dpid, name, new.switches[dpid].label)
+                registry.ensure_switch(s, dpid, name)
+                LOG.info("switch %016x is host %s", dpid, name)
+        new.fabric = fabric
+        new.links = {lk for lk in new.links if hosts.on_fabric(lk, fabric)}
+        return binding.HostListed(dpids, present)
+    return edit
+
+
+def link_up(link: Link) -> Edit:
+    def edit(new: NetworkState, s: Session) -> None:
+        # a port faces one neighbour: forget what it faced before
+        new.links = {lk for lk in new.links if lk.src != link.src} | {link}
+    return edit
+
+
+def housekeeping(expired: set[Link], now: float) -> Edit:
+    """Links LLDP stopped confirming end; announcements past their deadline end."""
+    def edit(new: NetworkState, s: Session) -> binding.Event:
+        if expired:
+            LOG.warning("links expired: %s", sorted(expired))
+        new.links -= expired
+        return binding.Expire(now)
+    return edit
+
+
+def frame(event: binding.Event) -> Edit:
+    """A frame the datapath sent up (first frame, standby frame): the machine decides."""
+    return lambda new, s: event

@@ -1,0 +1,193 @@
+"""The read side: what the API shows, as plain data. In-memory state is copied under the
+service's lock; database reads use their own session; switches are read outside the lock.
+Nothing here changes anything."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import generate_latest
+
+from . import compiler, registry, topology
+from . import verify as verify_mod
+from .errors import NotFound
+from .flows import Owner, cookie_owner
+from .pipeline import table_name
+from .store import models as m
+
+if TYPE_CHECKING:
+    from .service import Service
+
+
+def _location(row: m.VM) -> dict[str, Any] | None:
+    loc = row.location
+    if loc is None:
+        return None
+    return {"vm": row.name, "host": {"name": loc.switch_name, "dpid": loc.dpid},
+            "port": {"number": loc.port_no, "name": loc.port_name}, "since": loc.since,
+            "how": loc.how}
+
+
+def _vm(row: m.VM) -> dict[str, Any]:
+    return {"name": row.name, "mac": row.mac, "ips": [a.ip for a in row.ips],
+            "segment": row.segment.name, "groups": sorted(g.name for g in row.groups),
+            "location": _location(row)}
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, tuple | list):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def owner_name(cookie: int) -> str:
+    owner = cookie_owner(cookie)
+    return f"{owner[0].name.lower()}:{owner[1]}" if owner else "foreign"
+
+
+class Queries:
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def health(self) -> dict[str, Any]:
+        svc = self.service
+        with svc.lock:
+            out = {"status": "ok", "switches_connected": len(svc.switches.installed),
+                   "switches_ready": len(svc.switches.ready),
+                   "links": len(topology.graph(svc.state.links).edges),
+                   "flow_mods_sent": sum(svc.switches.flow_mods.values()),
+                   "packet_in": svc.counters["packet_in"]}
+        with svc.sessions() as s:
+            out["vms"] = len(registry.list_vms(s))
+        return out
+
+    def hosts(self) -> list[dict[str, Any]]:
+        sw = self.service.switches
+        with self.service.lock:
+            flows = {d: len(f) for d, f in sw.installed.items()}
+            mods = dict(sw.flow_mods)
+            ports = {d: sorted(p.items()) for d, p in sw.ports.items()}
+        with self.service.sessions() as s:
+            rows = [(r.name, r.dpid, r.label) for r in registry.switches(s)]
+        return [{"name": name, "dpid": dpid, "label": label,
+                 "connected": int(dpid, 16) in flows, "flows": flows.get(int(dpid, 16), 0),
+                 "flow_mods_sent": mods.get(int(dpid, 16), 0),
+                 "ports": [{"number": n, "name": p} for n, p in ports.get(int(dpid, 16), [])]}
+                for name, dpid, label in rows]
+
+    def vms(self) -> list[dict[str, Any]]:
+        with self.service.sessions() as s:
+            return [_vm(r) for r in registry.list_vms(s)]
+
+    def vm(self, name: str) -> dict[str, Any]:
+        with self.service.sessions() as s:
+            return _vm(registry.get_vm(s, name))
+
+    def location(self, name: str) -> dict[str, Any]:
+        with self.service.sessions() as s:
+            loc = _location(registry.get_vm(s, name))
+        if loc is None:
+            raise NotFound(f"VM {name!r} is not attached to any switch port", "name")
+        return loc
+
+    def history(self, name: str) -> list[dict[str, Any]]:
+        """Every place the VM has been, oldest first (append-only)."""
+        with self.service.sessions() as s:
+            registry.get_vm(s, name)
+            return [{"host": {"name": h.switch_name, "dpid": h.dpid},
+                     "port": {"number": h.port_no, "name": h.port_name}, "since": h.since,
+                     "until": h.until, "how": h.how, "convergence_ms": h.convergence_ms}
+                    for h in registry.history(s, name)]
+
+    def migrations(self, name: str) -> list[dict[str, Any]]:
+        """Consecutive places in the VM's history, oldest first."""
+        hist = self.history(name)
+        return [{"source": a["host"], "target": b["host"], "at": b["since"], "how": b["how"],
+                 "convergence_ms": b["convergence_ms"]}
+                for a, b in zip(hist, hist[1:], strict=False)]
+
+    def events(self, *, type_: str | None, vm: str | None, host: str | None,
+               since: datetime | None, limit: int, offset: int) -> list[dict[str, Any]]:
+        with self.service.sessions() as s:
+            rows = registry.events(s, type_=type_, vm=vm, host=host, since=since, limit=limit,
+                                   offset=offset)
+            return [{"id": e.id, "ts": e.ts, "type": e.type, "vm": e.vm, "host": e.host,
+                     "detail": e.detail} for e in rows]
+
+    def segments(self) -> list[dict[str, Any]]:
+        with self.service.sessions() as s:
+            return [{"name": r.name, "subnet": r.subnet, "id": r.id, "tag": r.tag}
+                    for r in registry.segments(s)]
+
+    def groups(self) -> list[dict[str, Any]]:
+        with self.service.sessions() as s:
+            return [{"name": r.name, "bit": r.bit} for r in registry.groups(s)]
+
+    def rules(self) -> list[dict[str, Any]]:
+        with self.service.lock:
+            rules = self.service.state.policy.rules
+        return [{"index": r.index, "name": r.name, "from": str(r.src), "to": str(r.dst),
+                 "protocol": r.protocol, "ports": [list(p) for p in r.ports],
+                 "action": r.action} for r in rules]
+
+    def policy(self) -> dict[str, Any]:
+        with self.service.sessions() as s:
+            return registry.current_policy(s) or {}
+
+    def flows(self, host: str) -> list[dict[str, Any]]:
+        """The flows installed on a switch, read from it now, with counters and owners."""
+        dpid = self.service.find_switch(host)
+        if dpid is None:
+            raise NotFound(f"no switch named {host!r}", "host")
+        return [{"table": f.table, "table_name": table_name(f.table), "priority": f.priority,
+                 "match": {k: _jsonable(v) for k, v in f.match},
+                 "instructions": _jsonable(f.instructions), "cookie": f"{f.cookie:#018x}",
+                 "owner": owner_name(f.cookie), "packets": packets, "bytes": nbytes}
+                for f, packets, nbytes in sorted(self.service.switches.read_flows(dpid),
+                                                 key=lambda x: x[0])]
+
+    def metrics(self) -> bytes:
+        """Prometheus exposition; rule counters are read from the switches now."""
+        svc = self.service
+        gauges = svc.metrics
+        with svc.lock:
+            installed = dict(svc.switches.installed)
+            names = {d: svc.switch_name(d) for d in installed}
+            rules = {r.index: r.name for r in svc.state.policy.rules}
+        gauges.switches.set(len(installed))
+        for dpid, flows in installed.items():
+            for table, n in compiler.count_by_table(flows).items():
+                gauges.flows.labels(names[dpid], str(table), table_name(table)).set(n)
+        packets: dict[str, int] = {}
+        nbytes: dict[str, int] = {}
+        for dpid in sorted(installed):
+            try:
+                read = svc.switches.read_flows(dpid)
+            except Exception:  # a switch that just went away: skip it this scrape
+                continue
+            for f, p, b in read:
+                owner = cookie_owner(f.cookie)
+                if owner is None:
+                    continue
+                name = (rules.get(owner[1]) if owner[0] == Owner.RULE else
+                        f"isolation[{owner[1]}]" if owner[0] == Owner.ISOLATION else
+                        "anti-spoofing" if owner[0] == Owner.VM and not f.instructions
+                        and f.table == 0 else None)
+                if name:
+                    packets[name] = packets.get(name, 0) + p
+                    nbytes[name] = nbytes.get(name, 0) + b
+        for name in packets:
+            gauges.rule_packets.labels(name).set(packets[name])
+            gauges.rule_bytes.labels(name).set(nbytes[name])
+        return generate_latest(gauges.registry)
+
+    def verify(self) -> list[verify_mod.Verdict]:
+        """Prove each isolation pair over the flows read from every switch now."""
+        svc = self.service
+        with svc.lock:
+            state = svc.state.copy()
+            dpids = svc.switches.connected()
+            ports = {d: set(svc.switches.ports.get(d, {})) for d in dpids}
+        flows = {d: [f for f, _, _ in svc.switches.read_flows(d)] for d in dpids}
+        return verify_mod.verify(state, flows, ports)

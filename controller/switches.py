@@ -1,0 +1,143 @@
+"""The switches as the controller sees them, and the one way their flows change.
+
+Bookkeeping only (no policy, no database): which switches are connected and ready, the
+ports and flows each reported, and :meth:`Switches.program`, which brings every ready
+switch to the compiler's output in a safe order and puts the switches already changed
+back if one refuses, so no change is left half-applied across the network.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from .errors import NotFound
+from .flows import Flow
+from .metrics import Metrics
+from .reconcile import FlowDiff, additions_only, apply_diff, diff
+
+LOG = logging.getLogger("vfence.switches")
+
+
+class Programmer(Protocol):
+    def program(self, dpid: int, changes: FlowDiff) -> None:
+        """Commit ``changes`` on the switch atomically (bundle) and wait for the barrier.
+        Raises on failure."""
+
+    def read_flows(self, dpid: int) -> list[tuple[Flow, int, int]]:
+        """(flow, packets, bytes) for every flow on the switch, read now."""
+
+
+class Switches:
+    def __init__(self, metrics: Metrics, name: Callable[[int], str]) -> None:
+        self.metrics = metrics
+        self.name = name
+        self.programmer: Programmer | None = None
+        self.installed: dict[int, frozenset[Flow]] = {}  # what each switch has, as we know
+        self.ready: set[int] = set()  # connected and its links known: programmed fully
+        self.ports: dict[int, dict[int, str]] = {}  # ports with link up, as reported
+        self.flow_mods: Counter[int] = Counter()
+
+    def connected(self) -> list[int]:
+        return sorted(self.installed)
+
+    def attach(self, dpid: int, ports: dict[int, str], flows: Iterable[Flow]) -> None:
+        """A switch (re)connected; its flows were read back. Not ready yet."""
+        self.ports[dpid] = dict(ports)
+        self.installed[dpid] = frozenset(flows)
+        self.ready.discard(dpid)
+
+    def detach(self, dpid: int) -> None:
+        """Its flows stay on the switch (fail-secure); we just stop programming it."""
+        self.ready.discard(dpid)
+        self.installed.pop(dpid, None)
+
+    def add_missing(self, dpid: int, desired: Iterable[Flow]) -> None:
+        """Only the flows the switch lacks (a reconnect before its links are known)."""
+        if dpid in self.installed:
+            have = self.installed[dpid]
+            self.send(dpid, additions_only(diff(desired, have), have))
+
+    def report(self, desired: dict[int, frozenset[Flow]],
+               before: dict[int, frozenset[Flow]]) -> dict[str, dict[str, int]]:
+        """Per switch: how many flows ``desired`` has, and what programming the switches
+        as they were ``before`` need (or needed) to get there."""
+        out = {}
+        for dpid in sorted(before):
+            d = diff(desired.get(dpid, frozenset()), before[dpid])
+            out[self.name(dpid)] = {
+                "flows": len(desired.get(dpid, ())), "add": len(d.add), "delete": len(d.delete)}
+        return out
+
+    def program(self, desired: dict[int, frozenset[Flow]], first: Iterable[int] = (),
+                last: Iterable[int] = ()) -> None:
+        """Bring every ready switch to ``desired``: ``first`` (a migration target: local
+        delivery and policy before anything points there), then all the others in one
+        pipelined round trip, the old host (``last``) last among them. If one refuses,
+        the switches already changed are put back."""
+        head = [d for d in first if d in self.ready]
+        tail = [d for d in last if d in self.ready and d not in head]
+        rest = sorted(d for d in self.ready if d not in head and d not in tail) + tail
+        done: list[tuple[int, frozenset[Flow]]] = []
+        try:
+            for phase in (head, rest):  # each phase is one pipelined round trip
+                batch = [(d, diff(desired[d], self.installed[d])) for d in phase
+                         if d in self.installed and d in desired]
+                batch = [(d, c) for d, c in batch if c]
+                befores = {d: self.installed[d] for d, _ in batch}
+                try:
+                    self._send_many(batch)
+                finally:
+                    done += [(d, befores[d]) for d, _ in batch
+                             if self.installed[d] is not befores[d]]
+        except Exception:
+            for dpid, before in reversed(done):
+                try:
+                    self.send(dpid, diff(before, self.installed[dpid]))
+                except Exception:
+                    LOG.exception("could not restore switch %016x", dpid)
+            raise
+
+    def _send_many(self, batch: list[tuple[int, FlowDiff]]) -> None:
+        """Program several switches in one round trip where the programmer can; the
+        switches that committed are accounted for even if another one failed."""
+        if not batch or self.programmer is None:
+            return
+        many = getattr(self.programmer, "program_many", None)
+        if many is None or len(batch) == 1:
+            for dpid, changes in batch:
+                self.send(dpid, changes)
+            return
+        failed: set[int] = set()
+        error: Exception | None = None
+        try:
+            many(batch)
+        except Exception as e:
+            failed = set(getattr(e, "failed", [d for d, _ in batch]))
+            error = e
+        for dpid, changes in batch:
+            if dpid not in failed:
+                self._committed(dpid, changes)
+        if error is not None:
+            raise error
+
+    def send(self, dpid: int, changes: FlowDiff) -> None:
+        if not changes or self.programmer is None:
+            return
+        self.programmer.program(dpid, changes)
+        self._committed(dpid, changes)
+
+    def _committed(self, dpid: int, changes: FlowDiff) -> None:
+        self.flow_mods[dpid] += len(changes)
+        self.installed[dpid] = apply_diff(self.installed[dpid], changes)
+        name = self.name(dpid)
+        self.metrics.flow_mods.labels(name).inc(len(changes))
+        self.metrics.bundles.labels(name).inc()
+
+    def read_flows(self, dpid: int) -> list[tuple[Flow, int, int]]:
+        """The switch's flows as it reports them now, with packet and byte counts."""
+        if self.programmer is None or dpid not in self.installed:
+            raise NotFound(f"switch {dpid:016x} is not connected", "id")
+        return self.programmer.read_flows(dpid)
