@@ -188,7 +188,7 @@ def test_metrics_during_the_lab(lab):
     text = httpx.get(lab.api + "/metrics", timeout=30).text
     assert "vfence_switches_connected 5.0" in text
     for br in SWITCHES:
-        assert f'vfence_flows{{switch="{br}",table="0"}}' in text
+        assert f'vfence_flows{{switch="{br}",table="0",table_name="classify"}}' in text
     packets = re.search(r'vfence_rule_packets\{rule="isolation\[0\]"\} (\d+)', text)
     assert packets and float(packets.group(1)) > 0
     assert re.search(r'vfence_rule_packets\{rule="web-to-api"\} \d+', text)
