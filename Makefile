@@ -29,7 +29,7 @@ test: deps ovs installed
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=10 tests/unit tests/store
 	cd tests && VFENCE_INSTALLED=1 ../$(INSTALLED)/bin/python -m pytest -q -p no:cacheprovider \
 	  --durations=15 --rootdir=.. -c ../pyproject.toml lab installed
-	$(BIN)/ruff check controller apps mininet_topos tests bench migrations
+	$(BIN)/ruff check controller apps mininet_topos tests bench migrations docs
 	$(BIN)/mypy
 
 deps: $(STAMP_APT) $(STAMP_PY)
@@ -75,7 +75,7 @@ ovs:
 	@ovs-vsctl --timeout=5 show >/dev/null
 
 lint:
-	$(BIN)/ruff check controller apps mininet_topos tests bench migrations
+	$(BIN)/ruff check controller apps mininet_topos tests bench migrations docs
 
 typecheck:
 	$(BIN)/mypy

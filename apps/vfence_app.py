@@ -29,17 +29,10 @@ from os_ken.lib.packet import ethernet, icmp, ipv4, packet, tcp, udp
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from vfence.controller.compiler import (
-    ETH_TYPE_LLDP,
-    ETH_TYPE_VLAN,
-    METER_LLDP,
-    METER_LOG,
-    METER_PUNT,
-    METER_STANDBY,
-    SPOOF_DROP_KINDS,
-)
+from vfence.controller.compiler import ETH_TYPE_LLDP, ETH_TYPE_VLAN
 from vfence.controller.flows import Owner, cookie, cookie_owner
 from vfence.controller.model import Link, PortRef
+from vfence.controller.pipeline import METERS, SPOOF_DROP_KINDS
 from vfence.controller.reconcile import FlowDiff
 from vfence.controller.service import Service
 
@@ -51,8 +44,6 @@ SETTLE_SECONDS = 1.5  # after connect: time for LLDP to find links before a full
 LLDP_INTERVAL = 5.0
 AUDIT_INTERVAL = 2.0
 REPLY_TIMEOUT = 10.0
-# packets/s to the controller per switch: unbound ports, LLDP, deny-and-log samples
-METERS = {METER_PUNT: 100, METER_LLDP: 200, METER_LOG: 20, METER_STANDBY: 200}
 
 
 def _l4(pkt: Any) -> tuple[str, int | None]:
@@ -286,13 +277,13 @@ class VfenceApp(app_manager.OSKenApp):
             for m in self._request_multi(dp, parser.OFPMeterConfigStatsRequest(dp, 0),
                                          "meter config")
         }
-        for meter_id, rate in METERS.items():
-            cur = have.get(meter_id)
-            if cur is not None and [b.rate for b in cur.bands] == [rate]:
+        for meter in METERS:  # declared in pipeline.py: id, rate (packets/s), burst
+            cur = have.get(meter.id)
+            if cur is not None and [b.rate for b in cur.bands] == [meter.rate_pps]:
                 continue
             cmd = ofp.OFPMC_MODIFY if cur is not None else ofp.OFPMC_ADD
-            band = parser.OFPMeterBandDrop(rate=rate, burst_size=rate // 10 or 1)
-            msg = parser.OFPMeterMod(dp, cmd, ofp.OFPMF_PKTPS | ofp.OFPMF_BURST, meter_id,
+            band = parser.OFPMeterBandDrop(rate=meter.rate_pps, burst_size=meter.burst)
+            msg = parser.OFPMeterMod(dp, cmd, ofp.OFPMF_PKTPS | ofp.OFPMF_BURST, meter.id,
                                      [band])
             p = self._send(dp, msg)
             try:
@@ -300,7 +291,7 @@ class VfenceApp(app_manager.OSKenApp):
             finally:
                 self._forget([p])
             if p.errors:
-                raise SwitchError(f"meter {meter_id} refused: {p.errors[0]}")
+                raise SwitchError(f"meter {meter.id} refused: {p.errors[0]}")
 
     def _port_names(self, dpid: int) -> dict[int, str]:
         return {

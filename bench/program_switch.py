@@ -83,7 +83,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from vfence.apps.runner import start_openflow
-    from vfence.apps.vfence_app import METERS
+    from vfence.controller.pipeline import METERS
 
     tmp = Path(tempfile.mkdtemp(prefix="vfence-bench-"))
     engine = db.make_engine(f"sqlite:///{tmp}/bench.db")
@@ -114,10 +114,10 @@ def main() -> None:
         sh("ovs-vsctl", "del-controller", BRIDGE)
         sh("ovs-ofctl", "-O", "OpenFlow13", "del-flows", BRIDGE)
         sh("ovs-ofctl", "-O", "OpenFlow13", "del-meters", BRIDGE)
-        for meter_id, rate in METERS.items():  # the flows reference the punt meters
+        for meter in METERS:  # the flows reference the punt meters
             sh("ovs-ofctl", "-O", "OpenFlow13", "add-meter", BRIDGE,
-               f"meter={meter_id},pktps,burst,band=type=drop,rate={rate},"
-               f"burst_size={rate // 10 or 1}")
+               f"meter={meter.id},pktps,burst,band=type=drop,rate={meter.rate_pps},"
+               f"burst_size={meter.burst}")
         t0 = time.perf_counter()
         sh("ovs-ofctl", "-O", "OpenFlow13", "--bundle", "add-flows", BRIDGE, str(flows_file))
         ofctl.append(time.perf_counter() - t0)

@@ -17,28 +17,13 @@ from typing import TypeVar, cast
 
 from . import topology
 from .flows import (
-    CT_COMMIT,
-    CT_EST,
-    CT_INV,
-    CT_NEW,
-    CT_NO_RECIRC,
-    CT_TRK,
     DROP,
-    DST_GROUP_REGS,
-    DST_VM_REG,
-    META_FROM_FABRIC,
-    META_SEGMENT_MASK,
-    META_VM_SHIFT,
     OFPP_CONTROLLER,
     OFPP_IN_PORT,
     OFPVID_NONE,
     OFPVID_PRESENT,
-    SRC_GROUP_REGS,
-    ZONE_REG,
     Flow,
     Instruction,
-    Owner,
-    Table,
     apply,
     cookie,
     goto,
@@ -48,16 +33,69 @@ from .flows import (
     meta_value,
     meter,
     resubmit,
-    rule_priority,
     write_meta,
 )
 from .model import VM, Binding, Endpoint, NetworkState, Rule, ipv6_addresses
+from .pipeline import (
+    CT_COMMIT,
+    CT_EST,
+    CT_INV,
+    CT_NEW,
+    CT_NO_RECIRC,
+    CT_TRK,
+    CT_ZONE,
+    DST_GROUP_REGS,
+    DST_VM_REG,
+    META_FROM_FABRIC,
+    META_SEGMENT_MASK,
+    META_VM_SHIFT,
+    METER_LLDP,
+    METER_LOG,
+    METER_PUNT,
+    METER_STANDBY,
+    PRIO_ARP_ANSWER,
+    PRIO_ARP_OWN_ADDRESS,
+    PRIO_ARP_UNKNOWN,
+    PRIO_CT_SKIP_ND,
+    PRIO_CT_TRACK,
+    PRIO_DEFAULT,
+    PRIO_DELIVER,
+    PRIO_DST_ADDRESS,
+    PRIO_DST_FRAME,
+    PRIO_DST_WRONG_ADDRESS,
+    PRIO_ESTABLISHED,
+    PRIO_FABRIC_LLDP,
+    PRIO_FABRIC_NEW,
+    PRIO_FABRIC_PASS,
+    PRIO_FABRIC_PORT,
+    PRIO_FLOOD,
+    PRIO_INTRA_GROUP,
+    PRIO_INVALID,
+    PRIO_ISOLATION,
+    PRIO_LABEL,
+    PRIO_LINK_LOCAL,
+    PRIO_MISS,
+    PRIO_MULTICAST,
+    PRIO_ND_OWN,
+    PRIO_ND_UNICAST,
+    PRIO_QUIET_DROP,
+    PRIO_REMOTE_VM,
+    PRIO_ROGUE_DHCP,
+    PRIO_ROGUE_ND,
+    PRIO_SPOOFED_L2,
+    PRIO_SPOOFED_L3,
+    PRIO_SPOOFED_ND,
+    PRIO_VM_ADDRESS,
+    PRIO_VM_FRAME,
+    SRC_GROUP_REGS,
+    ZONE_REG,
+    Owner,
+    Table,
+    rule_priority,
+)
+from .pipeline import SPOOF_DROP_KINDS as SPOOF_DROP_KINDS  # the audit reads it here
 from .policy import port_masks
 
-METER_PUNT = 1  # frames from unbound ports (binding detection)
-METER_LLDP = 2  # link discovery
-METER_LOG = 3  # deny-and-log samples
-METER_STANDBY = 4  # a migration target's port until switch-over (not shared with punts)
 ETH_TYPE_IP = 0x0800
 ETH_TYPE_ARP = 0x0806
 ETH_TYPE_IPV6 = 0x86DD
@@ -70,18 +108,6 @@ SEG_LOCAL = META_SEGMENT_MASK | META_FROM_FABRIC
 ZERO_MAC = "00:00:00:00:00:00"
 ICMPV6 = 58
 ND_RS, ND_RA, ND_NS, ND_NA, ND_REDIRECT = 133, 134, 135, 136, 137
-ZONE = (ZONE_REG, 15)  # ct zone from reg5[0..15]: (field, ofs << 6 | nbits - 1)
-# port-security drops in CLASSIFY, by what they catch (the audit reads their counters)
-PRIO_ROGUE_DHCP = 220  # DHCP server replies from a VM
-PRIO_ROGUE_ND = 218  # router advertisements and redirects from a VM
-PRIO_ND_OWN = 216  # neighbour discovery about the VM's own addresses and MAC: classify
-PRIO_QUIET_DROP = 215  # router solicitations: harmless, dropped without an audit
-PRIO_SPOOFED_ND = 214  # any other neighbour discovery from a VM
-PRIO_SPOOFED_L3 = 205  # IP/ARP/IPv6 with a source that is not the VM's
-PRIO_SPOOFED_L2 = 190  # any other frame: foreign source MAC, or tagged
-SPOOF_DROP_KINDS = {PRIO_ROGUE_DHCP: "dhcp-server", PRIO_ROGUE_ND: "router-advertisement",
-                    PRIO_SPOOFED_ND: "spoofed-nd", PRIO_SPOOFED_L3: "spoofed-source",
-                    PRIO_SPOOFED_L2: "spoofed-source"}
 
 Flows = dict[int, frozenset[Flow]]
 _F = TypeVar("_F", bound=Callable[..., Iterable[Flow]])
@@ -181,25 +207,26 @@ def base_flows() -> Iterable[Flow]:
     """Pipeline skeleton: fail closed everywhere, punt LLDP and unbound ports (metered)."""
     base = cookie(Owner.BASE)
     to_ctl = apply(("output", OFPP_CONTROLLER))
-    yield Flow(Table.CLASSIFY, 0, (), (meter(METER_PUNT), to_ctl), base)
-    yield Flow(Table.FABRIC, 0, (), DROP, base)
-    yield Flow(Table.REMOTE_CLASSIFY, 0, (), DROP, base)
-    yield Flow(Table.ARP, 0, (), (goto(Table.DST_LOOKUP),), base)
-    yield Flow(Table.ARP, 50, match(eth_type=ETH_TYPE_ARP, arp_op=1), DROP, base)
-    yield Flow(Table.ARP, 50, _nd(ND_NS), DROP, base)  # solicitation for nobody we know
-    yield Flow(Table.DST_LOOKUP, 0, (), (goto(Table.CONNTRACK),), base)
+    yield Flow(Table.CLASSIFY, PRIO_MISS, (), (meter(METER_PUNT), to_ctl), base)
+    yield Flow(Table.FABRIC, PRIO_MISS, (), DROP, base)
+    yield Flow(Table.REMOTE_CLASSIFY, PRIO_MISS, (), DROP, base)
+    yield Flow(Table.ARP, PRIO_MISS, (), (goto(Table.DST_LOOKUP),), base)
+    yield Flow(Table.ARP, PRIO_ARP_UNKNOWN, match(eth_type=ETH_TYPE_ARP, arp_op=1), DROP, base)
+    # a solicitation for nobody we know
+    yield Flow(Table.ARP, PRIO_ARP_UNKNOWN, _nd(ND_NS), DROP, base)
+    yield Flow(Table.DST_LOOKUP, PRIO_MISS, (), (goto(Table.CONNTRACK),), base)
     for eth_type in (ETH_TYPE_IP, ETH_TYPE_IPV6):
-        yield Flow(Table.CONNTRACK, 100, match(eth_type=eth_type),
-                   (apply(("ct", 0, *ZONE, int(Table.POLICY))),), base)
+        yield Flow(Table.CONNTRACK, PRIO_CT_TRACK, match(eth_type=eth_type),
+                   (apply(("ct", 0, *CT_ZONE, int(Table.POLICY))),), base)
     for t in (ND_NS, ND_NA):  # userspace conntrack calls these invalid: not connections
-        yield Flow(Table.CONNTRACK, 110, _nd(t), (goto(Table.POLICY),), base)
-    yield Flow(Table.CONNTRACK, 0, (), (goto(Table.POLICY),), base)
-    yield Flow(Table.POLICY, 0, (), DROP, base)
-    yield Flow(Table.ND_REACH, 0, (), (goto(Table.ND_REACH_REV),), base)
-    yield Flow(Table.ND_REACH_REV, 0, (), DROP, base)
-    yield Flow(Table.FLOOD_POLICY, 0, (), DROP, base)
-    yield Flow(Table.FORWARD, 0, (), DROP, base)
-    yield Flow(Table.FORWARD, 300, match(eth_dst=LINK_LOCAL), DROP, base)
+        yield Flow(Table.CONNTRACK, PRIO_CT_SKIP_ND, _nd(t), (goto(Table.POLICY),), base)
+    yield Flow(Table.CONNTRACK, PRIO_MISS, (), (goto(Table.POLICY),), base)
+    yield Flow(Table.POLICY, PRIO_MISS, (), DROP, base)
+    yield Flow(Table.ND_REACH, PRIO_MISS, (), (goto(Table.ND_REACH_REV),), base)
+    yield Flow(Table.ND_REACH_REV, PRIO_MISS, (), DROP, base)
+    yield Flow(Table.FLOOD_POLICY, PRIO_MISS, (), DROP, base)
+    yield Flow(Table.FORWARD, PRIO_MISS, (), DROP, base)
+    yield Flow(Table.FORWARD, PRIO_LINK_LOCAL, match(eth_dst=LINK_LOCAL), DROP, base)
 
 
 def fabric_flows(
@@ -211,18 +238,18 @@ def fabric_flows(
     to_ctl = (meter(METER_LLDP), apply(("output", OFPP_CONTROLLER)))
     for port in sorted(fabric_ports):
         ck = cookie(Owner.FABRIC, port)
-        yield Flow(Table.CLASSIFY, 180, match(in_port=port, eth_type=ETH_TYPE_LLDP), to_ctl,
-                   ck)
-        yield Flow(Table.CLASSIFY, 170, match(in_port=port), (goto(Table.FABRIC),), ck)
+        yield Flow(Table.CLASSIFY, PRIO_FABRIC_LLDP,
+                   match(in_port=port, eth_type=ETH_TYPE_LLDP), to_ctl, ck)
+        yield Flow(Table.CLASSIFY, PRIO_FABRIC_PORT, match(in_port=port), (goto(Table.FABRIC),), ck)
     me = state.switches[dpid]
     yield Flow(
-        Table.FABRIC, 100, match(vlan_vid=OFPVID_PRESENT | me.label),
+        Table.FABRIC, PRIO_LABEL, match(vlan_vid=OFPVID_PRESENT | me.label),
         (apply(("pop_vlan",)), goto(Table.REMOTE_CLASSIFY)), cookie(Owner.FABRIC, me.label),
     )
     for dest, port in sorted(hops.items()):
         label = state.switches[dest].label
         yield Flow(
-            Table.FABRIC, 100, match(vlan_vid=OFPVID_PRESENT | label),
+            Table.FABRIC, PRIO_LABEL, match(vlan_vid=OFPVID_PRESENT | label),
             (apply(("output", port)),), cookie(Owner.FABRIC, label),
         )
 
@@ -258,34 +285,35 @@ def local_vm_flows(vm: VM, port: int, group_bits: int = 0, standby: bool = False
     v4 = [ip for ip in vm.ips if ":" not in ip]
     v6 = ipv6_addresses(vm)
     for ip in v4:
-        yield Flow(Table.CLASSIFY, 210, match(**me, eth_type=ETH_TYPE_IP, ipv4_src=ip),
+        yield Flow(Table.CLASSIFY, PRIO_VM_ADDRESS, match(**me, eth_type=ETH_TYPE_IP, ipv4_src=ip),
                    classify, ck)
-        yield Flow(Table.CLASSIFY, 210, match(**me, eth_type=ETH_TYPE_ARP, arp_spa=ip,
+        yield Flow(Table.CLASSIFY, PRIO_VM_ADDRESS, match(**me, eth_type=ETH_TYPE_ARP, arp_spa=ip,
                                               arp_sha=vm.mac), classify, ck)
     yield from _nd_security(vm, port, me, v6, classify, ck)
     for src6 in v6:
-        yield Flow(Table.CLASSIFY, 210, match(**me, eth_type=ETH_TYPE_IPV6, ipv6_src=src6),
-                   classify, ck)
+        yield Flow(Table.CLASSIFY, PRIO_VM_ADDRESS,
+                   match(**me, eth_type=ETH_TYPE_IPV6, ipv6_src=src6), classify, ck)
     # the unspecified source: only ICMPv6 (duplicate address detection, MLD reports)
-    yield Flow(Table.CLASSIFY, 210, match(**me, eth_type=ETH_TYPE_IPV6, ipv6_src="::",
+    yield Flow(Table.CLASSIFY, PRIO_VM_ADDRESS, match(**me, eth_type=ETH_TYPE_IPV6, ipv6_src="::",
                                           ip_proto=ICMPV6), classify, ck)
     for eth_type in (ETH_TYPE_IP, ETH_TYPE_ARP, ETH_TYPE_IPV6):
         yield Flow(Table.CLASSIFY, PRIO_SPOOFED_L3, match(in_port=port, eth_type=eth_type),
                    DROP, ck)
-    yield Flow(Table.CLASSIFY, 200, match(**me), classify, ck)
+    yield Flow(Table.CLASSIFY, PRIO_VM_FRAME, match(**me), classify, ck)
     yield Flow(Table.CLASSIFY, PRIO_SPOOFED_L2, match(in_port=port), DROP, ck)
     for ip in v4:
         # a VM asking for its own address (gratuitous ARP, probes) gets no answer
         yield Flow(
-            Table.ARP, 110, match(eth_type=ETH_TYPE_ARP, arp_op=1, in_port=port, arp_tpa=ip),
-            DROP, ck,
+            Table.ARP, PRIO_ARP_OWN_ADDRESS,
+            match(eth_type=ETH_TYPE_ARP, arp_op=1, in_port=port, arp_tpa=ip), DROP, ck,
         )
     for ip in v6:  # nor its duplicate address detection (so it succeeds)
-        yield Flow(Table.ARP, 110, _nd(ND_NS, in_port=port, ipv6_nd_target=ip), DROP, ck)
+        yield Flow(Table.ARP, PRIO_ARP_OWN_ADDRESS, _nd(ND_NS, in_port=port, ipv6_nd_target=ip),
+                   DROP, ck)
     if standby:
         return
-    yield Flow(Table.FORWARD, 100, match(**{DST_VM_REG: vm.id}), (apply(("output", port)),),
-               ck)
+    yield Flow(Table.FORWARD, PRIO_DELIVER, match(**{DST_VM_REG: vm.id}),
+               (apply(("output", port)),), ck)
 
 
 def _nd_security(vm: VM, port: int, me: dict, v6: tuple[str, ...], classify: tuple, ck: int
@@ -326,7 +354,7 @@ def remote_vm_flows(vm: VM, label: int, hop: int | None, group_bits: int = 0
     ck = cookie(Owner.VM, vm.id)
     sets = [("set", reg, v) for reg, v in group_regs(group_bits, SRC_GROUP_REGS)]
     yield Flow(
-        Table.REMOTE_CLASSIFY, 100, match(eth_src=vm.mac),
+        Table.REMOTE_CLASSIFY, PRIO_REMOTE_VM, match(eth_src=vm.mac),
         (apply(*sets, ("set", ZONE_REG, vm.segment_id)),
          write_meta(meta_value(vm.segment_id, vm.id, from_fabric=True)),
          goto(Table.DST_LOOKUP)),
@@ -335,7 +363,7 @@ def remote_vm_flows(vm: VM, label: int, hop: int | None, group_bits: int = 0
     if hop is None:
         return  # no path yet: unknown destination drops, it never floods
     yield Flow(
-        Table.FORWARD, 100, match(**{DST_VM_REG: vm.id}, metadata=(0, META_FROM_FABRIC)),
+        Table.FORWARD, PRIO_DELIVER, match(**{DST_VM_REG: vm.id}, metadata=(0, META_FROM_FABRIC)),
         (apply(*_label_and_send(label, hop, push=True)),), ck,
     )
 
@@ -353,15 +381,16 @@ def dst_lookup_flows(vm: VM, group_bits: int) -> Iterable[Flow]:
     mine = {"metadata": (vm.segment_id, META_SEGMENT_MASK), "eth_dst": vm.mac}
     for ip in vm.ips:
         if ":" not in ip:
-            yield Flow(Table.DST_LOOKUP, 100, match(**mine, eth_type=ETH_TYPE_IP, ipv4_dst=ip),
-                       tag, ck)
+            yield Flow(Table.DST_LOOKUP, PRIO_DST_ADDRESS,
+                       match(**mine, eth_type=ETH_TYPE_IP, ipv4_dst=ip), tag, ck)
     v6 = ipv6_addresses(vm)
     for ip in sorted({*v6, *(_solicited_node(a) for a in v6)}):
-        yield Flow(Table.DST_LOOKUP, 100, match(**mine, eth_type=ETH_TYPE_IPV6, ipv6_dst=ip),
-                   tag, ck)
+        yield Flow(Table.DST_LOOKUP, PRIO_DST_ADDRESS,
+                   match(**mine, eth_type=ETH_TYPE_IPV6, ipv6_dst=ip), tag, ck)
     for eth_type in (ETH_TYPE_IP, ETH_TYPE_IPV6):
-        yield Flow(Table.DST_LOOKUP, 90, match(**mine, eth_type=eth_type), DROP, ck)
-    yield Flow(Table.DST_LOOKUP, 80, match(**mine), tag, ck)
+        yield Flow(Table.DST_LOOKUP, PRIO_DST_WRONG_ADDRESS, match(**mine, eth_type=eth_type),
+                   DROP, ck)
+    yield Flow(Table.DST_LOOKUP, PRIO_DST_FRAME, match(**mine), tag, ck)
 
 
 def _solicited_node(ip: str) -> str:
@@ -377,7 +406,7 @@ def arp_responder_flows(vm: VM) -> Iterable[Flow]:
         if ":" in ip:
             continue
         yield Flow(
-            Table.ARP, 100,
+            Table.ARP, PRIO_ARP_ANSWER,
             match(
                 eth_type=ETH_TYPE_ARP, arp_op=1,
                 metadata=(vm.segment_id, META_SEGMENT_MASK), arp_tpa=ip,
@@ -403,8 +432,8 @@ def nd_resolver_flows(vm: VM) -> Iterable[Flow]:
     meets the policy like any frame to the VM (ND_REACH)."""
     ck = cookie(Owner.VM, vm.id)
     for ip in ipv6_addresses(vm):
-        yield Flow(Table.ARP, 100, _nd(ND_NS, metadata=(vm.segment_id, META_SEGMENT_MASK),
-                                       ipv6_nd_target=ip),
+        yield Flow(Table.ARP, PRIO_ARP_ANSWER,
+                   _nd(ND_NS, metadata=(vm.segment_id, META_SEGMENT_MASK), ipv6_nd_target=ip),
                    (apply(("set", "eth_dst", vm.mac)), goto(Table.DST_LOOKUP)), ck)
 
 
@@ -428,12 +457,12 @@ def segment_flood_flows(
         far.extend(_label_and_send(label, hop, push=(i == 0)))
     unjudged = {DST_VM_REG: 0}
     yield Flow(
-        Table.FORWARD, 50,
+        Table.FORWARD, PRIO_FLOOD,
         match(metadata=(segment_id, SEG_LOCAL), eth_dst=MULTICAST, **unjudged),
         (apply(*local, *far),) if local or far else DROP, ck,
     )
     yield Flow(
-        Table.FORWARD, 50,
+        Table.FORWARD, PRIO_FLOOD,
         match(metadata=(segment_id | META_FROM_FABRIC, SEG_LOCAL), eth_dst=MULTICAST,
               **unjudged),
         (apply(*local),) if local else DROP, ck,
@@ -448,7 +477,7 @@ def _label_and_send(label: int, hop: int, push: bool) -> list[tuple]:
 
 # --- policy -----------------------------------------------------------------------------------
 
-COMMIT = ("ct", CT_COMMIT, *ZONE, CT_NO_RECIRC)
+COMMIT = ("ct", CT_COMMIT, *CT_ZONE, CT_NO_RECIRC)
 FROM_LOCAL = (0, META_FROM_FABRIC)  # metadata match: frame entered at a VM port here
 
 
@@ -485,30 +514,31 @@ def policy_flows(state: NetworkState) -> Iterable[Flow]:
                 pair = dict([group_bit_match(bits[x], SRC_GROUP_REGS),
                              group_bit_match(bits[y], DST_GROUP_REGS)])
                 ck = cookie(Owner.ISOLATION, k)
-                yield Flow(Table.POLICY, 65500, match(metadata=FROM_LOCAL, **pair), DROP, ck)
-                yield Flow(Table.FLOOD_POLICY, 65500, match(**pair), DROP, ck)
+                yield Flow(Table.POLICY, PRIO_ISOLATION, match(metadata=FROM_LOCAL, **pair), DROP,
+                           ck)
+                yield Flow(Table.FLOOD_POLICY, PRIO_ISOLATION, match(**pair), DROP, ck)
     done = (goto(Table.FORWARD),)
     for t in (ND_NS, ND_NA):  # unicast; multicast advertisements are judged per receiver
-        yield Flow(Table.POLICY, 65400, _nd(t, metadata=FROM_LOCAL, eth_dst=UNICAST),
+        yield Flow(Table.POLICY, PRIO_ND_UNICAST, _nd(t, metadata=FROM_LOCAL, eth_dst=UNICAST),
                    (goto(Table.ND_REACH),), plumbing)
     # Broadcast and multicast are judged per receiver in FORWARD/FLOOD_POLICY, above the
     # conntrack checks: a packet of an established connection sent to a broadcast MAC
     # must not reach everyone (verify found that once).
-    yield Flow(Table.POLICY, 65300, match(eth_dst=MULTICAST), done, plumbing)
-    yield Flow(Table.POLICY, 65000, match(ct_state=(CT_TRK | CT_EST, CT_TRK | CT_EST)), done,
-               plumbing)
+    yield Flow(Table.POLICY, PRIO_MULTICAST, match(eth_dst=MULTICAST), done, plumbing)
+    yield Flow(Table.POLICY, PRIO_ESTABLISHED,
+               match(ct_state=(CT_TRK | CT_EST, CT_TRK | CT_EST)), done, plumbing)
     # Related packets (ICMP errors) are judged by the rules like new ones: conntrack
     # relates an error to a connection by its inner header alone, so a VM could forge one
     # about a connection it is not part of, toward a VM it may not reach.
-    yield Flow(Table.POLICY, 64900, match(ct_state=(CT_TRK | CT_INV, CT_TRK | CT_INV)), DROP,
+    yield Flow(Table.POLICY, PRIO_INVALID, match(ct_state=(CT_TRK | CT_INV, CT_TRK | CT_INV)), DROP,
                plumbing)
     # the source host checked it: track it here too so replies pass, then deliver
     fabric = (META_FROM_FABRIC, META_FROM_FABRIC)
     for eth_type in (ETH_TYPE_IP, ETH_TYPE_IPV6):
-        yield Flow(Table.POLICY, 64500, match(metadata=fabric, eth_type=eth_type,
+        yield Flow(Table.POLICY, PRIO_FABRIC_NEW, match(metadata=fabric, eth_type=eth_type,
                                               ct_state=(CT_TRK | CT_NEW, CT_TRK | CT_NEW)),
                    (apply(COMMIT), goto(Table.FORWARD)), plumbing)
-    yield Flow(Table.POLICY, 64400, match(metadata=fabric), done, plumbing)
+    yield Flow(Table.POLICY, PRIO_FABRIC_PASS, match(metadata=fabric), done, plumbing)
     for judge in (STATEFUL, PER_RECEIVER, REACH, REACH_BACK):
         for rule in pol.rules:
             yield from rule_flows(rule, state, judge)
@@ -517,9 +547,9 @@ def policy_flows(state: NetworkState) -> Iterable[Flow]:
                 if g in bits:
                     m = dict([group_bit_match(bits[g], SRC_GROUP_REGS),
                               group_bit_match(bits[g], DST_GROUP_REGS)])
-                    yield from _verdict(judge, 1000, m, "allow", None,
+                    yield from _verdict(judge, PRIO_INTRA_GROUP, m, "allow", None,
                                         cookie(Owner.POLICY, bits[g] + 1))
-        yield from _verdict(judge, 10, {}, pol.inter_group, None, plumbing)
+        yield from _verdict(judge, PRIO_DEFAULT, {}, pol.inter_group, None, plumbing)
 
 
 def rule_flows(rule: Rule, state: NetworkState, judge: Judge = STATEFUL) -> Iterable[Flow]:

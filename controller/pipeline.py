@@ -1,10 +1,417 @@
-"""TEMPORARY stand-in until the pipeline declaration lands."""
+"""The OpenFlow pipeline, declared once, as data: tables, priority bands, meters, the
+cookie layout, the metadata/register layout and the conntrack bits.
 
-from .flows import Table
+The compiler builds its flows from these names (no bare priorities, meter ids or table
+numbers), tests/unit/test_pipeline_declared.py checks every compiled flow against them,
+verify names tables with :func:`table_name`, and docs/pipeline.md is generated from them
+(``python -m docs.gen_pipeline > docs/pipeline.md``). Nothing here knows about os-ken.
+
+Policy is enforced where traffic enters the network (the source VM's host) for unicast,
+and at each receiver for broadcast and multicast; the destination host tracks
+connections too, so replies are recognised on both ends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+# --- tables -------------------------------------------------------------------------------
+
+
+class Table(IntEnum):
+    CLASSIFY = 0
+    FABRIC = 1
+    REMOTE_CLASSIFY = 2
+    ARP = 10
+    DST_LOOKUP = 15
+    CONNTRACK = 20
+    POLICY = 30
+    ND_REACH = 32
+    ND_REACH_REV = 33
+    FLOOD_POLICY = 35
+    FORWARD = 40
+
+
+# --- cookies: who owns a flow -------------------------------------------------------------
+# top byte: magic nibble 0xA plus the owner kind; low 48 bits: the owner's id. The
+# reconciler and the audit find all flows of one owner by cookie, never by match.
+
+
+class Owner(IntEnum):
+    BASE = 1
+    VM = 2
+    SEGMENT = 3
+    FABRIC = 4
+    RULE = 5
+    POLICY = 6
+    ISOLATION = 7
+
+
+@dataclass(frozen=True)
+class OwnerSpec:
+    owns: str
+    owner_id: str  # what the low 48 bits hold
+
+
+OWNERS: dict[Owner, OwnerSpec] = {
+    Owner.BASE: OwnerSpec("pipeline skeleton: table-miss flows, ARP/ND and link-local drops, "
+                          "conntrack plumbing", "0"),
+    Owner.VM: OwnerSpec("one VM: classification, anti-spoofing, ARP answers, destination "
+                        "lookup, delivery to it", "the VM's tag"),
+    Owner.SEGMENT: OwnerSpec("one segment's broadcast/multicast replication", "segment tag"),
+    Owner.FABRIC: OwnerSpec("fabric ports and the transit of host labels",
+                            "fabric port number or host label"),
+    Owner.RULE: OwnerSpec("one policy rule, in every table that judges it",
+                          "the rule's index in the document"),
+    Owner.POLICY: OwnerSpec("policy plumbing, the defaults and the intra-group allows",
+                            "0, or group bit + 1 for an intra-group allow"),
+    Owner.ISOLATION: OwnerSpec("one isolation pair, both directions",
+                               "the pair's index in the document"),
+}
+COOKIE_MAGIC = 0xA0
+COOKIE_OWNER_SHIFT = 56
+COOKIE_ID_BITS = 48
+COOKIE_ID_MASK = (1 << COOKIE_ID_BITS) - 1
+
+
+# --- metadata and registers ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Bits of a pipeline field that carry one fact from table to table."""
+
+    field: str
+    shift: int
+    bits: int
+    holds: str
+
+    @property
+    def mask(self) -> int:
+        return ((1 << self.bits) - 1) << self.shift
+
+
+META_SEGMENT = Slot("metadata", 0, 16, "segment tag of the frame's source VM")
+META_VM = Slot("metadata", 16, 16, "source VM tag")
+META_FABRIC = Slot("metadata", 32, 1, "the frame came from the fabric (judged at its source)")
+SRC_GROUPS = (Slot("reg0", 0, 32, "source VM's group bits 0-31"),
+              Slot("reg1", 0, 32, "source VM's group bits 32-63"))
+DST_GROUPS = (Slot("reg2", 0, 32, "destination VM's group bits 0-31"),
+              Slot("reg3", 0, 32, "destination VM's group bits 32-63"))
+DST_VM = Slot("reg4", 0, 16, "destination VM tag (0: not looked up yet)")
+ZONE = Slot("reg5", 0, 16, "conntrack zone = segment tag")
+LAYOUT = (META_SEGMENT, META_VM, META_FABRIC, *SRC_GROUPS, *DST_GROUPS, DST_VM, ZONE)
+
+META_SEGMENT_MASK = META_SEGMENT.mask
+META_VM_SHIFT = META_VM.shift
+META_FROM_FABRIC = META_FABRIC.mask
+META_WRITE_MASK = META_SEGMENT.mask | META_VM.mask | META_FABRIC.mask
+SRC_GROUP_REGS = (SRC_GROUPS[0].field, SRC_GROUPS[1].field)
+DST_GROUP_REGS = (DST_GROUPS[0].field, DST_GROUPS[1].field)
+DST_VM_REG = DST_VM.field
+ZONE_REG = ZONE.field
+CT_ZONE = (ZONE.field, ZONE.shift << 6 | ZONE.bits - 1)  # NX ct zone_src, ofs_nbits
+
+# --- limits: every tag that lands in a register, metadata, VLAN label or ct zone ---------
+# Tags are allocated densely by the registry (never a database id) and checked against
+# these widths; reaching one is refused with an error naming the field.
+MAX_VM_TAG = (1 << META_VM.bits) - 1  # metadata bits 16-31 and reg4: 1..65535
+MAX_SEGMENT_TAG = (1 << META_SEGMENT.bits) - 1  # metadata bits 0-15 and ct zone: 1..65535
+MAX_GROUPS = sum(s.bits for s in SRC_GROUPS)  # one bit each in reg0/reg1 and reg2/reg3
+MAX_LABEL = 4094  # host label = VLAN id on the fabric: 1..4094
+
+# --- conntrack ----------------------------------------------------------------------------
+CT_COMMIT = 1  # ct() flag
+CT_NO_RECIRC = 0xFF  # ct() without recirculation
+CT_NEW, CT_EST, CT_REL, CT_RPL, CT_INV, CT_TRK = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+CT_STATES = {"new": CT_NEW, "est": CT_EST, "rel": CT_REL, "rpl": CT_RPL, "inv": CT_INV,
+             "trk": CT_TRK}
+
+# --- meters: everything a switch sends to the controller goes through one ---------------
+
+
+@dataclass(frozen=True)
+class Meter:
+    id: int
+    name: str
+    rate_pps: int  # packets per second, per switch
+    burst: int  # packets
+    job: str
+
+
+METER_PUNT = 1
+METER_LLDP = 2
+METER_LOG = 3
+METER_STANDBY = 4
+METERS = (
+    Meter(METER_PUNT, "punt", 100, 10, "frames from unbound ports (binding detection)"),
+    Meter(METER_LLDP, "lldp", 200, 20, "LLDP from fabric ports (link discovery)"),
+    Meter(METER_LOG, "log", 20, 2, "deny-and-log samples"),
+    Meter(METER_STANDBY, "standby", 200, 20,
+          "a migration target's port until switch-over (not shared with punts)"),
+)
+
+# --- priorities ---------------------------------------------------------------------------
+# Higher wins. Every table's miss flow sits at 0. Within a table no two bands overlap.
+PRIO_MISS = 0
+# CLASSIFY: port security first (the audit reads the drops' counters by priority)
+PRIO_ROGUE_DHCP = 220
+PRIO_ROGUE_ND = 218
+PRIO_ND_OWN = 216
+PRIO_QUIET_DROP = 215
+PRIO_SPOOFED_ND = 214
+PRIO_VM_ADDRESS = 210
+PRIO_SPOOFED_L3 = 205
+PRIO_VM_FRAME = 200
+PRIO_SPOOFED_L2 = 190
+PRIO_FABRIC_LLDP = 180
+PRIO_FABRIC_PORT = 170
+# FABRIC, REMOTE_CLASSIFY
+PRIO_LABEL = 100
+PRIO_REMOTE_VM = 100
+# ARP
+PRIO_ARP_OWN_ADDRESS = 110
+PRIO_ARP_ANSWER = 100
+PRIO_ARP_UNKNOWN = 50
+# DST_LOOKUP
+PRIO_DST_ADDRESS = 100
+PRIO_DST_WRONG_ADDRESS = 90
+PRIO_DST_FRAME = 80
+# CONNTRACK
+PRIO_CT_SKIP_ND = 110
+PRIO_CT_TRACK = 100
+# POLICY plumbing, above every rule
+PRIO_ISOLATION = 65500
+PRIO_ND_UNICAST = 65400
+PRIO_MULTICAST = 65300
+PRIO_ESTABLISHED = 65000
+PRIO_INVALID = 64900
+PRIO_FABRIC_NEW = 64500
+PRIO_FABRIC_PASS = 64400
+# the judges (POLICY, ND_REACH, ND_REACH_REV, FLOOD_POLICY): rules, then the defaults
+RULE_PRIORITY_TOP = 60000  # rule i: priorities TOP - STEP*i and one below (non-IP allow)
+RULE_PRIORITY_STEP = 4
+RULE_PRIORITY_FLOOR = 1100  # above the intra-group allows and the default
+MAX_RULES = (RULE_PRIORITY_TOP - RULE_PRIORITY_FLOOR) // RULE_PRIORITY_STEP + 1
+PRIO_INTRA_GROUP = 1000
+PRIO_DEFAULT = 10
+# FORWARD
+PRIO_LINK_LOCAL = 300
+PRIO_DELIVER = 100
+PRIO_FLOOD = 50
+
+
+def rule_priority(index: int) -> int:
+    """Priority of rule ``index`` (0-based): first match wins, so earlier is higher."""
+    if not 0 <= index < MAX_RULES:
+        raise ValueError(f"rule index {index} outside 0..{MAX_RULES - 1}")
+    return RULE_PRIORITY_TOP - RULE_PRIORITY_STEP * index
+
+
+@dataclass(frozen=True)
+class Band:
+    """Priorities ``low..high`` (inclusive) of a table, all owned by one cookie kind."""
+
+    name: str
+    low: int
+    high: int
+    owner: Owner
+    job: str
+    audit: str = ""  # kind of spoof the audit reports for a drop here ("": not audited)
+
+
+def _at(name: str, prio: int, owner: Owner, job: str, audit: str = "") -> Band:
+    return Band(name, prio, prio, owner, job, audit)
+
+
+def _miss(job: str) -> Band:
+    return _at("table_miss", PRIO_MISS, Owner.BASE, job)
+
+
+# an allow also lets non-IP through one priority below, so first-match order is kept
+_JUDGED = (
+    Band("rules", RULE_PRIORITY_FLOOR - 1, RULE_PRIORITY_TOP, Owner.RULE,
+         "the rules in document order, first match wins (rule i at TOP - STEP*i)"),
+    Band("intra_group", PRIO_INTRA_GROUP - 1, PRIO_INTRA_GROUP, Owner.POLICY,
+         "within a group, when the policy allows it"),
+    Band("default", PRIO_DEFAULT - 1, PRIO_DEFAULT, Owner.POLICY,
+         "between groups: the policy's default"),
+)
+_ISOLATION = _at("isolation", PRIO_ISOLATION, Owner.ISOLATION,
+                 "isolation pairs: drop, above everything")
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    number: Table
+    job: str  # one line
+    next: tuple[Table, ...]  # tables a flow here may continue in: goto, resubmit, ct()
+    bands: tuple[Band, ...]
+    detail: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.number.name.lower()
+
+    @property
+    def owners(self) -> tuple[Owner, ...]:
+        return tuple(sorted({b.owner for b in self.bands}))
+
+    def band_at(self, priority: int) -> Band | None:
+        return next((b for b in self.bands if b.low <= priority <= b.high), None)
+
+
+TABLES = (
+    TableSpec(
+        Table.CLASSIFY, "port -> source identity; anti-spoofing",
+        (Table.FABRIC, Table.ARP),
+        (_miss("unbound port: to the controller through the punt meter"),
+         _at("fabric_port", PRIO_FABRIC_PORT, Owner.FABRIC,
+             "anything else from a fabric port: to FABRIC"),
+         _at("fabric_lldp", PRIO_FABRIC_LLDP, Owner.FABRIC,
+             "LLDP from a fabric port: to the controller through the lldp meter"),
+         _at("spoofed_l2", PRIO_SPOOFED_L2, Owner.VM,
+             "any other frame from a VM port (foreign MAC, tagged): drop", "spoofed-source"),
+         _at("vm_frame", PRIO_VM_FRAME, Owner.VM, "non-IP from the VM's own MAC: classify"),
+         _at("spoofed_l3", PRIO_SPOOFED_L3, Owner.VM,
+             "IP/ARP/IPv6 with a source that is not the VM's: drop", "spoofed-source"),
+         _at("vm_address", PRIO_VM_ADDRESS, Owner.VM,
+             "own IPv4 source, ARP sender, IPv6 source (incl. ICMPv6 from ::): classify"),
+         _at("spoofed_nd", PRIO_SPOOFED_ND, Owner.VM,
+             "any other neighbour discovery from a VM: drop", "spoofed-nd"),
+         _at("router_solicitation", PRIO_QUIET_DROP, Owner.VM,
+             "router solicitations: harmless, dropped without an audit"),
+         _at("vm_nd", PRIO_ND_OWN, Owner.VM,
+             "neighbour discovery about the VM's own addresses and MAC: classify"),
+         _at("rogue_nd", PRIO_ROGUE_ND, Owner.VM,
+             "router advertisements and redirects from a VM: drop", "router-advertisement"),
+         _at("rogue_dhcp", PRIO_ROGUE_DHCP, Owner.VM, "DHCP server replies from a VM: drop",
+             "dhcp-server")),
+        "Bound VM port + own MAC + own IP (IP, ARP sender, IPv6 incl. its EUI-64 link-local) "
+        "+ untagged, and neighbour discovery only for its own addresses: write segment/VM tag "
+        "to metadata, source group bits to reg0/1, zone to reg5. Anything else from a VM port "
+        "is a spoof; DHCP server replies, router advertisements and redirects are rogue: drop "
+        "(counted, audited). Operator-marked fabric ports: LLDP -> controller, the rest -> "
+        "FABRIC. Unbound ports -> controller (metered), for binding detection only.",
+    ),
+    TableSpec(
+        Table.FABRIC, "host labels: ours -> decapsulate, another host's -> next hop",
+        (Table.REMOTE_CLASSIFY,),
+        (_miss("unknown label: drop"),
+         _at("label", PRIO_LABEL, Owner.FABRIC,
+             "our label: pop, to REMOTE_CLASSIFY; another host's: out toward it")),
+        "Frames from the fabric carry the destination host's label in the VLAN id.",
+    ),
+    TableSpec(
+        Table.REMOTE_CLASSIFY, "frame from another host: source VM by eth_src",
+        (Table.DST_LOOKUP,),
+        (_miss("unknown source: drop"),
+         _at("remote_vm", PRIO_REMOTE_VM, Owner.VM,
+             "source VM's tag and groups, marked as from the fabric")),
+        "The source host already checked the frame; here it only gets its identity back "
+        "(a broadcast from it is judged per receiver on this host).",
+    ),
+    TableSpec(
+        Table.ARP, "address resolution in the datapath",
+        (Table.DST_LOOKUP,),
+        (_miss("not a request: on to DST_LOOKUP"),
+         _at("unknown_request", PRIO_ARP_UNKNOWN, Owner.BASE,
+             "ARP request or neighbour solicitation for nobody we know: drop"),
+         _at("answer", PRIO_ARP_ANSWER, Owner.VM,
+             "ARP request for a VM's IP: answered; solicitation: unicast to its owner"),
+         _at("own_address", PRIO_ARP_OWN_ADDRESS, Owner.VM,
+             "a VM asking for its own address (gratuitous ARP, DAD): no answer")),
+        "ARP requests for known IPs are answered (works with the controller down); IPv6 "
+        "neighbour solicitations for a known address become unicast to its owner; all other "
+        "requests are dropped, never flooded.",
+    ),
+    TableSpec(
+        Table.DST_LOOKUP, "(segment, eth_dst) -> destination VM tag and groups",
+        (Table.CONNTRACK,),
+        (_miss("unknown destination (e.g. broadcast): on to CONNTRACK"),
+         _at("frame", PRIO_DST_FRAME, Owner.VM, "non-IP to a VM's MAC: tag"),
+         _at("wrong_address", PRIO_DST_WRONG_ADDRESS, Owner.VM,
+             "IP to a VM's MAC without one of its addresses: drop"),
+         _at("address", PRIO_DST_ADDRESS, Owner.VM,
+             "IP to a VM's MAC and address (or solicited-node group): tag")),
+        "Destination VM tag to reg4, its group bits to reg2/3, for the policy. A packet of an "
+        "allowed connection re-addressed to another VM's MAC reaches nobody.",
+    ),
+    TableSpec(
+        Table.CONNTRACK, "IP -> ct(zone=segment), then POLICY with ct_state",
+        (Table.POLICY,),
+        (_miss("non-IP: to POLICY"),
+         _at("track", PRIO_CT_TRACK, Owner.BASE, "IPv4/IPv6: ct(zone=reg5, table=POLICY)"),
+         _at("skip_nd", PRIO_CT_SKIP_ND, Owner.BASE,
+             "neighbour solicitations/advertisements: not connections, to POLICY")),
+        "Userspace conntrack calls neighbour discovery invalid, so it skips conntrack.",
+    ),
+    TableSpec(
+        Table.POLICY, "unicast, judged statefully at the source host",
+        (Table.ND_REACH, Table.FORWARD),
+        (_miss("drop"),
+         *_JUDGED,
+         _at("fabric_pass", PRIO_FABRIC_PASS, Owner.POLICY,
+             "from the fabric: checked at its source host, pass"),
+         _at("fabric_new", PRIO_FABRIC_NEW, Owner.POLICY,
+             "new IP from the fabric: commit (so replies pass here), pass"),
+         _at("invalid", PRIO_INVALID, Owner.POLICY, "ct_state invalid: drop"),
+         _at("established", PRIO_ESTABLISHED, Owner.POLICY, "established: pass"),
+         _at("multicast", PRIO_MULTICAST, Owner.POLICY,
+             "broadcast/multicast: to FORWARD, judged per receiver there"),
+         _at("nd_unicast", PRIO_ND_UNICAST, Owner.POLICY,
+             "unicast neighbour discovery from a local VM: to ND_REACH"),
+         _ISOLATION),
+        "Isolation pairs above everything; broadcast/multicast to FORWARD (judged per "
+        "receiver); established pass, related is judged like new, invalid drop; frames from "
+        "the fabric are committed and pass; then the rules in order on group bits, then the "
+        "defaults. Allowed new connections are committed; deny-and-log samples go to the "
+        "controller through the log meter.",
+    ),
+    TableSpec(
+        Table.ND_REACH, "neighbour discovery: may the sender reach the receiver at all?",
+        (Table.ND_REACH_REV, Table.FORWARD),
+        (_miss("no rule says: ask ND_REACH_REV"), *_JUDGED),
+        "Passes when the rules let the sender reach the receiver in any way; a deny of "
+        "everything hands over to ND_REACH_REV.",
+    ),
+    TableSpec(
+        Table.ND_REACH_REV, "... or may the receiver reach the sender?",
+        (Table.FORWARD,),
+        (_miss("drop"), *_JUDGED),
+        "Replies need neighbour discovery both ways.",
+    ),
+    TableSpec(
+        Table.FLOOD_POLICY, "one receiver's copy of a broadcast, judged statelessly",
+        (Table.FORWARD,),
+        (_miss("drop"), *_JUDGED, _ISOLATION),
+        "The receiver is in reg2-4 (set by FORWARD before the resubmit). A rule's "
+        "destination CIDR cannot be judged on a broadcast: its deny holds for every "
+        "receiver, its allow for none.",
+    ),
+    TableSpec(
+        Table.FORWARD, "destination by reg4; broadcast replication",
+        (Table.FLOOD_POLICY,),
+        (_miss("unknown unicast: drop"),
+         _at("flood", PRIO_FLOOD, Owner.SEGMENT,
+             "broadcast/multicast: each local receiver judged in FLOOD_POLICY (resubmit), "
+             "one labelled copy per other host of the segment"),
+         _at("deliver", PRIO_DELIVER, Owner.VM,
+             "to a local VM's port, or labelled toward a remote VM's host"),
+         _at("link_local", PRIO_LINK_LOCAL, Owner.BASE,
+             "link-local multicast (01:80:c2:00:00:0x): drop")),
+        "Local port, or push the destination host's label and send it toward that host.",
+    ),
+)
+TABLE_SPECS = {int(t.number): t for t in TABLES}
+
+# spoof drops in CLASSIFY the audit reports, by priority
+SPOOF_DROP_KINDS = {b.low: b.audit for b in TABLE_SPECS[Table.CLASSIFY].bands if b.audit}
 
 
 def table_name(number: int) -> str:
-    try:
-        return Table(number).name.lower()
-    except ValueError:
-        return f"table{number}"
+    """The declared name of table ``number`` ("policy"), or "table<N>" for a table the
+    pipeline does not declare (a flow someone added by hand)."""
+    spec = TABLE_SPECS.get(number)
+    return spec.name if spec is not None else f"table{number}"

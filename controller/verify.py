@@ -49,9 +49,9 @@ from typing import Any, Literal
 
 from .flows import OFPP_CONTROLLER, OFPP_IN_PORT, Flow
 from .model import NetworkState, PortRef
+from .pipeline import CT_TRK, TABLE_SPECS, table_name
 
 OFPP_NORMAL, OFPP_FLOOD, OFPP_ALL = 0xFFFFFFFA, 0xFFFFFFFB, 0xFFFFFFFC
-CT_TRK = 0x20
 MAX_STEPS = 200_000
 MAX_HOPS = 16
 MAX_NESTING = 64  # resubmits and recirculations inside one another (OVS's limit too)
@@ -182,8 +182,15 @@ class _Ctx:
         self.unknown = self.unknown or reason
 
     def describe(self, dpid: int, f: Flow) -> str:
-        return (f"{self.names.get(dpid)} table {f.table} prio {f.priority} "
+        return (f"{self.names.get(dpid)} {_table(f.table)} prio {f.priority} "
                 f"cookie {f.cookie:#x} {dict(f.match)}")
+
+
+def _table(number: int) -> str:
+    """'table 30 (policy)' in a witness; a table the pipeline does not declare (a flow
+    added by hand) has no name to add."""
+    return f"table {number} ({table_name(number)})" if number in TABLE_SPECS else \
+        f"table {number}"
 
 
 def verify(state: NetworkState, flows: dict[int, list[Flow]],
@@ -304,7 +311,7 @@ def _apply(ctx: _Ctx, dpid: int, f: Flow, c: Cube, path: list[str], hops: int, d
                     inner = c
                     if kind == "ct":  # the tracked copy: any connection state
                         inner = c.forget("ct_state").with_eq("ct_state", CT_TRK, CT_TRK)
-                    found = _walk(ctx, dpid, table, inner, path + [f"{kind} to table {table}"],
+                    found = _walk(ctx, dpid, table, inner, path + [f"{kind} to {_table(table)}"],
                                   hops, depth + 1)
                     if found is not None:
                         return found

@@ -5,19 +5,14 @@ from __future__ import annotations
 import copy
 import json
 import random
-from pathlib import Path
 
 import pytest
-import yaml
 
 from vfence.controller import compiler, policy
 from vfence.controller.flows import CT_EST, CT_TRK, Owner, Table, cookie
 from vfence.controller.model import NetworkState, Switch
 
-from .netfixtures import HV1, HV2, add_vm, two_hosts_two_spines
-
-FINANCE = yaml.safe_load(
-    (Path(__file__).parents[2] / "mininet_topos" / "finance.yaml").read_text())
+from .netfixtures import FINANCE, HV1, HV2, add_vm, two_hosts_two_spines
 
 
 def doc(**changes):

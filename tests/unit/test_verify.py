@@ -3,33 +3,19 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
-import yaml
 
-from vfence.controller import compiler, policy, verify
+from vfence.controller import compiler, verify
 from vfence.controller.flows import Flow, match
-from vfence.controller.model import VM, Binding, PortRef
 
-from .netfixtures import HV1, HV2, two_hosts_two_spines
-
-FINANCE = yaml.safe_load(
-    (Path(__file__).parents[2] / "mininet_topos" / "finance.yaml").read_text())
+from .netfixtures import HV1, HV2, finance, two_hosts_two_spines
 
 
 def finance_state():
-    st = two_hosts_two_spines()
-    st.policy = policy.parse(FINANCE)
-    st.group_bits = {g: i for i, g in enumerate(st.policy.groups)}
-    placement = {"pay-1": (HV1, 3), "web-1": (HV1, 4), "pay-2": (HV2, 3), "api-1": (HV2, 4),
-                 "web-2": (HV2, 5)}
-    for i, spec in enumerate(st.policy.vms, start=1):
-        st.vms[spec.name] = VM(i, spec.name, spec.mac, spec.ips, 1, spec.segment, spec.groups)
-        if spec.name in placement:
-            d, p = placement[spec.name]
-            st.bindings[spec.name] = Binding(spec.name, PortRef(d, p))
-    return st
+    return finance(two_hosts_two_spines(), {
+        "pay-1": (HV1, 3), "web-1": (HV1, 4), "pay-2": (HV2, 3), "api-1": (HV2, 4),
+        "web-2": (HV2, 5)})
 
 
 def ports(st):
@@ -72,6 +58,9 @@ def test_a_leak_across_the_fabric_is_found():
     assert not v.isolated
     assert any("->" in step for step in v.witness)  # crossed a fabric link
     assert v.witness[-1].startswith("delivered to pay-2")
+    # each hop names its table by number and name
+    assert any(step.startswith("hv1 table 30 (policy) prio 65535") for step in v.witness)
+    assert any(step.startswith("hv2 table 1 (fabric) prio 100") for step in v.witness)
 
 
 def test_a_leak_in_the_other_direction_only_is_found():
@@ -130,7 +119,7 @@ def test_an_unmodelled_instruction_or_action_makes_it_unknown_naming_it_and_the_
     v = _verdict_with(instructions)
     assert v.status == "unknown" and not v.isolated and v.complete, v.witness
     assert named in v.reason and "not modelled" in v.reason
-    assert "hv1 table 0 prio 65000 cookie 0xbeef" in v.reason
+    assert "hv1 table 0 (classify) prio 65000 cookie 0xbeef" in v.reason
 
 
 def test_a_real_leak_beats_an_unmodelled_flow():
