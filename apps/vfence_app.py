@@ -78,7 +78,7 @@ class VfenceApp(app_manager.OSKenApp):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.service: Service = kwargs["vfence_service"]
-        self.service.programmer = self
+        self.service.switches.programmer = self
         self.datapaths: dict[int, Any] = {}
         self.ports: dict[int, dict[int, tuple[str, str]]] = {}  # dpid -> no -> (name, mac)
         # (dpid, xid): each switch numbers its own requests, so xids repeat across switches

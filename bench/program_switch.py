@@ -91,11 +91,11 @@ def main() -> None:
     service = Service(db.sessions(engine))
     vms = vms_for(args.flows)
     service.state.vms.update(vms)
-    service.state.bindings.update(
+    service.places.bindings.update(  # where the binding machine keeps them
         {n: Binding(n, PortRef(DPID, 10 + v.id), f"p{v.id}") for n, v in vms.items()})
     app = start_openflow(service, "127.0.0.1", args.of_port)
     timed = Timed(app)
-    service.programmer = timed
+    service.switches.programmer = timed
 
     ctl, ofctl = [], []
     flows_file = tmp / "flows.txt"

@@ -16,12 +16,13 @@ completes when the old port goes.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .hosts import OFPP_MAX, Interface
-from .model import VM, Binding, PortRef
+from .model import VM, Binding, NetworkState, PortRef
 
 ANNOUNCE_LIFETIME = 600.0  # seconds a pre-announced migration waits for the VM
 
@@ -70,6 +71,14 @@ class World:
     name: Callable[[int], str]  # a switch's host name, for events
     now: float
 
+    @classmethod
+    def of(cls, state: NetworkState, ports: Mapping[int, Mapping[int, str]],
+           interfaces: tuple[Interface, ...] | None, learn: bool | frozenset[str]) -> World:
+        """The world as the service sees it; ``learn``: --learn-first-frame[-on HOST]."""
+        return cls(state.vms, ports, state.fabric, interfaces, lambda dpid: learn is True or (
+            isinstance(learn, frozenset) and state.switch_name(dpid) in learn),
+            state.switch_name, time.monotonic())
+
 
 # --- events ---------------------------------------------------------------------------------
 
@@ -84,11 +93,9 @@ class HostListed:
 
 @dataclass(frozen=True)
 class PortsChanged:
-    """A switch's port list changed (OpenFlow port status)."""
+    """A switch's port list changed (OpenFlow port status); ``World.ports`` has it."""
 
     dpid: int
-    gone: frozenset[int]
-    came: bool
 
 
 @dataclass(frozen=True)
@@ -216,10 +223,10 @@ class _Draft:
                     p.retired = {(vm, port) for vm, port in p.retired if port in everywhere}
                 self.ports_gone(lambda port: port.dpid in dpids and port not in present)
                 self.bind_from_interfaces()
-            case PortsChanged(dpid, gone, came):
-                self.ports_gone(lambda port: port.dpid == dpid and port.port_no in gone)
-                if came:  # a VM port whose link came back up is the VM's again
-                    self.bind_from_interfaces()
+            case PortsChanged(dpid):
+                have = w.ports.get(dpid, {})
+                self.ports_gone(lambda port: port.dpid == dpid and port.port_no not in have)
+                self.bind_from_interfaces()  # a VM port whose link came back is the VM's
             case FirstFrame(port, mac, port_name):
                 self.first_frame(port, mac, port_name)
             case StandbyFrame(port, mac):

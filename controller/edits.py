@@ -60,12 +60,13 @@ def connect_switch(dpid: int, name: str) -> Edit:
     return edit
 
 
-def port_status(dpid: int, gone: frozenset[int], came: bool) -> Edit:
-    """Links on vanished ports end; the binding machine sees the ports go."""
+def port_status(dpid: int, ports: frozenset[int]) -> Edit:
+    """The switch's ports now (level, not edge: a change that failed is redone by the
+    next): links on ports it no longer has end, and the binding machine sees the ports."""
     def edit(new: NetworkState, s: Session) -> binding.Event:
         new.links = {lk for lk in new.links if not any(
-            p.dpid == dpid and p.port_no in gone for p in (lk.src, lk.dst))}
-        return binding.PortsChanged(dpid, gone, came)
+            p.dpid == dpid and p.port_no not in ports for p in (lk.src, lk.dst))}
+        return binding.PortsChanged(dpid)
     return edit
 
 
@@ -104,8 +105,3 @@ def housekeeping(expired: set[Link], now: float) -> Edit:
         new.links -= expired
         return binding.Expire(now)
     return edit
-
-
-def frame(event: binding.Event) -> Edit:
-    """A frame the datapath sent up (first frame, standby frame): the machine decides."""
-    return lambda new, s: event

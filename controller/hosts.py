@@ -162,11 +162,13 @@ class HostBook:
         return True
 
     def expired(self, links: Iterable[Link], now: float) -> set[Link]:
-        """Links LLDP has not confirmed for LINK_LIFETIME seconds; forgotten here."""
-        old = {lk for lk in links if now - self.link_times.get(lk, now) > LINK_LIFETIME}
-        for lk in old:
+        """Links LLDP has not confirmed for LINK_LIFETIME seconds."""
+        return {lk for lk in links if now - self.link_times.get(lk, now) > LINK_LIFETIME}
+
+    def forget(self, links: Iterable[Link]) -> None:
+        """The links are gone from the network (only after that change succeeded)."""
+        for lk in links:
             self.link_times.pop(lk, None)
-        return old
 
     def connected(self, dpid: int, now: float) -> bool:
         """A switch connected: may its event be said now (its name known or not awaited)?"""

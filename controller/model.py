@@ -139,6 +139,11 @@ class NetworkState:
     # carry LLDP and host labels
     fabric: dict[int, frozenset[int]] = field(default_factory=dict)
 
+    def switch_name(self, dpid: int) -> str:
+        """The switch's host name, or its dpid in 16 hex digits while it has none."""
+        sw = self.switches.get(dpid)
+        return sw.name if sw else f"{dpid:016x}"
+
     def copy(self) -> NetworkState:
         """A copy whose containers are its own (the items are frozen): changing it never
         changes this one."""

@@ -41,6 +41,7 @@ def load(sessions: sessionmaker[Session], replace_stored_policy: bool
                 places.bindings[row.name] = Binding(
                     row.name, PortRef(int(loc.dpid, 16), loc.port_no), loc.port_name, loc.how)
     state.bindings = dict(places.bindings)
+    places.vm_ports = {b.port for b in places.bindings.values()}  # never fabric ports
     return state, places
 
 
@@ -82,13 +83,17 @@ def converged(s: Session, moves: list[binding.Moved], since: float | None,
         metrics.convergence.observe(ms / 1000)
 
 
+def refused_key(iface: Interface) -> tuple[str, ...]:
+    return ("fabric-refused", str(iface.dpid), iface.name)
+
+
 def fabric_refused(s: Session, refused: Iterable[tuple[Interface, str]],
                    name: Callable[[int], str], audited: set[tuple[str, ...]]) -> None:
-    """Ports marked as fabric that a VM was once bound to stay VM ports: said once each."""
+    """Ports marked as fabric that carry or carried a VM stay VM ports: said once each
+    (the caller adds the keys to ``audited`` when the change commits)."""
     write(s, [binding.Audit("fabric-refused", None, (
         ("host", name(i.dpid)), ("port", i.ofport), ("port_name", i.name), ("reason", why)),
-        ("fabric-refused", str(i.dpid), i.name)) for i, why in refused], name, audited)
-    audited |= {("fabric-refused", str(i.dpid), i.name) for i, _ in refused}
+        refused_key(i)) for i, why in refused], name, audited)
 
 
 def record(sessions: sessionmaker[Session], kind: str, **detail: Any) -> None:

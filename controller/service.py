@@ -3,8 +3,9 @@
 API requests, OpenFlow events and OVSDB updates call methods here; one lock serialises
 them. Every change takes the same path (:meth:`Service._change`): copy the state, edit the
 copy (the binding machine in ``binding.py`` is pure), compile, program the switches,
-commit the database, swap the copy in. A dry run stops before programming; a failure at
-any step leaves the live state, the database and the switches as they were.
+commit the database, swap the copy in. A dry run stops before programming. A failure
+leaves the live state and the database as they were; switches already changed are put
+back (if the commit itself fails, they are reprogrammed at the next change).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,7 +24,7 @@ from .errors import Invalid, NotFound, VfenceError, field_path
 from .flows import Flow
 from .hosts import Bridge, HostBook, HostDb, Interface
 from .metrics import Metrics
-from .model import Link, NetworkState, PortRef, VMSpec
+from .model import Link, PortRef, VMSpec
 from .queries import Queries
 from .switches import Programmer, Switches
 
@@ -49,48 +50,47 @@ class Service:
         self.state, self.places = records.load(sessions, replace_stored_policy)
         self.queries = Queries(self)
 
-    @property
-    def programmer(self) -> Programmer | None:
-        return self.switches.programmer
-
-    @programmer.setter
-    def programmer(self, value: Programmer | None) -> None:
-        self.switches.programmer = value
-
     # --- the one path -------------------------------------------------------------------
 
-    def _change(self, edit: edits.Edit, *, dry_run: bool = False, force: bool = False,
-                program: Callable[..., None] | None = None,
+    def _change(self, edit: edits.Edit | binding.Event, *, dry_run: bool = False,
+                force: bool = False, program: Callable[..., None] | None = None,
                 since: float | None = None) -> compiler.Flows | None:
         """Copy, edit, compile, program, commit, swap. ``edit`` changes the copy and the
-        session and may return an event for the binding machine; ``program`` (desired,
-        first, last) replaces the usual programming of every ready switch. Returns what
-        the switches should have (None when nothing the compiler sees changed)."""
+        session and may return an event for the binding machine, or is an event alone
+        (a frame: nothing is copied unless the machine acts). ``program`` (desired, first,
+        last) replaces programming every ready switch. Returns the desired flows (None
+        when nothing the compiler sees changed and no switch waits for a retry)."""
         with self.lock, self.sessions() as s:
-            new = self.state.copy()
-            event = edit(new, s)
-            out = binding.step(self.places, self._world(new), event) if event else \
-                binding.Outcome(self.places, ())
+            new = self.state.copy() if callable(edit) else None
+            event = edit(new, s) if callable(edit) and new else cast(binding.Event, edit)
+            world = binding.World.of(new or self.state, self.switches.ports,
+                                     self.hosts.interfaces(), self.learn_first_frame)
+            out = binding.step(self.places, world, event) if event else binding.Outcome(
+                self.places, ())
+            if new is None:
+                if not out.effects and out.places == self.places:
+                    return None  # a frame that changes nothing (the common punt)
+                new = self.state.copy()
             new.bindings, new.standby, new.expected = out.places.view()
-            records.write(s, out.effects, self.switch_name, self._audited)
-            desired = compiler.compile_network(new) if force or new != self.state else None
+            records.write(s, out.effects, new.switch_name, self._audited)
+            sw = self.switches
+            desired = compiler.compile_network(new) if (
+                force or sw.dirty or new != self.state) else None
             if dry_run:
                 return desired  # the session closes unwritten; nothing was swapped
             if desired is not None:
-                (program or self.switches.program)(desired, [m.target for m in out.moves],
-                                                   [m.source for m in out.moves])
+                sw.name = new.switch_name
+                (program or sw.program)(desired, [m.target for m in out.moves],
+                                        [m.source for m in out.moves])
                 records.converged(s, out.moves, since, self.metrics)
-            s.commit()
+            try:
+                s.commit()
+            except Exception:
+                sw.dirty |= sw.ready  # they run a change the database lost: redo them
+                raise
             self._audited |= out.once
             self.state, self.places = new, out.places
             return desired
-
-    def _world(self, state: NetworkState) -> binding.World:
-        learn = self.learn_first_frame  # --learn-first-frame[-on HOST]
-        return binding.World(state.vms, self.switches.ports, state.fabric,
-                             self.hosts.interfaces(), lambda dpid: learn is True or (
-                                 isinstance(learn, frozenset) and self.switch_name(dpid) in learn),
-                             self.switch_name, time.monotonic())
 
     # --- policy and VMs (API) -------------------------------------------------------------
 
@@ -121,7 +121,7 @@ class Service:
             dpid = self.find_switch(target)
             if dpid is None:
                 raise Invalid(f"no connected switch named {target!r}", "target_host")
-            self._change(edits.frame(binding.Announce(name, dpid)))
+            self._change(binding.Announce(name, dpid))
             return {"vm": name, "target_host": self.switch_name(dpid), "state": "prepared"}
 
     # --- switches, ports, links -------------------------------------------------------------
@@ -158,10 +158,8 @@ class Service:
     def ports_changed(self, dpid: int, ports: dict[int, str]) -> None:
         """New port list of a switch: bindings and links on vanished ports end."""
         with self.lock:
-            before = self.switches.ports.get(dpid, {})
-            gone, came = frozenset(set(before) - set(ports)), bool(set(ports) - set(before))
             self.switches.ports[dpid] = dict(ports)
-            self._change(edits.port_status(dpid, gone, came), since=time.monotonic())
+            self._change(edits.port_status(dpid, frozenset(ports)), since=time.monotonic())
 
     def ovsdb_snapshot(self, interfaces: list[Interface], bridges: Iterable[Bridge] = (),
                        remote: str = "", host: str | None = None,
@@ -172,14 +170,15 @@ class Service:
             t0 = time.monotonic()
             self.hosts.snapshot(HostDb(remote, tuple(interfaces), tuple(bridges), host, override))
             fabric, refused = self.hosts.fabric(self.places.vm_ports)
+            grew = {d for d, p in fabric.items() if p - self.state.fabric.get(d, set())}
             dpids = frozenset({i.dpid for i in interfaces} | {b.dpid for b in bridges})
             self._change(edits.host_listed(self.hosts.names, fabric, interfaces, dpids, lambda s:
                          records.fabric_refused(s, refused, self.switch_name, self._audited)),
                          since=t0)
+            self._audited |= {records.refused_key(i) for i, _ in refused}
             for dpid in self.hosts.due(t0):
                 self._connected_event(dpid)
-            grew = {d for d, p in fabric.items() if p - self.state.fabric.get(d, set())}
-            probe = getattr(self.programmer, "probe_fabric", None)
+            probe = getattr(self.switches.programmer, "probe_fabric", None)
             if grew and probe is not None:
                 probe(grew)  # find the new links now, not at the next LLDP round
 
@@ -200,6 +199,7 @@ class Service:
         with self.lock:
             old = self.hosts.expired(self.state.links, now)
             self._change(edits.housekeeping(old, now))
+            self.hosts.forget(old)
             for dpid in self.hosts.due(now):  # named, or said with what we have
                 self._connected_event(dpid)
 
@@ -209,13 +209,14 @@ class Service:
         """A frame from a port no VM is bound to (QEMU's RARP after a move, a GARP)."""
         with self.lock:
             name = self.switches.ports.get(dpid, {}).get(port_no, "")
-            self._change(edits.frame(binding.FirstFrame(PortRef(dpid, port_no), src_mac, name)),
+            self._change(binding.FirstFrame(PortRef(dpid, port_no), src_mac, name),
                          since=time.monotonic())
 
     def vm_seen(self, dpid: int, port_no: int, src_mac: str) -> None:
         """A frame from a standby port: the VM runs there now; switch over."""
-        self._change(edits.frame(binding.StandbyFrame(PortRef(dpid, port_no), src_mac)),
-                     since=time.monotonic())
+        with self.lock:
+            self._change(binding.StandbyFrame(PortRef(dpid, port_no), src_mac),
+                         since=time.monotonic())
 
     def denied_sample(self, rule_index: int, dpid: int, *sample: Any) -> None:
         """A deny-and-log rule sent a (metered) sample: src/dst MAC, protocol, port."""
@@ -241,8 +242,7 @@ class Service:
                          if name_or_dpid in (sw.name, registry.dpid_str(d))), None)
 
     def switch_name(self, dpid: int) -> str:
-        sw = self.state.switches.get(dpid)
-        return sw.name if sw else registry.dpid_str(dpid)
+        return self.state.switch_name(dpid)
 
     def connected(self) -> list[int]:
         with self.lock:

@@ -39,6 +39,7 @@ class Switches:
         self.ready: set[int] = set()  # connected and its links known: programmed fully
         self.ports: dict[int, dict[int, str]] = {}  # ports with link up, as reported
         self.flow_mods: Counter[int] = Counter()
+        self.dirty: set[int] = set()  # a program failed: reprogram at the next change
 
     def connected(self) -> list[int]:
         return sorted(self.installed)
@@ -93,12 +94,14 @@ class Switches:
                     done += [(d, befores[d]) for d, _ in batch
                              if self.installed[d] is not befores[d]]
         except Exception:
+            self.dirty |= self.ready
             for dpid, before in reversed(done):
                 try:
                     self.send(dpid, diff(before, self.installed[dpid]))
                 except Exception:
                     LOG.exception("could not restore switch %016x", dpid)
             raise
+        self.dirty.clear()
 
     def _send_many(self, batch: list[tuple[int, FlowDiff]]) -> None:
         """Program several switches in one round trip where the programmer can; the

@@ -45,7 +45,7 @@ def make_service(url: str) -> tuple[Service, Recorder]:
     engine = db.make_engine(url)
     db.upgrade(engine)
     service = Service(db.sessions(engine))
-    service.programmer = rec = Recorder()
+    service.switches.programmer = rec = Recorder()
     service.switch_connected(0x101, "hv1", {1: "hv1-eth1", 3: "hv1-eth3"}, [])
     service.switch_ready(0x101)
     return service, rec

@@ -266,7 +266,7 @@ def test_cli_verify_exit_codes_and_the_api_status(live_api, hv1_flows, status, c
     service.ports_changed(0x101, {1: "hv1-eth1", 3: "hv1-eth3", 4: "hv1-eth4"})
     service.ovsdb_snapshot([Interface(0x101, 3, "hv1-eth3", "00:00:00:00:01:01", None),
                             Interface(0x101, 4, "hv1-eth4", "00:00:00:00:01:02", None)])
-    service.programmer.flows = {0x101: [Flow(0, 100, m, ins, 0) for m, ins in hv1_flows]}
+    service.switches.programmer.flows = {0x101: [Flow(0, 100, m, ins, 0) for m, ins in hv1_flows]}
     (v,) = httpx.post(url + "/v1/verify").json()
     assert (v["status"], v["isolated"]) == (status, status == "isolated")
     assert (v["reason"] is not None) == (status == "unknown")

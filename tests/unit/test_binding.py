@@ -40,7 +40,7 @@ def test_step_never_changes_its_input():
     before = copy.deepcopy(places)
     w = world({HV1: {3: "vnet0"}, HV2: {7: "vnet7", 8: "vnet8"}}, learns=True)
     for event in (binding.FirstFrame(NEW, PAY.mac, "vnet7"), binding.Expire(1e9),
-                  binding.Forget("pay-1"), binding.PortsChanged(HV1, frozenset({3}), False),
+                  binding.Forget("pay-1"), binding.PortsChanged(HV1),
                   binding.Rebind()):
         binding.step(places, w, event)
         assert places == before, f"{event} changed the places it was given"
@@ -70,7 +70,7 @@ def test_a_frame_alone_does_not_move_a_vm_that_is_still_up():
     assert kinds(out) == ["move-refused"] and out.once
     # the old port goes: the move completes on the candidate port
     gone = world({HV1: {}, HV2: {7: "vnet7"}}, learns=True)
-    done = binding.step(out.places, gone, binding.PortsChanged(HV1, frozenset({3}), False))
+    done = binding.step(out.places, gone, binding.PortsChanged(HV1))
     assert done.places.bindings["pay-1"].port == NEW and done.moves
 
 

@@ -24,7 +24,7 @@ def _service(url: str, **kw) -> tuple[Service, Recorder]:
     engine = db.make_engine(url)
     db.upgrade(engine)
     service = Service(db.sessions(engine), **kw)
-    service.programmer = rec = Recorder()
+    service.switches.programmer = rec = Recorder()
     return service, rec
 
 
@@ -60,14 +60,21 @@ def test_every_br_int_is_named_by_its_host_everywhere(sqlite_url):
 def test_a_switch_that_connects_before_its_ovsdb_is_renamed(sqlite_url):
     service, _ = _service(sqlite_url)
     _connect(service, HV1, {})
-    _connect(service, HV2, {})
+    _connect(service, HV2, {3: "vnet0"})
     # both report "br-int": the second cannot take a name that is already used
     assert {sw.name for sw in service.state.switches.values()} == {"br-int",
                                                                   "0000000000000102"}
+    client = TestClient(create_app(service))
+    assert client.post("/v1/vms", json=VM).status_code == 201
+    # the snapshot that names hv2 also shows the VM's port there: the VM's location and
+    # its event carry the host's name, not the dpid it had a moment before
     _host(service, "hv1", HV1, [])
-    _host(service, "hv2", HV2, [])
+    _host(service, "hv2", HV2, [Interface(HV2, 3, "vnet0", VM["mac"], "pay-1")])
     assert {sw.name for sw in service.state.switches.values()} == {"hv1", "hv2"}
     assert service.find_switch("hv2") == HV2
+    assert client.get("/v1/vms/pay-1/location").json()["host"]["name"] == "hv2"
+    bound = client.get("/v1/events", params={"type": "vm-bound"}).json()
+    assert [e["host"] for e in bound] == ["hv2"]
 
 
 def test_names_from_ovsdb_rules():
@@ -249,7 +256,7 @@ def test_a_vm_whose_switch_has_not_reconnected_cannot_be_claimed(sqlite_url):
     _connect(service, HV1, {3: "vnet0"})
     client.post("/v1/vms", json=VM)
     restarted = Service(service.sessions, learn_first_frame=True)
-    restarted.programmer = Recorder()
+    restarted.switches.programmer = Recorder()
     _host(restarted, "hv2", HV2, [Interface(HV2, 5, "rogue")])
     _connect(restarted, HV2, {5: "rogue"})
     restarted.unbound_frame(HV2, 5, VM["mac"])
