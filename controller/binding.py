@@ -25,6 +25,10 @@ from .hosts import OFPP_MAX, Interface
 from .model import VM, Binding, NetworkState, PortRef
 
 ANNOUNCE_LIFETIME = 600.0  # seconds a pre-announced migration waits for the VM
+# seconds a refused first frame keeps its port as the VM's candidate: a live migration's
+# source port goes within about a second of the target's first frame; a forged frame
+# must not hold the VM's next binding for ever
+CANDIDATE_LIFETIME = 10.0
 
 
 @dataclass(frozen=True)
@@ -41,8 +45,8 @@ class Places:
     bindings: dict[str, Binding] = field(default_factory=dict)
     standby: dict[str, Binding] = field(default_factory=dict)
     announced: dict[str, Announcement] = field(default_factory=dict)
-    # where a VM's frames were refused while its old port was up (a learning host)
-    candidates: dict[str, Binding] = field(default_factory=dict)
+    # where a VM's frames were refused while its old port was up (a learning host), until
+    candidates: dict[str, tuple[Binding, float]] = field(default_factory=dict)
     retired: set[tuple[str, PortRef]] = field(default_factory=set)  # ports VMs left
     vm_ports: set[PortRef] = field(default_factory=set)  # ever bound: never fabric
 
@@ -241,6 +245,8 @@ class _Draft:
                 for vm in [vm for vm, a in p.announced.items() if now > a.deadline]:
                     del p.announced[vm]
                     self.audit("migration-expired", vm)
+                for vm in [vm for vm, (_, until) in p.candidates.items() if now > until]:
+                    del p.candidates[vm]
             case Forget(vm):
                 p.bindings.pop(vm, None)
                 self.forget_move(vm)
@@ -263,10 +269,10 @@ class _Draft:
     def port_gone(self, b: Binding) -> None:
         """The VM's port vanished: a migration completes on its standby port, or on the
         port its frames came from while the old one was still up (a learning host)."""
-        cand = self.places.candidates.pop(b.vm, None)
+        cand, until = self.places.candidates.pop(b.vm, (None, 0.0))
         if b.vm in self.places.standby:
             self.promote(b.vm)
-        elif cand is not None and self.may_take(cand):
+        elif cand is not None and self.world.now <= until and self.may_take(cand):
             self.bind(cand, direct=True)
         else:
             self.unbind(b.vm, "port-removed")
@@ -283,7 +289,8 @@ class _Draft:
             return
         if not announced and (why := self.still_there(vm.name, here)):
             # a VM that is up elsewhere does not move on a frame alone: a spoof
-            p.candidates[vm.name] = Binding(vm.name, here, port_name, "first-frame")
+            p.candidates[vm.name] = (Binding(vm.name, here, port_name, "first-frame"),
+                                     w.now + CANDIDATE_LIFETIME)
             self.audit("move-refused", vm.name,
                        once=("move-refused", vm.name, str(here.dpid), str(here.port_no)),
                        host=w.name(here.dpid), port=here.port_no, reason=why)

@@ -66,12 +66,25 @@ def test_a_frame_alone_does_not_move_a_vm_that_is_still_up():
     w = world({HV1: {3: "vnet0"}, HV2: {7: "vnet7"}}, learns=True)
     out = binding.step(placed(), w, binding.FirstFrame(NEW, PAY.mac, "vnet7"))
     assert out.places.bindings["pay-1"].port == OLD
-    assert out.places.candidates["pay-1"].port == NEW
+    assert out.places.candidates["pay-1"][0].port == NEW
     assert kinds(out) == ["move-refused"] and out.once
     # the old port goes: the move completes on the candidate port
     gone = world({HV1: {}, HV2: {7: "vnet7"}}, learns=True)
     done = binding.step(out.places, gone, binding.PortsChanged(HV1))
     assert done.places.bindings["pay-1"].port == NEW and done.moves
+
+
+def test_a_refused_frame_holds_no_claim_on_the_vm_for_long():
+    """A forged first frame while the VM is up elsewhere makes its port a candidate: not
+    one that takes the VM when its real port goes much later (a reboot, a re-plug)."""
+    w = world({HV1: {3: "vnet0"}, HV2: {7: "vnet7"}}, learns=True)
+    out = binding.step(placed(), w, binding.FirstFrame(NEW, PAY.mac, "vnet7"))
+    late = 100.0 + binding.CANDIDATE_LIFETIME + 1
+    gone = world({HV1: {}, HV2: {7: "vnet7"}}, learns=True, now=late)
+    done = binding.step(out.places, gone, binding.PortsChanged(HV1))
+    assert "pay-1" not in done.places.bindings and kinds(done) == ["Unlocated", "vm-unbound"]
+    swept = binding.step(out.places, world({}, now=late), binding.Expire(late))
+    assert not swept.places.candidates
 
 
 def test_a_standby_port_takes_over_on_the_vms_first_frame_only():
