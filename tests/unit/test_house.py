@@ -1,0 +1,48 @@
+"""The shape of the house, kept true: the API reads and writes only through the service,
+the binding machine stays pure, the service stays small, and nothing imports our folders
+as top-level modules (the wheel has only ``vfence.*``)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CORE = ROOT / "controller"
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a file imports: relative ones as '.name', absolute as written."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            out.add("." * node.level + (node.module or ""))
+            if node.level and not node.module:
+                out |= {"." + a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+    return out
+
+
+def test_the_api_imports_nothing_below_the_service():
+    ours = {m for m in _imports(CORE / "api.py") if m.startswith(".")}
+    assert ours == {".service", ".api_schemas"}, ours
+
+
+def test_the_binding_machine_is_pure():
+    allowed = {"__future__", "time", "collections.abc", "dataclasses", "typing", ".hosts",
+               ".model"}
+    assert _imports(CORE / "binding.py") <= allowed, _imports(CORE / "binding.py") - allowed
+
+
+def test_the_service_stays_small():
+    lines = len((CORE / "service.py").read_text().splitlines())
+    assert lines < 250, f"service.py has {lines} lines: move a concern into its own module"
+
+
+def test_nothing_imports_our_folders_as_top_level_modules():
+    top = {"controller", "apps", "migrations", "mininet_topos", "schemas"}
+    for folder in [*top, "tests", "bench", "docs"]:
+        for path in (ROOT / folder).rglob("*.py"):
+            bad = {m for m in _imports(path) if m.split(".")[0] in top}
+            assert not bad, f"{path.relative_to(ROOT)} imports {bad}: use vfence.{bad.pop()}"
