@@ -100,7 +100,7 @@ class FlowOut(BaseModel):
     match: dict[str, Any]
     instructions: Any
     cookie: str
-    owner: str = Field(description="base, vm:<tag>, segment:<tag>, fabric, rule:<index>, "
+    owner: str = Field(description="base, vm:<tag>, segment:<tag>, fabric, rule:<priority>, "
                        "policy, isolation:<index>, or foreign (not written by vfence)")
     packets: int
     bytes: int

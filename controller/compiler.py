@@ -91,7 +91,6 @@ from .pipeline import (
     ZONE_REG,
     Owner,
     Table,
-    rule_priority,
 )
 from .pipeline import SPOOF_DROP_KINDS as SPOOF_DROP_KINDS  # the audit reads it here
 from .policy import port_masks
@@ -565,8 +564,8 @@ def rule_flows(rule: Rule, state: NetworkState, judge: Judge = STATEFUL) -> Iter
         return  # a partial deny leaves the pair reachable; an IPv4-only allow gives no
         # reason to resolve IPv6 neighbours
     m = _merge_metadata(src, dst)
-    yield from _verdict(judge, rule_priority(rule.index), m, rule.action, rule,
-                        cookie(Owner.RULE, rule.index))
+    yield from _verdict(judge, rule.priority, m, rule.action, rule,
+                        cookie(Owner.RULE, rule.priority))
 
 
 def _may_carry_ipv6(rule: Rule) -> bool:

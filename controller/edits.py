@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from . import binding, hosts, records, registry
+from . import policy as policy_mod
 from .model import Link, NetworkState, Policy, PortRef, Switch, VMSpec
 
 LOG = logging.getLogger("vfence.service")
@@ -25,8 +26,10 @@ def apply_policy(policy: Policy, changes: dict[str, list[str]]) -> Edit:
     """The registry follows the document (``changes`` gets what it added, removed,
     changed); the rules replace the old ones."""
     def edit(new: NetworkState, s: Session) -> binding.Event:
-        changes.update(registry.sync_policy(s, policy))
-        new.policy = policy
+        # each rule keeps the priority it had (new ones go between): O(1) flows per edit
+        new.policy = policy_mod.keep_priorities(policy, {
+            r.name: r.priority for r in new.policy.rules})
+        changes.update(registry.sync_policy(s, new.policy))
         records.refresh_registry(s, new)
         registry.record_event(s, "policy-applied", rules=len(policy.rules),
                               vms=len(policy.vms),

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from .pipeline import rule_priority
+
 
 @dataclass(frozen=True)
 class VM:
@@ -99,6 +101,12 @@ class Rule:
     icmp_type: int | None = None
     icmp_code: int | None = None
     ethertype: int | None = None
+    slot: int | None = None  # its priority, kept across policy edits (policy.py assigns it)
+
+    @property
+    def priority(self) -> int:
+        """The rule's priority, also its id in cookies (unique among the rules)."""
+        return self.slot if self.slot is not None else rule_priority(self.index)
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,7 @@ OWNERS: dict[Owner, OwnerSpec] = {
     Owner.FABRIC: OwnerSpec("fabric ports and the transit of host labels",
                             "fabric port number or host label"),
     Owner.RULE: OwnerSpec("one policy rule, in every table that judges it",
-                          "the rule's index in the document"),
+                          "the rule's priority (kept across edits of the document)"),
     Owner.POLICY: OwnerSpec("policy plumbing, the defaults and the intra-group allows",
                             "0, or group bit + 1 for an intra-group allow"),
     Owner.ISOLATION: OwnerSpec("one isolation pair, both directions",
@@ -202,11 +202,77 @@ PRIO_DELIVER = 100
 PRIO_FLOOD = 50
 
 
+RULE_GAP = 1024  # widest spacing of two rules' priorities: room to insert rules between
+
+
 def rule_priority(index: int) -> int:
-    """Priority of rule ``index`` (0-based): first match wins, so earlier is higher."""
+    """Priority of rule ``index`` packed densely (the tightest spacing, used for rules
+    built without a priority of their own)."""
     if not 0 <= index < MAX_RULES:
         raise ValueError(f"rule index {index} outside 0..{MAX_RULES - 1}")
     return RULE_PRIORITY_TOP - RULE_PRIORITY_STEP * index
+
+
+def spread_rule_priorities(n: int) -> list[int]:
+    """Fresh priorities for ``n`` rules in order (first match wins: earlier is higher),
+    spread evenly with room above the first and between any two, so a later edit can
+    give a new rule a priority of its own without moving the others."""
+    if n > MAX_RULES:
+        raise ValueError(f"{n} rules, at most {MAX_RULES}")
+    span = RULE_PRIORITY_TOP - RULE_PRIORITY_FLOOR
+    gap = max(RULE_PRIORITY_STEP,
+              min(RULE_GAP, span // max(n, 1)) // RULE_PRIORITY_STEP * RULE_PRIORITY_STEP)
+    first = RULE_PRIORITY_TOP - gap if RULE_PRIORITY_TOP - gap * n >= RULE_PRIORITY_FLOOR \
+        else RULE_PRIORITY_TOP
+    return [first - gap * i for i in range(n)]
+
+
+def keep_rule_priorities(names: list[str], previous: dict[str, int]) -> list[int]:
+    """Priorities for the rules ``names`` (in order) that keep each rule's ``previous``
+    priority where the order allows (the longest run of kept rules still in descending
+    order), and put new or moved rules evenly between their kept neighbours. Only when
+    there is no room is everything spread afresh. One rule added, removed or changed
+    thus rewrites that rule's flows only."""
+    import bisect
+
+    seen = [(i, previous[n]) for i, n in enumerate(names) if n in previous]
+    # longest strictly decreasing subsequence of the previous priorities, in new order
+    tails: list[int] = []  # negated priorities: a strictly increasing sequence
+    tail_at: list[int] = []
+    parent: list[int] = []
+    for k, (_, prio) in enumerate(seen):
+        j = bisect.bisect_left(tails, -prio)
+        tails[j:j + 1] = [-prio]
+        tail_at[j:j + 1] = [k]
+        parent.append(tail_at[j - 1] if j else -1)
+    kept: dict[int, int] = {}
+    k = tail_at[-1] if tail_at else -1
+    while k >= 0:
+        kept[seen[k][0]] = seen[k][1]
+        k = parent[k]
+    if not kept:
+        return spread_rule_priorities(len(names))
+    top, floor = RULE_PRIORITY_TOP + RULE_PRIORITY_STEP, RULE_PRIORITY_FLOOR - RULE_PRIORITY_STEP
+    out: list[int] = []
+    hi, run = top, 0
+    for i in range(len(names) + 1):
+        if i < len(names) and i not in kept:
+            run += 1
+            continue
+        lo = kept[i] if i < len(names) else floor
+        if run:
+            gap = (hi - lo) // (run + 1)
+            if hi == top or lo == floor:  # open-ended: stay near the kept neighbour
+                gap = min(gap, RULE_GAP)
+            if gap < RULE_PRIORITY_STEP:
+                return spread_rule_priorities(len(names))
+            base = lo + gap * (run + 1) if hi == top else hi  # hug the neighbour below
+            out += [base - gap * (j + 1) for j in range(run)]
+            run = 0
+        if i < len(names):
+            out.append(lo)
+            hi = lo
+    return out
 
 
 @dataclass(frozen=True)
@@ -232,7 +298,8 @@ def _miss(job: str) -> Band:
 # an allow also lets non-IP through one priority below, so first-match order is kept
 _JUDGED = (
     Band("rules", RULE_PRIORITY_FLOOR - 1, RULE_PRIORITY_TOP, Owner.RULE,
-         "the rules in document order, first match wins (rule i at TOP - STEP*i)"),
+         "the rules in document order, first match wins: each rule keeps its priority "
+         "across edits (and one below it for its non-IP variant)"),
     Band("intra_group", PRIO_INTRA_GROUP - 1, PRIO_INTRA_GROUP, Owner.POLICY,
          "within a group, when the policy allows it"),
     Band("default", PRIO_DEFAULT - 1, PRIO_DEFAULT, Owner.POLICY,

@@ -8,8 +8,10 @@ problem is rejected whole.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
+from collections.abc import Mapping
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -22,6 +24,7 @@ from . import addresses
 from .errors import Invalid, field_path
 from .flows import MAX_RULES, MAX_SEGMENT_TAG, MAX_VM_TAG
 from .model import ANY, Endpoint, Policy, Rule, VMSpec
+from .pipeline import keep_rule_priorities
 
 SCHEMA = ("vfence.schemas", "policy.schema.json")  # package data: found installed or not
 
@@ -100,7 +103,7 @@ def parse(doc: dict[str, Any]) -> Policy:
     ]
     if errors:
         raise PolicyError(errors)
-    return _Checker(doc).run()
+    return keep_priorities(_Checker(doc).run(), {})  # fresh, spread: see keep_priorities
 
 
 class _Checker:
@@ -293,6 +296,15 @@ class _Checker:
                 continue
             out.append((lo, hi))
         return tuple(sorted(set(out)))
+
+
+def keep_priorities(policy: Policy, previous: Mapping[str, int]) -> Policy:
+    """``policy`` with each rule keeping its ``previous`` priority where the order
+    allows (new and moved rules go between), so an edit rewrites only what it changes."""
+    names = [r.name for r in policy.rules]
+    prios = keep_rule_priorities(names, dict(previous))
+    return dataclasses.replace(policy, rules=tuple(
+        dataclasses.replace(r, slot=p) for r, p in zip(policy.rules, prios, strict=True)))
 
 
 def port_masks(lo: int, hi: int) -> list[tuple[int, int]]:

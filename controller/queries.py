@@ -127,8 +127,8 @@ class Queries:
     def rules(self) -> list[dict[str, Any]]:
         with self.service.lock:
             rules = self.service.state.policy.rules
-        return [{"index": r.index, "name": r.name, "from": str(r.src), "to": str(r.dst),
-                 "protocol": r.protocol, "ports": [list(p) for p in r.ports],
+        return [{"index": r.index, "priority": r.priority, "name": r.name, "from": str(r.src),
+                 "to": str(r.dst), "protocol": r.protocol, "ports": [list(p) for p in r.ports],
                  "action": r.action} for r in rules]
 
     def policy(self) -> dict[str, Any]:
@@ -154,7 +154,7 @@ class Queries:
         with svc.lock:
             installed = dict(svc.switches.installed)
             names = {d: svc.switch_name(d) for d in installed}
-            rules = {r.index: r.name for r in svc.state.policy.rules}
+            rules = {r.priority: r.name for r in svc.state.policy.rules}
         gauges.switches.set(len(installed))
         for dpid, flows in installed.items():
             for table, n in compiler.count_by_table(flows).items():

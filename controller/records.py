@@ -30,7 +30,8 @@ def load(sessions: sessionmaker[Session], replace_stored_policy: bool
         doc = registry.current_policy(s)
         if doc is not None:
             try:
-                state.policy = policy_mod.parse(doc)
+                state.policy = policy_mod.keep_priorities(policy_mod.parse(doc),
+                                                          registry.current_priorities(s))
             except policy_mod.PolicyError:
                 if not replace_stored_policy:
                     raise
@@ -101,11 +102,10 @@ def record(sessions: sessionmaker[Session], kind: str, **detail: Any) -> None:
         registry.record_event(s, kind, **detail)
 
 
-def denied(sessions: sessionmaker[Session], state: NetworkState, rule_index: int, host: str,
+def denied(sessions: sessionmaker[Session], state: NetworkState, rule_id: int, host: str,
            src_mac: str, dst_mac: str, protocol: str, port: int | None) -> None:
-    """A deny-and-log rule sent a (metered) sample of a dropped packet."""
-    rules = state.policy.rules
-    rule = rules[rule_index].name if rule_index < len(rules) else f"#{rule_index}"
+    """A deny-and-log rule (its cookie id: its priority) sent a sample of a dropped packet."""
+    rule = next((r.name for r in state.policy.rules if r.priority == rule_id), f"#{rule_id}")
     by_mac = {v.mac: v.name for v in state.vms.values()}
     record(sessions, "denied", vm=by_mac.get(src_mac), host=host, rule=rule,
            src_vm=by_mac.get(src_mac), dst_vm=by_mac.get(dst_mac), src_mac=src_mac,

@@ -218,14 +218,25 @@ def sync_policy(session: Session, policy: Policy) -> dict[str, list[str]]:
     for name in sorted(set(wanted) - set(existing)):
         create_vm(session, wanted[name])
         report["added"].append(name)
-    session.add(m.PolicyDocument(document=policy.document))
+    session.add(m.PolicyDocument(document=policy.document, rule_priorities={
+        r.name: r.priority for r in policy.rules}))
     session.flush()
     return report
 
 
+def _newest_policy(session: Session) -> m.PolicyDocument | None:
+    return session.scalar(select(m.PolicyDocument).order_by(m.PolicyDocument.id.desc()))
+
+
 def current_policy(session: Session) -> dict[str, Any] | None:
-    row = session.scalar(select(m.PolicyDocument).order_by(m.PolicyDocument.id.desc()))
+    row = _newest_policy(session)
     return row.document if row is not None else None
+
+
+def current_priorities(session: Session) -> dict[str, int]:
+    """Each rule's priority in the policy in force (kept across edits and restarts)."""
+    row = _newest_policy(session)
+    return dict(row.rule_priorities or {}) if row is not None else {}
 
 
 def get_vm(session: Session, name: str) -> m.VM:

@@ -218,10 +218,10 @@ class Service:
             self._change(binding.StandbyFrame(PortRef(dpid, port_no), src_mac),
                          since=time.monotonic())
 
-    def denied_sample(self, rule_index: int, dpid: int, *sample: Any) -> None:
+    def denied_sample(self, rule_id: int, dpid: int, *sample: Any) -> None:
         """A deny-and-log rule sent a (metered) sample: src/dst MAC, protocol, port."""
         with self.lock:
-            records.denied(self.sessions, self.state, rule_index, self.switch_name(dpid), *sample)
+            records.denied(self.sessions, self.state, rule_id, self.switch_name(dpid), *sample)
 
     def spoof_drops(self, dpid: int, drops: list[tuple[int, int, int, int]]) -> None:
         """Anti-spoofing drop counters grew: (vm id, priority, in_port, new packets)."""

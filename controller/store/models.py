@@ -156,6 +156,8 @@ class PolicyDocument(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     applied_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     document: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # rule name -> its flows' priority: kept across edits and restarts (None before 0004)
+    rule_priorities: Mapped[dict[str, int] | None] = mapped_column(JSON, nullable=True)
 
 
 class Event(Base):

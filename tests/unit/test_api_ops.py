@@ -214,7 +214,7 @@ def test_segments_groups_rules(service):
     assert set(gs) == {"payroll", "frontend", "finance-api", "ops"}
     assert len(set(gs.values())) == 4
     rules = client.get("/v1/rules").json()
-    assert rules[0] == {"index": 0, "name": "web-to-api", "from": "frontend",
+    assert rules[0] == {"index": 0, "priority": 58976, "name": "web-to-api", "from": "frontend",
                         "to": "finance-api", "protocol": "tcp", "ports": [[8443, 8443]],
                         "action": "allow"}
 

@@ -114,7 +114,7 @@ def finance_state(n_extra: int = 0) -> NetworkState:
 def test_rules_compile_to_group_tag_matches():
     st = finance_state()
     flows = compiler.compile_network(st)[HV1]
-    mine = [f for f in flows if f.cookie == cookie(Owner.RULE, 0)]
+    mine = [f for f in flows if f.cookie == cookie(Owner.RULE, st.policy.rules[0].priority)]
     web_to_api = [f for f in mine if f.table == Table.POLICY]
     # tcp/8443 for IPv4 and IPv6, each committed to conntrack
     assert len(web_to_api) == 2

@@ -89,9 +89,10 @@ def test_isolation_drops_are_counted(lab):
 
 
 def test_deny_and_log_records_an_audit_event(lab):
-    before = flow_packets(lab.mgmt(HOSTS["web-1"]), cookie(Owner.RULE, 4))
+    rule = cookie(Owner.RULE, lab.get("/v1/rules")[4]["priority"])  # its id in cookies
+    before = flow_packets(lab.mgmt(HOSTS["web-1"]), rule)
     assert not reach(lab, "web-1", "api-1", "udp", 9050)
-    assert flow_packets(lab.mgmt(HOSTS["web-1"]), cookie(Owner.RULE, 4)) > before
+    assert flow_packets(lab.mgmt(HOSTS["web-1"]), rule) > before
 
     def logged():
         evs = lab.get("/v1/events?type=denied") or []
