@@ -201,9 +201,24 @@ class Outcome:
 
 def step(places: Places, world: World, event: Event) -> Outcome:
     """The machine: new places and effects for one event; ``places`` stays as it was."""
+    if _idle(places, world, event):
+        return Outcome(places, ())
     draft = _Draft(places.copy(), world)
     draft.handle(event)
     return Outcome(draft.places, tuple(draft.effects))
+
+
+def _idle(places: Places, world: World, event: Event) -> bool:
+    """Frames the datapath punts that cannot change anything (most of them: a port no VM
+    may take, a MAC no VM has), answered without copying the places."""
+    match event:
+        case StandbyFrame(port, _):
+            return all(b.port != port for b in places.standby.values())
+        case FirstFrame(port, mac, _):
+            mac = mac.lower()  # the MAC first: a flood of random ones stops here
+            return all(v.mac != mac for v in world.vms.values()) or places.owner(
+                port) is not None
+    return False
 
 
 class _Draft:

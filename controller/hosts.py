@@ -134,16 +134,16 @@ class HostBook:
         self.link_times: dict[Link, float] = {}
         self.waiting: dict[int, float] = {}  # dpid -> when it connected
         self.expect_names = False  # OVSDBs are watched (serve --ovsdb): wait for names
+        self._interfaces: tuple[Interface, ...] = ()
 
     def snapshot(self, db: HostDb) -> None:
         self.dbs[db.remote] = db
         self.names = switch_names(self.dbs.values())
+        self._interfaces = tuple(i for db in self.dbs.values() for i in db.interfaces)
 
     def interfaces(self) -> tuple[Interface, ...] | None:
         """Every OVSDB's interfaces (None before the first snapshot)."""
-        if not self.dbs:
-            return None
-        return tuple(i for db in self.dbs.values() for i in db.interfaces)
+        return self._interfaces if self.dbs else None
 
     def fabric(self, vm_ports: set[PortRef]
                ) -> tuple[dict[int, frozenset[int]], list[tuple[Interface, str]]]:

@@ -68,7 +68,7 @@ class Service:
             out = binding.step(self.places, world, event) if event else binding.Outcome(
                 self.places, ())
             if new is None:
-                if not out.effects and out.places == self.places:
+                if not out.effects and out.places is self.places:
                     return None  # a frame that changes nothing (the common punt)
                 new = self.state.copy()
             new.bindings, new.standby, new.expected = out.places.view()
