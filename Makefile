@@ -85,6 +85,7 @@ bench: deps ovs
 	$(BIN)/python -m bench.policy_scale
 	$(BIN)/python -m bench.rule_change
 	$(BIN)/python -m bench.migration
+	$(BIN)/python -m bench.memory
 
 clean:
 	rm -rf $(VENV) $(INSTALLED) build dist var

@@ -12,7 +12,6 @@ import ipaddress
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TypeVar, cast
 
 from . import topology
@@ -112,26 +111,52 @@ Flows = dict[int, frozenset[Flow]]
 _F = TypeVar("_F", bound=Callable[..., Iterable[Flow]])
 
 
-_MEMOS: list = []
+class _Memo:
+    """The results one builder gave in this compile and the one before: a recompile
+    after a change finds nearly everything, and what no compile asked for twice in a row
+    (a VM's old port, a segment's old receivers) is forgotten, so memory stays flat over
+    any number of moves."""
+
+    def __init__(self, fn: Callable[..., Iterable[Flow]]) -> None:
+        self.fn = fn
+        self.now: dict[tuple, tuple[Flow, ...]] = {}
+        self.before: dict[tuple, tuple[Flow, ...]] = {}
+
+    def __call__(self, *args: object) -> tuple[Flow, ...]:
+        out = self.now.get(args)
+        if out is None:
+            out = self.before.get(args)
+            if out is None:
+                out = tuple(self.fn(*args))
+            self.now[args] = out
+        return out
+
+    def rotate(self) -> None:
+        self.before, self.now = self.now, {}
+
+
+_MEMOS: list[_Memo] = []
 
 
 def clear_caches() -> None:
     """Forget memoised flows (benchmarks measure cold compiles with this)."""
     for c in _MEMOS:
-        c.cache_clear()
+        c.now, c.before = {}, {}
 
 
 def _memo(fn: _F) -> _F:
     """Cache a per-VM flow builder (as a tuple). The same VM compiles to the same flows
     on every host, and mostly to the same flows as in the previous compile, so this makes
     both a full compile and the recompiles after a change cheap. Pure, so safe."""
-    cached = lru_cache(maxsize=1 << 17)(lambda *args: tuple(fn(*args)))
+    cached = _Memo(fn)
     _MEMOS.append(cached)
     return cast(_F, functools.wraps(fn)(cached))
 
 
 def compile_network(state: NetworkState) -> Flows:
     """Desired flows for every switch in ``state.switches``."""
+    for c in _MEMOS:
+        c.rotate()
     hops = topology.next_hops(state.links, set(state.switches))
     placed = _placed_vms(state)
     shared = frozenset(policy_flows(state))

@@ -126,19 +126,18 @@ class Flow:
     instructions: tuple[Instruction, ...] = ()
     cookie: int = field(default=0, compare=True)
     _hash: int = field(default=0, init=False, compare=False, repr=False)
+    # OpenFlow identity of a flow: a second flow with this key replaces the first
+    key: tuple[int, int, Match] = field(default=(0, 0, ()), init=False, compare=False,
+                                        repr=False)
 
     def __post_init__(self) -> None:
         # flows live in large sets that are diffed often: hash the nested tuples once
         object.__setattr__(self, "_hash", hash(
             (self.table, self.priority, self.match, self.instructions, self.cookie)))
+        object.__setattr__(self, "key", (self.table, self.priority, self.match))
 
     def __hash__(self) -> int:
         return self._hash
-
-    @property
-    def key(self) -> tuple[int, int, Match]:
-        """OpenFlow identity of a flow: a second flow with this key replaces the first."""
-        return (self.table, self.priority, self.match)
 
     def sort_key(self) -> tuple[int, int, str, str, int]:
         """Total order (match values mix ints, strings and (value, mask) tuples)."""

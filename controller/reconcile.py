@@ -20,6 +20,9 @@ class FlowDiff:
 
     add: tuple[Flow, ...] = field(default_factory=tuple)
     delete: tuple[Flow, ...] = field(default_factory=tuple)
+    # flows the adds replace (same key), when the maker of the diff knows them: then
+    # applying the diff needs no key index of the whole switch (None: not known)
+    replaced: tuple[Flow, ...] | None = field(default=None, compare=False)
 
     def __bool__(self) -> bool:
         return bool(self.add or self.delete)
@@ -34,11 +37,16 @@ def diff(desired: Iterable[Flow], actual: Iterable[Flow]) -> FlowDiff:
     Every flow on the switch that is not desired goes, including ones vfence did not
     write: the bridge fails closed and nobody else programs it.
     """
-    want = {f.key: f for f in desired}
-    have = {f.key: f for f in actual}
-    add = [f for k, f in want.items() if have.get(k) != f]
-    delete = [f for k, f in have.items() if k not in want]
-    return FlowDiff(tuple(sorted(add)), tuple(sorted(delete)))
+    # set arithmetic on the flows (their hashes are cached) first; keys only for what
+    # differs, which is little after a small change
+    want = desired if isinstance(desired, frozenset | set) else frozenset(desired)
+    have = actual if isinstance(actual, frozenset | set) else frozenset(actual)
+    add = want - have
+    gone = have - want
+    add_keys = {f.key for f in add}
+    delete = [f for f in gone if f.key not in add_keys]
+    replaced = [f for f in gone if f.key in add_keys]
+    return FlowDiff(tuple(sorted(add)), tuple(sorted(delete)), tuple(replaced))
 
 
 def additions_only(d: FlowDiff, actual: Iterable[Flow]) -> FlowDiff:
@@ -49,11 +57,14 @@ def additions_only(d: FlowDiff, actual: Iterable[Flow]) -> FlowDiff:
     replaced or removed on incomplete knowledge.
     """
     have = {f.key for f in actual}
-    return FlowDiff(tuple(f for f in d.add if f.key not in have), ())
+    return FlowDiff(tuple(f for f in d.add if f.key not in have), (), ())
 
 
 def apply_diff(actual: Iterable[Flow], d: FlowDiff) -> frozenset[Flow]:
     """What the switch holds once ``d`` is committed."""
+    if d.replaced is not None:
+        return (frozenset(actual) - frozenset(d.delete) - frozenset(d.replaced)) | frozenset(
+            d.add)
     by_key = {f.key: f for f in actual}
     for f in d.delete:
         by_key.pop(f.key, None)

@@ -33,3 +33,26 @@ def test_additions_only_never_touches_existing_flows():
     d = diff({A2, C}, {A, B})
     only = additions_only(d, {A, B})
     assert only.add == (C,) and only.delete == ()
+
+
+def test_a_switch_is_told_each_flow_once():
+    """The diff works on whole flows and looks at keys only for what differs: that is
+    right only if no two desired flows share a key (one would replace the other)."""
+    from vfence.controller import compiler
+
+    from .netfixtures import FINANCE, FINANCE_ON_3, finance, leaf_spine
+
+    st = finance(leaf_spine(3, 2), FINANCE_ON_3, FINANCE)
+    for dpid, flows in compiler.compile_network(st).items():
+        assert len({f.key for f in flows}) == len(flows), f"switch {dpid:x}: keys repeat"
+
+
+def test_diff_and_apply_agree_with_replacing_by_key():
+    a = Flow(0, 10, match(in_port=1), (("goto", 10),), 1)
+    b = Flow(0, 10, match(in_port=1), (("goto", 15),), 1)  # same key, new instructions
+    c = Flow(0, 20, match(in_port=2), (), 1)
+    d = diff({b}, {a, c})
+    assert d.add == (b,) and d.delete == (c,) and d.replaced == (a,)
+    assert apply_diff({a, c}, d) == frozenset({b})
+    # a diff made by hand (no replaced list) still replaces by key
+    assert apply_diff({a, c}, FlowDiff((b,), (c,))) == frozenset({b})
