@@ -23,7 +23,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from .model import Link, PortRef, Switch
+from .model import Link, PortRef, Switch, dpid_str
 
 LOG = logging.getLogger("vfence.hosts")
 LINK_LIFETIME = 20.0  # seconds a fabric link lives without a fresh LLDP confirmation
@@ -114,7 +114,7 @@ def fallback_name(dpid: int, bridge: str, switches: Mapping[int, Switch]) -> str
     """A switch no OVSDB names: its bridge name while no other switch has it, else its
     dpid (every hypervisor's bridge is ``br-int``: name hosts in their OVSDB)."""
     taken = {sw.name for d, sw in switches.items() if d != dpid}
-    return bridge if bridge and bridge not in taken else f"{dpid:016x}"
+    return bridge if bridge and bridge not in taken else dpid_str(dpid)
 
 
 def on_fabric(link: Link, fabric: dict[int, frozenset[int]]) -> bool:

@@ -35,6 +35,11 @@ def ipv6_addresses(vm: VM) -> tuple[str, ...]:
     return tuple(sorted(own | {eui64_link_local(vm.mac)}))
 
 
+def dpid_str(dpid: int) -> str:
+    """A datapath id as OVS writes it: 16 hex digits."""
+    return f"{dpid:016x}"
+
+
 @dataclass(frozen=True)
 class Switch:
     dpid: int
@@ -150,7 +155,7 @@ class NetworkState:
     def switch_name(self, dpid: int) -> str:
         """The switch's host name, or its dpid in 16 hex digits while it has none."""
         sw = self.switches.get(dpid)
-        return sw.name if sw else f"{dpid:016x}"
+        return sw.name if sw else dpid_str(dpid)
 
     def copy(self) -> NetworkState:
         """A copy whose containers are its own (the items are frozen): changing it never

@@ -13,6 +13,7 @@ connections too, so replies are recognised on both ends.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -233,8 +234,6 @@ def keep_rule_priorities(names: list[str], previous: dict[str, int]) -> list[int
     order), and put new or moved rules evenly between their kept neighbours. Only when
     there is no room is everything spread afresh. One rule added, removed or changed
     thus rewrites that rule's flows only."""
-    import bisect
-
     seen = [(i, previous[n]) for i, n in enumerate(names) if n in previous]
     # longest strictly decreasing subsequence of the previous priorities, in new order
     tails: list[int] = []  # negated priorities: a strictly increasing sequence

@@ -186,7 +186,7 @@ class Queries:
         """Prove each isolation pair over the flows read from every switch now."""
         svc = self.service
         with svc.lock:
-            state = svc.state.copy()
+            state = svc.state  # swapped whole by the one path, never changed in place
             dpids = svc.switches.connected()
             ports = {d: set(svc.switches.ports.get(d, {})) for d in dpids}
         flows = {d: [f for f, _, _ in svc.switches.read_flows(d)] for d in dpids}

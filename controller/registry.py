@@ -18,13 +18,9 @@ from . import model
 from .addresses import vm_address
 from .errors import Conflict, Invalid, NotFound
 from .flows import MAX_GROUPS, MAX_LABEL, MAX_SEGMENT_TAG, MAX_VM_TAG
-from .model import Policy, VMSpec
+from .model import Policy, VMSpec, dpid_str
 from .store import models as m
 from .store.models import utcnow
-
-
-def dpid_str(dpid: int) -> str:
-    return f"{dpid:016x}"
 
 
 def to_model(row: m.VM) -> model.VM:

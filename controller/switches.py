@@ -16,6 +16,7 @@ from typing import Protocol
 from .errors import NotFound
 from .flows import Flow
 from .metrics import Metrics
+from .model import dpid_str
 from .reconcile import FlowDiff, additions_only, apply_diff, diff
 
 LOG = logging.getLogger("vfence.switches")
@@ -142,5 +143,5 @@ class Switches:
     def read_flows(self, dpid: int) -> list[tuple[Flow, int, int]]:
         """The switch's flows as it reports them now, with packet and byte counts."""
         if self.programmer is None or dpid not in self.installed:
-            raise NotFound(f"switch {dpid:016x} is not connected", "id")
+            raise NotFound(f"switch {dpid_str(dpid)} is not connected", "id")
         return self.programmer.read_flows(dpid)
