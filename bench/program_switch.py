@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from vfence.controller.compiler import compile_network
+from vfence.controller.desired import compile_network
 from vfence.controller.model import VM, Binding, NetworkState, PortRef, Switch
 from vfence.controller.reconcile import FlowDiff
 from vfence.controller.service import Service

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import itertools
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeVar, cast
+from typing import ParamSpec, cast
 
-from . import topology
 from .flows import (
     DROP,
     OFPP_CONTROLLER,
@@ -34,7 +35,7 @@ from .flows import (
     resubmit,
     write_meta,
 )
-from .model import VM, Binding, Endpoint, NetworkState, Rule, ipv6_addresses
+from .model import VM, Endpoint, NetworkState, Rule, ipv6_addresses
 from .pipeline import (
     CT_COMMIT,
     CT_EST,
@@ -108,7 +109,7 @@ ICMPV6 = 58
 ND_RS, ND_RA, ND_NS, ND_NA, ND_REDIRECT = 133, 134, 135, 136, 137
 
 Flows = dict[int, frozenset[Flow]]
-_F = TypeVar("_F", bound=Callable[..., Iterable[Flow]])
+_P = ParamSpec("_P")
 
 
 class _Memo:
@@ -127,6 +128,12 @@ class _Memo:
         if out is None:
             out = self.before.get(args)
             if out is None:
+                if _SCRATCH is not None:
+                    key = (self, args)
+                    out = _SCRATCH.get(key)
+                    if out is None:
+                        out = _SCRATCH[key] = tuple(self.fn(*args))
+                    return out
                 out = tuple(self.fn(*args))
             self.now[args] = out
         return out
@@ -136,6 +143,7 @@ class _Memo:
 
 
 _MEMOS: list[_Memo] = []
+_SCRATCH: dict[tuple, tuple[Flow, ...]] | None = None
 
 
 def clear_caches() -> None:
@@ -144,79 +152,35 @@ def clear_caches() -> None:
         c.now, c.before = {}, {}
 
 
-def _memo(fn: _F) -> _F:
+def _memo(fn: Callable[_P, Iterable[Flow]]) -> Callable[_P, tuple[Flow, ...]]:
     """Cache a per-VM flow builder (as a tuple). The same VM compiles to the same flows
     on every host, and mostly to the same flows as in the previous compile, so this makes
     both a full compile and the recompiles after a change cheap. Pure, so safe."""
     cached = _Memo(fn)
     _MEMOS.append(cached)
-    return cast(_F, functools.wraps(fn)(cached))
+    return cast(Callable[_P, tuple[Flow, ...]], functools.wraps(fn)(cached))
 
 
-def compile_network(state: NetworkState) -> Flows:
-    """Desired flows for every switch in ``state.switches``."""
+def rotate_caches() -> None:
+    """A full build starts: what the one before it did not ask for again is forgotten."""
     for c in _MEMOS:
         c.rotate()
-    hops = topology.next_hops(state.links, set(state.switches))
-    placed = _placed_vms(state)
-    shared = frozenset(policy_flows(state))
-    return {
-        dpid: frozenset(
-            _compile_switch(dpid, state, hops.get(dpid, {}), state.fabric.get(dpid, frozenset()),
-                            placed)
-        ) | shared
-        for dpid in state.switches
-    }
 
 
-def _placed_vms(state: NetworkState) -> list[tuple[VM, Binding]]:
-    """Bound VMs whose switch is known, in a stable order."""
-    out = []
-    for name in sorted(state.bindings):
-        b = state.bindings[name]
-        vm = state.vms.get(name)
-        if vm is not None and b.port.dpid in state.switches:
-            out.append((vm, b))
-    return out
+@contextmanager
+def scratch() -> Iterator[None]:
+    """Builders called inside keep what they compute only until the block ends (an
+    incremental rebuild: the memo stays the last full build's, so memory stays flat)."""
+    global _SCRATCH
+    _SCRATCH = {}
+    try:
+        yield
+    finally:
+        _SCRATCH = None
 
 
-def _compile_switch(
-    dpid: int,
-    state: NetworkState,
-    hops: dict[int, int],
-    fabric_ports: frozenset[int],
-    placed: list[tuple[VM, Binding]],
-) -> Iterable[Flow]:
-    yield from base_flows()
-    yield from fabric_flows(dpid, state, hops, fabric_ports)
-    local = [(vm, b) for vm, b in placed if b.port.dpid == dpid]
-    standby = [(state.vms[n], b) for n, b in sorted(state.standby.items())
-               if b.port.dpid == dpid and n in state.vms and n in state.bindings]
-    segments = {vm.segment_id for vm, _ in local + standby} | {
-        state.vms[n].segment_id for n, d in state.expected.items() if d == dpid
-        and n in state.vms}
-    remote = [(vm, b) for vm, b in placed if b.port.dpid != dpid and vm.segment_id in segments]
-    for vm, b in local:
-        yield from local_vm_flows(vm, b.port.port_no, _bits(state, vm))
-    for vm, b in standby:
-        yield from local_vm_flows(vm, b.port.port_no, _bits(state, vm), True)
-    for vm, b in remote:
-        label = state.switches[b.port.dpid].label
-        yield from remote_vm_flows(vm, label, hops.get(b.port.dpid), _bits(state, vm))
-    for vm, _ in local + remote:
-        yield from arp_responder_flows(vm)
-        yield from nd_resolver_flows(vm)
-        yield from dst_lookup_flows(vm, _bits(state, vm))
-    for seg in sorted(segments):
-        receivers = tuple((vm.id, _bits(state, vm)) for vm, b in local if vm.segment_id == seg)
-        far = sorted(
-            {b.port.dpid for vm, b in remote if vm.segment_id == seg and b.port.dpid in hops}
-        )
-        targets = [(state.switches[d].label, hops[d]) for d in far]
-        yield from segment_flood_flows(seg, receivers, tuple(targets))
-
-
-def _bits(state: NetworkState, vm: VM) -> int:
+def group_bits_of(state: NetworkState, vm: VM) -> int:
+    """The VM's groups as the bitmap the registers carry."""
     out = 0
     for g in vm.groups:
         if g in state.group_bits:
@@ -227,6 +191,7 @@ def _bits(state: NetworkState, vm: VM) -> int:
 # --- skeleton and fabric --------------------------------------------------------------------
 
 
+@_memo
 def base_flows() -> Iterable[Flow]:
     """Pipeline skeleton: fail closed everywhere, punt LLDP and unbound ports (metered)."""
     base = cookie(Owner.BASE)
@@ -471,11 +436,7 @@ def segment_flood_flows(
     that has a VM of the segment, judged there. Frames from the fabric stay local.
     ``reg4=0`` in the match: a receiver's lookup never lands here again."""
     ck = cookie(Owner.SEGMENT, segment_id)
-    local: list[tuple] = []
-    for vm_id, bits in receivers:
-        regs = dict.fromkeys(DST_GROUP_REGS, 0) | dict(group_regs(bits, DST_GROUP_REGS))
-        local += [*(("set", reg, v) for reg, v in sorted(regs.items())),
-                  ("set", DST_VM_REG, vm_id), resubmit(Table.FLOOD_POLICY)]
+    local = list(itertools.chain.from_iterable(map(_receiver, receivers)))
     far: list[tuple] = []
     for i, (label, hop) in enumerate(remote):
         far.extend(_label_and_send(label, hop, push=(i == 0)))
@@ -491,6 +452,16 @@ def segment_flood_flows(
               **unjudged),
         (apply(*local),) if local else DROP, ck,
     )
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _receiver(receiver: tuple[int, int]) -> tuple[tuple, ...]:
+    """One receiver's part of a flood: its tag and groups in the registers, then its
+    copy judged in FLOOD_POLICY (cached: a segment's flood lists repeat its VMs)."""
+    vm_id, bits = receiver
+    regs = dict.fromkeys(DST_GROUP_REGS, 0) | dict(group_regs(bits, DST_GROUP_REGS))
+    return (*(("set", reg, v) for reg, v in sorted(regs.items())),
+            ("set", DST_VM_REG, vm_id), resubmit(Table.FLOOD_POLICY))
 
 
 def _label_and_send(label: int, hop: int, push: bool) -> list[tuple]:

@@ -8,8 +8,7 @@ field layouts are declared in :mod:`.pipeline` (re-exported here for older impor
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from .pipeline import (
     COOKIE_ID_MASK,
@@ -118,26 +117,57 @@ def match(**fields: Any) -> Match:
     return tuple(sorted(fields.items()))
 
 
-@dataclass(frozen=True)
 class Flow:
+    """One flow as plain data: immutable, hashable, ordered. A slotted class rather than
+    a frozen dataclass: a large network builds hundreds of thousands of these, and the
+    hash (over the nested tuples) is computed once, when first needed."""
+
+    __slots__ = ("table", "priority", "match", "instructions", "cookie", "_hash")
     table: int
     priority: int
     match: Match
-    instructions: tuple[Instruction, ...] = ()
-    cookie: int = field(default=0, compare=True)
-    _hash: int = field(default=0, init=False, compare=False, repr=False)
-    # OpenFlow identity of a flow: a second flow with this key replaces the first
-    key: tuple[int, int, Match] = field(default=(0, 0, ()), init=False, compare=False,
-                                        repr=False)
+    instructions: tuple[Instruction, ...]
+    cookie: int
+    _hash: int | None
 
-    def __post_init__(self) -> None:
-        # flows live in large sets that are diffed often: hash the nested tuples once
-        object.__setattr__(self, "_hash", hash(
-            (self.table, self.priority, self.match, self.instructions, self.cookie)))
-        object.__setattr__(self, "key", (self.table, self.priority, self.match))
+    def __init__(self, table: int, priority: int, match: Match,
+                 instructions: tuple[Instruction, ...] = (), cookie: int = 0) -> None:
+        init = object.__setattr__
+        init(self, "table", table)
+        init(self, "priority", priority)
+        init(self, "match", match)
+        init(self, "instructions", instructions)
+        init(self, "cookie", cookie)
+        init(self, "_hash", None)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"Flow is immutable (cannot set {name!r})")
+
+    @property
+    def key(self) -> tuple[int, int, Match]:
+        """OpenFlow identity of a flow: a second flow with this key replaces the first."""
+        return (self.table, self.priority, self.match)
 
     def __hash__(self) -> int:
-        return self._hash
+        h = self._hash
+        if h is None:
+            h = hash((self.table, self.priority, self.match, self.instructions, self.cookie))
+            object.__setattr__(self, "_hash", h)
+        return h
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if other.__class__ is not Flow:
+            return NotImplemented
+        o = cast(Flow, other)
+        return (self.table == o.table and self.priority == o.priority
+                and self.cookie == o.cookie and self.match == o.match
+                and self.instructions == o.instructions)
+
+    def __repr__(self) -> str:
+        return (f"Flow(table={self.table!r}, priority={self.priority!r}, match={self.match!r}, "
+                f"instructions={self.instructions!r}, cookie={self.cookie!r})")
 
     def sort_key(self) -> tuple[int, int, str, str, int]:
         """Total order (match values mix ints, strings and (value, mask) tuples)."""

@@ -19,6 +19,15 @@ class VM:
     segment_id: int  # the segment's tag, 1..MAX_SEGMENT_TAG: metadata, ct zone, cookies
     segment: str
     groups: tuple[str, ...] = ()
+    _hash: int = field(default=0, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # VMs key the compiler's memo: hash the fields once, not at every lookup
+        object.__setattr__(self, "_hash", hash((self.id, self.name, self.mac, self.ips,
+                                                self.segment_id, self.segment, self.groups)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 def eui64_link_local(mac: str) -> str:

@@ -41,12 +41,23 @@ def diff(desired: Iterable[Flow], actual: Iterable[Flow]) -> FlowDiff:
     # differs, which is little after a small change
     want = desired if isinstance(desired, frozenset | set) else frozenset(desired)
     have = actual if isinstance(actual, frozenset | set) else frozenset(actual)
-    add = want - have
-    gone = have - want
+    return split_changes(want - have, have - want)
+
+
+def split_changes(add: set[Flow] | frozenset[Flow], gone: set[Flow] | frozenset[Flow]
+                  ) -> FlowDiff:
+    """Flows that appear and flows that go as a diff: a flow that goes is replaced when
+    one that appears has its key (an ADD overwrites it), else deleted."""
     add_keys = {f.key for f in add}
     delete = [f for f in gone if f.key not in add_keys]
     replaced = [f for f in gone if f.key in add_keys]
-    return FlowDiff(tuple(sorted(add)), tuple(sorted(delete)), tuple(replaced))
+    return FlowDiff(tuple(sorted(add, key=_order)), tuple(sorted(delete, key=_order)),
+                    tuple(replaced))
+
+
+def _order(f: Flow) -> tuple[int, int, str, int]:
+    """A deterministic order that never prints a flow's actions (a flood's are long)."""
+    return (f.table, f.priority, repr(f.match), f.cookie)
 
 
 def additions_only(d: FlowDiff, actual: Iterable[Flow]) -> FlowDiff:

@@ -1,12 +1,10 @@
 """The controller's state and the one path on which it changes.
 
 API requests, OpenFlow events and OVSDB updates call methods here; one lock serialises
-them. Every change takes the same path (:meth:`Service._change`): copy the state, edit the
-copy (the binding machine in ``binding.py`` is pure), compile, program the switches,
-commit the database, swap the copy in. A dry run stops before programming. A failure
-leaves the live state and the database as they were; switches already changed are put
-back (if the commit itself fails, they are reprogrammed at the next change).
-"""
+them. Every change takes :meth:`Service._change`: copy the state, edit the copy (the
+binding machine in ``binding.py`` is pure), rebuild what changed (``desired.py``), program
+the switches, commit the database, swap. A dry run stops before programming. A failure
+leaves state and database as they were and puts changed switches back."""
 
 from __future__ import annotations
 
@@ -18,8 +16,9 @@ from typing import Any, cast
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import binding, compiler, edits, hosts, records, registry
+from . import binding, edits, hosts, records, registry
 from . import policy as policy_mod
+from .desired import Desired, rebuild
 from .errors import Invalid, NotFound, VfenceError, field_path
 from .flows import Flow
 from .hosts import Bridge, HostBook, HostDb, Interface
@@ -48,13 +47,14 @@ class Service:
         self.hosts = HostBook()
         self._audited: set[tuple[str, ...]] = set()  # audited once each
         self.state, self.places = records.load(sessions, replace_stored_policy)
+        self.desired: Desired | None = None  # compiled from self.state (rebuilt from)
         self.queries = Queries(self)
 
     # --- the one path -------------------------------------------------------------------
 
     def _change(self, edit: edits.Edit | binding.Event, *, dry_run: bool = False,
                 force: bool = False, program: Callable[..., None] | None = None,
-                since: float | None = None) -> compiler.Flows | None:
+                since: float | None = None) -> Desired | None:
         """Copy, edit, compile, program, commit, swap. ``edit`` changes the copy and the
         session and may return an event for the binding machine, or is an event alone
         (a frame: nothing is copied unless the machine acts). ``program`` (desired, first,
@@ -74,7 +74,7 @@ class Service:
             new.bindings, new.standby, new.expected = out.places.view()
             records.write(s, out.effects, new.switch_name, self._audited)
             sw = self.switches
-            desired = compiler.compile_network(new) if (
+            desired = rebuild(self.desired, new) if (
                 force or sw.dirty or new != self.state) else None
             if dry_run:
                 return desired  # the session closes unwritten; nothing was swapped
@@ -90,6 +90,7 @@ class Service:
                 raise
             self._audited |= out.once
             self.state, self.places = new, out.places
+            self.desired = self.desired if desired is None else desired
             return desired
 
     # --- policy and VMs (API) -------------------------------------------------------------
@@ -245,5 +246,4 @@ class Service:
         return self.state.switch_name(dpid)
 
     def connected(self) -> list[int]:
-        with self.lock:
-            return self.switches.connected()
+        return self.switches.connected()

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Protocol
 
+from .desired import Desired
 from .errors import NotFound
 from .flows import Flow
 from .metrics import Metrics
@@ -31,12 +32,40 @@ class Programmer(Protocol):
         """(flow, packets, bytes) for every flow on the switch, read now."""
 
 
+class Held(Mapping[int, frozenset[Flow]]):
+    """What each connected switch holds, as far as we know: a flow set, or "exactly what
+    this compiled result wants for it" (its set is made only when someone reads it, so
+    a small change never copies a whole switch)."""
+
+    def __init__(self) -> None:
+        self.known: dict[int, frozenset[Flow] | Desired] = {}
+
+    def __getitem__(self, dpid: int) -> frozenset[Flow]:
+        held = self.known[dpid]
+        return held[dpid] if isinstance(held, Desired) else held
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.known)
+
+    def __len__(self) -> int:
+        return len(self.known)
+
+    def changes(self, dpid: int, desired: Mapping[int, frozenset[Flow]]) -> FlowDiff:
+        """What the switch needs to hold ``desired``: the compiler's own change when the
+        switch holds the result it was rebuilt from, else a diff of the two sets."""
+        held = self.known[dpid]
+        if (isinstance(desired, Desired) and isinstance(held, Desired)
+                and desired.parent == held.gen and dpid in desired.changes):
+            return desired.changes[dpid]
+        return diff(desired[dpid], self[dpid])
+
+
 class Switches:
     def __init__(self, metrics: Metrics, name: Callable[[int], str]) -> None:
         self.metrics = metrics
         self.name = name
         self.programmer: Programmer | None = None
-        self.installed: dict[int, frozenset[Flow]] = {}  # what each switch has, as we know
+        self.installed = Held()  # what each switch has, as we know
         self.ready: set[int] = set()  # connected and its links known: programmed fully
         self.ports: dict[int, dict[int, str]] = {}  # ports with link up, as reported
         self.flow_mods: Counter[int] = Counter()
@@ -48,13 +77,13 @@ class Switches:
     def attach(self, dpid: int, ports: dict[int, str], flows: Iterable[Flow]) -> None:
         """A switch (re)connected; its flows were read back. Not ready yet."""
         self.ports[dpid] = dict(ports)
-        self.installed[dpid] = frozenset(flows)
+        self.installed.known[dpid] = frozenset(flows)
         self.ready.discard(dpid)
 
     def detach(self, dpid: int) -> None:
         """Its flows stay on the switch (fail-secure); we just stop programming it."""
         self.ready.discard(dpid)
-        self.installed.pop(dpid, None)
+        self.installed.known.pop(dpid, None)
 
     def add_missing(self, dpid: int, desired: Iterable[Flow]) -> None:
         """Only the flows the switch lacks (a reconnect before its links are known)."""
@@ -62,8 +91,8 @@ class Switches:
             have = self.installed[dpid]
             self.send(dpid, additions_only(diff(desired, have), have))
 
-    def report(self, desired: dict[int, frozenset[Flow]],
-               before: dict[int, frozenset[Flow]]) -> dict[str, dict[str, int]]:
+    def report(self, desired: Mapping[int, frozenset[Flow]],
+               before: Mapping[int, frozenset[Flow]]) -> dict[str, dict[str, int]]:
         """Per switch: how many flows ``desired`` has, and what programming the switches
         as they were ``before`` need (or needed) to get there."""
         out = {}
@@ -73,7 +102,7 @@ class Switches:
                 "flows": len(desired.get(dpid, ())), "add": len(d.add), "delete": len(d.delete)}
         return out
 
-    def program(self, desired: dict[int, frozenset[Flow]], first: Iterable[int] = (),
+    def program(self, desired: Mapping[int, frozenset[Flow]], first: Iterable[int] = (),
                 last: Iterable[int] = ()) -> None:
         """Bring every ready switch to ``desired``: ``first`` (a migration target: local
         delivery and policy before anything points there), then all the others in one
@@ -82,29 +111,34 @@ class Switches:
         head = [d for d in first if d in self.ready]
         tail = [d for d in last if d in self.ready and d not in head]
         rest = sorted(d for d in self.ready if d not in head and d not in tail) + tail
-        done: list[tuple[int, frozenset[Flow]]] = []
+        held = self.installed
+        done: list[tuple[int, frozenset[Flow] | Desired]] = []
         try:
             for phase in (head, rest):  # each phase is one pipelined round trip
-                batch = [(d, diff(desired[d], self.installed[d])) for d in phase
-                         if d in self.installed and d in desired]
-                batch = [(d, c) for d, c in batch if c]
-                befores = {d: self.installed[d] for d, _ in batch}
+                batch = [(d, held.changes(d, desired)) for d in phase
+                         if d in held and d in desired]
+                befores = {d: held.known[d] for d, _ in batch}
                 try:
-                    self._send_many(batch)
+                    self._send_many([(d, c) for d, c in batch if c], desired)
                 finally:
-                    done += [(d, befores[d]) for d, _ in batch
-                             if self.installed[d] is not befores[d]]
+                    done += [(d, befores[d]) for d, c in batch
+                             if c and held.known[d] is not befores[d]]
+                    if isinstance(desired, Desired):  # unchanged ones hold it as well
+                        held.known.update((d, desired) for d, c in batch if not c)
         except Exception:
             self.dirty |= self.ready
             for dpid, before in reversed(done):
                 try:
-                    self.send(dpid, diff(before, self.installed[dpid]))
+                    flows = before[dpid] if isinstance(before, Desired) else before
+                    self.send(dpid, diff(flows, held[dpid]))
+                    held.known[dpid] = before
                 except Exception:
                     LOG.exception("could not restore switch %016x", dpid)
             raise
         self.dirty.clear()
 
-    def _send_many(self, batch: list[tuple[int, FlowDiff]]) -> None:
+    def _send_many(self, batch: list[tuple[int, FlowDiff]],
+                   desired: Mapping[int, frozenset[Flow]] | None = None) -> None:
         """Program several switches in one round trip where the programmer can; the
         switches that committed are accounted for even if another one failed."""
         if not batch or self.programmer is None:
@@ -112,7 +146,7 @@ class Switches:
         many = getattr(self.programmer, "program_many", None)
         if many is None or len(batch) == 1:
             for dpid, changes in batch:
-                self.send(dpid, changes)
+                self.send(dpid, changes, desired)
             return
         failed: set[int] = set()
         error: Exception | None = None
@@ -123,19 +157,23 @@ class Switches:
             error = e
         for dpid, changes in batch:
             if dpid not in failed:
-                self._committed(dpid, changes)
+                self._committed(dpid, changes, desired)
         if error is not None:
             raise error
 
-    def send(self, dpid: int, changes: FlowDiff) -> None:
+    def send(self, dpid: int, changes: FlowDiff,
+             desired: Mapping[int, frozenset[Flow]] | None = None) -> None:
         if not changes or self.programmer is None:
             return
         self.programmer.program(dpid, changes)
-        self._committed(dpid, changes)
+        self._committed(dpid, changes, desired)
 
-    def _committed(self, dpid: int, changes: FlowDiff) -> None:
+    def _committed(self, dpid: int, changes: FlowDiff,
+                   desired: Mapping[int, frozenset[Flow]] | None) -> None:
+        """``desired``: the switch now holds exactly that result's flows (no copy made)."""
         self.flow_mods[dpid] += len(changes)
-        self.installed[dpid] = apply_diff(self.installed[dpid], changes)
+        self.installed.known[dpid] = desired if isinstance(desired, Desired) else apply_diff(
+            self.installed[dpid], changes)
         name = self.name(dpid)
         self.metrics.flow_mods.labels(name).inc(len(changes))
         self.metrics.bundles.labels(name).inc()

@@ -11,7 +11,7 @@ import pytest
 from alembic import command
 from sqlalchemy import func, insert, select, text
 
-from vfence.controller import compiler, registry, verify
+from vfence.controller import desired, registry, verify
 from vfence.controller.errors import Conflict
 from vfence.controller.flows import (
     MAX_GROUPS,
@@ -150,7 +150,7 @@ def test_a_vm_with_a_large_database_id_gets_a_small_tag_and_stays_isolated(engin
     state.bindings = {"pay-1": Binding("pay-1", PortRef(HV1, 3)),
                       "web-1": Binding("web-1", PortRef(HV1, 4)),
                       "web-2": Binding("web-2", PortRef(HV2, 3))}
-    flows = compiler.compile_network(state)
+    flows = desired.compile_network(state)
     hv1 = flows[HV1]
     assert {cookie_owner(f.cookie)[1] for f in hv1 if f.cookie >> 56 == 0xA0 | Owner.VM} \
         == {1, 2, 3}

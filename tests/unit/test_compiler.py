@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vfence.controller import compiler
+from vfence.controller import compiler, desired
 from vfence.controller.flows import (
     META_FROM_FABRIC,
     OFPP_IN_PORT,
@@ -28,7 +28,7 @@ def _find(flows, table, **m):
 
 def test_empty_switch_gets_skeleton_only():
     st = two_hosts_two_spines()
-    flows = compiler.compile_network(st)
+    flows = desired.compile_network(st)
     base = list(compiler.base_flows())
     policy = set(compiler.policy_flows(st))
     # skeleton + 2 fabric ports (LLDP, rest) + own label + 3 transit labels + the policy
@@ -41,7 +41,7 @@ def test_every_flow_has_a_vfence_owner_cookie():
     st = two_hosts_two_spines()
     add_vm(st, 1, "a", 1, HV1, 3)
     add_vm(st, 2, "b", 1, HV2, 3)
-    for flows in compiler.compile_network(st).values():
+    for flows in desired.compile_network(st).values():
         for f in flows:
             assert cookie_owner(f.cookie) is not None, f
 
@@ -49,7 +49,7 @@ def test_every_flow_has_a_vfence_owner_cookie():
 def test_local_vm_is_classified_only_with_its_mac_untagged():
     st = two_hosts_two_spines()
     vm = add_vm(st, 1, "a", 7, HV1, 3)
-    flows = compiler.compile_network(st)[HV1]
+    flows = desired.compile_network(st)[HV1]
     classify = _find(flows, Table.CLASSIFY, in_port=3)
     allowed = [f for f in classify if ("goto", Table.ARP) in f.instructions]
     me = {"in_port": 3, "eth_src": vm.mac, "vlan_vid": OFPVID_NONE}
@@ -76,7 +76,7 @@ def test_unicast_to_local_and_remote_vm_and_no_flood_flow():
     st = two_hosts_two_spines()
     a = add_vm(st, 1, "a", 1, HV1, 3)
     b = add_vm(st, 2, "b", 1, HV2, 3)
-    flows = compiler.compile_network(st)[HV1]
+    flows = desired.compile_network(st)[HV1]
     (to_a,) = _find(flows, Table.FORWARD, reg4=a.id)
     assert to_a.instructions == (("apply", (("output", 3),)),)
     (to_b,) = _find(flows, Table.FORWARD, reg4=b.id)
@@ -95,7 +95,7 @@ def test_other_segment_vms_are_not_installed():
     st = two_hosts_two_spines()
     add_vm(st, 1, "a", 1, HV1, 3)
     c = add_vm(st, 3, "c", 2, HV2, 4)
-    flows = compiler.compile_network(st)[HV1]
+    flows = desired.compile_network(st)[HV1]
     assert not [f for f in flows if ("eth_dst", c.mac) in f.match]
     assert not [f for f in flows if ("eth_src", c.mac) in f.match]
 
@@ -106,7 +106,7 @@ def test_broadcast_stays_in_segment():
     add_vm(st, 2, "a2", 1, HV1, 5)
     add_vm(st, 3, "c", 2, HV1, 4)
     add_vm(st, 4, "b", 1, HV2, 3)
-    flows = compiler.compile_network(st)[HV1]
+    flows = desired.compile_network(st)[HV1]
     seg1 = [f for f in flows if f.cookie == cookie(Owner.SEGMENT, 1)]
     local_src = next(f for f in seg1 if dict(f.match)["metadata"] == (1, 0x1_0000_FFFF))
     acts = local_src.instructions[0][1]
@@ -127,7 +127,7 @@ def test_arp_answered_in_datapath_for_segment_ips_only():
     add_vm(st, 1, "a", 1, HV1, 3, ip="10.0.0.1")
     add_vm(st, 2, "b", 1, HV2, 3, ip="10.0.0.2")
     add_vm(st, 3, "c", 2, HV2, 4, ip="10.0.0.3")
-    flows = compiler.compile_network(st)[HV1]
+    flows = desired.compile_network(st)[HV1]
     answers = [f for f in flows if f.table == Table.ARP and f.priority == 100
                and "arp_tpa" in dict(f.match)]
     assert sorted(dict(f.match)["arp_tpa"] for f in answers) == ["10.0.0.1", "10.0.0.2"]
@@ -141,10 +141,10 @@ def test_arp_answered_in_datapath_for_segment_ips_only():
 def test_spines_forward_labels_only_and_ignore_vms():
     st = two_hosts_two_spines()
     add_vm(st, 1, "a", 1, HV1, 3)
-    before = compiler.compile_network(st)[SP1]
+    before = desired.compile_network(st)[SP1]
     add_vm(st, 2, "b", 1, HV2, 3)
     st.bindings["a"] = st.bindings["a"].__class__("a", st.bindings["b"].port.__class__(HV2, 9))
-    after = compiler.compile_network(st)[SP1]
+    after = desired.compile_network(st)[SP1]
     assert before == after  # VM moves never touch the fabric
     transit = [f for f in after if f.table == Table.FABRIC and f.priority == 100]
     assert {dict(f.match)["vlan_vid"] & 0xFFF for f in transit} == {1, 2, 3, 4}
@@ -152,7 +152,7 @@ def test_spines_forward_labels_only_and_ignore_vms():
 
 def test_paths_are_loop_free_on_a_looped_fabric():
     st = two_hosts_two_spines()
-    flows = compiler.compile_network(st)
+    flows = desired.compile_network(st)
     # follow label 2 (hv2) from hv1: must reach hv2 in at most 2 hops
     def out_port(dpid, label):
         for f in flows[dpid]:
@@ -173,7 +173,7 @@ def test_flow_count_grows_linearly_not_pairwise():
         st = two_hosts_two_spines()
         for i in range(1, n + 1):
             add_vm(st, i, f"v{i}", 1, HV1 if i % 2 else HV2, 10 + i)
-        return len(compiler.compile_network(st)[HV1])
+        return len(desired.compile_network(st)[HV1])
     c10, c20, c40 = count(10), count(20), count(40)
     assert c40 - c20 == 2 * (c20 - c10)  # exactly linear
 
@@ -182,13 +182,13 @@ def test_compile_is_deterministic():
     st = two_hosts_two_spines()
     for i in range(1, 30):
         add_vm(st, i, f"v{i}", i % 3, HV1 if i % 2 else HV2, 10 + i)
-    assert compiler.compile_network(st) == compiler.compile_network(st)
+    assert desired.compile_network(st) == desired.compile_network(st)
 
 
 def test_unbound_vm_gets_nothing_and_unknown_switch_binding_ignored():
     st = two_hosts_two_spines()
     v = add_vm(st, 1, "a", 1, None)
     add_vm(st, 2, "b", 1, 0xDEAD, 1)
-    flows = compiler.compile_network(st)
+    flows = desired.compile_network(st)
     assert not any(("eth_dst", v.mac) in f.match for fl in flows.values() for f in fl)
     assert set(flows) == {HV1, HV2, SP1, SP2}

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from bench.policy_scale import build_state
 
-from vfence.controller import compiler, pipeline
+from vfence.controller import desired, pipeline
 from vfence.controller.flows import Flow, Owner, cookie, cookie_owner, goto, match, meter
 from vfence.controller.model import Binding, NetworkState, PortRef
 from vfence.controller.pipeline import TABLE_SPECS, TABLES, Table, table_name
@@ -108,7 +108,7 @@ NETWORKS = {
 
 @pytest.fixture(scope="module")
 def compiled() -> dict[str, list[Flow]]:
-    return {name: [f for flows in compiler.compile_network(build()).values() for f in flows]
+    return {name: [f for flows in desired.compile_network(build()).values() for f in flows]
             for name, build in NETWORKS.items()}
 
 

@@ -5,11 +5,12 @@ attacks on real Open vSwitch; these pin the compiler's part in microseconds."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 
 import pytest
 
-from vfence.controller import compiler
+from vfence.controller import compiler, desired
 from vfence.controller.flows import OFPP_CONTROLLER, OFPVID_PRESENT
 from vfence.controller.model import Endpoint, Policy, Rule, eui64_link_local
 
@@ -28,12 +29,12 @@ def _network(rules=(), inter_group="allow", isolation=()):
     for vid, name, dpid, port, group in [(1, "guest", HV1, 3, "guest"), (2, "db", HV1, 4, "db"),
                                          (3, "web", HV1, 5, "web"), (4, "db2", HV2, 3, "db")]:
         vm = add_vm(st, vid, name, 1, dpid, port, ip=f"10.0.0.{vid}")
-        vms[name] = st.vms[name] = vm.__class__(**{**vm.__dict__, "groups": (group,),
-                                                   "ips": (f"10.0.0.{vid}", f"fd00::{vid}")})
+        vms[name] = st.vms[name] = dataclasses.replace(
+            vm, groups=(group,), ips=(f"10.0.0.{vid}", f"fd00::{vid}"))
     st.group_bits = {"guest": 0, "db": 1, "web": 2}
     st.policy = Policy(groups=("guest", "db", "web"), rules=tuple(rules),
                        inter_group=inter_group, isolation=tuple(isolation))
-    flows = compiler.compile_network(st)
+    flows = desired.compile_network(st)
     return vms, Pipeline(flows[HV1]), Pipeline(flows[HV2])
 
 

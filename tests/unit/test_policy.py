@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import random
 
 import pytest
 
-from vfence.controller import compiler, policy
+from vfence.controller import compiler, desired, policy
 from vfence.controller.flows import CT_EST, CT_TRK, Owner, Table, cookie
 from vfence.controller.model import NetworkState, Switch
 
@@ -113,7 +114,7 @@ def finance_state(n_extra: int = 0) -> NetworkState:
 
 def test_rules_compile_to_group_tag_matches():
     st = finance_state()
-    flows = compiler.compile_network(st)[HV1]
+    flows = desired.compile_network(st)[HV1]
     mine = [f for f in flows if f.cookie == cookie(Owner.RULE, st.policy.rules[0].priority)]
     web_to_api = [f for f in mine if f.table == Table.POLICY]
     # tcp/8443 for IPv4 and IPv6, each committed to conntrack
@@ -141,9 +142,8 @@ def test_policy_flows_do_not_grow_with_vms_or_pairs():
         rnd = random.Random(n_vms)
         for i in range(1, n_vms + 1):
             vm = add_vm(st, i, f"v{i}", 1, HV1 if i % 2 else HV2, 10 + i)
-            st.vms[vm.name] = vm.__class__(**{**vm.__dict__, "groups": (
-                rnd.choice(st.policy.groups),)})
-        return len(compiler.compile_network(st)[HV1])
+            st.vms[vm.name] = dataclasses.replace(vm, groups=(rnd.choice(st.policy.groups),))
+        return len(desired.compile_network(st)[HV1])
     a, b, c = policy_count(20), policy_count(40), policy_count(80)
     assert c - b == 2 * (b - a)
 
@@ -154,7 +154,7 @@ def test_bench_scale_flow_count_is_linear():
     from bench.policy_scale import build_state
 
     st = build_state(1000, hosts=10, groups=50, rules=200)
-    flows = compiler.compile_network(st)
+    flows = desired.compile_network(st)
     per_host = max(len(f) for f in flows.values())
     # each rule is judged four ways (unicast, per broadcast receiver, ND reach both ways);
     # each VM's destination lookup checks its addresses (IPv4, link-local, solicited-node)
@@ -165,7 +165,7 @@ def test_bench_scale_flow_count_is_linear():
 def test_switch_list_only_gets_flows():
     st = NetworkState()
     st.switches[1] = Switch(1, "solo", 1)
-    assert set(compiler.compile_network(st)) == {1}
+    assert set(desired.compile_network(st)) == {1}
 
 
 # --- addresses: VMs, subnets, gateways ----------------------------------------------------

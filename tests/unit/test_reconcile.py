@@ -38,12 +38,12 @@ def test_additions_only_never_touches_existing_flows():
 def test_a_switch_is_told_each_flow_once():
     """The diff works on whole flows and looks at keys only for what differs: that is
     right only if no two desired flows share a key (one would replace the other)."""
-    from vfence.controller import compiler
+    from vfence.controller import desired
 
     from .netfixtures import FINANCE, FINANCE_ON_3, finance, leaf_spine
 
     st = finance(leaf_spine(3, 2), FINANCE_ON_3, FINANCE)
-    for dpid, flows in compiler.compile_network(st).items():
+    for dpid, flows in desired.compile_network(st).items():
         assert len({f.key for f in flows}) == len(flows), f"switch {dpid:x}: keys repeat"
 
 

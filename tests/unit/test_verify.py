@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from vfence.controller import compiler, verify
+from vfence.controller import desired, verify
 from vfence.controller.flows import Flow, match
 
 from .netfixtures import HV1, HV2, finance, two_hosts_two_spines
@@ -33,14 +33,14 @@ def as_lists(flows):
 
 def test_compiled_policy_is_proved_isolated():
     st = finance_state()
-    (v,) = verify.verify(st, as_lists(compiler.compile_network(st)), ports(st))
+    (v,) = verify.verify(st, as_lists(desired.compile_network(st)), ports(st))
     assert v.pair == ("payroll", "frontend") and v.isolated and v.complete, v.witness
     assert v.explored > 100  # it really walked the tables
 
 
 def test_a_hand_added_leak_is_found_with_its_path():
     st = finance_state()
-    flows = as_lists(compiler.compile_network(st))
+    flows = as_lists(desired.compile_network(st))
     # someone "fixes" something by hand: web-1's port straight to pay-1's on hv1
     flows[HV1].append(Flow(0, 65000, match(in_port=4), (("apply", (("output", 3),)),), 0))
     (v,) = verify.verify(st, flows, ports(st))
@@ -50,7 +50,7 @@ def test_a_hand_added_leak_is_found_with_its_path():
 
 def test_a_leak_across_the_fabric_is_found():
     st = finance_state()
-    flows = as_lists(compiler.compile_network(st))
+    flows = as_lists(desired.compile_network(st))
     # an allow above the isolation flows in hv1's policy table, for pay-2 (on hv2) only
     pay2 = st.vms["pay-2"].id
     flows[HV1].append(Flow(30, 65535, match(eth_type=0x0800, reg4=pay2), (("goto", 40),), 0))
@@ -65,7 +65,7 @@ def test_a_leak_across_the_fabric_is_found():
 
 def test_a_leak_in_the_other_direction_only_is_found():
     st = finance_state()
-    flows = as_lists(compiler.compile_network(st))
+    flows = as_lists(desired.compile_network(st))
     flows[HV2].append(Flow(0, 65000, match(in_port=3), (("apply", (("output", 5),)),), 0))
     (v,) = verify.verify(st, flows, ports(st))
     assert not v.isolated and "delivered to web-2" in v.witness[-1]
@@ -93,7 +93,7 @@ def _verdict_with(first, *more, st=None, flows=None):
     """The verdict when hv1 starts pay-1's frames (port 3) with the instructions ``first``,
     above everything the compiler wrote, and also holds the flows ``more``."""
     st = st or finance_state()
-    flows = flows or as_lists(compiler.compile_network(st))
+    flows = flows or as_lists(desired.compile_network(st))
     if first is not None:
         flows[HV1].append(Flow(0, 65000, match(in_port=3), first, 0xBEEF))
     flows[HV1].extend(more)
@@ -166,7 +166,7 @@ def test_the_original_of_a_ct_recirculation_goes_on():
 
 def test_a_switch_whose_flows_were_not_read_is_unknown():
     st = finance_state()
-    flows = as_lists(compiler.compile_network(st))
+    flows = as_lists(desired.compile_network(st))
     del flows[HV2]  # pay-2 and web-2 sit there
     v = _verdict_with(None, st=st, flows=flows)
     assert v.status == "unknown" and "hv2" in v.reason and "not read" in v.reason

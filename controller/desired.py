@@ -1,0 +1,380 @@
+"""What every switch should hold, kept as fragments by owner and recomputed incrementally.
+
+A switch's flows are the union of fragments: the skeleton, its fabric, the policy (one
+object shared by all switches), one per VM that matters there (local, standby or remote
+in a segment present there) and one per segment present there (its flood flows).
+
+:func:`build` computes all of them from a :class:`NetworkState`. :func:`rebuild` takes
+the previous result and a new state: when only VMs changed (bound, moved, announced,
+added, removed: every event a running network sees) it recomputes the fragments of those
+VMs and of their segments, and the change per switch is taken over those fragments alone.
+A move thus costs O(the VM's flows + its segment's flood lists), never O(network).
+Changes that reach every switch (switches, links, fabric ports, group bits) rebuild all
+fragments; the compiler's memoised builders keep that cheap.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import operator
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import compiler, topology
+from .flows import Flow
+from .model import NetworkState
+from .reconcile import FlowDiff, diff, split_changes
+
+Key = tuple  # ("base",) ("fabric",) ("policy",) ("vm", name) ("seg", segment id)
+BASE, FABRIC, POLICY = ("base",), ("fabric",), ("policy",)
+
+
+@dataclass(frozen=True)
+class Fragment:
+    """Flows with the inputs they were built from: same inputs, same fragment (object)."""
+
+    inputs: tuple
+    flows: tuple[Flow, ...]
+
+
+_EMPTY = Fragment((), ())
+_GENERATIONS = itertools.count(1)
+_NONE: Counter[int] = Counter()
+
+
+@dataclass(frozen=True)
+class _Foot:
+    """Where one VM matters: its segment present on ``here``, placed (bound to a known
+    switch) on ``local``."""
+
+    segment: int
+    local: int | None
+    here: frozenset[int]
+    receiver: tuple[int, int] = (0, 0)  # (VM tag, group bits) in its segment's flood
+
+
+@dataclass
+class _Index:
+    """Where VMs are, so a change finds what it touches without looking at every VM."""
+
+    foot: dict[str, _Foot] = field(default_factory=dict)
+    present: dict[int, Counter[int]] = field(default_factory=dict)  # switch -> segment -> VMs
+    placed: dict[int, set[str]] = field(default_factory=dict)  # segment -> placed VMs
+    # (switch, segment) -> the receivers of its flood there: VM -> (tag, group bits)
+    local: dict[tuple[int, int], dict[str, tuple[int, int]]] = field(default_factory=dict)
+    hosts: dict[int, Counter[int]] = field(default_factory=dict)  # segment -> switch -> VMs
+    owned: set[tuple] = field(default_factory=set)  # containers this copy made its own
+
+    def copy(self) -> _Index:
+        """Shallow: a container a change edits is copied the first time it is edited, so
+        the index it was copied from never changes."""
+        return _Index(dict(self.foot), dict(self.present), dict(self.placed), dict(self.local),
+                      dict(self.hosts))
+
+    def _own(self, table: dict, key: object, make: type) -> Any:
+        """``table[key]``, made this index's own (copied once) before it is edited."""
+        tag = (id(table), key)
+        if tag not in self.owned:
+            self.owned.add(tag)
+            table[key] = make(table.get(key, ()))
+        return table[key]
+
+    def segments(self, dpid: int) -> set[int]:
+        return {s for s, n in self.present.get(dpid, Counter()).items() if n}
+
+    def add(self, name: str, f: _Foot | None, sign: int) -> None:
+        """Count ``f`` in (sign 1) or out (sign -1), copying what it edits."""
+        if f is None:
+            return
+        for d in f.here:
+            self._own(self.present, d, Counter)[f.segment] += sign
+        if f.local is None:
+            return
+        placed = self._own(self.placed, f.segment, set)
+        receivers = self._own(self.local, (f.local, f.segment), dict)
+        if sign > 0:
+            placed.add(name)
+            receivers[name] = f.receiver
+        else:
+            placed.discard(name)
+            receivers.pop(name, None)
+        self._own(self.hosts, f.segment, Counter)[f.local] += sign
+
+
+class Desired(Mapping[int, frozenset[Flow]]):
+    """The desired flows of every switch (a mapping dpid -> flows, each switch's set made
+    when asked), and the change from the result it was rebuilt from."""
+
+    def __init__(self, state: NetworkState, hops: dict[int, dict[int, int]], index: _Index,
+                 frags: dict[int, dict[Key, Fragment]]) -> None:
+        self.state, self.hops, self.index, self.frags = state, hops, index, frags
+        self.gen = next(_GENERATIONS)
+        self.parent: int | None = None  # gen of the result ``changes`` are relative to
+        self.changes: dict[int, FlowDiff] = {}
+        self._flows: dict[int, frozenset[Flow]] = {}
+
+    def __getitem__(self, dpid: int) -> frozenset[Flow]:
+        out = self._flows.get(dpid)
+        if out is None:
+            frags = self.frags[dpid]
+            out = frozenset(itertools.chain.from_iterable(f.flows for f in frags.values()))
+            self._flows[dpid] = out
+        return out
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.frags)
+
+    def __len__(self) -> int:
+        return len(self.frags)
+
+    def size(self, dpid: int) -> int:
+        return sum(len(f.flows) for f in self.frags[dpid].values())
+
+
+def compile_network(state: NetworkState) -> dict[int, frozenset[Flow]]:
+    """Desired flows for every switch in ``state.switches`` (a full build)."""
+    return dict(build(state))
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The compiler makes no reference cycles, only a great many long-lived tuples, which
+    the cycle collector would walk again and again while a build runs (a third of a cold
+    build at 5,000 VMs) and at every full collection after. So it pauses during a build,
+    and what is alive after it is frozen (left out of collections) until the next build."""
+    enabled = gc.isenabled()
+    gc.disable()
+    gc.unfreeze()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
+
+
+def build(state: NetworkState) -> Desired:
+    """Every fragment of every switch, from nothing."""
+    with _collector_paused():
+        return _build(state)
+
+
+def _build(state: NetworkState) -> Desired:
+    compiler.rotate_caches()
+    hops = topology.next_hops(state.links, set(state.switches))
+    ix = _Index()
+    here: dict[int, set[str]] = {}
+    for name in sorted(state.vms):
+        f = _footprint(state, name)
+        if f is None:
+            continue
+        ix.foot[name] = f
+        ix.add(name, f, 1)
+        for d in f.here:
+            here.setdefault(d, set()).add(name)
+    policy = Fragment((), tuple(compiler.policy_flows(state)))
+    frags = {}
+    for dpid in state.switches:
+        own = {BASE: Fragment((), compiler.base_flows()), POLICY: policy,
+               FABRIC: _fabric(state, hops, dpid)}
+        segs = ix.segments(dpid)
+        for n in here.get(dpid, set()).union(*(ix.placed.get(s, ()) for s in segs)):
+            _put(own, ("vm", n), _vm(state, hops, ix, dpid, n, None))
+        for s in segs:
+            _put(own, ("seg", s), _segment(state, hops, ix, dpid, s, None))
+        frags[dpid] = own
+    ix.owned.clear()
+    return Desired(state, hops, ix, frags)
+
+
+def rebuild(prev: Desired | None, state: NetworkState) -> Desired:
+    """The desired flows for ``state``, recomputing only what changed since ``prev``
+    (built from the state before). ``changes`` holds each switch's change from ``prev``."""
+    if prev is not None and not _global_change(prev.state, state):
+        with compiler.scratch():
+            return _rebuild(prev, state)
+    out = build(state)
+    if prev is not None:
+        out.parent = prev.gen
+        out.changes = {d: diff(out[d], prev[d]) for d in out if d in prev.frags}
+    return out
+
+
+def _rebuild(prev: Desired, state: NetworkState) -> Desired:
+    """Only VMs (and the policy) changed: their fragments and their segments'."""
+    touched: dict[int, set[Key]] = {d: set() for d in state.switches}
+    ix = prev.index.copy()
+    changed = _changed_vms(prev.state, state)
+    segs: set[int] = set()
+    for name in changed:
+        old, new = ix.foot.get(name), _footprint(state, name)
+        ix.add(name, old, -1)
+        ix.add(name, new, 1)
+        if new is None:
+            ix.foot.pop(name, None)
+        else:
+            ix.foot[name] = new
+        segs |= {f.segment for f in (old, new) if f is not None}
+    for s in segs:  # another host has (or no longer has) the segment: every flood list
+        if _hosting(prev.index, s) != _hosting(ix, s):
+            for keys in touched.values():
+                keys.add(("seg", s))
+    for name in changed:  # the hosts whose own receivers changed
+        for f in (prev.index.foot.get(name), ix.foot.get(name)):
+            if f is not None and f.local in touched:
+                touched[f.local].add(("seg", f.segment))
+    for d, keys in touched.items():
+        keys.update(("vm", n) for n in changed)
+        before, now = prev.index.segments(d), ix.segments(d)
+        for s in segs:  # the segment came or went here: its flood, its VMs (remote) with it
+            if (s in before) != (s in now):
+                keys.add(("seg", s))
+                keys.update(("vm", n) for n in ix.placed.get(s, set()) | prev.index.placed.get(
+                    s, set()))
+    ix.owned.clear()
+    frags = {d: dict(f) for d, f in prev.frags.items()}
+    policy = _policy(prev, state, changed)
+    for d, keys in touched.items():
+        own = frags[d]
+        own[POLICY] = policy
+        for key in keys:
+            kind, what = key
+            make = _vm if kind == "vm" else _segment
+            _put(own, key, make(state, prev.hops, ix, d, what, own.get(key)))
+        if policy is not prev.frags[d][POLICY]:
+            keys.add(POLICY)
+    out = Desired(state, prev.hops, ix, frags)
+    out.parent = prev.gen
+    out.changes = {d: _delta(prev.frags[d], frags[d], keys) for d, keys in touched.items()}
+    return out
+
+
+def _hosting(ix: _Index, seg: int) -> set[int]:
+    return {d for d, n in ix.hosts.get(seg, Counter()).items() if n}
+
+
+def _put(own: dict[Key, Fragment], key: Key, frag: Fragment) -> None:
+    if frag.flows:
+        own[key] = frag
+    else:
+        own.pop(key, None)
+
+
+def _delta(old: dict[Key, Fragment], new: dict[Key, Fragment], keys: Iterable[Key]
+           ) -> FlowDiff:
+    """The change between two versions of one switch's fragments that differ at most in
+    ``keys``."""
+    was: set[Flow] = set()
+    now: set[Flow] = set()
+    for key in keys:
+        a, b = old.get(key, _EMPTY), new.get(key, _EMPTY)
+        if a is not b:
+            was.update(a.flows)
+            now.update(b.flows)
+    return split_changes(now - was, was - now)
+
+
+def _global_change(a: NetworkState, b: NetworkState) -> bool:
+    """A change every switch must see in full (the per-VM fragments depend on these)."""
+    return (a.switches != b.switches or a.links != b.links or a.fabric != b.fabric
+            or a.group_bits != b.group_bits)
+
+
+def _changed_vms(a: NetworkState, b: NetworkState) -> set[str]:
+    """VMs whose registration, binding, standby port or announced target differs."""
+    out: set[str] = set()
+    for x, y in ((a.vms, b.vms), (a.bindings, b.bindings), (a.standby, b.standby)):
+        if x is y or x == y:  # C speed; the values compare by identity first
+            continue
+        out |= x.keys() ^ y.keys()
+        # entries that are not the same object (C-level map; unchanged ones are shared)
+        maybe = itertools.compress(y.keys(), map(operator.is_not, map(x.get, y), y.values()))
+        out.update(k for k in maybe if k in x and x[k] != y[k])
+    if a.expected != b.expected:
+        out.update(k for k in a.expected.keys() | b.expected.keys()
+                   if a.expected.get(k) != b.expected.get(k))
+    return out
+
+
+def _policy(prev: Desired, state: NetworkState, changed: set[str]) -> Fragment:
+    """The shared policy fragment: rebuilt when the policy changed, or when a VM it
+    names (by name or MAC) changed."""
+    old = next(iter(prev.frags.values()))[POLICY] if prev.frags else _EMPTY
+    if state.policy is prev.state.policy and not (changed and _names_vms(state)):
+        return old
+    flows = tuple(compiler.policy_flows(state))
+    return old if flows == old.flows else Fragment((), flows)
+
+
+def _names_vms(state: NetworkState) -> bool:
+    return any(e.kind in ("vm", "mac") for r in state.policy.rules for e in (r.src, r.dst))
+
+
+def _footprint(state: NetworkState, name: str) -> _Foot | None:
+    vm = state.vms.get(name)
+    if vm is None:
+        return None
+    b = state.bindings.get(name)
+    local = b.port.dpid if b is not None and b.port.dpid in state.switches else None
+    sb = state.standby.get(name)
+    here = {local, sb.port.dpid if sb is not None and b is not None else None,
+            state.expected.get(name)}
+    return _Foot(vm.segment_id, local, frozenset(d for d in here if d is not None),
+                 (vm.id, compiler.group_bits_of(state, vm)))
+
+
+def _fabric(state: NetworkState, hops: dict[int, dict[int, int]], dpid: int) -> Fragment:
+    return Fragment((), tuple(compiler.fabric_flows(
+        dpid, state, hops.get(dpid, {}), state.fabric.get(dpid, frozenset()))))
+
+
+def _vm(state: NetworkState, hops: dict[int, dict[int, int]], ix: _Index, dpid: int,
+        name: str, old: Fragment | None) -> Fragment:
+    """One VM's flows on ``dpid``: local port security and delivery, or its standby
+    port, or (its segment present here) how to recognise and reach it over the fabric."""
+    vm, f = state.vms.get(name), ix.foot.get(name)
+    if vm is None or f is None:
+        return _EMPTY
+    bits = f.receiver[1]
+    b = state.bindings[name] if f.local is not None else None
+    sb = state.standby.get(name) if dpid in f.here and name in state.bindings else None
+    standby = sb.port.port_no if sb is not None and sb.port.dpid == dpid else None
+    where: tuple = ()
+    if b is not None and f.local == dpid:
+        where = ("local", b.port.port_no)
+    elif b is not None and ix.present.get(dpid, _NONE).get(f.segment, 0) > 0:
+        label = state.switches[b.port.dpid].label
+        where = ("remote", label, hops.get(dpid, {}).get(b.port.dpid))
+    inputs = (vm, bits, where, standby)
+    if old is not None and old.inputs == inputs:
+        return old  # the very object: no diff work
+    flows: tuple[Flow, ...] = ()
+    if where:
+        flows = ((compiler.local_vm_flows(vm, where[1], bits) if where[0] == "local"
+                  else compiler.remote_vm_flows(vm, where[1], where[2], bits))
+                 + compiler.arp_responder_flows(vm) + compiler.nd_resolver_flows(vm)
+                 + compiler.dst_lookup_flows(vm, bits))
+    if standby is not None:
+        flows += compiler.local_vm_flows(vm, standby, bits, True)
+    return Fragment(inputs, flows)
+
+
+def _segment(state: NetworkState, hops: dict[int, dict[int, int]], ix: _Index, dpid: int,
+             seg: int, old: Fragment | None) -> Fragment:
+    """The segment's flood flows on ``dpid``: its local receivers, one copy per other
+    host with a VM of it."""
+    if seg not in ix.segments(dpid):
+        return _EMPTY
+    receivers = tuple(sorted(ix.local.get((dpid, seg), {}).values()))
+    mine = hops.get(dpid, {})
+    far = sorted(d for d, n in ix.hosts.get(seg, Counter()).items()
+                 if n and d != dpid and d in mine)
+    targets = tuple((state.switches[d].label, mine[d]) for d in far)
+    inputs = (receivers, targets)
+    if old is not None and old.inputs == inputs:
+        return old
+    return Fragment(inputs, compiler.segment_flood_flows(seg, receivers, targets))
