@@ -2,12 +2,24 @@
 
 Both directions live here so that a flow written and read back compares equal: the
 basis of "a controller restart with nothing changed sends zero flow-mods".
+
+Programming a switch writes wire bytes (:func:`add_body`, :func:`delete_body`,
+:func:`bundle`): an os-ken message object per flow made installing 10,000 flows 16x
+slower than ``ovs-ofctl``. The bytes come from os-ken's own encoders, one match field and
+one instruction list at a time, and are cached with each flow's whole flow-mod: fields,
+instructions and flows recur across VMs, switches and compiles. :func:`flow_add` and
+:func:`flow_delete` remain the reference (tests compare the bytes with theirs).
 """
 
 from __future__ import annotations
 
+import functools
+import struct
+from collections.abc import Iterator, Sequence
+from operator import itemgetter
 from typing import Any
 
+from os_ken.ofproto import ofproto_common
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
@@ -77,6 +89,107 @@ def flow_delete(datapath: Any, f: Flow) -> parser.OFPFlowMod:
         match=to_match(f.match), buffer_id=ofp.OFP_NO_BUFFER,
         out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
     )
+
+
+# --- plain -> wire bytes, cached ---------------------------------------------------------
+# Each cache is bounded (least recently used goes first), so memory stays flat however
+# many flows come and go: a cached flow-mod takes ~280 bytes, a field or instruction
+# list ~250, so all four caches full hold ~35 MB (10,000 flows fill 4.3 MB).
+CACHED_FLOWS = 32_768
+CACHED_PARTS = 32_768
+CHUNK = 256 * 1024  # bytes per write: one queue hand-off per chunk, not per message
+
+_HEADER = struct.Struct("!BBHI")  # ofp_header: version, type, length, xid
+_FLOW_MOD = struct.Struct(ofp.OFP_FLOW_MOD_PACK_STR0)  # ofp_flow_mod after the header
+_OXM_HEADER = struct.Struct("!HH")  # ofp_match: type, length (then fields, then padding)
+# an ONF bundle-add message (header, experimenter, bundle id, flags) followed by the
+# header of the flow-mod it carries, which repeats the outer xid (bundle extension 3.3)
+_BUNDLE_ADD = struct.Struct("!BBHIII" + ofp.ONF_BUNDLE_ADD_MSG_PACK_STR[1:] + "BBHI")
+_BUNDLE_CTRL = struct.Struct("!BBHIII" + ofp.ONF_BUNDLE_CTRL_PACK_STR[1:])
+_ONF = ofproto_common.ONF_EXPERIMENTER_ID
+
+
+@functools.lru_cache(maxsize=256)  # bounded by the OXM fields os-ken knows
+def _oxm_order(name: str) -> int:
+    """The key OFPMatch sorts its fields by (the OXM number)."""
+    n = ofp.oxm_from_user_header(name)
+    return n[0] if isinstance(n, tuple) else n
+
+
+@functools.lru_cache(maxsize=CACHED_PARTS)
+def _oxm(field: tuple[str, Any]) -> tuple[int, bytes]:
+    """One match field as OFPMatch writes it (os-ken's OXM functions, without its round
+    trip to user values and back), with its place in the order."""
+    n, value, mask = ofp.oxm_from_user(*ofp.oxm_normalize_user(*field))
+    buf = bytearray()
+    ofp.oxm_serialize(n, value, mask, buf, 0)
+    return _oxm_order(field[0]), bytes(buf)
+
+
+def match_bytes(m: Match) -> bytes:
+    """``ofp_match`` for ``m``, as ``to_match(m).serialize`` writes it."""
+    fields = sorted(map(_oxm, m), key=itemgetter(0))  # stable, as OFPMatch's sort
+    oxms = b"".join([oxm for _, oxm in fields])
+    length = _OXM_HEADER.size + len(oxms)
+    return _OXM_HEADER.pack(ofp.OFPMT_OXM, length) + oxms + bytes(-length % 8)
+
+
+@functools.lru_cache(maxsize=CACHED_PARTS)
+def instruction_bytes(instructions: tuple) -> bytes:
+    """The instructions as OFPFlowMod writes them."""
+    buf = bytearray()
+    offset = 0
+    for ins in to_instructions(instructions):
+        ins.serialize(buf, offset)
+        offset += ins.len
+    return bytes(buf)
+
+
+def _body(f: Flow, command: int, cookie: int, instructions: bytes) -> bytes:
+    head = _FLOW_MOD.pack(cookie, 0, f.table, command, 0, 0, f.priority, ofp.OFP_NO_BUFFER,
+                          ofp.OFPP_ANY, ofp.OFPG_ANY, 0)
+    return head + match_bytes(f.match) + instructions
+
+
+@functools.lru_cache(maxsize=CACHED_FLOWS)
+def add_body(f: Flow) -> bytes:
+    """The bytes of ``flow_add(dp, f)`` after its 8-byte header."""
+    return _body(f, ofp.OFPFC_ADD, f.cookie, instruction_bytes(f.instructions))
+
+
+@functools.lru_cache(maxsize=CACHED_FLOWS)
+def delete_body(f: Flow) -> bytes:
+    """The bytes of ``flow_delete(dp, f)`` after its 8-byte header."""
+    return _body(f, ofp.OFPFC_DELETE_STRICT, 0, b"")
+
+
+def flow_mod(body: bytes, xid: int) -> bytes:
+    """A whole flow-mod message around a body from :func:`add_body`/:func:`delete_body`."""
+    return _HEADER.pack(ofp.OFP_VERSION, ofp.OFPT_FLOW_MOD, _HEADER.size + len(body), xid) + body
+
+
+def _bundle_ctrl(bundle_id: int, kind: int, flags: int, xid: int) -> bytes:
+    return _BUNDLE_CTRL.pack(ofp.OFP_VERSION, ofp.OFPT_EXPERIMENTER, _BUNDLE_CTRL.size, xid,
+                             _ONF, ofp.ONF_ET_BUNDLE_CONTROL, bundle_id, kind, flags)
+
+
+def bundle(bodies: Sequence[bytes], bundle_id: int, flags: int, xid: int) -> Iterator[bytes]:
+    """Open, one bundle-add per flow-mod body, commit (xids ``xid`` to
+    ``xid + len(bodies) + 1`` in that order), in chunks of whole messages of about CHUNK
+    bytes: one bytearray, no message object per flow."""
+    buf = bytearray(_bundle_ctrl(bundle_id, ofp.ONF_BCT_OPEN_REQUEST, flags, xid))
+    pack, v, exp, add, fm = (_BUNDLE_ADD.pack, ofp.OFP_VERSION, ofp.OFPT_EXPERIMENTER,
+                             ofp.ONF_ET_BUNDLE_ADD_MESSAGE, ofp.OFPT_FLOW_MOD)
+    for i, body in enumerate(bodies, xid + 1):
+        n = len(body)
+        buf += pack(v, exp, _BUNDLE_ADD.size + n, i, _ONF, add, bundle_id, flags,
+                    v, fm, _HEADER.size + n, i)
+        buf += body
+        if len(buf) >= CHUNK:
+            yield bytes(buf)
+            buf.clear()
+    buf += _bundle_ctrl(bundle_id, ofp.ONF_BCT_COMMIT_REQUEST, flags, xid + len(bodies) + 1)
+    yield bytes(buf)
 
 
 # --- wire -> plain ------------------------------------------------------------------------

@@ -63,13 +63,18 @@ class SwitchError(RuntimeError):
 
 
 class _Pending:
-    """Replies and errors for one request (by switch and xid)."""
+    """Replies and errors for one request (by switch and xid), or errors for a run of
+    ``count`` messages with consecutive xids (a bundle: one record, not one per flow)."""
 
-    def __init__(self, key: tuple[int, int]) -> None:
-        self.key = key  # (dpid, xid)
+    def __init__(self, key: tuple[int, int], count: int = 1) -> None:
+        self.key = key  # (dpid, first xid)
+        self.count = count
         self.done = threading.Event()
         self.replies: list[Any] = []
         self.errors: list[Any] = []
+
+    def holds(self, dpid: int, xid: int) -> bool:
+        return dpid == self.key[0] and 0 <= xid - self.key[1] < self.count
 
 
 class VfenceApp(app_manager.OSKenApp):
@@ -119,7 +124,18 @@ class VfenceApp(app_manager.OSKenApp):
     def _register(self, dp: Any, msg: Any) -> _Pending:
         """Give ``msg`` an xid and collect what the switch answers to it."""
         dp.set_xid(msg)
-        p = _Pending((dp.id, msg.xid))
+        return self._track(_Pending((dp.id, msg.xid)))
+
+    def _reserve(self, dp: Any, count: int) -> _Pending:
+        """``count`` consecutive xids of ``dp`` (restarting at 1 rather than wrapping),
+        and one record for the errors the switch sends about any of them."""
+        first = dp.xid + 1
+        if first + count - 1 > ofp.MAX_XID:
+            first = 1
+        dp.xid = first + count - 1
+        return self._track(_Pending((dp.id, first), count))
+
+    def _track(self, p: _Pending) -> _Pending:
         with self.pending_lock:
             self.pending[p.key] = p
         return p
@@ -183,45 +199,32 @@ class VfenceApp(app_manager.OSKenApp):
             err.failed = [d for d, _ in failed]  # type: ignore[attr-defined]
             raise err
 
-    def _send_bundle(self, dpid: int, changes: FlowDiff) -> tuple[_Pending, list[_Pending]]:
+    def _send_bundle(self, dpid: int, changes: FlowDiff) -> tuple[_Pending, _Pending]:
+        """Write the flow-mods (cached bytes, see ofcodec) and a barrier; returns the
+        barrier's record and the one that collects errors for every message sent."""
         dp = self.datapaths.get(dpid)
         if dp is None:
             raise SwitchError(f"switch {dpid:016x} is not connected")
-        bid = next(self.bundle_ids) & 0xFFFFFFFF
-        flags = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
-        sent: list[_Pending] = []
-        batch = bytearray()
-
-        def send(msg: Any) -> None:
-            # serialised here and written in large chunks: one queue hand-off per ~256 KiB
-            # instead of one per flow-mod
-            sent.append(self._register(dp, msg))
-            msg.serialize()
-            batch.extend(msg.buf)
-            if len(batch) >= 256 * 1024:
-                dp.send(bytes(batch))
-                batch.clear()
-
-        mods = [ofcodec.flow_add(dp, f) for f in changes.add]
-        mods += [ofcodec.flow_delete(dp, f) for f in changes.delete]
-        if len(mods) == 1:  # one flow-mod is atomic by itself: no bundle round
-            send(mods[0])
-        else:
-            send(parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_OPEN_REQUEST, flags, []))
-            for mod in mods:
-                send(parser.ONFBundleAddMsg(dp, bid, flags, mod, []))
-            send(parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_COMMIT_REQUEST, flags, []))
-        dp.send(bytes(batch))
+        bodies = [ofcodec.add_body(f) for f in changes.add]
+        bodies += [ofcodec.delete_body(f) for f in changes.delete]
+        if len(bodies) == 1:  # one flow-mod is atomic by itself: no bundle round
+            sent = self._reserve(dp, 1)
+            dp.send(ofcodec.flow_mod(bodies[0], sent.key[1]))
+        else:  # open, one add per flow-mod, commit
+            sent = self._reserve(dp, len(bodies) + 2)
+            bid = next(self.bundle_ids) & 0xFFFFFFFF
+            for chunk in ofcodec.bundle(bodies, bid, ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED,
+                                        sent.key[1]):
+                dp.send(chunk)
         return self._send(dp, parser.OFPBarrierRequest(dp)), sent
 
-    def _finish_bundle(self, dpid: int, barrier: _Pending, sent: list[_Pending]) -> None:
+    def _finish_bundle(self, dpid: int, barrier: _Pending, sent: _Pending) -> None:
         try:
             self._wait(barrier, f"barrier on {dpid:016x}")
         finally:
-            self._forget(sent)
-        errors = [e for p in sent for e in p.errors]
-        if errors:
-            raise SwitchError(f"switch {dpid:016x} refused the bundle: {errors[0]}")
+            self._forget([sent])
+        if sent.errors:
+            raise SwitchError(f"switch {dpid:016x} refused the bundle: {sent.errors[0]}")
 
     def read_flows(self, dpid: int) -> list[tuple[Any, int, int]]:
         dp = self.datapaths.get(dpid)
@@ -330,10 +333,18 @@ class VfenceApp(app_manager.OSKenApp):
         msg = ev.msg
         LOG.error("switch %016x error type=%s code=%s", msg.datapath.id or 0, msg.type,
                   msg.code)
-        with self.pending_lock:
-            p = self.pending.get((msg.datapath.id, msg.xid))
+        p = self._answered_by_error(msg.datapath.id, msg.xid)
         if p is not None:
             p.errors.append(f"type={msg.type} code={msg.code}")
+
+    def _answered_by_error(self, dpid: int, xid: int) -> _Pending | None:
+        """The request an error is about: by its own xid, or one inside a bundle's run
+        (few requests are ever pending at once, so a scan is cheap)."""
+        with self.pending_lock:
+            p = self.pending.get((dpid, xid))
+            if p is None:
+                p = next((q for q in self.pending.values() if q.holds(dpid, xid)), None)
+        return p
 
     # --- packet-in --------------------------------------------------------------------
 

@@ -1,0 +1,177 @@
+"""The cached wire bytes (ofcodec.add_body, delete_body, bundle) are exactly what os-ken
+serialises for the same flows, and the app still pins a switch's errors on the bundle."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from types import SimpleNamespace
+
+import pytest
+from os_ken.ofproto import ofproto_v1_3 as ofp
+from os_ken.ofproto import ofproto_v1_3_parser as parser
+
+from vfence.apps import ofcodec
+from vfence.apps.vfence_app import SwitchError, VfenceApp
+from vfence.controller.compiler import compile_network
+from vfence.controller.flows import OFPP_CONTROLLER, Flow, Owner, Table, cookie
+from vfence.controller.reconcile import FlowDiff
+
+from .netfixtures import FINANCE_ON_3, finance, leaf_spine
+
+FLAGS = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
+
+
+class FakeDatapath:
+    """Enough of os-ken's Datapath to serialise messages and record what is written."""
+
+    ofproto = ofp
+    ofproto_parser = parser
+
+    def __init__(self, dpid: int = 1, xid: int = 100) -> None:
+        self.id, self.xid = dpid, xid
+        self.written: list[bytes] = []
+        self.on_barrier = lambda msg: None
+
+    def set_xid(self, msg):
+        self.xid = (self.xid + 1) & ofp.MAX_XID
+        msg.set_xid(self.xid)
+
+    def send(self, buf: bytes) -> bool:
+        self.written.append(buf)
+        return True
+
+    def send_msg(self, msg) -> None:
+        msg.serialize()
+        self.send(bytes(msg.buf))
+        self.on_barrier(msg)
+
+
+def _wire(msg, xid: int) -> bytes:
+    """The old path: an os-ken message object, serialised."""
+    msg.set_xid(xid)
+    msg.serialize()
+    return bytes(msg.buf)
+
+
+@pytest.fixture(scope="module")
+def flows() -> list[Flow]:
+    """Every flow of the finance network on three hosts and two spines (and one flow that
+    punts to the controller with an empty match)."""
+    out = compile_network(finance(leaf_spine(3, 2), FINANCE_ON_3))
+    punt = Flow(Table.CLASSIFY, 1, (), (("apply", (("output", OFPP_CONTROLLER),)),),
+                cookie(Owner.BASE))
+    return sorted({f for fl in out.values() for f in fl} | {punt})
+
+
+def test_the_flows_cover_every_kind_of_match_instruction_and_action(flows):
+    masked = {k for f in flows for k, v in f.match if isinstance(v, tuple)}
+    assert {"metadata", "reg0", "ct_state", "eth_dst"} <= masked
+    ins = {i[0] for f in flows for i in f.instructions}
+    assert ins == {"meter", "apply", "meta", "goto"}
+    acts = {a[0] for f in flows for i in f.instructions if i[0] == "apply" for a in i[1]}
+    assert acts == {"output", "push_vlan", "pop_vlan", "set", "move", "resubmit", "ct"}
+
+
+def test_flow_mod_bytes_are_what_os_ken_serialises(flows):
+    dp = FakeDatapath()
+    for xid, f in enumerate(flows, 1):
+        assert ofcodec.flow_mod(ofcodec.add_body(f), xid) == _wire(ofcodec.flow_add(dp, f), xid)
+        assert ofcodec.flow_mod(ofcodec.delete_body(f), xid) == _wire(
+            ofcodec.flow_delete(dp, f), xid)
+
+
+def test_each_flow_is_encoded_once(flows):
+    f = flows[0]
+    again = Flow(f.table, f.priority, f.match, f.instructions, f.cookie)
+    assert ofcodec.add_body(again) is ofcodec.add_body(f)
+
+
+def _os_ken_bundle(dp, mods, bid: int, xid: int) -> bytes:
+    msgs = [parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_OPEN_REQUEST, FLAGS, [])]
+    msgs += [parser.ONFBundleAddMsg(dp, bid, FLAGS, m, []) for m in mods]
+    msgs.append(parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_COMMIT_REQUEST, FLAGS, []))
+    return b"".join(_wire(m, x) for x, m in enumerate(msgs, xid))
+
+
+@pytest.mark.parametrize("chunk", [ofcodec.CHUNK, 1000])
+def test_bundle_bytes_are_what_os_ken_serialises(flows, monkeypatch, chunk):
+    monkeypatch.setattr(ofcodec, "CHUNK", chunk)
+    dp, some = FakeDatapath(), flows[:40]
+    bodies = [ofcodec.add_body(f) for f in some] + [ofcodec.delete_body(some[0])]
+    mods = [ofcodec.flow_add(dp, f) for f in some] + [ofcodec.flow_delete(dp, some[0])]
+    chunks = list(ofcodec.bundle(bodies, 7, FLAGS, 0xFFFF_0000))
+    assert b"".join(chunks) == _os_ken_bundle(dp, mods, 7, 0xFFFF_0000)
+    assert (len(chunks) > 1) == (chunk == 1000)
+    for c in chunks:  # whole messages only: each chunk parses to its end
+        at = 0
+        while at < len(c):
+            at += int.from_bytes(c[at + 2:at + 4], "big")
+        assert at == len(c)
+
+
+def test_empty_bundle_is_open_and_commit():
+    dp = FakeDatapath()
+    assert b"".join(ofcodec.bundle([], 3, FLAGS, 9)) == _os_ken_bundle(dp, [], 3, 9)
+
+
+# --- the app: xids and errors --------------------------------------------------------------
+
+
+def _app(dp: FakeDatapath) -> VfenceApp:
+    """A VfenceApp with only the request/reply bookkeeping (no os-ken manager)."""
+    app = VfenceApp.__new__(VfenceApp)
+    app.datapaths = {dp.id: dp}
+    app.pending, app.pending_lock = {}, threading.Lock()
+    app.bundle_ids = itertools.count(1)
+    return app
+
+
+def _switch_answers(app: VfenceApp, dp: FakeDatapath, error_xid: int | None):
+    """After the barrier is written: maybe an error about ``error_xid``, then the reply."""
+    def answer(msg) -> None:
+        if error_xid is not None:
+            app._error(SimpleNamespace(msg=SimpleNamespace(
+                datapath=dp, xid=error_xid, type=ofp.OFPET_BAD_MATCH, code=3)))
+        app._barrier(SimpleNamespace(msg=SimpleNamespace(datapath=dp, xid=msg.xid)))
+    dp.on_barrier = answer
+
+
+def _diff(flows, n: int) -> FlowDiff:
+    return FlowDiff(add=tuple(flows[:n]))
+
+
+def test_a_refused_bundle_raises_with_the_error_and_leaves_nothing_pending(flows):
+    dp = FakeDatapath(xid=500)
+    app = _app(dp)
+    _switch_answers(app, dp, error_xid=501 + 5)  # the fifth flow's bundle-add
+    with pytest.raises(SwitchError, match="refused the bundle: type=4 code=3"):
+        app.program(dp.id, _diff(flows, 10))
+    assert app.pending == {}
+    assert dp.xid == 500 + 12 + 1  # open, 10 adds, commit, then the barrier
+
+
+def test_an_error_outside_the_bundle_is_not_its_own(flows):
+    dp = FakeDatapath(xid=500)
+    app = _app(dp)
+    _switch_answers(app, dp, error_xid=500)  # an older request's xid
+    app.program(dp.id, _diff(flows, 10))
+    assert app.pending == {}
+
+
+def test_one_flow_mod_goes_alone_and_its_error_counts(flows):
+    dp = FakeDatapath(xid=ofp.MAX_XID)  # the next xid wraps round to 1
+    app = _app(dp)
+    _switch_answers(app, dp, error_xid=1)
+    with pytest.raises(SwitchError, match="type=4 code=3"):
+        app.program(dp.id, _diff(flows, 1))
+    assert dp.written[0] == ofcodec.flow_mod(ofcodec.add_body(flows[0]), 1)
+
+
+def test_xids_of_a_bundle_restart_at_one_rather_than_wrap(flows):
+    dp = FakeDatapath(xid=ofp.MAX_XID - 3)
+    app = _app(dp)
+    _switch_answers(app, dp, error_xid=None)
+    app.program(dp.id, _diff(flows, 10))
+    assert int.from_bytes(dp.written[0][4:8], "big") == 1  # the open request
+    assert dp.xid == 13
