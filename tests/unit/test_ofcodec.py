@@ -13,7 +13,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from vfence.apps import ofcodec
 from vfence.apps.vfence_app import SwitchError, VfenceApp
-from vfence.controller.compiler import compile_network
+from vfence.controller.desired import compile_network
 from vfence.controller.flows import OFPP_CONTROLLER, Flow, Owner, Table, cookie
 from vfence.controller.reconcile import FlowDiff
 
