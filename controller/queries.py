@@ -65,7 +65,7 @@ class Queries:
     def hosts(self) -> list[dict[str, Any]]:
         sw = self.service.switches
         with self.service.lock:
-            flows = {d: len(f) for d, f in sw.installed.items()}
+            flows = {d: sw.installed.count(d) for d in sw.installed}
             mods = dict(sw.flow_mods)
             ports = {d: sorted(p.items()) for d, p in sw.ports.items()}
         with self.service.sessions() as s:

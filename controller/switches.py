@@ -50,6 +50,11 @@ class Held(Mapping[int, frozenset[Flow]]):
     def __len__(self) -> int:
         return len(self.known)
 
+    def count(self, dpid: int) -> int:
+        """How many flows the switch holds (without making its set)."""
+        held = self.known[dpid]
+        return held.size(dpid) if isinstance(held, Desired) else len(held)
+
     def changes(self, dpid: int, desired: Mapping[int, frozenset[Flow]]) -> FlowDiff:
         """What the switch needs to hold ``desired``: the compiler's own change when the
         switch holds the result it was rebuilt from, else a diff of the two sets."""

@@ -46,8 +46,10 @@ class LabBase:
 
     def __init__(self, hosts: int, spines: int, plan: list[VMPlan], *, db_url: str,
                  workdir: Path, of_port: int = 6653, api_port: int = 8080,
-                 extra_args: tuple[str, ...] = (), policy: dict | None = None) -> None:
+                 extra_args: tuple[str, ...] = (), policy: dict | None = None,
+                 register_timeout: float = 60) -> None:
         self.hosts, self.spines, self.plan = hosts, spines, plan
+        self.register_timeout = register_timeout
         self.db_url, self.workdir = db_url, workdir
         self.of_port, self.api_port = of_port, api_port
         self.extra_args = extra_args
@@ -99,7 +101,8 @@ class LabBase:
     def register(self) -> None:
         """VMs come from the policy document if the lab has one, else one POST each."""
         if self.policy is not None:
-            r = httpx.put(self.api + "/v1/policy", json=self.policy, timeout=60)
+            r = httpx.put(self.api + "/v1/policy", json=self.policy,
+                          timeout=self.register_timeout)
             if r.status_code != 200:
                 raise RuntimeError(f"applying the policy: {r.status_code} {r.text}")
             return
