@@ -345,18 +345,26 @@ class _Draft:
                 and self.world.learns(dpid))
 
     def bind_from_interfaces(self) -> None:
-        """Every OVSDB interface that names a registered VM (iface-id or attached-mac)."""
+        """Every OVSDB interface that names a registered VM (iface-id or attached-mac)
+        and is not its port already, in port order."""
         p, w = self.places, self.world
-        if not w.interfaces:
-            return
-        by_mac = {vm.mac: vm for vm in w.vms.values()}
-        for i in sorted(w.interfaces, key=lambda i: (i.dpid, i.ofport)):
-            if not 0 < i.ofport < OFPP_MAX:
+        by_mac: dict[str, VM] | None = None
+        todo = []
+        for i in w.interfaces or ():
+            if not 0 < i.ofport < OFPP_MAX or not (i.iface_id or i.attached_mac):
                 continue
-            vm = w.vms.get(i.iface_id or "") or by_mac.get((i.attached_mac or "").lower())
-            if vm is None or (vm.name, PortRef(i.dpid, i.ofport)) in p.retired:
-                continue
-            self.bind(Binding(vm.name, PortRef(i.dpid, i.ofport), i.name, "ovsdb"))
+            vm = w.vms.get(i.iface_id or "")
+            if vm is None:
+                by_mac = by_mac or {v.mac: v for v in w.vms.values()}
+                vm = by_mac.get((i.attached_mac or "").lower())
+                if vm is None:
+                    continue
+            port = PortRef(i.dpid, i.ofport)
+            old = p.bindings.get(vm.name)
+            if (old is None or old.port != port) and (vm.name, port) not in p.retired:
+                todo.append((port, vm.name, i.name))
+        for port, name, port_name in sorted(todo):
+            self.bind(Binding(name, port, port_name, "ovsdb"))
 
     def promote(self, vm: str) -> None:
         self.bind(self.places.standby.pop(vm), direct=True)

@@ -128,6 +128,9 @@ class Desired(Mapping[int, frozenset[Flow]]):
     def __iter__(self) -> Iterator[int]:
         return iter(self.frags)
 
+    def __contains__(self, dpid: object) -> bool:
+        return dpid in self.frags  # without making the switch's set
+
     def __len__(self) -> int:
         return len(self.frags)
 
@@ -358,8 +361,8 @@ def _vm(state: NetworkState, hops: dict[int, dict[int, int]], ix: _Index, dpid: 
                   else compiler.remote_vm_flows(vm, where[1], where[2], bits))
                  + compiler.arp_responder_flows(vm) + compiler.nd_resolver_flows(vm)
                  + compiler.dst_lookup_flows(vm, bits))
-    if standby is not None:
-        flows += compiler.local_vm_flows(vm, standby, bits, True)
+    if standby is not None:  # (its flows may repeat the VM's own: keep each once)
+        flows = tuple(dict.fromkeys(flows + compiler.local_vm_flows(vm, standby, bits, True)))
     return Fragment(inputs, flows)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from .pipeline import rule_priority
 
@@ -56,8 +56,10 @@ class Switch:
     label: int  # host label carried in the VLAN id across the fabric (1..4094)
 
 
-@dataclass(frozen=True, order=True)
-class PortRef:
+class PortRef(NamedTuple):
+    """A switch port. A named tuple: the binding machine builds and hashes one per OVSDB
+    interface on every host listing."""
+
     dpid: int
     port_no: int
 

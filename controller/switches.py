@@ -47,6 +47,9 @@ class Held(Mapping[int, frozenset[Flow]]):
     def __iter__(self) -> Iterator[int]:
         return iter(self.known)
 
+    def __contains__(self, dpid: object) -> bool:
+        return dpid in self.known  # without making the switch's set
+
     def __len__(self) -> int:
         return len(self.known)
 
