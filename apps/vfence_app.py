@@ -43,6 +43,7 @@ LOG = logging.getLogger("vfence.app")
 SETTLE_SECONDS = 1.5  # after connect: time for LLDP to find links before a full reconcile
 LLDP_INTERVAL = 5.0
 AUDIT_INTERVAL = 2.0
+AUDIT_SHARE = 0.1  # of the controller's time, at most, for reading drop counters
 REPLY_TIMEOUT = 10.0
 
 
@@ -95,9 +96,11 @@ class VfenceApp(app_manager.OSKenApp):
         self.threads.append(hub.spawn(self._every_switch, LLDP_INTERVAL, self._send_lldp,
                                       "LLDP"))
         self.threads.append(hub.spawn(self._every_switch, AUDIT_INTERVAL,
-                                      self._audit_switch, "spoof audit"))
-        self.threads.append(hub.spawn(self._every, LLDP_INTERVAL,
-                                      lambda: self.submit(self.service.housekeeping)))
+                                      self._audit_switch, "spoof audit", AUDIT_SHARE))
+        # times are taken when the work is queued, not when it runs: behind a long queue
+        # (thousands of ports appearing) a link LLDP confirmed in time is not expired
+        self.threads.append(hub.spawn(self._every, LLDP_INTERVAL, lambda: self.submit(
+            self.service.housekeeping, time.monotonic())))
         self.probes = lldp.ProbeBook()
         self.drop_counts: dict[tuple[int, int, int], int] = {}
 
@@ -373,7 +376,7 @@ class VfenceApp(app_manager.OSKenApp):
             src = lldp.parse(msg.data)
             if src is not None and self.probes.redeem(*src):
                 link = Link(PortRef(src[0], src[1]), PortRef(dp.id, in_port))
-                self.submit(self.service.link_seen, link)
+                self.submit(self.service.link_seen, link, time.monotonic())
             else:
                 LOG.warning("LLDP on %016x port %s: not a fresh probe of ours", dp.id, in_port)
             return
@@ -404,7 +407,8 @@ class VfenceApp(app_manager.OSKenApp):
             )
             dp.send_msg(out)
 
-    def _every_switch(self, interval: float, fn: Callable[[Any], None], what: str) -> None:
+    def _every_switch(self, interval: float, fn: Callable[[Any], None], what: str,
+                      share: float = 1.0) -> None:
         """Run ``fn`` on every connected switch every ``interval`` seconds, forever."""
         def each() -> None:
             for dp in list(self.datapaths.values()):
@@ -412,16 +416,22 @@ class VfenceApp(app_manager.OSKenApp):
                     fn(dp)
                 except Exception:
                     LOG.exception("%s on %016x failed", what, dp.id)
-        self._every(interval, each)
+        self._every(interval, each, share)
 
     @staticmethod
-    def _every(interval: float, fn: Callable[[], object]) -> None:
+    def _every(interval: float, fn: Callable[[], object], share: float = 1.0) -> None:
+        """Run ``fn`` every ``interval`` seconds, or less often when a round takes more
+        than ``share`` of the time (a job whose work grows with the network, such as
+        reading every VM's drop counters, never crowds out the changes)."""
+        pause = interval
         while True:
-            time.sleep(interval)
+            time.sleep(pause)
+            t0 = time.monotonic()
             try:
                 fn()
             except Exception:
                 LOG.exception("periodic job failed")
+            pause = max(interval, (time.monotonic() - t0) * (1 / share - 1))
 
     def _audit_switch(self, dp: Any) -> None:
         """Read the anti-spoofing drop counters (table 0, VM cookies); report growth."""

@@ -48,13 +48,16 @@ def run_moves(lab: Lab, plan: list[VMPlan], hosts: int, moves: int, tmp: Path,
         at[p.name] = target
         sent, received = ping_stream_result(out, timeout=30)
         outages.append((sent - received) * PING_INTERVAL * 1000)
+        measured = None
         if vfence:
             hist = lab.get(f"/v1/vms/{p.name}/history") or []
-            if hist and hist[-1]["convergence_ms"] is not None:
-                conv.append(hist[-1]["convergence_ms"])
+            if hist and hist[-1]["host"]["name"] == f"hv{target}":
+                measured = hist[-1]["convergence_ms"]
+            if measured is not None:
+                conv.append(measured)
         print(f"  {'vfence' if vfence else 'standalone'} move {i + 1}/{moves}: {p.name} -> "
               f"hv{target}: outage {outages[-1]:.0f} ms"
-              + (f", convergence {conv[-1]:.1f} ms" if vfence and conv else ""), flush=True)
+              + (f", convergence {measured} ms" if vfence else ""), flush=True)
     return outages, conv
 
 

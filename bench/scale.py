@@ -14,6 +14,8 @@ as plain learning switches (the baseline, same run). Prints numbers; asserts not
 from __future__ import annotations
 
 import argparse
+import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +30,20 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def ofctl_change_ms(bridge: str, n: int = 10) -> float:
+    """The switch's own latency for one change: ``ovs-ofctl add-flow`` (which waits for
+    the switch's barrier) of one flow, then its removal; median of ``n``."""
+    times = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "add-flow", bridge,
+                        f"table=39,priority=1,cookie=0x1,reg9={i + 1},actions=drop"], check=True)
+        times.append((time.perf_counter() - t0) * 1000)
+        subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "del-flows", bridge,
+                        "table=39,cookie=0x1/-1"], check=True)
+    return statistics.median(times)
 
 
 def main() -> None:
@@ -51,6 +67,9 @@ def main() -> None:
         flows = max(h["flows"] for h in lab.get("/v1/hosts") or [])
         print(f"up and converged in {up:.0f} s; {flows} flows/switch max; controller RSS "
               f"{rss_up:.0f} MB", flush=True)
+        switch_ms = ofctl_change_ms("hv1")
+        print(f"baseline: one flow added by ovs-ofctl (with barrier): {switch_ms:.0f} ms median",
+              flush=True)
         out, conv = run_moves(lab, plan, args.hosts, args.moves, tmp, vfence=True)
         rss_end = rss_mb(lab.proc.pid)
         standalone(lab)
@@ -65,7 +84,9 @@ def main() -> None:
           f"{max(conv):.1f} ms |")
     for name, xs in (("vfence outage (10 ms pings)", out), ("plain OVS learning outage", base)):
         print(f"| {name} | {pct(xs, .5):.0f} ms | {pct(xs, .99):.0f} ms | {max(xs):.0f} ms |")
-    print(f"\nlab up {up:.0f} s, {flows} flows/switch, controller RSS {rss_up:.0f} MB after "
+    print(f"| baseline: ovs-ofctl add-flow of one flow (median) | {switch_ms:.0f} ms | | |")
+    print(f"\n{len(conv)} of {args.moves} moves measured; lab up {up:.0f} s, {flows} "
+          f"flows/switch, controller RSS {rss_up:.0f} MB after "
           f"start, {rss_end:.0f} MB after {args.moves} moves")
 
 

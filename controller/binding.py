@@ -361,8 +361,11 @@ class _Draft:
                     continue
             port = PortRef(i.dpid, i.ofport)
             old = p.bindings.get(vm.name)
-            if (old is None or old.port != port) and (vm.name, port) not in p.retired:
-                todo.append((port, vm.name, i.name))
+            if old is not None and old.port == port or (vm.name, port) in p.retired:
+                continue
+            if old is None and i.ofport not in w.ports.get(i.dpid, (i.ofport,)):
+                continue  # link not up yet: it cannot hold the VM (bind would refuse)
+            todo.append((port, vm.name, i.name))
         for port, name, port_name in sorted(todo):
             self.bind(Binding(name, port, port_name, "ovsdb"))
 

@@ -57,9 +57,8 @@ class Queries:
                    "switches_ready": len(svc.switches.ready),
                    "links": len(topology.graph(svc.state.links).edges),
                    "flow_mods_sent": sum(svc.switches.flow_mods.values()),
-                   "packet_in": svc.counters["packet_in"]}
-        with svc.sessions() as s:
-            out["vms"] = len(registry.list_vms(s))
+                   "packet_in": svc.counters["packet_in"],
+                   "vms": len(svc.state.vms), "vms_bound": len(svc.state.bindings)}
         return out
 
     def hosts(self) -> list[dict[str, Any]]:
