@@ -349,7 +349,8 @@ class _Draft:
         and is not its port already, in port order."""
         p, w = self.places, self.world
         by_mac: dict[str, VM] | None = None
-        todo = []
+        todo: list[tuple[PortRef, str, str]] = []
+        later: list[tuple[PortRef, str, str]] = []
         for i in w.interfaces or ():
             if not 0 < i.ofport < OFPP_MAX or not (i.iface_id or i.attached_mac):
                 continue
@@ -363,11 +364,15 @@ class _Draft:
             old = p.bindings.get(vm.name)
             if old is not None and old.port == port or (vm.name, port) in p.retired:
                 continue
-            if old is None and i.ofport not in w.ports.get(i.dpid, (i.ofport,)):
-                continue  # link not up yet: it cannot hold the VM (bind would refuse)
-            todo.append((port, vm.name, i.name))
+            down = i.ofport not in w.ports.get(i.dpid, (i.ofport,))
+            (later if down else todo).append((port, vm.name, i.name))
         for port, name, port_name in sorted(todo):
             self.bind(Binding(name, port, port_name, "ovsdb"))
+        # a port whose link is not up cannot hold a VM, but may be a bound VM's standby
+        # (or be refused, audited, as a fabric port); the rest waits for its link
+        for port, name, port_name in sorted(later):
+            if name in p.bindings or port.port_no in w.fabric.get(port.dpid, ()):
+                self.bind(Binding(name, port, port_name, "ovsdb"))
 
     def promote(self, vm: str) -> None:
         self.bind(self.places.standby.pop(vm), direct=True)

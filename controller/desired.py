@@ -44,6 +44,7 @@ class Fragment:
 _EMPTY = Fragment((), ())
 _GENERATIONS = itertools.count(1)
 _NONE: Counter[int] = Counter()
+PAUSE_COLLECTOR_FROM = 1000  # VMs: from here a full build pauses the cycle collector
 
 
 @dataclass(frozen=True)
@@ -148,13 +149,15 @@ def _collector_paused() -> Iterator[None]:
     """The compiler makes no reference cycles, only a great many long-lived tuples, which
     the cycle collector would walk again and again while a build runs (a third of a cold
     build at 5,000 VMs) and at every full collection after. So it pauses during a build,
-    and what is alive after it is frozen (left out of collections) until the next build."""
+    and what is alive after it is frozen (left out of collections) until the next build,
+    once what had died is collected."""
     enabled = gc.isenabled()
     gc.disable()
     gc.unfreeze()
     try:
         yield
     finally:
+        gc.collect()  # what died before is freed, never frozen with the living
         gc.freeze()
         if enabled:
             gc.enable()
@@ -162,6 +165,8 @@ def _collector_paused() -> Iterator[None]:
 
 def build(state: NetworkState) -> Desired:
     """Every fragment of every switch, from nothing."""
+    if len(state.vms) < PAUSE_COLLECTOR_FROM:
+        return _build(state)  # milliseconds: the collector does not matter
     with _collector_paused():
         return _build(state)
 

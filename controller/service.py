@@ -136,7 +136,7 @@ class Service:
                                                                      self.state.switches)
             self.switches.attach(dpid, ports, flows)
             self._change(edits.connect_switch(dpid, name), force=True,
-                         program=lambda desired, *_: self.switches.add_missing(dpid, desired[dpid]))
+                         program=lambda desired, *_: self.switches.add_missing(dpid, desired))
             if self.hosts.connected(dpid, time.monotonic()):
                 self._connected_event(dpid)
 

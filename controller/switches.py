@@ -93,11 +93,17 @@ class Switches:
         self.ready.discard(dpid)
         self.installed.known.pop(dpid, None)
 
-    def add_missing(self, dpid: int, desired: Iterable[Flow]) -> None:
-        """Only the flows the switch lacks (a reconnect before its links are known)."""
+    def add_missing(self, dpid: int, desired: Mapping[int, frozenset[Flow]]) -> None:
+        """Only the flows ``dpid`` lacks (a reconnect before its links are known). The
+        other switches, for which ``desired`` changes nothing, hold it as they are."""
         if dpid in self.installed:
             have = self.installed[dpid]
-            self.send(dpid, additions_only(diff(desired, have), have))
+            self.send(dpid, additions_only(diff(desired[dpid], have), have))
+        if isinstance(desired, Desired):
+            held = self.installed.known
+            held.update((d, desired) for d, h in list(held.items()) if d != dpid
+                        and isinstance(h, Desired) and desired.parent == h.gen
+                        and not desired.changes.get(d, True))
 
     def report(self, desired: Mapping[int, frozenset[Flow]],
                before: Mapping[int, frozenset[Flow]]) -> dict[str, dict[str, int]]:

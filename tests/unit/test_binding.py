@@ -176,3 +176,20 @@ def test_an_invalid_policy_mid_migration_touches_nothing_live(sqlite_url, bad):
     r = client.put("/v1/policy", json={"segments": [{"name": "prod"}], **yaml.safe_load(bad)})
     assert r.status_code == 422, r.text
     assert _live(service) == before and len(rec.sent) == sent
+
+
+def test_listing_binds_the_up_port_and_makes_the_down_one_its_standby_in_either_order():
+    """A VM registered (or a controller restarted) mid-migration: both ports listed, one
+    link up, one not yet. Whatever the port order, the up one holds the VM and the down
+    one waits as its standby; an unbound VM on a down port alone stays unbound."""
+    for up, down in ((OLD, NEW), (NEW, OLD)):
+        ifaces = tuple(Interface(p.dpid, p.port_no, f"vnet{p.port_no}", PAY.mac, "pay-1")
+                       for p in (up, down))
+        w = world({up.dpid: {up.port_no: "up"}, down.dpid: {}}, interfaces=ifaces)
+        out = binding.step(binding.Places(), w, binding.HostListed(frozenset({HV1, HV2}),
+                                                                   frozenset({up, down})))
+        assert out.places.bindings["pay-1"].port == up
+        assert out.places.standby["pay-1"].port == down
+        alone = binding.step(binding.Places(), world({down.dpid: {}}, interfaces=ifaces[1:]),
+                             binding.HostListed(frozenset({HV1, HV2}), frozenset({down})))
+        assert "pay-1" not in alone.places.bindings

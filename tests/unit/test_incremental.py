@@ -132,3 +132,39 @@ def test_a_move_touches_only_the_vm_and_its_segment():
     owners = {cookie_owner(f.cookie) for c in after.changes.values() for f in (*c.add,
                                                                              *c.delete)}
     assert owners == {(Owner.VM, 1), (Owner.SEGMENT, 1)}
+
+
+def test_a_reconnect_leaves_the_other_switches_on_the_incremental_path(monkeypatch):
+    """A switch that reconnects gets only its missing flows; the others, unchanged by that
+    result, hold it too, so the next move reaches them as a change, not a full diff."""
+    from vfence.controller import switches
+    from vfence.controller.metrics import Metrics
+
+    class Recorder:
+        def program(self, dpid, changes):
+            pass
+
+    full_diffs: list[int] = []
+    real = switches.diff
+    monkeypatch.setattr(switches, "diff", lambda a, b: full_diffs.append(1) or real(a, b))
+    state = _start()
+    cur = desired.build(state)
+    sw = switches.Switches(Metrics(), hex)
+    sw.programmer = Recorder()
+    for d in cur:
+        sw.installed.known[d] = cur
+        sw.ready.add(d)
+    sw.detach(0x101)
+    sw.attach(0x101, {}, cur[0x101])
+    state = state.copy()
+    state.links = set(state.links)  # the reconnect: nothing the compiler sees changed
+    cur = desired.rebuild(cur, state)
+    sw.add_missing(0x101, cur)
+    sw.ready.discard(0x101)
+    full_diffs.clear()
+    state = state.copy()
+    state.bindings["vm1"] = Binding("vm1", PortRef(0x102, 30))
+    nxt = desired.rebuild(cur, state)
+    sw.program(nxt)
+    assert full_diffs == []
+    assert all(sw.installed[d] == nxt[d] for d in sw.ready)
