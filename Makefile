@@ -86,6 +86,8 @@ bench: deps ovs
 	$(BIN)/python -m bench.rule_change
 	$(BIN)/python -m bench.migration
 	$(BIN)/python -m bench.memory
+	$(BIN)/python -m bench.incremental
+	$(BIN)/python -m bench.scale
 
 clean:
 	rm -rf $(VENV) $(INSTALLED) build dist var
