@@ -534,9 +534,10 @@ def policy_flows(state: NetworkState) -> Iterable[Flow]:
                                               ct_state=(CT_TRK | CT_NEW, CT_TRK | CT_NEW)),
                    (apply(COMMIT), goto(Table.FORWARD)), plumbing)
     yield Flow(Table.POLICY, PRIO_FABRIC_PASS, match(metadata=fabric), done, plumbing)
+    resolved = [(r, _resolve(r.src, state), _resolve(r.dst, state)) for r in pol.rules]
     for judge in (STATEFUL, PER_RECEIVER, REACH, REACH_BACK):
-        for rule in pol.rules:
-            yield from rule_flows(rule, state, judge)
+        for rule, src_is, dst_is in resolved:
+            yield from _rule_flows(rule, judge, src_is, dst_is)
         if pol.intra_group == "allow":
             for g in pol.groups:
                 if g in bits:
@@ -547,12 +548,32 @@ def policy_flows(state: NetworkState) -> Iterable[Flow]:
         yield from _verdict(judge, PRIO_DEFAULT, {}, pol.inter_group, None, plumbing)
 
 
-def rule_flows(rule: Rule, state: NetworkState, judge: Judge = STATEFUL) -> Iterable[Flow]:
+def rule_flows(rule: Rule, state: NetworkState, judge: Judge = STATEFUL) -> tuple[Flow, ...]:
     """One rule as ``judge`` evaluates it: a flow per address family and port mask, at
     the rule's priority."""
+    return _rule_flows(rule, judge, _resolve(rule.src, state), _resolve(rule.dst, state))
+
+
+def _resolve(e: Endpoint, state: NetworkState) -> int | None:
+    """All one end of a rule reads of the state: a group's bit, a VM's tag, the tag of
+    the VM with a MAC (so a rule's flows are memoised on the rule and these alone)."""
+    if e.kind == "group":
+        return state.group_bits.get(e.value)
+    if e.kind == "vm":
+        vm = state.vms.get(e.value)
+        return None if vm is None else vm.id
+    if e.kind == "mac":
+        return next((v.id for v in state.vms.values() if v.mac == e.value), None)
+    return None
+
+
+@_memo
+def _rule_flows(rule: Rule, judge: Judge, src_is: int | None, dst_is: int | None
+                ) -> Iterable[Flow]:
     sides = ("dst", "src") if judge.reverse else ("src", "dst")
-    src = _endpoint_match(rule.src, state, sides[0], judge, rule.action)
-    dst = _endpoint_match(rule.dst, state, sides[1], judge, rule.action)
+    ends = (src_is, dst_is)
+    src = _endpoint_match(rule.src, ends[0], sides[0], judge, rule.action)
+    dst = _endpoint_match(rule.dst, ends[1], sides[1], judge, rule.action)
     if src is None or dst is None:
         return  # names a VM that is not registered, or cannot be judged this way
     if judge.reach and not (_denies_all_ipv6(rule) if rule.action != "allow"
@@ -650,30 +671,26 @@ def _families(m: dict) -> list[int]:
     return []
 
 
-def _endpoint_match(e: Endpoint, state: NetworkState, side: str, judge: Judge, action: str
+def _endpoint_match(e: Endpoint, resolved: int | None, side: str, judge: Judge, action: str
                     ) -> dict | None:
     """The match for one end of a rule, on ``side`` of the packet (src: the sender,
-    dst: the receiver). None: the rule cannot match (unregistered VM), or this judge
-    cannot decide on it and must leave it out."""
+    dst: the receiver), ``resolved`` as :func:`_resolve` found it. None: the rule cannot
+    match (unregistered VM), or this judge cannot decide on it and must leave it out."""
     regs = SRC_GROUP_REGS if side == "src" else DST_GROUP_REGS
     if e.kind == "any":
         return {}
     if e.kind == "group":
-        bit = state.group_bits.get(e.value)
-        return None if bit is None else dict([group_bit_match(bit, regs)])
+        return None if resolved is None else dict([group_bit_match(resolved, regs)])
     if e.kind == "vm":
-        vm = state.vms.get(e.value)
-        if vm is None:
+        if resolved is None:
             return None
         if side == "src":
-            return {"metadata": (vm.id << META_VM_SHIFT, META_SEGMENT_MASK << META_VM_SHIFT)}
-        return {DST_VM_REG: vm.id}
+            return {"metadata": (resolved << META_VM_SHIFT, META_SEGMENT_MASK << META_VM_SHIFT)}
+        return {DST_VM_REG: resolved}
     flood_dst = judge.table == Table.FLOOD_POLICY and side == "dst"
     if e.kind == "mac":
-        if side == "dst":  # a VM's MAC names that VM, also for a broadcast's copy to it
-            owner = next((v for v in state.vms.values() if v.mac == e.value), None)
-            if owner is not None:
-                return {DST_VM_REG: owner.id}
+        if side == "dst" and resolved is not None:  # a VM's MAC names that VM, also for
+            return {DST_VM_REG: resolved}  # a broadcast's copy to it
         if flood_dst:  # a broadcast is never sent to that MAC: deny all, allow none
             return {} if action != "allow" else None
         return {f"eth_{side}": e.value}
