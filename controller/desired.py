@@ -15,6 +15,7 @@ fragments; the compiler's memoised builders keep that cheap.
 
 from __future__ import annotations
 
+import functools
 import gc
 import itertools
 import operator
@@ -39,6 +40,10 @@ class Fragment:
 
     inputs: tuple
     flows: tuple[Flow, ...]
+
+    @functools.cached_property
+    def by_table(self) -> Counter[int]:
+        return Counter(f.table for f in self.flows)
 
 
 _EMPTY = Fragment((), ())
@@ -137,6 +142,13 @@ class Desired(Mapping[int, frozenset[Flow]]):
 
     def size(self, dpid: int) -> int:
         return sum(len(f.flows) for f in self.frags[dpid].values())
+
+    def count_by_table(self, dpid: int) -> dict[int, int]:
+        """Flows per table on ``dpid`` (summed over fragments: no flow set is made)."""
+        out: Counter[int] = Counter()
+        for frag in self.frags[dpid].values():
+            out.update(frag.by_table)
+        return dict(sorted(out.items()))
 
 
 def compile_network(state: NetworkState) -> dict[int, frozenset[Flow]]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vfence.controller import desired, policy
+from vfence.controller import compiler, desired, policy
 from vfence.controller.flows import Owner, cookie_owner
 from vfence.controller.model import VM, Binding, NetworkState, PortRef
 from vfence.controller.reconcile import apply_diff, diff
@@ -112,6 +112,7 @@ def test_incremental_equals_full_build_after_any_events(seq):
         assert result.parent == before.gen
         for dpid, flows in full.items():
             assert result.size(dpid) == len(flows)  # fragments never share a flow
+            assert result.count_by_table(dpid) == compiler.count_by_table(flows)
             change = result.changes[dpid]
             assert apply_diff(before[dpid], change) == flows, (ev, dpid)
             want = diff(flows, before[dpid])
