@@ -7,6 +7,7 @@ never with VM pairs or group pairs: rules match group bits carried in registers.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
 import itertools
@@ -534,7 +535,8 @@ def policy_flows(state: NetworkState) -> Iterable[Flow]:
                                               ct_state=(CT_TRK | CT_NEW, CT_TRK | CT_NEW)),
                    (apply(COMMIT), goto(Table.FORWARD)), plumbing)
     yield Flow(Table.POLICY, PRIO_FABRIC_PASS, match(metadata=fabric), done, plumbing)
-    resolved = [(r, _resolve(r.src, state), _resolve(r.dst, state)) for r in pol.rules]
+    resolved = [(_as_key(r), _resolve(r.src, state), _resolve(r.dst, state))
+                for r in pol.rules]
     for judge in (STATEFUL, PER_RECEIVER, REACH, REACH_BACK):
         for rule, src_is, dst_is in resolved:
             yield from _rule_flows(rule, judge, src_is, dst_is)
@@ -551,7 +553,14 @@ def policy_flows(state: NetworkState) -> Iterable[Flow]:
 def rule_flows(rule: Rule, state: NetworkState, judge: Judge = STATEFUL) -> tuple[Flow, ...]:
     """One rule as ``judge`` evaluates it: a flow per address family and port mask, at
     the rule's priority."""
-    return _rule_flows(rule, judge, _resolve(rule.src, state), _resolve(rule.dst, state))
+    return _rule_flows(_as_key(rule), judge, _resolve(rule.src, state),
+                       _resolve(rule.dst, state))
+
+
+def _as_key(rule: Rule) -> Rule:
+    """The rule without its place in the list (which its flows do not show), so a rule
+    above it being added or removed finds its flows memoised."""
+    return dataclasses.replace(rule, index=0, slot=rule.priority)
 
 
 def _resolve(e: Endpoint, state: NetworkState) -> int | None:
