@@ -229,11 +229,14 @@ class VfenceApp(app_manager.OSKenApp):
         if sent.errors:
             raise SwitchError(f"switch {dpid:016x} refused the bundle: {sent.errors[0]}")
 
-    def read_flows(self, dpid: int) -> list[tuple[Any, int, int]]:
+    def read_flows(self, dpid: int, table: int | None = None, owner: Owner | None = None
+                   ) -> list[tuple[Any, int, int]]:
         dp = self.datapaths.get(dpid)
         if dp is None:
             raise SwitchError(f"switch {dpid:016x} is not connected")
-        req = parser.OFPFlowStatsRequest(dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY)
+        req = parser.OFPFlowStatsRequest(
+            dp, 0, ofp.OFPTT_ALL if table is None else table, ofp.OFPP_ANY, ofp.OFPG_ANY,
+            0 if owner is None else cookie(owner), 0 if owner is None else 0xFF << 56)
         return [(ofcodec.from_stats(s), s.packet_count, s.byte_count)
                 for s in self._request_multi(dp, req, "flow stats")]
 

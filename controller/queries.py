@@ -164,8 +164,10 @@ class Queries:
         packets: dict[str, int] = {}
         nbytes: dict[str, int] = {}
         for dpid in sorted(installed):
-            try:
-                read = svc.switches.read_flows(dpid)
+            try:  # only the flows counted: rules, isolation pairs, anti-spoofing drops
+                read = [x for table, owner in ((None, Owner.RULE), (None, Owner.ISOLATION),
+                                               (0, Owner.VM))
+                        for x in svc.switches.read_flows(dpid, table, owner)]
             except Exception:  # a switch that just went away: skip it this scrape
                 continue
             for f, p, b in read:

@@ -15,7 +15,7 @@ from typing import Protocol
 
 from .desired import Desired
 from .errors import NotFound
-from .flows import Flow
+from .flows import Flow, Owner
 from .metrics import Metrics
 from .model import dpid_str
 from .reconcile import FlowDiff, additions_only, apply_diff, diff
@@ -28,8 +28,10 @@ class Programmer(Protocol):
         """Commit ``changes`` on the switch atomically (bundle) and wait for the barrier.
         Raises on failure."""
 
-    def read_flows(self, dpid: int) -> list[tuple[Flow, int, int]]:
-        """(flow, packets, bytes) for every flow on the switch, read now."""
+    def read_flows(self, dpid: int, table: int | None = None, owner: Owner | None = None
+                   ) -> list[tuple[Flow, int, int]]:
+        """(flow, packets, bytes) for every flow on the switch (of ``table``, with a
+        cookie of ``owner``, when given: the switch filters), read now."""
 
 
 class Held(Mapping[int, frozenset[Flow]]):
@@ -192,8 +194,12 @@ class Switches:
         self.metrics.flow_mods.labels(name).inc(len(changes))
         self.metrics.bundles.labels(name).inc()
 
-    def read_flows(self, dpid: int) -> list[tuple[Flow, int, int]]:
-        """The switch's flows as it reports them now, with packet and byte counts."""
+    def read_flows(self, dpid: int, table: int | None = None, owner: Owner | None = None
+                   ) -> list[tuple[Flow, int, int]]:
+        """The switch's flows as it reports them now, with packet and byte counts (only
+        ``table``'s, only ``owner``'s, when given)."""
         if self.programmer is None or dpid not in self.installed:
             raise NotFound(f"switch {dpid_str(dpid)} is not connected", "id")
-        return self.programmer.read_flows(dpid)
+        if table is None and owner is None:
+            return self.programmer.read_flows(dpid)
+        return self.programmer.read_flows(dpid, table, owner)

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from vfence.controller.api import create_app
-from vfence.controller.flows import Owner, cookie
+from vfence.controller.flows import Owner, cookie, cookie_owner
 from vfence.controller.reconcile import FlowDiff
 from vfence.controller.service import Interface, Service
 from vfence.controller.store import db
@@ -36,8 +36,11 @@ class Recorder:
             have[f.key] = f
         self.flows[dpid] = list(have.values())
 
-    def read_flows(self, dpid: int):
-        return [(f, 7, 700) for f in getattr(self, "flows", {}).get(dpid, [])]
+    def read_flows(self, dpid: int, table=None, owner=None):
+        """As a switch filters a flow-stats request by table and cookie owner."""
+        return [(f, 7, 700) for f in getattr(self, "flows", {}).get(dpid, [])
+                if (table is None or f.table == table)
+                and (owner is None or (cookie_owner(f.cookie) or (None,))[0] == owner)]
 
 
 def make_service(url: str) -> tuple[Service, Recorder]:

@@ -51,7 +51,13 @@ def test_metrics_scrape(service):
     client = TestClient(create_app(service))
     client.post("/v1/vms", json=VM)
     service.ovsdb_snapshot([Interface(0x101, 3, "hv1-eth3", VM["mac"], None)])
+    reads: list[tuple] = []
+    switch = service.switches.programmer
+    real = switch.read_flows
+    switch.read_flows = lambda dpid, *how: reads.append(how) or real(dpid, *how)
     text = client.get("/metrics").text
+    # the switch sends only the flows counted (rules, pairs, table 0's guards), not all
+    assert reads and all(how and how[1] is not None for how in reads), reads
     assert "vfence_switches_connected 1.0" in text
     assert 'vfence_flow_mods_total{switch="hv1"}' in text
     assert 'vfence_flows{switch="hv1",table="0",table_name="classify"}' in text
