@@ -79,4 +79,4 @@ class ScaleLab(Lab):
         return super().expected_bound() | {b["name"] for b in self.bulk}
 
     def wait_converged(self, timeout: float = 60) -> None:
-        super().wait_converged(max(timeout, 60 + len(self.bulk) / 20))
+        super().wait_converged(max(timeout, 60 + len(self.bulk) / 5))  # ~10+ per second
