@@ -109,7 +109,6 @@ ZERO_MAC = "00:00:00:00:00:00"
 ICMPV6 = 58
 ND_RS, ND_RA, ND_NS, ND_NA, ND_REDIRECT = 133, 134, 135, 136, 137
 
-Flows = dict[int, frozenset[Flow]]
 _P = ParamSpec("_P")
 
 

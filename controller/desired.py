@@ -90,7 +90,16 @@ class _Index:
         return table[key]
 
     def segments(self, dpid: int) -> set[int]:
-        return {s for s, n in self.present.get(dpid, Counter()).items() if n}
+        """The segments present on ``dpid``."""
+        return _counted(self.present.get(dpid, _NONE))
+
+    def holds(self, dpid: int, seg: int) -> bool:
+        """Whether ``seg`` is present on ``dpid`` (without making the set)."""
+        return self.present.get(dpid, _NONE)[seg] > 0
+
+    def hosting(self, seg: int) -> set[int]:
+        """The switches with a placed VM of ``seg``."""
+        return _counted(self.hosts.get(seg, _NONE))
 
     def add(self, name: str, f: _Foot | None, sign: int) -> None:
         """Count ``f`` in (sign 1) or out (sign -1), copying what it edits."""
@@ -240,7 +249,7 @@ def _rebuild(prev: Desired, state: NetworkState) -> Desired:
             ix.foot[name] = new
         segs |= {f.segment for f in (old, new) if f is not None}
     for s in segs:  # another host has (or no longer has) the segment: every flood list
-        if _hosting(prev.index, s) != _hosting(ix, s):
+        if prev.index.hosting(s) != ix.hosting(s):
             for keys in touched.values():
                 keys.add(("seg", s))
     for name in changed:  # the hosts whose own receivers changed
@@ -273,8 +282,9 @@ def _rebuild(prev: Desired, state: NetworkState) -> Desired:
     return out
 
 
-def _hosting(ix: _Index, seg: int) -> set[int]:
-    return {d for d, n in ix.hosts.get(seg, Counter()).items() if n}
+def _counted(c: Counter[int]) -> set[int]:
+    """The keys a count still holds (counts go to zero, they are not removed)."""
+    return {k for k, n in c.items() if n}
 
 
 def _put(own: dict[Key, Fragment], key: Key, frag: Fragment) -> None:
@@ -366,7 +376,7 @@ def _vm(state: NetworkState, hops: dict[int, dict[int, int]], ix: _Index, dpid: 
     where: tuple = ()
     if b is not None and f.local == dpid:
         where = ("local", b.port.port_no)
-    elif b is not None and ix.present.get(dpid, _NONE).get(f.segment, 0) > 0:
+    elif b is not None and ix.holds(dpid, f.segment):
         label = state.switches[b.port.dpid].label
         where = ("remote", label, hops.get(dpid, {}).get(b.port.dpid))
     inputs = (vm, bits, where, standby)
@@ -387,12 +397,11 @@ def _segment(state: NetworkState, hops: dict[int, dict[int, int]], ix: _Index, d
              seg: int, old: Fragment | None) -> Fragment:
     """The segment's flood flows on ``dpid``: its local receivers, one copy per other
     host with a VM of it."""
-    if seg not in ix.segments(dpid):
+    if not ix.holds(dpid, seg):
         return _EMPTY
     receivers = tuple(sorted(ix.local.get((dpid, seg), {}).values()))
     mine = hops.get(dpid, {})
-    far = sorted(d for d, n in ix.hosts.get(seg, Counter()).items()
-                 if n and d != dpid and d in mine)
+    far = sorted(d for d in ix.hosting(seg) if d != dpid and d in mine)
     targets = tuple((state.switches[d].label, mine[d]) for d in far)
     inputs = (receivers, targets)
     if old is not None and old.inputs == inputs:

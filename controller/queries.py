@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import generate_latest
 
-from . import compiler, registry, topology
+from . import registry, topology
 from . import verify as verify_mod
-from .desired import Desired
 from .errors import NotFound
 from .flows import Owner, cookie_owner
 from .pipeline import table_name
@@ -152,14 +151,12 @@ class Queries:
         svc = self.service
         gauges = svc.metrics
         with svc.lock:  # (what a switch holds is immutable: counted outside the lock)
-            installed = dict(svc.switches.installed.known)
+            installed = svc.switches.installed.snapshot()
             names = {d: svc.switch_name(d) for d in installed}
             rules = {r.priority: r.name for r in svc.state.policy.rules}
         gauges.switches.set(len(installed))
-        for dpid, held in installed.items():
-            counts = (held.count_by_table(dpid) if isinstance(held, Desired)
-                      else compiler.count_by_table(held))
-            for table, n in counts.items():
+        for dpid in installed:
+            for table, n in installed.count_by_table(dpid).items():
                 gauges.flows.labels(names[dpid], str(table), table_name(table)).set(n)
         packets: dict[str, int] = {}
         nbytes: dict[str, int] = {}

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Protocol
 
+from .compiler import count_by_table
 from .desired import Desired
 from .errors import NotFound
 from .flows import Flow, Owner
@@ -59,6 +60,18 @@ class Held(Mapping[int, frozenset[Flow]]):
         """How many flows the switch holds (without making its set)."""
         held = self.known[dpid]
         return held.size(dpid) if isinstance(held, Desired) else len(held)
+
+    def count_by_table(self, dpid: int) -> dict[int, int]:
+        """Flows per table on the switch (without making its set)."""
+        held = self.known[dpid]
+        return (held.count_by_table(dpid) if isinstance(held, Desired)
+                else count_by_table(held))
+
+    def snapshot(self) -> Held:
+        """A copy to read outside the lock (what each entry holds never changes)."""
+        out = Held()
+        out.known = dict(self.known)
+        return out
 
     def changes(self, dpid: int, desired: Mapping[int, frozenset[Flow]]) -> FlowDiff:
         """What the switch needs to hold ``desired``: the compiler's own change when the
