@@ -22,14 +22,8 @@ from pathlib import Path
 
 from vfence.mininet_topos.scale import ScaleLab, real_vms
 
+from .memory import rss_mib
 from .migration import pct, run_moves, standalone
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def ofctl_change_ms(bridge: str, n: int = 10) -> float:
@@ -63,15 +57,15 @@ def main() -> None:
         lab.up()
         up = time.monotonic() - t0
         assert lab.proc is not None
-        rss_up = rss_mb(lab.proc.pid)
+        rss_up = rss_mib(lab.proc.pid)
         flows = max(h["flows"] for h in lab.get("/v1/hosts") or [])
         print(f"up and converged in {up:.0f} s; {flows} flows/switch max; controller RSS "
-              f"{rss_up:.0f} MB", flush=True)
+              f"{rss_up:.0f} MiB", flush=True)
         switch_ms = ofctl_change_ms("hv1")
         print(f"baseline: one flow added by ovs-ofctl (with barrier): {switch_ms:.0f} ms median",
               flush=True)
         out, conv = run_moves(lab, plan, args.hosts, args.moves, tmp, vfence=True)
-        rss_end = rss_mb(lab.proc.pid)
+        rss_end = rss_mib(lab.proc.pid)
         standalone(lab)
         time.sleep(1)
         base, _ = run_moves(lab, plan, args.hosts, args.moves, tmp, vfence=False)
