@@ -229,7 +229,7 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
 
     @app.get("/v1/groups")
     def groups() -> list[dict[str, Any]]:
-        """Isolation groups and their bit in the flows' group tags."""
+        """Isolation groups and their numbers (field `bit`, its old name)."""
         return service.queries.groups()
 
     @app.get("/v1/rules")

@@ -2,7 +2,8 @@
 
 No I/O, no clock, deterministic. Flows per switch grow with
 (fabric ports + switches + local VMs + remote VMs of the segments present locally + rules),
-never with VM pairs or group pairs: rules match group bits carried in registers.
+never with VM pairs or group pairs: rules match the membership class a VM carries in a
+register (a group of several classes: an OVS conjunctive match, one flow per class).
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import dataclasses
 import functools
 import ipaddress
 import itertools
+import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import ParamSpec, cast
@@ -26,18 +28,19 @@ from .flows import (
     Flow,
     Instruction,
     apply,
+    conjunction,
     cookie,
     goto,
-    group_bit_match,
-    group_regs,
     match,
     meta_value,
     meter,
     resubmit,
     write_meta,
 )
-from .model import VM, Endpoint, NetworkState, Rule, ipv6_addresses
+from .model import VM, Endpoint, NetworkState, Policy, Rule, ipv6_addresses
 from .pipeline import (
+    CONJ_INTRA,
+    CONJ_ISOLATION,
     CT_COMMIT,
     CT_EST,
     CT_INV,
@@ -179,12 +182,33 @@ def scratch() -> Iterator[None]:
         _SCRATCH = None
 
 
-def group_bits_of(state: NetworkState, vm: VM) -> int:
-    """The VM's groups as the bitmap the registers carry."""
-    out = 0
-    for g in vm.groups:
-        if g in state.group_bits:
-            out |= 1 << state.group_bits[g]
+def slots_of(state: NetworkState, vm: VM) -> tuple[int, ...]:
+    """The VM's groups as its slots hold them: group number + 1, smallest first."""
+    return tuple(sorted(state.group_bits[g] + 1 for g in vm.groups if g in state.group_bits))
+
+
+def slots_in_use(state: NetworkState) -> int:
+    """The most groups any VM is in (at least one): the slots a rule looks at."""
+    return max(1, max((len(slots_of(state, vm)) for vm in state.vms.values()), default=1))
+
+
+def packed(slots: tuple[int, ...], regs: int = 0) -> tuple[int, ...]:
+    """Slots as register values (two to a register), at least ``regs`` of them."""
+    pairs = itertools.zip_longest(slots[::2], slots[1::2], fillvalue=0)
+    values = [lo | hi << 16 for lo, hi in pairs]
+    return tuple(values + [0] * (regs - len(values)))
+
+
+def regs_in_use(slots: int) -> int:
+    return (slots + 1) // 2
+
+
+def _in_group(number: int, regs: tuple[str, ...], slots: int) -> list[dict]:
+    """Matches for "one of the VM's slots holds group ``number``" (any one will do)."""
+    out = []
+    for i in range(slots):
+        shift = 16 * (i % 2)
+        out.append({regs[i // 2]: ((number + 1) << shift, 0xFFFF << shift)})
     return out
 
 
@@ -247,7 +271,7 @@ def fabric_flows(
 
 
 @_memo
-def local_vm_flows(vm: VM, port: int, group_bits: int = 0, standby: bool = False
+def local_vm_flows(vm: VM, port: int, slots: tuple[int, ...] = (), standby: bool = False
                    ) -> Iterable[Flow]:
     """Port security for a VM on this switch: only its own MAC, untagged, its own IPs
     (IP source, ARP sender, IPv6 source: registered or its EUI-64 link-local), neighbour
@@ -260,7 +284,7 @@ def local_vm_flows(vm: VM, port: int, group_bits: int = 0, standby: bool = False
     held to the controller meter, so it cannot flood the controller."""
     ck = cookie(Owner.VM, vm.id)
     sets: list[tuple] = [("output", OFPP_CONTROLLER)] if standby else []
-    sets += [("set", reg, v) for reg, v in group_regs(group_bits, SRC_GROUP_REGS)]
+    sets += _slot_sets(SRC_GROUP_REGS, slots)
     sets.append(("set", ZONE_REG, vm.segment_id))
     classify = (*((meter(METER_STANDBY),) if standby else ()), apply(*sets),
                 write_meta(meta_value(vm.segment_id, vm.id)), goto(Table.ARP))
@@ -331,17 +355,22 @@ def _nd_security(vm: VM, port: int, me: dict, v6: tuple[str, ...], classify: tup
         yield Flow(Table.CLASSIFY, PRIO_SPOOFED_ND, _nd(t, in_port=port), DROP, ck)
 
 
+def _slot_sets(regs: tuple[str, ...], slots: tuple[int, ...]) -> list[tuple]:
+    """Load the VM's group slots (registers start at 0: empty ones load nothing)."""
+    return [("set", reg, v) for reg, v in zip(regs, packed(slots), strict=False) if v]
+
+
 def _nd(icmp_type: int, **fields: object) -> tuple:
     return match(**fields, eth_type=ETH_TYPE_IPV6, ip_proto=ICMPV6, icmpv6_type=icmp_type)
 
 
 @_memo
-def remote_vm_flows(vm: VM, label: int, hop: int | None, group_bits: int = 0
+def remote_vm_flows(vm: VM, label: int, hop: int | None, slots: tuple[int, ...] = ()
                     ) -> Iterable[Flow]:
     """A VM on another switch of a segment present here: recognise it (tag, groups: a
     broadcast from it is judged per receiver here), send toward it."""
     ck = cookie(Owner.VM, vm.id)
-    sets = [("set", reg, v) for reg, v in group_regs(group_bits, SRC_GROUP_REGS)]
+    sets = _slot_sets(SRC_GROUP_REGS, slots)
     yield Flow(
         Table.REMOTE_CLASSIFY, PRIO_REMOTE_VM, match(eth_src=vm.mac),
         (apply(*sets, ("set", ZONE_REG, vm.segment_id)),
@@ -358,13 +387,13 @@ def remote_vm_flows(vm: VM, label: int, hop: int | None, group_bits: int = 0
 
 
 @_memo
-def dst_lookup_flows(vm: VM, group_bits: int) -> Iterable[Flow]:
+def dst_lookup_flows(vm: VM, slots: tuple[int, ...]) -> Iterable[Flow]:
     """Tag frames to the VM with its id and groups, for the policy table. IP to the VM's
     MAC must carry one of its addresses (or, for a solicitation, their solicited-node
     group): a packet of an allowed connection re-addressed to another VM's MAC, which
     conntrack would call established, reaches nobody."""
     ck = cookie(Owner.VM, vm.id)
-    sets = [("set", reg, v) for reg, v in group_regs(group_bits, DST_GROUP_REGS)]
+    sets = _slot_sets(DST_GROUP_REGS, slots)
     sets.append(("set", DST_VM_REG, vm.id))
     tag = (apply(*sets), goto(Table.CONNTRACK))
     mine = {"metadata": (vm.segment_id, META_SEGMENT_MASK), "eth_dst": vm.mac}
@@ -428,7 +457,8 @@ def nd_resolver_flows(vm: VM) -> Iterable[Flow]:
 
 @_memo
 def segment_flood_flows(
-    segment_id: int, receivers: tuple[tuple[int, int], ...], remote: tuple[tuple[int, int], ...]
+    segment_id: int, receivers: tuple[tuple[int, tuple[int, ...]], ...],
+    remote: tuple[tuple[int, int], ...]
 ) -> Iterable[Flow]:
     """Broadcast/multicast stays in the segment, and reaches only the receivers the
     policy lets the sender reach: each local receiver's copy is judged in FLOOD_POLICY
@@ -455,12 +485,12 @@ def segment_flood_flows(
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _receiver(receiver: tuple[int, int]) -> tuple[tuple, ...]:
-    """One receiver's part of a flood: its tag and groups in the registers, then its
-    copy judged in FLOOD_POLICY (cached: a segment's flood lists repeat its VMs)."""
-    vm_id, bits = receiver
-    regs = dict.fromkeys(DST_GROUP_REGS, 0) | dict(group_regs(bits, DST_GROUP_REGS))
-    return (*(("set", reg, v) for reg, v in sorted(regs.items())),
+def _receiver(receiver: tuple[int, tuple[int, ...]]) -> tuple[tuple, ...]:
+    """One receiver's part of a flood: its tag and group slots in the registers (every
+    register in use, so the previous receiver's groups never stay), then its copy judged
+    in FLOOD_POLICY (cached: a segment's flood lists repeat its VMs)."""
+    vm_id, values = receiver
+    return (*(("set", reg, v) for reg, v in zip(DST_GROUP_REGS, values, strict=False)),
             ("set", DST_VM_REG, vm_id), resubmit(Table.FLOOD_POLICY))
 
 
@@ -498,20 +528,14 @@ REACH = Judge(Table.ND_REACH, reach=True)
 REACH_BACK = Judge(Table.ND_REACH_REV, reach=True, reverse=True)
 
 
-def policy_flows(state: NetworkState) -> Iterable[Flow]:
+def policy_flows(state: NetworkState, slots: int | None = None) -> Iterable[Flow]:
     """POLICY, ND_REACH(_REV) and FLOOD_POLICY: identical on every switch,
-    O(rules + groups + isolation pairs) each."""
-    pol, bits = state.policy, state.group_bits
+    O((rules + groups + isolation pairs) x slots in use) each. ``slots``: the slots in
+    use (:func:`slots_in_use`; an incremental build keeps it itself)."""
+    pol = state.policy
+    k = slots_in_use(state) if slots is None else slots
     plumbing = cookie(Owner.POLICY)
-    for k, (a, b) in enumerate(pol.isolation):
-        if a in bits and b in bits:
-            for x, y in ((a, b), (b, a)):
-                pair = dict([group_bit_match(bits[x], SRC_GROUP_REGS),
-                             group_bit_match(bits[y], DST_GROUP_REGS)])
-                ck = cookie(Owner.ISOLATION, k)
-                yield Flow(Table.POLICY, PRIO_ISOLATION, match(metadata=FROM_LOCAL, **pair), DROP,
-                           ck)
-                yield Flow(Table.FLOOD_POLICY, PRIO_ISOLATION, match(**pair), DROP, ck)
+    yield from _isolation_flows(pol, state.group_bits, k)
     done = (goto(Table.FORWARD),)
     for t in (ND_NS, ND_NA):  # unicast; multicast advertisements are judged per receiver
         yield Flow(Table.POLICY, PRIO_ND_UNICAST, _nd(t, metadata=FROM_LOCAL, eth_dst=UNICAST),
@@ -534,26 +558,75 @@ def policy_flows(state: NetworkState) -> Iterable[Flow]:
                                               ct_state=(CT_TRK | CT_NEW, CT_TRK | CT_NEW)),
                    (apply(COMMIT), goto(Table.FORWARD)), plumbing)
     yield Flow(Table.POLICY, PRIO_FABRIC_PASS, match(metadata=fabric), done, plumbing)
-    resolved = [(_as_key(r), _resolve(r.src, state), _resolve(r.dst, state))
-                for r in pol.rules]
+    resolved = [(_as_key(r), _resolve(r.src, state), _resolve(r.dst, state)) for r in pol.rules]
+    intra = [state.group_bits[g] for g in pol.groups
+             if g in state.group_bits] if pol.intra_group == "allow" else []
     for judge in (STATEFUL, PER_RECEIVER, REACH, REACH_BACK):
         for rule, src_is, dst_is in resolved:
-            yield from _rule_flows(rule, judge, src_is, dst_is)
-        if pol.intra_group == "allow":
-            for g in pol.groups:
-                if g in bits:
-                    m = dict([group_bit_match(bits[g], SRC_GROUP_REGS),
-                              group_bit_match(bits[g], DST_GROUP_REGS)])
-                    yield from _verdict(judge, PRIO_INTRA_GROUP, m, "allow", None,
-                                        cookie(Owner.POLICY, bits[g] + 1))
-        yield from _verdict(judge, PRIO_DEFAULT, {}, pol.inter_group, None, plumbing)
+            yield from _rule_flows(rule, judge, src_is, dst_is, k)
+        for n in intra:
+            yield from _intra_group_flows(judge, n, k)
+        yield from _verdict(judge, PRIO_DEFAULT, [], pol.inter_group, None, plumbing)
+
+
+def _isolation_flows(pol: Policy, numbers: Mapping[str, int], k: int) -> Iterable[Flow]:
+    """Each isolation pair, both directions, dropped above everything (for unicast at
+    its source, for each copy of a broadcast at its receiver). The pairs share one
+    priority, so a clause flow two pairs both need is one flow with both conjunctions."""
+    for table, src_extra in ((Table.POLICY, {"metadata": FROM_LOCAL}), (Table.FLOOD_POLICY, {})):
+        flows: list[Flow] = []
+        for i, (a, b) in enumerate(pol.isolation):
+            for d, (x, y) in enumerate(((a, b), (b, a))):
+                if x in numbers and y in numbers:
+                    src = [_merge(m, src_extra) for m in _in_group(numbers[x], SRC_GROUP_REGS, k)]
+                    flows += _any_of(table, PRIO_ISOLATION, [src, _in_group(
+                        numbers[y], DST_GROUP_REGS, k)], DROP, cookie(Owner.ISOLATION, i),
+                        CONJ_ISOLATION | i << 1 | d)
+        yield from _merge_clauses(flows)
+
+
+def _merge_clauses(flows: Iterable[Flow]) -> Iterable[Flow]:
+    """One flow per match and priority, as OVS keeps them: clause flows with the same
+    match carry all their conjunctions (the first one's cookie); of equal other flows,
+    the first."""
+    out: dict[tuple, Flow] = {}
+    for f in flows:
+        had = out.get(f.key)
+        if had is None:
+            out[f.key] = f
+        elif _is_clause(had) and _is_clause(f):
+            acts = sorted(set(had.instructions[0][1]) | set(f.instructions[0][1]))
+            out[f.key] = Flow(f.table, f.priority, f.match, (apply(*acts),), had.cookie)
+    return out.values()
+
+
+def _is_clause(f: Flow) -> bool:
+    return bool(f.instructions) and f.instructions[0][0] == "apply" and all(
+        a[0] == "conjunction" for a in f.instructions[0][1])
+
+
+@_memo
+def _intra_group_flows(judge: Judge, number: int, k: int) -> Iterable[Flow]:
+    """Traffic within group ``number`` allowed: per address family, source and
+    destination both hold it in a slot; IPv4 and IPv6 above anything else, so they
+    are committed when judged statefully."""
+    src_extra = {"metadata": FROM_LOCAL} if judge.stateful else {}
+    families = ((PRIO_INTRA_GROUP, None, 0),) if judge.reach else (
+        (PRIO_INTRA_GROUP + 2, ETH_TYPE_IP, 2), (PRIO_INTRA_GROUP + 1, ETH_TYPE_IPV6, 1),
+        (PRIO_INTRA_GROUP, None, 0))
+    dst = _in_group(number, DST_GROUP_REGS, k)
+    for prio, eth_type, family in families:
+        extra = src_extra | ({"eth_type": eth_type} if eth_type else {})
+        src = [_merge(m, extra) for m in _in_group(number, SRC_GROUP_REGS, k)]
+        yield from _any_of(judge.table, prio, [src, dst], _allow(judge, eth_type is not None),
+                           cookie(Owner.POLICY, number + 1), CONJ_INTRA | number << 2 | family)
 
 
 def rule_flows(rule: Rule, state: NetworkState, judge: Judge = STATEFUL) -> tuple[Flow, ...]:
-    """One rule as ``judge`` evaluates it: a flow per address family and port mask, at
-    the rule's priority."""
+    """One rule as ``judge`` evaluates it: a flow per address family and port mask (and
+    group slot), at the rule's priority, or a conjunctive match when that is fewer."""
     return _rule_flows(_as_key(rule), judge, _resolve(rule.src, state),
-                       _resolve(rule.dst, state))
+                       _resolve(rule.dst, state), slots_in_use(state))
 
 
 def _as_key(rule: Rule) -> Rule:
@@ -563,8 +636,8 @@ def _as_key(rule: Rule) -> Rule:
 
 
 def _resolve(e: Endpoint, state: NetworkState) -> int | None:
-    """All one end of a rule reads of the state: a group's bit, a VM's tag, the tag of
-    the VM with a MAC (so a rule's flows are memoised on the rule and these alone)."""
+    """All one end of a rule reads of the state: a group's number, a VM's tag, the tag
+    of the VM with a MAC (so a rule's flows are memoised on the rule and these alone)."""
     if e.kind == "group":
         return state.group_bits.get(e.value)
     if e.kind == "vm":
@@ -576,20 +649,19 @@ def _resolve(e: Endpoint, state: NetworkState) -> int | None:
 
 
 @_memo
-def _rule_flows(rule: Rule, judge: Judge, src_is: int | None, dst_is: int | None
+def _rule_flows(rule: Rule, judge: Judge, src_is: int | None, dst_is: int | None, k: int
                 ) -> Iterable[Flow]:
     sides = ("dst", "src") if judge.reverse else ("src", "dst")
     ends = (src_is, dst_is)
-    src = _endpoint_match(rule.src, ends[0], sides[0], judge, rule.action)
-    dst = _endpoint_match(rule.dst, ends[1], sides[1], judge, rule.action)
+    src = _endpoint_match(rule.src, ends[0], sides[0], judge, rule.action, k)
+    dst = _endpoint_match(rule.dst, ends[1], sides[1], judge, rule.action, k)
     if src is None or dst is None:
         return  # names a VM that is not registered, or cannot be judged this way
     if judge.reach and not (_denies_all_ipv6(rule) if rule.action != "allow"
                             else _may_carry_ipv6(rule)):
         return  # a partial deny leaves the pair reachable; an IPv4-only allow gives no
         # reason to resolve IPv6 neighbours
-    m = _merge_metadata(src, dst)
-    yield from _verdict(judge, rule.priority, m, rule.action, rule,
+    yield from _verdict(judge, rule.priority, [src, dst], rule.action, rule,
                         cookie(Owner.RULE, rule.priority))
 
 
@@ -605,31 +677,61 @@ def _denies_all_ipv6(rule: Rule) -> bool:
     return rule.protocol in ("any", "ip") and not rule.ports
 
 
-def _verdict(judge: Judge, prio: int, m: dict, action: str, rule: Rule | None, ck: int
-             ) -> Iterable[Flow]:
-    """Flows for one decision. Statefully, ``allow`` commits IP to conntrack (IPv4 and
-    IPv6 variants) and lets non-IP through one priority lower, so first-match order is
-    kept; a reachability judge's deny hands over to the reverse question."""
+def _verdict(judge: Judge, prio: int, ends: list[list[dict]], action: str, rule: Rule | None,
+             ck: int) -> Iterable[Flow]:
+    """Flows for one decision on a packet that matches one entry of each of ``ends``
+    (alternatives per end of a rule). Statefully, ``allow`` commits IP to conntrack
+    (IPv4 and IPv6 variants) and lets non-IP through one priority lower, so first-match
+    order is kept; a reachability judge's deny hands over to the reverse question."""
+    if any(not alts for alts in ends):
+        return  # an end that matches nothing
+    m = _merge(*(alts[0] for alts in ends if len(alts) == 1))
+    alternatives = [alts for alts in ends if len(alts) > 1]
     if judge.stateful:
-        m = _merge_metadata(m, {"metadata": FROM_LOCAL})
+        m = _merge(m, {"metadata": FROM_LOCAL})
     variants = [m] if judge.reach else _l34_variants(rule, m)
+    levels: dict[tuple[int, tuple[Instruction, ...]], list[dict]] = {}
     if action == "allow":
         for v in variants:
-            ip = v.get("eth_type") in (ETH_TYPE_IP, ETH_TYPE_IPV6)
-            ins: tuple[Instruction, ...] = ((apply(COMMIT), goto(Table.FORWARD))
-                                            if ip and judge.stateful
-                                            else (goto(Table.FORWARD),))
             exact = "eth_type" in v or judge.reach
-            yield Flow(judge.table, prio if exact else prio - 1, match(**v), ins, ck)
-        return
-    if judge.table == Table.ND_REACH:
-        ins = (goto(Table.ND_REACH_REV),)
+            ins = _allow(judge, v.get("eth_type") in (ETH_TYPE_IP, ETH_TYPE_IPV6))
+            levels.setdefault((prio if exact else prio - 1, ins), []).append(v)
+    elif judge.table == Table.ND_REACH:
+        levels[(prio, (goto(Table.ND_REACH_REV),))] = variants
     elif action == "deny-and-log" and judge.stateful:
-        ins = (meter(METER_LOG), apply(("output", OFPP_CONTROLLER)))
+        levels[(prio, (meter(METER_LOG), apply(("output", OFPP_CONTROLLER))))] = variants
     else:
-        ins = DROP
-    for v in variants:
-        yield Flow(judge.table, prio, match(**v), ins, ck)
+        levels[(prio, DROP)] = variants
+    for (p, ins), vs in levels.items():
+        yield from _any_of(judge.table, p, [*alternatives, vs], ins, ck)
+
+
+def _allow(judge: Judge, ip: bool) -> tuple[Instruction, ...]:
+    return (apply(COMMIT), goto(Table.FORWARD)) if ip and judge.stateful \
+        else (goto(Table.FORWARD),)
+
+
+def _any_of(table: Table, prio: int, dims: list[list[dict]], ins: tuple[Instruction, ...],
+            ck: int, conj_id: int | None = None) -> list[Flow]:
+    """Flows for packets matching one entry of every dim: the cross product where that
+    is no more flows than a conjunctive match, else the conjunction (one flow per entry;
+    its id, unique in the table, by default the priority) and its result flow."""
+    return list(_any_of_flows(table, prio, dims, ins, ck, prio if conj_id is None else conj_id))
+
+
+def _any_of_flows(table: Table, prio: int, dims: list[list[dict]],
+                  ins: tuple[Instruction, ...], ck: int, conj_id: int) -> Iterable[Flow]:
+    base = _merge(*(d[0] for d in dims if len(d) == 1))
+    multi = [d for d in dims if len(d) > 1]
+    if len(multi) < 2 or math.prod(map(len, multi)) <= sum(map(len, multi)) + 1:
+        for combo in itertools.product(*multi):
+            yield Flow(table, prio, match(**_merge(base, *combo)), ins, ck)
+        return
+    for k, alts in enumerate(multi, 1):
+        for m in alts:
+            yield Flow(table, prio, match(**(_merge(base, m) if k == 1 else m)),
+                       (apply(conjunction(conj_id, k, len(multi))),), ck)
+    yield Flow(table, prio, match(conj_id=conj_id), ins, ck)
 
 
 def _l34_variants(rule: Rule | None, m: dict) -> list[dict]:
@@ -679,16 +781,24 @@ def _families(m: dict) -> list[int]:
     return []
 
 
-def _endpoint_match(e: Endpoint, resolved: int | None, side: str, judge: Judge, action: str
-                    ) -> dict | None:
-    """The match for one end of a rule, on ``side`` of the packet (src: the sender,
-    dst: the receiver), ``resolved`` as :func:`_resolve` found it. None: the rule cannot
-    match (unregistered VM), or this judge cannot decide on it and must leave it out."""
-    regs = SRC_GROUP_REGS if side == "src" else DST_GROUP_REGS
+def _endpoint_match(e: Endpoint, resolved: int | None, side: str, judge: Judge, action: str,
+                    k: int) -> list[dict] | None:
+    """The matches (any one will do) for one end of a rule, on ``side`` of the packet
+    (src: the sender, dst: the receiver), ``resolved`` as :func:`_resolve` found it,
+    ``k`` group slots in use. None: the rule cannot match (unregistered VM), or this
+    judge cannot decide on it and must leave it out."""
+    if e.kind == "group":
+        if resolved is None:
+            return None
+        return _in_group(resolved, SRC_GROUP_REGS if side == "src" else DST_GROUP_REGS, k)
+    m = _single_match(e, resolved, side, judge, action)
+    return None if m is None else [m]
+
+
+def _single_match(e: Endpoint, resolved: int | None, side: str, judge: Judge, action: str
+                  ) -> dict | None:
     if e.kind == "any":
         return {}
-    if e.kind == "group":
-        return None if resolved is None else dict([group_bit_match(resolved, regs)])
     if e.kind == "vm":
         if resolved is None:
             return None
@@ -720,11 +830,15 @@ def _endpoint_match(e: Endpoint, resolved: int | None, side: str, judge: Judge, 
     return {f"{fam}_{side}": value}
 
 
-def _merge_metadata(a: dict, b: dict) -> dict:
-    out = {**a, **b}
-    if "metadata" in a and "metadata" in b:
-        (va, ma), (vb, mb) = a["metadata"], b["metadata"]
-        out["metadata"] = (va | vb, ma | mb)
+def _merge(*matches: dict) -> dict:
+    """The matches together (metadata value/masks combined)."""
+    out: dict = {}
+    for m in matches:
+        if "metadata" in out and "metadata" in m:
+            (va, ma), (vb, mb) = out["metadata"], m["metadata"]
+            out = {**out, **m, "metadata": (va | vb, ma | mb)}
+        else:
+            out = {**out, **m}
     return out
 
 

@@ -9,7 +9,8 @@ the previous result and a new state: when only VMs changed (bound, moved, announ
 added, removed: every event a running network sees) it recomputes the fragments of those
 VMs and of their segments, and the change per switch is taken over those fragments alone.
 A move thus costs O(the VM's flows + its segment's flood lists), never O(network).
-Changes that reach every switch (switches, links, fabric ports, group bits) rebuild all
+Changes that reach every switch (switches, links, fabric ports, group numbers, the
+group slots in use) rebuild all
 fragments; the compiler's memoised builders keep that cheap.
 """
 
@@ -30,6 +31,7 @@ from .flows import Flow
 from .model import NetworkState
 from .reconcile import FlowDiff, diff, split_changes
 
+Receiver = tuple[int, tuple[int, ...]]
 Key = tuple  # ("base",) ("fabric",) ("policy",) ("vm", name) ("seg", segment id)
 BASE, FABRIC, POLICY = ("base",), ("fabric",), ("policy",)
 
@@ -60,7 +62,9 @@ class _Foot:
     segment: int
     local: int | None
     here: frozenset[int]
-    receiver: tuple[int, int] = (0, 0)  # (VM tag, group bits) in its segment's flood
+    slots: tuple[int, ...] = ()  # its group slots
+    receiver: Receiver = (0, ())  # (VM tag, its group registers) in
+    # its segment's flood (every register in use, so the previous receiver's is overwritten)
 
 
 @dataclass
@@ -70,8 +74,8 @@ class _Index:
     foot: dict[str, _Foot] = field(default_factory=dict)
     present: dict[int, Counter[int]] = field(default_factory=dict)  # switch -> segment -> VMs
     placed: dict[int, set[str]] = field(default_factory=dict)  # segment -> placed VMs
-    # (switch, segment) -> the receivers of its flood there: VM -> (tag, group bits)
-    local: dict[tuple[int, int], dict[str, tuple[int, int]]] = field(default_factory=dict)
+    # (switch, segment) -> the receivers of its flood there: VM -> (tag, group registers)
+    local: dict[tuple[int, int], dict[str, Receiver]] = field(default_factory=dict)
     hosts: dict[int, Counter[int]] = field(default_factory=dict)  # segment -> switch -> VMs
     owned: set[tuple] = field(default_factory=set)  # containers this copy made its own
 
@@ -125,8 +129,9 @@ class Desired(Mapping[int, frozenset[Flow]]):
     when asked), and the change from the result it was rebuilt from."""
 
     def __init__(self, state: NetworkState, hops: dict[int, dict[int, int]], index: _Index,
-                 frags: dict[int, dict[Key, Fragment]]) -> None:
+                 frags: dict[int, dict[Key, Fragment]], slots: int = 1) -> None:
         self.state, self.hops, self.index, self.frags = state, hops, index, frags
+        self.slots = slots  # group slots in use (compiler.slots_in_use)
         self.gen = next(_GENERATIONS)
         self.parent: int | None = None  # gen of the result ``changes`` are relative to
         self.changes: dict[int, FlowDiff] = {}
@@ -197,15 +202,16 @@ def _build(state: NetworkState) -> Desired:
     hops = topology.next_hops(state.links, set(state.switches))
     ix = _Index()
     here: dict[int, set[str]] = {}
+    k = compiler.slots_in_use(state)
     for name in sorted(state.vms):
-        f = _footprint(state, name)
+        f = _footprint(state, name, k)
         if f is None:
             continue
         ix.foot[name] = f
         ix.add(name, f, 1)
         for d in f.here:
             here.setdefault(d, set()).add(name)
-    policy = Fragment((), tuple(compiler.policy_flows(state)))
+    policy = Fragment((), tuple(compiler.policy_flows(state, k)))
     frags = {}
     for dpid in state.switches:
         own = {BASE: Fragment((), compiler.base_flows()), POLICY: policy,
@@ -217,15 +223,17 @@ def _build(state: NetworkState) -> Desired:
             _put(own, ("seg", s), _segment(state, hops, ix, dpid, s, None))
         frags[dpid] = own
     ix.owned.clear()
-    return Desired(state, hops, ix, frags)
+    return Desired(state, hops, ix, frags, k)
 
 
 def rebuild(prev: Desired | None, state: NetworkState) -> Desired:
     """The desired flows for ``state``, recomputing only what changed since ``prev``
     (built from the state before). ``changes`` holds each switch's change from ``prev``."""
     if prev is not None and not _global_change(prev.state, state):
-        with compiler.scratch():
-            return _rebuild(prev, state)
+        changed = _changed_vms(prev.state, state)
+        if _slots_after(prev, state, changed) == prev.slots:
+            with compiler.scratch():
+                return _rebuild(prev, state, changed)
     out = build(state)
     if prev is not None:
         out.parent = prev.gen
@@ -233,14 +241,13 @@ def rebuild(prev: Desired | None, state: NetworkState) -> Desired:
     return out
 
 
-def _rebuild(prev: Desired, state: NetworkState) -> Desired:
+def _rebuild(prev: Desired, state: NetworkState, changed: set[str]) -> Desired:
     """Only VMs (and the policy) changed: their fragments and their segments'."""
     touched: dict[int, set[Key]] = {d: set() for d in state.switches}
     ix = prev.index.copy()
-    changed = _changed_vms(prev.state, state)
     segs: set[int] = set()
     for name in changed:
-        old, new = ix.foot.get(name), _footprint(state, name)
+        old, new = ix.foot.get(name), _footprint(state, name, prev.slots)
         ix.add(name, old, -1)
         ix.add(name, new, 1)
         if new is None:
@@ -276,7 +283,7 @@ def _rebuild(prev: Desired, state: NetworkState) -> Desired:
             _put(own, key, make(state, prev.hops, ix, d, what, own.get(key)))
         if policy is not prev.frags[d][POLICY]:
             keys.add(POLICY)
-    out = Desired(state, prev.hops, ix, frags)
+    out = Desired(state, prev.hops, ix, frags, prev.slots)
     out.parent = prev.gen
     out.changes = {d: _delta(prev.frags[d], frags[d], keys) for d, keys in touched.items()}
     return out
@@ -336,15 +343,29 @@ def _policy(prev: Desired, state: NetworkState, changed: set[str]) -> Fragment:
     old = next(iter(prev.frags.values()))[POLICY] if prev.frags else _EMPTY
     if state.policy is prev.state.policy and not (changed and _names_vms(state)):
         return old
-    flows = tuple(compiler.policy_flows(state))
+    flows = tuple(compiler.policy_flows(state, prev.slots))
     return old if flows == old.flows else Fragment((), flows)
+
+
+def _slots_after(prev: Desired, state: NetworkState, changed: set[str]) -> int:
+    """The group slots in use after ``changed``, counting every VM only when one that
+    filled the most slots changed (a VM with more raises it at once)."""
+    def used(st: NetworkState, name: str) -> int:
+        vm = st.vms.get(name)
+        return 0 if vm is None else len(compiler.slots_of(st, vm))
+    now = max((used(state, n) for n in changed), default=0)
+    if now > prev.slots:
+        return now
+    if any(used(prev.state, n) == prev.slots for n in changed):
+        return compiler.slots_in_use(state)
+    return prev.slots
 
 
 def _names_vms(state: NetworkState) -> bool:
     return any(e.kind in ("vm", "mac") for r in state.policy.rules for e in (r.src, r.dst))
 
 
-def _footprint(state: NetworkState, name: str) -> _Foot | None:
+def _footprint(state: NetworkState, name: str, k: int) -> _Foot | None:
     vm = state.vms.get(name)
     if vm is None:
         return None
@@ -353,8 +374,9 @@ def _footprint(state: NetworkState, name: str) -> _Foot | None:
     sb = state.standby.get(name)
     here = {local, sb.port.dpid if sb is not None and b is not None else None,
             state.expected.get(name)}
-    return _Foot(vm.segment_id, local, frozenset(d for d in here if d is not None),
-                 (vm.id, compiler.group_bits_of(state, vm)))
+    slots = compiler.slots_of(state, vm)
+    return _Foot(vm.segment_id, local, frozenset(d for d in here if d is not None), slots,
+                 (vm.id, compiler.packed(slots, compiler.regs_in_use(k))))
 
 
 def _fabric(state: NetworkState, hops: dict[int, dict[int, int]], dpid: int) -> Fragment:
@@ -369,7 +391,7 @@ def _vm(state: NetworkState, hops: dict[int, dict[int, int]], ix: _Index, dpid: 
     vm, f = state.vms.get(name), ix.foot.get(name)
     if vm is None or f is None:
         return _EMPTY
-    bits = f.receiver[1]
+    slots = f.slots
     b = state.bindings[name] if f.local is not None else None
     sb = state.standby.get(name) if dpid in f.here and name in state.bindings else None
     standby = sb.port.port_no if sb is not None and sb.port.dpid == dpid else None
@@ -379,17 +401,17 @@ def _vm(state: NetworkState, hops: dict[int, dict[int, int]], ix: _Index, dpid: 
     elif b is not None and ix.holds(dpid, f.segment):
         label = state.switches[b.port.dpid].label
         where = ("remote", label, hops.get(dpid, {}).get(b.port.dpid))
-    inputs = (vm, bits, where, standby)
+    inputs = (vm, slots, where, standby)
     if old is not None and old.inputs == inputs:
         return old  # the very object: no diff work
     flows: tuple[Flow, ...] = ()
     if where:
-        flows = ((compiler.local_vm_flows(vm, where[1], bits) if where[0] == "local"
-                  else compiler.remote_vm_flows(vm, where[1], where[2], bits))
+        flows = ((compiler.local_vm_flows(vm, where[1], slots) if where[0] == "local"
+                  else compiler.remote_vm_flows(vm, where[1], where[2], slots))
                  + compiler.arp_responder_flows(vm) + compiler.nd_resolver_flows(vm)
-                 + compiler.dst_lookup_flows(vm, bits))
+                 + compiler.dst_lookup_flows(vm, slots))
     if standby is not None:  # (its flows may repeat the VM's own: keep each once)
-        flows = tuple(dict.fromkeys(flows + compiler.local_vm_flows(vm, standby, bits, True)))
+        flows = tuple(dict.fromkeys(flows + compiler.local_vm_flows(vm, standby, slots, True)))
     return Fragment(inputs, flows)
 
 

@@ -52,24 +52,9 @@ __all__ = [
     "OFPP_CONTROLLER", "OFPP_IN_PORT", "OFPVID_NONE", "OFPVID_PRESENT", "RULE_PRIORITY_FLOOR",
     "RULE_PRIORITY_STEP", "RULE_PRIORITY_TOP", "SRC_GROUP_REGS", "ZONE_REG", "Action", "Flow",
     "Instruction", "Match", "Owner", "Table", "apply", "cookie", "cookie_owner", "goto",
-    "group_bit_match", "group_regs", "match", "meta_value", "meter", "resubmit",
+    "conjunction", "match", "meta_value", "meter", "resubmit",
     "rule_priority", "write_meta",
 ]
-
-
-def group_regs(bits: int, regs: tuple[str, str]) -> list[tuple[str, int]]:
-    """A 64-bit group bitmap as (register, 32-bit value) pairs, zero halves left out."""
-    out = []
-    for i, reg in enumerate(regs):
-        half = (bits >> (32 * i)) & 0xFFFF_FFFF
-        if half:
-            out.append((reg, half))
-    return out
-
-
-def group_bit_match(bit: int, regs: tuple[str, str]) -> tuple[str, tuple[int, int]]:
-    v = 1 << (bit % 32)
-    return regs[bit // 32], (v, v)
 
 
 def meta_value(segment_id: int, vm_id: int, from_fabric: bool = False) -> int:
@@ -108,6 +93,8 @@ def cookie_owner(value: int) -> tuple[Owner, int] | None:
 # ("meta", value, mask), ("goto", table). Actions are tuples:
 #   ("output", port) ("push_vlan", ethertype) ("pop_vlan",) ("set", field, value)
 #   ("move", src_field, dst_field, n_bits) ("resubmit", table) ("ct", ...)
+#   ("conjunction", id, k, n): clause k (1..n) of OVS conjunctive match ``id``; a flow
+#   with these holds nothing else, and the match ("conj_id", id) says what it does
 Match = tuple[tuple[str, Any], ...]
 Action = tuple[Any, ...]
 Instruction = tuple[Any, ...]
@@ -180,6 +167,13 @@ class Flow:
 
 def apply(*actions: Action) -> Instruction:
     return ("apply", tuple(actions))
+
+
+def conjunction(conj_id: int, k: int, n: int) -> Action:
+    """Clause ``k`` of ``n`` of conjunctive match ``conj_id``: the packet matches the
+    conjunction when it matches a flow of each clause at one priority (OVS ``conjunction``);
+    the table is then looked up again with ``conj_id`` set."""
+    return ("conjunction", conj_id, k, n)
 
 
 def resubmit(table: Table) -> Action:

@@ -66,9 +66,10 @@ OWNERS: dict[Owner, OwnerSpec] = {
     Owner.RULE: OwnerSpec("one policy rule, in every table that judges it",
                           "the rule's priority (kept across edits of the document)"),
     Owner.POLICY: OwnerSpec("policy plumbing, the defaults and the intra-group allows",
-                            "0, or group bit + 1 for an intra-group allow"),
+                            "0, or group number + 1 for an intra-group allow"),
     Owner.ISOLATION: OwnerSpec("one isolation pair, both directions",
-                               "the pair's index in the document"),
+                               "the pair's index in the document (a clause flow shared "
+                               "by pairs: the first of them)"),
 }
 COOKIE_MAGIC = 0xA0
 COOKIE_OWNER_SHIFT = 56
@@ -96,10 +97,13 @@ class Slot:
 META_SEGMENT = Slot("metadata", 0, 16, "segment tag of the frame's source VM")
 META_VM = Slot("metadata", 16, 16, "source VM tag")
 META_FABRIC = Slot("metadata", 32, 1, "the frame came from the fabric (judged at its source)")
-SRC_GROUPS = (Slot("reg0", 0, 32, "source VM's group bits 0-31"),
-              Slot("reg1", 0, 32, "source VM's group bits 32-63"))
-DST_GROUPS = (Slot("reg2", 0, 32, "destination VM's group bits 0-31"),
-              Slot("reg3", 0, 32, "destination VM's group bits 32-63"))
+# a VM's groups: up to GROUP_SLOTS group numbers + 1 (0: empty), smallest first, two
+# 16-bit slots to a register
+GROUP_SLOTS = 8
+SRC_GROUPS = tuple(Slot(r, 0, 32, f"source VM's groups, slots {2 * i} and {2 * i + 1}")
+                   for i, r in enumerate(("reg0", "reg1", "reg2", "reg3")))
+DST_GROUPS = tuple(Slot(r, 0, 32, f"destination VM's groups, slots {2 * i} and {2 * i + 1}")
+                   for i, r in enumerate(("reg6", "reg7", "reg8", "reg9")))
 DST_VM = Slot("reg4", 0, 16, "destination VM tag (0: not looked up yet)")
 ZONE = Slot("reg5", 0, 16, "conntrack zone = segment tag")
 LAYOUT = (META_SEGMENT, META_VM, META_FABRIC, *SRC_GROUPS, *DST_GROUPS, DST_VM, ZONE)
@@ -108,8 +112,8 @@ META_SEGMENT_MASK = META_SEGMENT.mask
 META_VM_SHIFT = META_VM.shift
 META_FROM_FABRIC = META_FABRIC.mask
 META_WRITE_MASK = META_SEGMENT.mask | META_VM.mask | META_FABRIC.mask
-SRC_GROUP_REGS = (SRC_GROUPS[0].field, SRC_GROUPS[1].field)
-DST_GROUP_REGS = (DST_GROUPS[0].field, DST_GROUPS[1].field)
+SRC_GROUP_REGS = tuple(s.field for s in SRC_GROUPS)
+DST_GROUP_REGS = tuple(s.field for s in DST_GROUPS)
 DST_VM_REG = DST_VM.field
 ZONE_REG = ZONE.field
 CT_ZONE = (ZONE.field, ZONE.shift << 6 | ZONE.bits - 1)  # NX ct zone_src, ofs_nbits
@@ -119,8 +123,20 @@ CT_ZONE = (ZONE.field, ZONE.shift << 6 | ZONE.bits - 1)  # NX ct zone_src, ofs_n
 # these widths; reaching one is refused with an error naming the field.
 MAX_VM_TAG = (1 << META_VM.bits) - 1  # metadata bits 16-31 and reg4: 1..65535
 MAX_SEGMENT_TAG = (1 << META_SEGMENT.bits) - 1  # metadata bits 0-15 and ct zone: 1..65535
-MAX_GROUPS = sum(s.bits for s in SRC_GROUPS)  # one bit each in reg0/reg1 and reg2/reg3
+MAX_GROUPS = (1 << 16) - 1  # group numbers 0..65534: a slot holds number + 1 in 16 bits
 MAX_LABEL = 4094  # host label = VLAN id on the fabric: 1..4094
+
+# --- groups in slots, and conjunctive matches -------------------------------------------
+# A rule naming a group matches "one of the VM's slots holds it": one flow per slot in use
+# (the most groups any VM is in). With one slot in use that is one flow, as a bit would
+# be; with more, an OVS conjunctive match (one flow per slot and side, no cross product),
+# so flows stay linear in rules and groups are limited by MAX_GROUPS, not register bits.
+# conj_id (32 bits, per table): a rule's conjunction is its flow's priority (< 2^16); the
+# kinds below sit above that. A clause flow that several conjunctions share (an isolation
+# pair's, naming a group that other pairs name too) carries them all, and the cookie of
+# the first pair.
+CONJ_INTRA = 1 << 24  # | group number << 2 | address family (0 other, 1 IPv6, 2 IPv4)
+CONJ_ISOLATION = 2 << 24  # | pair index << 1 | direction
 
 # --- conntrack ----------------------------------------------------------------------------
 CT_COMMIT = 1  # ct() flag
@@ -299,8 +315,8 @@ _JUDGED = (
     Band("rules", RULE_PRIORITY_FLOOR - 1, RULE_PRIORITY_TOP, Owner.RULE,
          "the rules in document order, first match wins: each rule keeps its priority "
          "across edits (and one below it for its non-IP variant)"),
-    Band("intra_group", PRIO_INTRA_GROUP - 1, PRIO_INTRA_GROUP, Owner.POLICY,
-         "within a group, when the policy allows it"),
+    Band("intra_group", PRIO_INTRA_GROUP, PRIO_INTRA_GROUP + 2, Owner.POLICY,
+         "within a group, when the policy allows it (IPv4, IPv6, then anything else)"),
     Band("default", PRIO_DEFAULT - 1, PRIO_DEFAULT, Owner.POLICY,
          "between groups: the policy's default"),
 )
@@ -356,7 +372,7 @@ TABLES = (
              "dhcp-server")),
         "Bound VM port + own MAC + own IP (IP, ARP sender, IPv6 incl. its EUI-64 link-local) "
         "+ untagged, and neighbour discovery only for its own addresses: write segment/VM tag "
-        "to metadata, source group bits to reg0/1, zone to reg5. Anything else from a VM port "
+        "to metadata, source groups to reg0-3 (slots), zone to reg5. Anything else from a VM port "
         "is a spoof; DHCP server replies, router advertisements and redirects are rogue: drop "
         "(counted, audited). Operator-marked fabric ports: LLDP -> controller, the rest -> "
         "FABRIC. Unbound ports -> controller (metered), for binding detection only.",
@@ -401,7 +417,7 @@ TABLES = (
              "IP to a VM's MAC without one of its addresses: drop"),
          _at("address", PRIO_DST_ADDRESS, Owner.VM,
              "IP to a VM's MAC and address (or solicited-node group): tag")),
-        "Destination VM tag to reg4, its group bits to reg2/3, for the policy. A packet of an "
+        "Destination VM tag to reg4, its groups to reg6-9 (slots), for the policy. A packet of an "
         "allowed connection re-addressed to another VM's MAC reaches nobody.",
     ),
     TableSpec(
@@ -431,9 +447,10 @@ TABLES = (
          _ISOLATION),
         "Isolation pairs above everything; broadcast/multicast to FORWARD (judged per "
         "receiver); established pass, related is judged like new, invalid drop; frames from "
-        "the fabric are committed and pass; then the rules in order on group bits, then the "
-        "defaults. Allowed new connections are committed; deny-and-log samples go to the "
-        "controller through the log meter.",
+        "the fabric are committed and pass; then the rules in order on group slots "
+        "(a conjunctive match when VMs use several), then the defaults. Allowed new "
+        "connections are committed; deny-and-log samples go to the controller through the "
+        "log meter.",
     ),
     TableSpec(
         Table.ND_REACH, "neighbour discovery: may the sender reach the receiver at all?",

@@ -47,7 +47,7 @@ def load(sessions: sessionmaker[Session], replace_stored_policy: bool
 
 
 def refresh_registry(s: Session, state: NetworkState) -> None:
-    """VMs and group bits as the (uncommitted) session sees them."""
+    """VMs and group numbers as the (uncommitted) session sees them."""
     state.vms = {r.name: registry.to_model(r) for r in registry.list_vms(s)}
     state.group_bits = registry.group_bits(s)
 

@@ -42,8 +42,8 @@ _LIMITS: dict[Any, tuple[int, int, str]] = {
                                "metadata bits 16-31 and reg4)"),
     m.Segment.tag: (1, MAX_SEGMENT_TAG, "segments can exist (the segment tag is 16 bits: "
                                          "metadata bits 0-15 and the conntrack zone)"),
-    m.Group.bit: (0, MAX_GROUPS - 1, "groups can exist at once (one bit each in "
-                                      "reg0/reg1 and reg2/reg3)"),
+    m.Group.bit: (0, MAX_GROUPS - 1, "groups can exist at once (the group number is "
+                                      "16 bits: it names the group's conjunctions)"),
     m.Switch.label: (1, MAX_LABEL, "switches can have a host label (the VLAN id "
                                     "on the fabric)"),
 }

@@ -66,7 +66,9 @@ class Segment(Base):
 
 
 class Group(Base):
-    """An isolation group; ``bit`` is its position in the 64-bit group tags of flows."""
+    """An isolation group; ``bit`` is its number (0..65535, the column keeps its first
+    name): a VM in this group alone has membership class ``bit + 1`` in its flows, and
+    the group's conjunctions are named after it."""
 
     __tablename__ = "groups"
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -4,12 +4,14 @@ Not a switch and never instead of the lab's real Open vSwitch: it lets compiler 
 ask "which ports does this exact frame reach?" in microseconds. Models what the
 compiler emits: priorities, value/mask matches with prerequisites (a field the packet
 lacks never matches), goto, write-metadata, set-field, move, push/pop VLAN, resubmit,
-conntrack (the packet's connection state is given) and output.
+conntrack (the packet's connection state is given), output, and OVS conjunctive
+matches (conjunction actions, conj_id).
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
@@ -37,6 +39,12 @@ def _matches(pkt: dict[str, Any], m: Iterable[tuple[str, Any]]) -> bool:
     return True
 
 
+def _clauses(f: Flow) -> list[tuple]:
+    """The flow's conjunction actions (a flow with any holds nothing else)."""
+    acts = [a for ins in f.instructions if ins[0] == "apply" for a in ins[1]]
+    return [a for a in acts if a[0] == "conjunction"]
+
+
 class Pipeline:
     def __init__(self, flows: Iterable[Flow]) -> None:
         self.flows = sorted(flows, key=lambda f: (f.table, -f.priority))
@@ -60,11 +68,34 @@ class Pipeline:
 
     def _table(self, table: int, p: dict[str, Any], ct: int, depth: int) -> None:
         assert depth < 64, "resubmit/goto loop"
-        for f in self.flows:
+        f = self._lookup(table, p)
+        if f is not None:
+            self.trace.append(f)
+            self._apply(f, p, ct, depth)
+
+    def _lookup(self, table: int, p: dict[str, Any]) -> Flow | None:
+        """OVS's lookup (lib/classifier.c): the best ordinary flow, unless a conjunctive
+        match above it completes; then the best ordinary flow with conj_id set."""
+        hard, soft = None, defaultdict(list)
+        for f in self.flows:  # highest priority first
             if f.table == table and _matches(p, f.match):
-                self.trace.append(f)
-                self._apply(f, p, ct, depth)
-                return
+                if _clauses(f):
+                    soft[f.priority].append(f)
+                else:
+                    hard = f
+                    break
+        for prio in sorted(soft, reverse=True):
+            if hard is not None and prio <= hard.priority:
+                break
+            got: dict[int, set[int]] = defaultdict(set)
+            for f in soft[prio]:
+                for _, conj_id, k, n in _clauses(f):
+                    got[conj_id].add(k)
+                    if len(got[conj_id]) == n:
+                        q = dict(p, conj_id=conj_id)
+                        return next((g for g in self.flows if g.table == table
+                                     and not _clauses(g) and _matches(q, g.match)), None)
+        return hard
 
     def _apply(self, f: Flow, p: dict[str, Any], ct: int, depth: int) -> None:
         nxt = None
