@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from .addresses import vm_address, vm_mac
+from .pipeline import GROUP_SLOTS
 from .verify import Status
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -30,8 +31,9 @@ class VMIn(BaseModel):
     ips: list[VMAddress] = Field(default_factory=list, max_length=64,
                                  json_schema_extra={"uniqueItems": True})
     segment: Name
-    groups: list[Name] = Field(default_factory=list, max_length=64,
-                               json_schema_extra={"uniqueItems": True})
+    groups: list[Name] = Field(default_factory=list, max_length=GROUP_SLOTS,
+                               json_schema_extra={"uniqueItems": True},
+                               description=f"at most {GROUP_SLOTS} groups (register slots)")
 
     @field_validator("mac")
     @classmethod

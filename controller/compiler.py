@@ -50,6 +50,7 @@ from .pipeline import (
     CT_ZONE,
     DST_GROUP_REGS,
     DST_VM_REG,
+    GROUP_SLOTS,
     META_FROM_FABRIC,
     META_SEGMENT_MASK,
     META_VM_SHIFT,
@@ -194,6 +195,8 @@ def slots_in_use(state: NetworkState) -> int:
 
 def packed(slots: tuple[int, ...], regs: int = 0) -> tuple[int, ...]:
     """Slots as register values (two to a register), at least ``regs`` of them."""
+    if len(slots) > GROUP_SLOTS:  # validation refuses this first: never drop a group
+        raise ValueError(f"a VM in {len(slots)} groups, at most {GROUP_SLOTS}")
     pairs = itertools.zip_longest(slots[::2], slots[1::2], fillvalue=0)
     values = [lo | hi << 16 for lo, hi in pairs]
     return tuple(values + [0] * (regs - len(values)))

@@ -96,6 +96,7 @@ def test_mac_is_normalised(env):
     ({"name": "bad name!"}, "body.name"),
     ({"segment": ""}, "body.segment"),
     ({"groups": ["a", "a"]}, "body.groups"),
+    ({"groups": [f"g{i}" for i in range(9)]}, "body.groups"),  # eight register slots
     ({"colour": "red"}, "body.colour"),
     ({"name": None}, "body.name"),
 ])

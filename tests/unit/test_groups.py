@@ -159,3 +159,18 @@ def test_as_many_groups_as_numbers_compile(groups):
     assert len(per_rule) == groups // 2
     assert len(flows) < 40 * groups
     assert compiler.slots_of(st, st.vms[f"v{groups - 1}"]) == (groups,)
+
+
+def test_a_vm_in_more_groups_than_slots_is_refused_naming_the_field():
+    from vfence.controller import policy
+
+    doc = {"segments": [{"name": "s"}], "groups": [{"name": g} for g in GROUPS[:9]],
+           "vms": [{"name": "v", "mac": "02:00:00:00:00:01", "segment": "s",
+                    "groups": list(GROUPS[:9])}]}
+    with pytest.raises(policy.PolicyError) as e:
+        policy.parse(doc)
+    assert [x["field"] for x in e.value.errors] == ["vms[0].groups"], e.value.errors
+    doc["vms"][0]["groups"] = list(GROUPS[:GROUP_SLOTS])
+    assert policy.parse(doc).vms[0].groups == GROUPS[:GROUP_SLOTS]  # control: eight do
+    with pytest.raises(ValueError, match="at most 8"):
+        compiler.packed(tuple(range(1, 10)))  # and the compiler never drops one silently
