@@ -105,6 +105,13 @@ def start(net: Mininet, of_port: int = 6653) -> None:
         role = "external_ids:vfence-role=fabric" if sw.name.startswith("sp") else ""
         sw.cmd(f"ovs-vsctl set Bridge {sw.name} fail_mode=secure other-config:disable-in-band=true"
                f" external_ids:vfence-host={sw.name} {role}")
+    # a 30 s inactivity probe (OVS's default is 5 s): a controller busy with a large change
+    # for a few seconds is not dropped and re-synchronised for it (README, "At scale")
+    ids = subprocess.run(["ovs-vsctl", "--bare", "--columns=_uuid", "list", "Controller"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    for uuid in ids:
+        subprocess.run(["ovs-vsctl", "set", "Controller", uuid, "inactivity_probe=30000"],
+                       check=True)
     for link in net.links:  # hypervisor ports that face a fabric switch
         for a, b in ((link.intf1, link.intf2), (link.intf2, link.intf1)):
             if a.node.name.startswith("hv") and b.node.name.startswith("sp"):

@@ -144,7 +144,10 @@ class NamespacedOVS(Node):
             bridge.append(f"add-port {BRIDGE} {port}")
             if not self.fabric and port.startswith("fab-"):
                 bridge.append(f"set Interface {port} external_ids:vfence-fabric=true")
-        bridge += [f"--id=@c create Controller target=\\\"{controller}\\\" max_backoff=1000",
+        # a 30 s inactivity probe (OVS's default is 5 s): a controller busy with a large
+        # change for a few seconds is not dropped and re-synchronised for it
+        bridge += [f"--id=@c create Controller target=\\\"{controller}\\\" max_backoff=1000 "
+                   "inactivity_probe=30000",
                    f"set Bridge {BRIDGE} controller=@c"]
         return " && ".join([
             f"ovsdb-tool create {d}/conf.db {SCHEMA}",

@@ -194,3 +194,45 @@ def test_metrics_during_the_lab(lab):
     assert packets and float(packets.group(1)) > 0
     assert re.search(r'vfence_rule_packets\{rule="web-to-api"\} \d+', text)
     assert 'vfence_packet_in_total{reason="base"}' in text or "vfence_packet_in_total" in text
+
+
+# --- groups beyond 64, VMs in several: conjunctive matches on real Open vSwitch ----------
+
+
+def _many_groups() -> dict:
+    """DOC with 200 more groups (numbers far beyond the old 64), app-2 also in g150 and
+    g151 (three groups: rules and isolation become conjunctions), g150 isolated from db,
+    and g151 allowed to reach guest on udp/9000."""
+    doc = copy.deepcopy(DOC)
+    doc["groups"] += [{"name": f"g{i}"} for i in range(200)]
+    (app2,) = [v for v in doc["vms"] if v["name"] == "app-2"]
+    app2["groups"] = ["app", "g150", "g151"]
+    doc["isolation"].append(["g150", "db"])
+    doc["rules"].insert(0, {"name": "g151-guest", "from": "g151", "to": "guest",
+                            "protocol": "udp", "ports": "9000", "action": "allow"})
+    return doc
+
+
+def test_groups_beyond_64_and_vms_in_several_groups(lab):
+    r = httpx.put(lab.api + "/v1/policy", json=_many_groups(), timeout=60)
+    assert r.status_code == 200, r.text
+    try:
+        numbers = {g["name"]: g["bit"] for g in lab.get("/v1/groups")}
+        assert numbers["g151"] > 64, numbers
+        hv1 = flows_text(lab.mgmt("hv1"))
+        assert any("conjunction(" in ln for ln in hv1) and any("conj_id=" in ln for ln in hv1)
+        assert reach(lab, "app-1", "db-2", "tcp", 5432)  # control: app -> db still allowed
+        assert reach(lab, "app-1", "db-1", "tcp", 5432)  # (across hosts too)
+        assert not reach(lab, "app-2", "db-1", "tcp", 5432)  # app-2 is in g150 too: isolated
+        assert not reach(lab, "app-2", "db-2", "tcp", 5432)
+        assert reach(lab, "app-2", "guest-1", "udp", 9000)  # g151 -> guest
+        assert not reach(lab, "app-1", "guest-1", "udp", 9000)  # app alone: default deny
+        assert reach(lab, "web-1", "api-1", "tcp", 8443)  # the finance rules unchanged
+        assert not reach(lab, "web-1", "pay-1", "tcp", 5432)
+        verdicts = httpx.post(lab.api + "/v1/verify", timeout=120).json()
+        assert {tuple(v["pair"]): v["status"] for v in verdicts} == {
+            ("payroll", "frontend"): "isolated", ("g150", "db"): "isolated"}, verdicts
+    finally:
+        httpx.put(lab.api + "/v1/policy", json=DOC, timeout=60).raise_for_status()
+    assert reach(lab, "app-2", "db-1", "tcp", 5432)  # the document back: allowed again
+    assert not any("conj_id=" in ln for ln in flows_text(lab.mgmt("hv1")))
