@@ -5,6 +5,8 @@ header that VM could send (all fields wildcard; metadata, registers and conntrac
 as the switch sets them on entry). It pushes that header space through the real tables
 in priority order, splitting it at each flow's match, and applies each flow's actions:
 set-field, metadata, VLAN push/pop, conntrack (any state afterwards), goto, output.
+Conjunctive matches (OVS's ``conjunction(id,k/n)`` action and ``conj_id`` match) are
+expanded first, see below.
 An output to a fabric port continues on the switch at the other end of the link. If any
 part of the space reaches a port of a VM in B, isolation is broken, and the flows that
 part went through are the witness.
@@ -23,7 +25,27 @@ Each verdict is one of three:
   instruction other than meter/apply/write-metadata/goto, an action other than
   set-field/move/push_vlan/pop_vlan/ct/output/resubmit, resubmits nested deeper than
   MAX_NESTING, a path of more than MAX_HOPS fabric hops, a switch whose flows were not
-  read). The walk never guesses past these.
+  read, a conjunction it cannot expand: see below). The walk never guesses past these.
+
+Conjunctive matches. Flows whose actions are all ``("conjunction", id, k, n)`` are
+clauses, never a result: in a table, conjunction ``id`` completes for a packet that
+matches, at the clauses' priority, a flow of every clause k = 1..n and no ordinary flow of
+that priority or above; OVS then looks the table up again with ``conj_id=id``, where the
+table's ``conj_id=id`` flow decides. Before walking, each switch's clauses are expanded
+(:func:`expand`): every combination of one match per clause becomes a virtual flow at the
+clauses' priority, its match the intersection of theirs (contradicting combinations are
+left out), its instructions and cookie those of the ``conj_id`` flow; witnesses name it
+"conjunction <id>". A conjunction with a clause no flow carries never completes and adds
+nothing. Clause flows and ``conj_id`` flows are left out of the walk. Virtual flows come
+after the ordinary flows of their priority (OVS prefers those), and those of one priority
+all apply to a header that matches several (which conjunction OVS takes then is not
+defined). What the expansion cannot model becomes a barrier at the flows concerned, and a
+header reaching one makes the verdict unknown: clause flows of one id that disagree on n
+or priority; one that completes with no ``conj_id`` flow in its table, or whose
+``conj_id`` flow matches other fields too or sits below the clauses; conjunction actions
+mixed with anything else, malformed, or on a flow matching ``conj_id``; a ``conj_id``
+match that is not one exact nonzero id (a barrier for the whole table); more than
+MAX_VIRTUAL virtual flows on one switch.
 
 Approximations (all of them only add headers, so "isolated" stays a proof):
 
@@ -43,11 +65,14 @@ Approximations (all of them only add headers, so "isolated" stays a proof):
 from __future__ import annotations
 
 import ipaddress
+import itertools
+import math
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .flows import OFPP_CONTROLLER, OFPP_IN_PORT, Flow
+from .flows import OFPP_CONTROLLER, OFPP_IN_PORT, Action, Flow, Match
 from .model import NetworkState, PortRef
 from .pipeline import CT_TRK, TABLE_SPECS, table_name
 
@@ -55,6 +80,7 @@ OFPP_NORMAL, OFPP_FLOOD, OFPP_ALL = 0xFFFFFFFA, 0xFFFFFFFB, 0xFFFFFFFC
 MAX_STEPS = 200_000
 MAX_HOPS = 16
 MAX_NESTING = 64  # resubmits and recirculations inside one another (OVS's limit too)
+MAX_VIRTUAL = 100_000  # flows the conjunctions of one switch may expand to
 ENTRY_ZERO = ("metadata", "reg0", "reg1", "reg2", "reg3", "reg4", "reg5", "reg6", "reg7",
               "ct_state")
 WIDTH = {"metadata": 64, "ct_state": 32, "vlan_vid": 13, "eth_src": 48, "eth_dst": 48,
@@ -149,6 +175,188 @@ def subtract(c: Cube, match: tuple[tuple[str, Any], ...]) -> list[Cube]:
     return out
 
 
+# --- conjunctive matches (the module docstring says how) ---------------------------------
+# What the expansion makes is marked by its first instruction, which the walk recognises.
+
+VIRTUAL = "completes conjunction"  # first instruction of a virtual flow: (VIRTUAL, id)
+BARRIER = "not modelled"  # the instruction of a barrier: (BARRIER, reason)
+TOP_PRIORITY = 1 << 16  # above every OpenFlow priority: a barrier for a whole table
+
+
+def _soft(f: Flow) -> bool:
+    """A flow the expansion made: OVS tries these only below the ordinary flows of the
+    same priority (a hard match of equal priority wins over a conjunction)."""
+    return bool(f.instructions) and f.instructions[0][0] in (VIRTUAL, BARRIER)
+
+
+def _barrier(f: Flow, reason: str, priority: int | None = None, match: Match | None = None
+             ) -> Flow:
+    return Flow(f.table, f.priority if priority is None else priority,
+                f.match if match is None else match, ((BARRIER, reason),), f.cookie)
+
+
+def _conjunction_actions(f: Flow) -> list[Action]:
+    return [a for ins in f.instructions if ins[0] == "apply" for a in ins[1]
+            if a and a[0] == "conjunction"]
+
+
+def _clause_problem(f: Flow, conj: list[Action]) -> str:
+    """Why ``f``, which has conjunction actions, cannot be read as a clause ('' if it
+    can). OVS refuses most of these flows; one read back like this means the flow is not
+    what it seems, so the walk does not guess what the switch does with it."""
+    if len(f.instructions) != 1 or len(conj) != len(f.instructions[0][1]):
+        return "conjunction actions mixed with other actions or instructions"
+    for a in conj:
+        if len(a) != 4 or not all(isinstance(x, int) for x in a[1:]) \
+                or not (2 <= a[3] <= 64 and 1 <= a[2] <= a[3]):
+            return f"a malformed conjunction action {a!r}"
+    if any(name == "conj_id" for name, _ in f.match):
+        return "a clause flow that matches on conj_id"
+    return ""
+
+
+def _merge(matches: Iterable[Match]) -> Match | None:
+    """The intersection of some matches as one match; None when two contradict (a field
+    whose values differ in bits both masks keep)."""
+    out: dict[str, Any] = {}
+    for m in matches:
+        for name, raw in m:
+            if out.get(name, raw) == raw:
+                out[name] = raw
+                continue
+            (v1, m1), (v2, m2) = _vm(name, out[name]), _vm(name, raw)
+            if (v1 ^ v2) & m1 & m2:
+                return None
+            value, mask = (v1 & m1) | (v2 & m2), m1 | m2
+            out[name] = value if mask == _full(name) else (value, mask)
+    return tuple(sorted(out.items()))
+
+
+@dataclass
+class _Conjunction:
+    """The clause flows of one conjunction id in one table, and its conj_id flows."""
+
+    table: int
+    id: int
+    clauses: list[tuple[int, int, Flow]] = field(default_factory=list)  # k, n, flow
+    results: list[Flow] = field(default_factory=list)  # flows matching conj_id=id
+
+    def matches(self) -> list[list[Match]]:
+        """The distinct matches of each clause k = 1..n (an empty list for a clause no flow
+        carries), once the clause flows agree on n."""
+        by_k: dict[int, set[Match]] = defaultdict(set)
+        for k, _, f in self.clauses:
+            by_k[k].add(f.match)
+        return [sorted(by_k[k], key=repr) for k in range(1, self.clauses[0][1] + 1)]
+
+
+def expand(flows: list[Flow]) -> list[Flow]:
+    """A switch's flows as the walk reads them: the ordinary flows, plus the virtual flows
+    of every conjunction that can complete, plus barriers where the walk cannot model
+    what OVS would do. Clause flows and conj_id flows themselves are left out: neither
+    ever decides a packet by itself."""
+    out: list[Flow] = []
+    conjunctions: dict[tuple[int, int], _Conjunction] = {}
+
+    def of(table: int, cid: int) -> _Conjunction:
+        return conjunctions.setdefault((table, cid), _Conjunction(table, cid))
+
+    for f in flows:
+        conj = _conjunction_actions(f)
+        conj_id = dict(f.match).get("conj_id")
+        if conj:
+            problem = _clause_problem(f, conj)
+            if problem:  # conj_id is left out: the walk does not track it
+                out.append(_barrier(f, problem, match=tuple(
+                    x for x in f.match if x[0] != "conj_id")))
+                continue
+            for a in conj:
+                of(f.table, a[1]).clauses.append((a[2], a[3], f))
+        elif conj_id is None:
+            out.append(f)
+        elif isinstance(conj_id, int) and not isinstance(conj_id, bool) and conj_id > 0:
+            of(f.table, conj_id).results.append(f)
+        else:  # it may match ordinary packets (conj_id 0) or several conjunctions
+            out.append(_barrier(f, f"a flow at prio {f.priority} matches conj_id "
+                                f"{conj_id!r}: only one exact, nonzero id is modelled",
+                                TOP_PRIORITY, ()))
+    budget = MAX_VIRTUAL
+    for key in sorted(conjunctions):
+        made, used = _expand_one(conjunctions[key], budget)
+        out.extend(made)
+        budget -= used
+    return out
+
+
+def _expand_one(cj: _Conjunction, budget: int) -> tuple[list[Flow], int]:
+    """The flows standing for one conjunction, and how many of the switch's MAX_VIRTUAL
+    combinations they used."""
+    if not cj.clauses:
+        return [], 0  # a conj_id flow no conjunction leads to never matches
+    ns = sorted({n for _, n, _ in cj.clauses})
+    prios = sorted({f.priority for _, _, f in cj.clauses})
+    if len(ns) > 1 or len(prios) > 1:
+        what = f"n ({ns})" if len(ns) > 1 else f"priority ({prios})"
+        return _clause_barriers(cj, f"the clause flows of conjunction {cj.id} disagree on "
+                                f"{what}"), 0
+    matches = cj.matches()
+    count = math.prod(len(m) for m in matches)
+    if count == 0:
+        return [], 0  # a clause no flow carries: the conjunction never completes
+    if count > budget:
+        return _clause_barriers(cj, f"conjunction {cj.id} expands to {count} flows, more "
+                                f"than the {MAX_VIRTUAL} a switch may have"), 0
+    merged = {m for combo in itertools.product(*matches) if (m := _merge(combo)) is not None}
+    return [_virtual(cj, m, prios[0]) for m in sorted(merged, key=repr)], count
+
+
+def _clause_barriers(cj: _Conjunction, reason: str) -> list[Flow]:
+    """Every clause flow as a barrier: a packet the conjunction could decide matches at
+    least one of them, at its own priority."""
+    return [_barrier(f, reason) for _, _, f in cj.clauses]
+
+
+def _virtual(cj: _Conjunction, m: Match, priority: int) -> Flow:
+    """The flow that decides packets in ``m`` once conjunction ``cj.id`` completes: OVS
+    looks the table up again with conj_id set, and the highest flow matching wins. The
+    conj_id flow wins only if it matches nothing else and is not below the clauses (an
+    ordinary flow under the clauses' priority could beat it)."""
+    mark = (VIRTUAL, cj.id)
+    results = sorted(cj.results, key=lambda f: -f.priority)
+    reason = ""
+    if not results:
+        reason = f"conjunction {cj.id} can complete but table {cj.table} has no conj_id flow"
+    elif any(len(f.match) > 1 for f in results):
+        reason = f"a conj_id={cj.id} flow matches other fields too"
+    elif results[0].priority < priority:
+        reason = (f"the conj_id={cj.id} flow (prio {results[0].priority}) is below its "
+                  f"clauses (prio {priority})")
+    if reason:
+        return Flow(cj.table, priority, m, (mark, (BARRIER, reason)),
+                    results[0].cookie if results else 0)
+    return Flow(cj.table, priority, m, (mark, *results[0].instructions), results[0].cookie)
+
+
+Groups = list[list[Flow]]
+
+
+def _tables(flows: list[Flow]) -> dict[int, Groups]:
+    """A switch's (expanded) flows per table, in the order a lookup tries them: by
+    priority, ordinary flows before virtual ones of the same priority. Virtual flows and
+    barriers of one priority form one group: when several conjunctions complete at one
+    priority, which one OVS takes is not defined, so a header matching several goes
+    through each of them."""
+    out: dict[int, Groups] = {}
+    for f in sorted(flows, key=lambda f: (-f.priority, _soft(f))):
+        groups = out.setdefault(f.table, [])
+        last = groups[-1] if groups else None
+        if last and _soft(f) and _soft(last[0]) and last[0].priority == f.priority:
+            last.append(f)
+        else:
+            groups.append([f])
+    return out
+
+
 Status = Literal["isolated", "broken", "unknown"]
 
 
@@ -168,7 +376,7 @@ class Verdict:
 
 @dataclass
 class _Ctx:
-    flows: dict[int, list[Flow]]
+    tables: dict[int, dict[int, Groups]]  # per switch, per table: see _tables
     names: dict[int, str]
     peer: dict[PortRef, PortRef]
     targets: dict[PortRef, str]
@@ -182,7 +390,9 @@ class _Ctx:
         self.unknown = self.unknown or reason
 
     def describe(self, dpid: int, f: Flow) -> str:
-        return (f"{self.names.get(dpid)} {_table(f.table)} prio {f.priority} "
+        conj = f" conjunction {f.instructions[0][1]}" if f.instructions and \
+            f.instructions[0][0] == VIRTUAL else ""
+        return (f"{self.names.get(dpid)} {_table(f.table)} prio {f.priority}{conj} "
                 f"cookie {f.cookie:#x} {dict(f.match)}")
 
 
@@ -197,7 +407,7 @@ def verify(state: NetworkState, flows: dict[int, list[Flow]],
            ports: dict[int, set[int]]) -> list[Verdict]:
     """One verdict per isolation pair of the policy in force, both directions."""
     out = []
-    by_prio = {d: sorted(fl, key=lambda f: -f.priority) for d, fl in flows.items()}
+    tables = {d: _tables(expand(fl)) for d, fl in flows.items()}
     peer = {lk.src: lk.dst for lk in state.links}
     names = {d: sw.name for d, sw in state.switches.items()}
     for a, b in state.policy.isolation:
@@ -206,7 +416,7 @@ def verify(state: NetworkState, flows: dict[int, list[Flow]],
         for src_group, dst_group in ((a, b), (b, a)):
             targets = {bd.port: n for n, bd in state.bindings.items()
                        if dst_group in state.vms[n].groups}
-            ctx = _Ctx(by_prio, names, peer, targets, ports)
+            ctx = _Ctx(tables, names, peer, targets, ports)
             for n, bd in sorted(state.bindings.items()):
                 if src_group not in state.vms[n].groups:
                     continue
@@ -245,32 +455,44 @@ def _entering(c: Cube, port: int) -> Cube:
 def _walk(ctx: _Ctx, dpid: int, table: int, cube: Cube, path: list[str], hops: int,
           depth: int) -> list[str] | None:
     """Push ``cube`` through ``table``: the witness path if part of it reaches a target."""
-    if dpid not in ctx.flows:
+    if dpid not in ctx.tables:
         ctx.cannot_model(f"the flows of switch {ctx.names.get(dpid, hex(dpid))} were not "
                          "read (not connected)")
         return None
     cubes = [cube]
-    for f in ctx.flows[dpid]:
-        if f.table != table:
-            continue
+    for group in ctx.tables[dpid].get(table, []):
         rest = []
         for c in cubes:
-            ctx.steps += 1
-            if ctx.steps > MAX_STEPS:
-                ctx.exhausted = True
-                return None
-            hit = intersect(c, f.match)
-            if hit is None:
-                rest.append(c)
-                continue
-            found = _apply(ctx, dpid, f, hit, path + [ctx.describe(dpid, f)], hops, depth)
-            if found is not None:
+            found, left = _lookup(ctx, dpid, group, c, path, hops, depth)
+            if found is not None or ctx.exhausted:
                 return found
-            rest.extend(subtract(c, f.match))
+            rest.extend(left)
         cubes = rest
         if not cubes:
             return None
     return None  # table miss: dropped
+
+
+def _lookup(ctx: _Ctx, dpid: int, group: list[Flow], c: Cube, path: list[str], hops: int,
+            depth: int) -> tuple[list[str] | None, list[Cube]]:
+    """Push ``c`` through one group of flows (see _tables): every flow of it that part of
+    ``c`` matches applies to that part. The witness path if one reaches a target, and the
+    parts of ``c`` no flow of the group matches, which go on to lower priorities."""
+    left = [c]
+    for f in group:
+        ctx.steps += 1
+        if ctx.steps > MAX_STEPS:
+            ctx.exhausted = True
+            return None, []
+        hit = intersect(c, f.match)
+        if hit is None:
+            continue
+        found = _apply(ctx, dpid, f, hit, path + [ctx.describe(dpid, f)], hops, depth)
+        if found is not None:
+            return found, []
+        left = [r for x in left for r in (
+            subtract(x, f.match) if intersect(x, f.match) is not None else [x])]
+    return None, left
 
 
 def _apply(ctx: _Ctx, dpid: int, f: Flow, c: Cube, path: list[str], hops: int, depth: int
@@ -279,6 +501,8 @@ def _apply(ctx: _Ctx, dpid: int, f: Flow, c: Cube, path: list[str], hops: int, d
     for ins in f.instructions:
         if ins[0] == "meter":
             continue  # may drop; letting everything through over-approximates
+        if ins[0] == VIRTUAL:
+            continue  # only marks the flow as a conjunction's (its witness names it)
         if ins[0] == "meta":
             v, m = c.get("metadata")
             c = c.with_eq("metadata", (v & ~ins[2]) | (ins[1] & ins[2]), m | ins[2])
@@ -324,6 +548,9 @@ def _apply(ctx: _Ctx, dpid: int, f: Flow, c: Cube, path: list[str], hops: int, d
                     ctx.cannot_model(f"action {name!r} is not modelled, at "
                                      f"{ctx.describe(dpid, f)}")
                     return None
+        elif ins[0] == BARRIER:
+            ctx.cannot_model(f"{ins[1]}, at {ctx.describe(dpid, f)}")
+            return None
         else:
             name = ins[1] if ins[0] == "unknown" and len(ins) > 1 else ins[0]
             ctx.cannot_model(f"instruction {name!r} is not modelled, at "
@@ -345,9 +572,7 @@ def _written(ctx: _Ctx, dpid: int, table: int) -> frozenset[str]:
     seen, todo = {table}, [table]
     while todo:
         t = todo.pop()
-        for f in ctx.flows.get(dpid, []):
-            if f.table != t:
-                continue
+        for f in itertools.chain.from_iterable(ctx.tables.get(dpid, {}).get(t, [])):
             nxt = []
             for ins in f.instructions:
                 if ins[0] == "meta":

@@ -170,3 +170,138 @@ def test_a_switch_whose_flows_were_not_read_is_unknown():
     del flows[HV2]  # pay-2 and web-2 sit there
     v = _verdict_with(None, st=st, flows=flows)
     assert v.status == "unknown" and "hv2" in v.reason and "not read" in v.reason
+
+
+# --- conjunctive matches ----------------------------------------------------------------------
+# pay-1's frames get "source group" 1 in reg1 and "destination group" 2 in reg2, then table 50
+# holds conjunction 7: reg1 in {1, 3} (clause 1) and reg2 in {2, 4} (clause 2), at prio 100,
+# its conj_id flow dropping, above an allow to web-1's port at prio 10.
+
+TO_50 = (("apply", (("set", "reg1", 1), ("set", "reg2", 2))), ("goto", 50))
+ALLOW = Flow(50, 10, (), OUT_4, 0)
+
+
+def conj(*ids_k_n):
+    return (("apply", tuple(("conjunction", *x) for x in ids_k_n)),)
+
+
+def clause(k, n=2, prio=100, cid=7, **fields):
+    return Flow(50, prio, match(**fields), conj((cid, k, n)), 0xC0)
+
+
+def result(instructions=(), prio=100, cid=7, **fields):
+    return Flow(50, prio, match(conj_id=cid, **fields), instructions, 0x77)
+
+
+SRC = (clause(1, reg1=1), clause(1, reg1=3))
+DST = (clause(2, reg2=2), clause(2, reg2=4))
+
+
+def test_a_drop_by_a_completed_conjunction_above_an_allow_proves_isolation():
+    v = _verdict_with(TO_50, *SRC, *DST, result(), ALLOW)
+    assert v.status == "isolated" and v.reason == "", (v.witness, v.reason)
+
+
+def test_a_conjunction_missing_a_clause_never_completes_and_lets_traffic_through():
+    v = _verdict_with(TO_50, *SRC, result(), ALLOW)  # no flow carries conjunction(7,2/2)
+    assert v.status == "broken", v.reason
+    assert v.witness[-2].startswith("hv1 table 50 prio 10 ")
+    assert "delivered to web-1" in v.witness[-1]
+    assert not any("conjunction" in step for step in v.witness)
+
+
+def test_a_conjunction_that_completes_only_for_the_other_group_does_not_block():
+    v = _verdict_with(TO_50, *SRC, clause(2, reg2=4), result(), ALLOW)
+    assert v.status == "broken" and "delivered to web-1" in v.witness[-1], v.reason
+    assert v.witness[-2].startswith("hv1 table 50 prio 10 ")
+
+
+def test_a_leak_through_a_conjunction_names_it_and_its_merged_match_in_the_witness():
+    v = _verdict_with(TO_50, *SRC, *DST, result(OUT_4))
+    assert v.status == "broken", v.reason
+    assert v.witness[-2] == "hv1 table 50 prio 100 conjunction 7 cookie 0x77 " \
+                            "{'reg1': 1, 'reg2': 2}"
+
+
+def test_an_ordinary_flow_of_the_same_priority_beats_a_conjunction():
+    """OVS tries conjunctions only above the best ordinary match."""
+    allow_100 = Flow(50, 100, match(reg1=1), OUT_4, 0)
+    assert _verdict_with(TO_50, *SRC, *DST, result(), allow_100).status == "broken"
+    allow_99 = Flow(50, 99, match(reg1=1), OUT_4, 0)
+    assert _verdict_with(TO_50, *SRC, *DST, result(), allow_99).status == "isolated"
+
+
+def test_two_conjunctions_completing_at_one_priority_are_both_followed():
+    """Which one OVS takes is not defined: the allowing one must be found."""
+    v = _verdict_with(TO_50, *SRC, *DST, result(),
+                      clause(1, cid=8, reg1=1), clause(2, cid=8, reg2=2), result(OUT_4, cid=8))
+    assert v.status == "broken" and "conjunction 8" in v.witness[-2], v.reason
+    # and either order of the ids: the allowing one first
+    v = _verdict_with(TO_50, *SRC, *DST, result(OUT_4),
+                      clause(1, cid=8, reg1=1), clause(2, cid=8, reg2=2), result(cid=8))
+    assert v.status == "broken" and "conjunction 7" in v.witness[-2], v.reason
+
+
+def test_contradicting_combinations_are_left_out_of_the_expansion():
+    """Clause 2 wants reg1's bit 1 clear: with reg1=3 it can never match."""
+    flows = [clause(1, reg1=1), clause(1, reg1=3), clause(2, reg1=(0, 2), reg2=2),
+             result(OUT_4)]
+    (virtual,) = verify.expand(flows)
+    assert virtual == Flow(50, 100, match(reg1=1, reg2=2),
+                           ((verify.VIRTUAL, 7), *OUT_4), 0x77)
+
+
+def test_a_contradicting_combination_does_not_complete_for_the_header():
+    # pay-1 has reg1=3: clause 1 matches it, clause 2 (reg1 bit 1 clear) never does
+    to_50 = (("apply", (("set", "reg1", 3), ("set", "reg2", 2))), ("goto", 50))
+    v = _verdict_with(to_50, clause(1, reg1=3), clause(2, reg1=(0, 2), reg2=2),
+                      result(OUT_4), Flow(50, 10, (), (), 0))
+    assert v.status == "isolated", (v.witness, v.reason)
+    # the same without the contradiction completes and leaks
+    v = _verdict_with(to_50, clause(1, reg1=3), clause(2, reg2=2), result(OUT_4),
+                      Flow(50, 10, (), (), 0))
+    assert v.status == "broken" and "conjunction 7" in v.witness[-2]
+
+
+@pytest.mark.parametrize("flows, reason", [
+    ((clause(1, reg1=1), clause(2, n=3, reg2=2), result()),
+     "the clause flows of conjunction 7 disagree on n ([2, 3])"),
+    ((clause(1, reg1=1), clause(2, prio=101, reg2=2), result()),
+     "the clause flows of conjunction 7 disagree on priority ([100, 101])"),
+    ((*SRC, *DST),
+     "conjunction 7 can complete but table 50 has no conj_id flow, at hv1 table 50 prio 100 "
+     "conjunction 7 cookie 0x0 {'reg1': 1, 'reg2': 2}"),
+    ((*SRC, *DST, result(reg3=0)), "a conj_id=7 flow matches other fields too"),
+    ((*SRC, *DST, result(prio=50)),
+     "the conj_id=7 flow (prio 50) is below its clauses (prio 100)"),
+    ((Flow(50, 100, match(reg1=1), (("apply", (("conjunction", 7, 1, 2), ("output", 4))),), 0),
+      clause(1, reg1=3), *DST, result()),
+     "conjunction actions mixed with other actions or instructions, at hv1 table 50 prio 100 "
+     "cookie 0x0 {'reg1': 1}"),
+    ((clause(1, reg1=1), Flow(50, 100, match(reg2=2), conj((7, 3, 2)), 0), result()),
+     "a malformed conjunction action ('conjunction', 7, 3, 2)"),
+    ((Flow(50, 100, match(reg1=1, conj_id=7), conj((7, 1, 2)), 0), *DST, result()),
+     "a clause flow that matches on conj_id"),
+    ((*SRC, *DST, result(cid=(7, 0xFF))), "matches conj_id (7, 255)"),
+    ((*SRC, *DST, result(cid=0)), "matches conj_id 0"),
+])
+def test_what_the_expansion_cannot_model_makes_it_unknown(flows, reason):
+    v = _verdict_with(TO_50, *flows, ALLOW)
+    assert v.status == "unknown" and v.witness == [], (v.witness, v.reason)
+    assert reason in v.reason
+
+
+def test_a_conjunction_over_the_cap_makes_it_unknown(monkeypatch):
+    monkeypatch.setattr(verify, "MAX_VIRTUAL", 3)  # SRC x DST is 4 combinations
+    v = _verdict_with(TO_50, *SRC, *DST, result(), ALLOW)
+    assert v.status == "unknown"
+    assert "conjunction 7 expands to 4 flows, more than the 3 a switch may have" in v.reason
+    monkeypatch.setattr(verify, "MAX_VIRTUAL", 4)
+    assert _verdict_with(TO_50, *SRC, *DST, result(), ALLOW).status == "isolated"
+
+
+def test_an_unmodelled_conjunction_only_concerns_the_headers_it_could_decide():
+    """A broken conjunction whose clause flows pay-1's frames (reg1=1, reg2=2) match none of
+    is never reached: the allow below still shows the leak."""
+    v = _verdict_with(TO_50, clause(1, cid=9, reg1=5), clause(2, cid=9, n=3, reg2=6), ALLOW)
+    assert v.status == "broken" and "delivered to web-1" in v.witness[-1], v.reason
