@@ -14,7 +14,7 @@ import ipaddress
 import itertools
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Set
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import ParamSpec, cast
@@ -191,6 +191,11 @@ def slots_of(state: NetworkState, vm: VM) -> tuple[int, ...]:
 def slots_in_use(state: NetworkState) -> int:
     """The most groups any VM is in (at least one): the slots a rule looks at."""
     return max(1, max((len(slots_of(state, vm)) for vm in state.vms.values()), default=1))
+
+
+def populated_groups(state: NetworkState) -> frozenset[str]:
+    """The groups that have a VM."""
+    return frozenset(g for vm in state.vms.values() for g in vm.groups)
 
 
 def packed(slots: tuple[int, ...], regs: int = 0) -> tuple[int, ...]:
@@ -531,12 +536,15 @@ REACH = Judge(Table.ND_REACH, reach=True)
 REACH_BACK = Judge(Table.ND_REACH_REV, reach=True, reverse=True)
 
 
-def policy_flows(state: NetworkState, slots: int | None = None) -> Iterable[Flow]:
+def policy_flows(state: NetworkState, slots: int | None = None,
+                 populated: Set[str] | None = None) -> Iterable[Flow]:
     """POLICY, ND_REACH(_REV) and FLOOD_POLICY: identical on every switch,
     O((rules + groups + isolation pairs) x slots in use) each. ``slots``: the slots in
-    use (:func:`slots_in_use`; an incremental build keeps it itself)."""
+    use (:func:`slots_in_use`), ``populated``: the groups with a VM (:func:`populated`;
+    an incremental build keeps both itself)."""
     pol = state.policy
     k = slots_in_use(state) if slots is None else slots
+    populated = populated_groups(state) if populated is None else populated
     plumbing = cookie(Owner.POLICY)
     yield from _isolation_flows(pol, state.group_bits, k)
     done = (goto(Table.FORWARD),)
@@ -562,8 +570,8 @@ def policy_flows(state: NetworkState, slots: int | None = None) -> Iterable[Flow
                    (apply(COMMIT), goto(Table.FORWARD)), plumbing)
     yield Flow(Table.POLICY, PRIO_FABRIC_PASS, match(metadata=fabric), done, plumbing)
     resolved = [(_as_key(r), _resolve(r.src, state), _resolve(r.dst, state)) for r in pol.rules]
-    intra = [state.group_bits[g] for g in pol.groups
-             if g in state.group_bits] if pol.intra_group == "allow" else []
+    intra = [state.group_bits[g] for g in pol.groups  # (nothing to allow in an empty one)
+             if g in state.group_bits and g in populated] if pol.intra_group == "allow" else []
     for judge in (STATEFUL, PER_RECEIVER, REACH, REACH_BACK):
         for rule, src_is, dst_is in resolved:
             yield from _rule_flows(rule, judge, src_is, dst_is, k)

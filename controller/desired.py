@@ -63,6 +63,7 @@ class _Foot:
     local: int | None
     here: frozenset[int]
     slots: tuple[int, ...] = ()  # its group slots
+    groups: tuple[str, ...] = ()
     receiver: Receiver = (0, ())  # (VM tag, its group registers) in
     # its segment's flood (every register in use, so the previous receiver's is overwritten)
 
@@ -77,13 +78,18 @@ class _Index:
     # (switch, segment) -> the receivers of its flood there: VM -> (tag, group registers)
     local: dict[tuple[int, int], dict[str, Receiver]] = field(default_factory=dict)
     hosts: dict[int, Counter[int]] = field(default_factory=dict)  # segment -> switch -> VMs
+    members: Counter[str] = field(default_factory=Counter)  # group -> VMs in it
     owned: set[tuple] = field(default_factory=set)  # containers this copy made its own
 
     def copy(self) -> _Index:
         """Shallow: a container a change edits is copied the first time it is edited, so
         the index it was copied from never changes."""
         return _Index(dict(self.foot), dict(self.present), dict(self.placed), dict(self.local),
-                      dict(self.hosts))
+                      dict(self.hosts), Counter(self.members))
+
+    def populated(self) -> frozenset[str]:
+        """The groups with a VM (the policy allows traffic within these)."""
+        return frozenset(g for g, n in self.members.items() if n)
 
     def _own(self, table: dict, key: object, make: type) -> Any:
         """``table[key]``, made this index's own (copied once) before it is edited."""
@@ -109,6 +115,8 @@ class _Index:
         """Count ``f`` in (sign 1) or out (sign -1), copying what it edits."""
         if f is None:
             return
+        for g in f.groups:
+            self.members[g] += sign
         for d in f.here:
             self._own(self.present, d, Counter)[f.segment] += sign
         if f.local is None:
@@ -211,7 +219,7 @@ def _build(state: NetworkState) -> Desired:
         ix.add(name, f, 1)
         for d in f.here:
             here.setdefault(d, set()).add(name)
-    policy = Fragment((), tuple(compiler.policy_flows(state, k)))
+    policy = Fragment((), tuple(compiler.policy_flows(state, k, ix.populated())))
     frags = {}
     for dpid in state.switches:
         own = {BASE: Fragment((), compiler.base_flows()), POLICY: policy,
@@ -273,7 +281,7 @@ def _rebuild(prev: Desired, state: NetworkState, changed: set[str]) -> Desired:
                     s, set()))
     ix.owned.clear()
     frags = {d: dict(f) for d, f in prev.frags.items()}
-    policy = _policy(prev, state, changed)
+    policy = _policy(prev, state, ix, changed)
     for d, keys in touched.items():
         own = frags[d]
         own[POLICY] = policy
@@ -337,13 +345,14 @@ def _changed_vms(a: NetworkState, b: NetworkState) -> set[str]:
     return out
 
 
-def _policy(prev: Desired, state: NetworkState, changed: set[str]) -> Fragment:
-    """The shared policy fragment: rebuilt when the policy changed, or when a VM it
-    names (by name or MAC) changed."""
+def _policy(prev: Desired, state: NetworkState, ix: _Index, changed: set[str]) -> Fragment:
+    """The shared policy fragment: rebuilt when the policy changed, when a VM it names
+    (by name or MAC) changed, or when a group got its first VM or lost its last."""
     old = next(iter(prev.frags.values()))[POLICY] if prev.frags else _EMPTY
-    if state.policy is prev.state.policy and not (changed and _names_vms(state)):
+    if state.policy is prev.state.policy and not (changed and _names_vms(state)) \
+            and not _population_changed(prev.index, ix, changed):
         return old
-    flows = tuple(compiler.policy_flows(state, prev.slots))
+    flows = tuple(compiler.policy_flows(state, prev.slots, ix.populated()))
     return old if flows == old.flows else Fragment((), flows)
 
 
@@ -361,6 +370,13 @@ def _slots_after(prev: Desired, state: NetworkState, changed: set[str]) -> int:
     return prev.slots
 
 
+def _population_changed(a: _Index, b: _Index, changed: set[str]) -> bool:
+    """Whether a group of a changed VM became empty or stopped being empty."""
+    return any((a.members[g] > 0) != (b.members[g] > 0)
+               for n in changed for f in (a.foot.get(n), b.foot.get(n)) if f is not None
+               for g in f.groups)
+
+
 def _names_vms(state: NetworkState) -> bool:
     return any(e.kind in ("vm", "mac") for r in state.policy.rules for e in (r.src, r.dst))
 
@@ -376,7 +392,7 @@ def _footprint(state: NetworkState, name: str, k: int) -> _Foot | None:
             state.expected.get(name)}
     slots = compiler.slots_of(state, vm)
     return _Foot(vm.segment_id, local, frozenset(d for d in here if d is not None), slots,
-                 (vm.id, compiler.packed(slots, compiler.regs_in_use(k))))
+                 vm.groups, (vm.id, compiler.packed(slots, compiler.regs_in_use(k))))
 
 
 def _fabric(state: NetworkState, hops: dict[int, dict[int, int]], dpid: int) -> Fragment:

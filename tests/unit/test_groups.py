@@ -174,3 +174,22 @@ def test_a_vm_in_more_groups_than_slots_is_refused_naming_the_field():
     assert policy.parse(doc).vms[0].groups == GROUPS[:GROUP_SLOTS]  # control: eight do
     with pytest.raises(ValueError, match="at most 8"):
         compiler.packed(tuple(range(1, 10)))  # and the compiler never drops one silently
+
+
+def test_verify_proves_isolation_through_conjunctions_and_finds_a_hole():
+    from vfence.controller import verify
+    from vfence.controller.flows import Flow
+
+    rule = _rule(0, "g150", "g199", protocol="tcp", ports=((80, 80),))
+    st, vms, flows, _, _ = _network([rule], isolation=[("g7", "g199")], extra=("g1", "g2", "g3"))
+    ports = {d: set(range(1, 8)) for d in st.switches}
+    lists = {d: sorted(f) for d, f in flows.items()}
+    assert any(dict(f.match).get("conj_id") for f in lists[HV1])  # conjunctions in play
+    (v,) = verify.verify(st, lists, ports)
+    assert v.status == "isolated" and v.complete, (v.reason, v.witness)
+    # a hole: the rule's result flow drops the isolation... by a higher allow for b's slot
+    b_slot = compiler.slots_of(st, vms["b"])[0]
+    lists[HV1].append(Flow(Table.POLICY, 65535, (("reg0", (b_slot, 0xFFFF)),),
+                           (("goto", int(Table.FORWARD)),), 0))
+    (v,) = verify.verify(st, lists, ports)
+    assert v.status == "broken" and "delivered to c" in v.witness[-1], v
