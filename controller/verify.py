@@ -81,8 +81,7 @@ MAX_STEPS = 200_000
 MAX_HOPS = 16
 MAX_NESTING = 64  # resubmits and recirculations inside one another (OVS's limit too)
 MAX_VIRTUAL = 100_000  # flows the conjunctions of one switch may expand to
-ENTRY_ZERO = ("metadata", "reg0", "reg1", "reg2", "reg3", "reg4", "reg5", "reg6", "reg7",
-              "ct_state")
+ENTRY_ZERO = ("metadata", *(f"reg{i}" for i in range(10)), "ct_state")
 WIDTH = {"metadata": 64, "ct_state": 32, "vlan_vid": 13, "eth_src": 48, "eth_dst": 48,
          "arp_sha": 48, "arp_tha": 48, "ipv6_src": 128, "ipv6_dst": 128, "ipv4_src": 32,
          "ipv4_dst": 32, "arp_spa": 32, "arp_tpa": 32, "in_port": 32,

@@ -17,7 +17,7 @@ from typing import Any
 
 from vfence.controller.flows import OFPP_CONTROLLER, OFPP_IN_PORT, Flow
 
-ENTRY_ZERO = ("metadata", "reg0", "reg1", "reg2", "reg3", "reg4", "reg5", "reg6")
+ENTRY_ZERO = ("metadata", *(f"reg{i}" for i in range(10)))
 
 
 def _int(v: Any) -> int:
