@@ -54,6 +54,10 @@ def to_action(a: tuple) -> Any:
     if kind == "ct":  # ("ct", flags, zone field, zone ofs/nbits, recirc table)
         return parser.NXActionCT(flags=a[1], zone_src=a[2], zone_ofs_nbits=a[3],
                                  recirc_table=a[4], alg=0, actions=[])
+    if kind == "conjunction":  # ("conjunction", id, k, n): k is 1..n, the wire's clause 0..n-1
+        if not 2 <= a[3] <= 64 or not 1 <= a[2] <= a[3]:  # what OVS accepts
+            raise ValueError(f"bad conjunction {a!r}: want 1 <= k <= n, 2 <= n <= 64")
+        return parser.NXActionConjunction(clause=a[2] - 1, n_clauses=a[3], id_=a[1])
     raise ValueError(f"unknown action {a!r}")
 
 
@@ -223,6 +227,10 @@ def from_action(a: Any) -> tuple:
         return ("resubmit", a.table_id)
     if isinstance(a, parser.NXActionCT):
         return ("ct", a.flags, _field(a.zone_src or ""), a.zone_ofs_nbits, a.recirc_table)
+    if isinstance(a, parser.NXActionConjunction):
+        # OVS keeps a flow's actions in the order given (no sorting), so several
+        # conjunction actions read back in the order they were written
+        return ("conjunction", a.id, a.clause + 1, a.n_clauses)
     return ("unknown", type(a).__name__)
 
 

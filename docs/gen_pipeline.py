@@ -63,8 +63,8 @@ def _value(field: str, v: object) -> str:
 
 
 # roughly the order OVS prints match fields in (lib/match.c)
-_ORDER = ("ct_state", "eth_type", "reg0", "reg1", "reg2", "reg3", "reg4", "reg5", "metadata",
-          "in_port", "vlan_vid", "eth_src", "eth_dst", "arp_op", "arp_spa", "arp_tpa",
+_ORDER = ("conj_id", "ct_state", "eth_type", "reg0", "reg1", "reg2", "reg3", "reg4", "reg5",
+          "metadata", "in_port", "vlan_vid", "eth_src", "eth_dst", "arp_op", "arp_spa", "arp_tpa",
           "arp_sha", "arp_tha", "ipv4_src", "ipv4_dst", "ipv6_src", "ipv6_dst", "ip_proto",
           "udp_src", "tcp_dst", "udp_dst", "icmpv4_type", "icmpv4_code", "icmpv6_type",
           "icmpv6_code", "ipv6_nd_target", "ipv6_nd_sll", "ipv6_nd_tll")
@@ -112,6 +112,8 @@ def _action(a: tuple) -> str:
         args = ["commit"] if flags & pipeline.CT_COMMIT else []
         args += [] if recirc == pipeline.CT_NO_RECIRC else [f"table={recirc}"]
         return f"ct({','.join([*args, _zone(src, ofs_nbits)])})"
+    if kind == "conjunction":  # ("conjunction", id, k, n), k 1-based as OVS prints it
+        return f"conjunction({a[1]},{a[2]}/{a[3]})"
     return str(kind)
 
 

@@ -4,6 +4,7 @@ serialises for the same flows, and the app still pins a switch's errors on the b
 from __future__ import annotations
 
 import itertools
+import struct
 import threading
 from types import SimpleNamespace
 
@@ -14,7 +15,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 from vfence.apps import ofcodec
 from vfence.apps.vfence_app import SwitchError, VfenceApp
 from vfence.controller.desired import compile_network
-from vfence.controller.flows import OFPP_CONTROLLER, Flow, Owner, Table, cookie
+from vfence.controller.flows import OFPP_CONTROLLER, Flow, Owner, Table, cookie, match
 from vfence.controller.reconcile import FlowDiff
 
 from .netfixtures import FINANCE_ON_3, finance, leaf_spine
@@ -113,6 +114,62 @@ def test_bundle_bytes_are_what_os_ken_serialises(flows, monkeypatch, chunk):
 def test_empty_bundle_is_open_and_commit():
     dp = FakeDatapath()
     assert b"".join(ofcodec.bundle([], 3, FLAGS, 9)) == _os_ken_bundle(dp, [], 3, 9)
+
+
+# --- conjunctive matches: ("conjunction", id, k, n) actions and the conj_id match ---------
+
+_RULE = cookie(Owner.RULE, 3)
+CONJUNCTIVE = [
+    Flow(Table.POLICY, 500, match(reg0=(4, 4)),
+         (("apply", (("conjunction", 7, 1, 2),)),), _RULE),
+    # several ids on one clause flow, deliberately not in (id, k) order: OVS keeps them as sent
+    Flow(Table.POLICY, 500, match(metadata=(5, 0xFFF), reg2=(1, 1)),
+         (("apply", (("conjunction", 9, 3, 3), ("conjunction", 7, 2, 2))),), _RULE),
+    Flow(Table.POLICY, 500, match(conj_id=7, metadata=(5, 0xFFF), reg0=(4, 4)),
+         (("goto", int(Table.FORWARD)),), _RULE),
+]
+_IDS = ["one-conjunction", "two-conjunctions", "conj_id"]
+
+
+def test_conjunction_is_ovs_nx_action_conjunction_with_a_0_based_clause():
+    """struct nx_action_conjunction (OVS lib/ofp-actions.c): experimenter action, len 16,
+    NX vendor 0x2320, subtype 34, then clause (0-based: OVS refuses clause >= n_clauses),
+    n_clauses, id."""
+    ins = (("apply", (("conjunction", 7, 1, 2), ("conjunction", 0x01020304, 3, 3))),)
+    head = bytes.fromhex("0004 0028 00000000")  # OFPIT_APPLY_ACTIONS, length 8 + 2 * 16
+    first = bytes.fromhex("ffff 0010 00002320 0022 00 02 00000007")
+    second = bytes.fromhex("ffff 0010 00002320 0022 02 03 01020304")
+    assert ofcodec.instruction_bytes(ins) == head + first + second
+
+
+@pytest.mark.parametrize("bad", [("conjunction", 7, 0, 2), ("conjunction", 7, 3, 2),
+                                 ("conjunction", 7, 1, 1), ("conjunction", 7, 1, 65)])
+def test_a_conjunction_ovs_would_refuse_is_not_encoded(bad):
+    with pytest.raises(ValueError, match="bad conjunction"):
+        ofcodec.to_action(bad)
+
+
+@pytest.mark.parametrize("f", CONJUNCTIVE, ids=_IDS)
+def test_conjunctive_flow_mod_bytes_are_what_os_ken_serialises(f):
+    dp = FakeDatapath()
+    assert ofcodec.flow_mod(ofcodec.add_body(f), 5) == _wire(ofcodec.flow_add(dp, f), 5)
+    assert ofcodec.flow_mod(ofcodec.delete_body(f), 6) == _wire(ofcodec.flow_delete(dp, f), 6)
+
+
+def _read_back(f: Flow) -> Flow:
+    """``f`` as a switch reports it: os-ken's flow-mod for it, its match and instructions
+    put in an ofp_flow_stats entry, parsed by os-ken and translated by from_stats."""
+    mod = _wire(ofcodec.flow_add(FakeDatapath(), f), 1)
+    rest = mod[ofp.OFP_FLOW_MOD_SIZE - ofp.OFP_MATCH_SIZE:]  # ofp_match, instructions
+    size = ofp.OFP_FLOW_STATS_0_SIZE + len(rest)
+    head = struct.pack(ofp.OFP_FLOW_STATS_0_PACK_STR, size, f.table, 1, 0, f.priority,
+                       0, 0, 0, f.cookie, 0, 0)
+    return ofcodec.from_stats(parser.OFPFlowStats.parser(head + rest, 0))
+
+
+@pytest.mark.parametrize("f", CONJUNCTIVE, ids=_IDS)
+def test_conjunctive_flow_reads_back_equal(f):
+    assert _read_back(f) == f
 
 
 # --- the app: xids and errors --------------------------------------------------------------
