@@ -126,7 +126,10 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
     async def _core(_req: Request, exc: VfenceError) -> JSONResponse:
         found = getattr(exc, "errors", None) or (
             [{"field": exc.field, "reason": exc.reason}] if exc.field else [])
-        return problem(exc.status, exc.title, str(exc), found)
+        response = problem(exc.status, exc.title, str(exc), found)
+        if exc.status == 503:
+            response.headers["Retry-After"] = "1"
+        return response
 
     @app.get("/v1/health")
     def health() -> dict[str, Any]:

@@ -742,7 +742,13 @@ def _any_of_flows(table: Table, prio: int, dims: list[list[dict]],
         for m in alts:
             yield Flow(table, prio, match(**(_merge(base, m) if k == 1 else m)),
                        (apply(conjunction(conj_id, k, len(multi))),), ck)
-    yield Flow(table, prio, match(conj_id=conj_id), ins, ck)
+    if not any(i[0] == "apply" and any(a[0] == "ct" for a in i[1]) for i in ins):
+        yield Flow(table, prio, match(conj_id=conj_id), ins, ck)
+        return
+    # ct() needs the address family in the flow's match (OVS checks prerequisites): one
+    # result flow per family the conjunction lets through
+    for fam in sorted({e["eth_type"] for d in dims for e in d if "eth_type" in e}):
+        yield Flow(table, prio, match(conj_id=conj_id, eth_type=fam), ins, ck)
 
 
 def _l34_variants(rule: Rule | None, m: dict) -> list[dict]:

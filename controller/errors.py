@@ -36,3 +36,11 @@ class Conflict(VfenceError):
 class Invalid(VfenceError):
     status = 422
     title = "Invalid input"
+
+
+class Refused(VfenceError, RuntimeError):
+    """A switch refused (or failed) the change: it was rolled back everywhere, nothing is
+    written; the request may be tried again."""
+
+    status = 503
+    title = "A switch refused the change"

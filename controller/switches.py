@@ -15,7 +15,7 @@ from typing import Protocol
 
 from .compiler import count_by_table
 from .desired import Desired
-from .errors import NotFound
+from .errors import NotFound, Refused, VfenceError
 from .flows import Flow, Owner
 from .metrics import Metrics
 from .model import dpid_str
@@ -154,7 +154,7 @@ class Switches:
                              if c and held.known[d] is not befores[d]]
                     if isinstance(desired, Desired):  # unchanged ones hold it as well
                         held.known.update((d, desired) for d, c in batch if not c)
-        except Exception:
+        except Exception as e:
             self.dirty |= self.ready
             for dpid, before in reversed(done):
                 try:
@@ -163,7 +163,9 @@ class Switches:
                     held.known[dpid] = before
                 except Exception:
                     LOG.exception("could not restore switch %016x", dpid)
-            raise
+            if isinstance(e, VfenceError):
+                raise
+            raise Refused(f"{e}; the change was rolled back") from e
         self.dirty.clear()
 
     def _send_many(self, batch: list[tuple[int, FlowDiff]],

@@ -41,8 +41,10 @@ after the ordinary flows of their priority (OVS prefers those), and those of one
 all apply to a header that matches several (which conjunction OVS takes then is not
 defined). What the expansion cannot model becomes a barrier at the flows concerned, and a
 header reaching one makes the verdict unknown: clause flows of one id that disagree on n
-or priority; one that completes with no ``conj_id`` flow in its table, or whose
-``conj_id`` flow matches other fields too or sits below the clauses; conjunction actions
+or priority; one that completes with no ``conj_id`` flow in its table for what it lets
+through, or whose ``conj_id`` flow matches part of that only or sits below the clauses
+(a ``conj_id`` flow may match other fields, e.g. the address family its action needs,
+when every packet the conjunction lets through has them); conjunction actions
 mixed with anything else, malformed, or on a flow matching ``conj_id``; a ``conj_id``
 match that is not one exact nonzero id (a barrier for the whole table); more than
 MAX_VIRTUAL virtual flows on one switch.
@@ -322,18 +324,49 @@ def _virtual(cj: _Conjunction, m: Match, priority: int) -> Flow:
     ordinary flow under the clauses' priority could beat it)."""
     mark = (VIRTUAL, cj.id)
     results = sorted(cj.results, key=lambda f: -f.priority)
-    reason = ""
+    reason, chosen = "", None
+    for r in results:  # the highest that matches every packet of m, unless one before
+        extra = [x for x in r.match if x[0] != "conj_id"]  # it may match some of them
+        if _implies(m, extra):
+            chosen = r
+            break
+        if not _disjoint(m, extra):
+            reason = f"a conj_id={cj.id} flow matches only some packets of the conjunction"
+            break
     if not results:
         reason = f"conjunction {cj.id} can complete but table {cj.table} has no conj_id flow"
-    elif any(len(f.match) > 1 for f in results):
-        reason = f"a conj_id={cj.id} flow matches other fields too"
-    elif results[0].priority < priority:
-        reason = (f"the conj_id={cj.id} flow (prio {results[0].priority}) is below its "
+    elif chosen is None and not reason:
+        reason = f"no conj_id={cj.id} flow matches what the conjunction lets through"
+    elif chosen is not None and chosen.priority < priority:
+        reason = (f"the conj_id={cj.id} flow (prio {chosen.priority}) is below its "
                   f"clauses (prio {priority})")
-    if reason:
+    if reason or chosen is None:
         return Flow(cj.table, priority, m, (mark, (BARRIER, reason)),
                     results[0].cookie if results else 0)
-    return Flow(cj.table, priority, m, (mark, *results[0].instructions), results[0].cookie)
+    return Flow(cj.table, priority, m, (mark, *chosen.instructions), chosen.cookie)
+
+
+def _implies(m: Match, extra: list[tuple[str, Any]]) -> bool:
+    """Every packet matching ``m`` matches ``extra`` too."""
+    have = dict(m)
+    for f, raw in extra:
+        if f not in have:
+            return False
+        (ev, em), (v, mm) = _vm(f, raw), _vm(f, have[f])
+        if em & ~mm or (v ^ ev) & em:
+            return False
+    return True
+
+
+def _disjoint(m: Match, extra: list[tuple[str, Any]]) -> bool:
+    """No packet matches both."""
+    have = dict(m)
+    for f, raw in extra:
+        if f in have:
+            (ev, em), (v, mm) = _vm(f, raw), _vm(f, have[f])
+            if (v ^ ev) & em & mm:
+                return True
+    return False
 
 
 Groups = list[list[Flow]]

@@ -162,8 +162,9 @@ def test_failed_switch_programming_writes_nothing(env):
     client, service, rec, engine = env
     service.ovsdb_snapshot([Interface(0x101, 3, "hv1-eth3", "00:00:00:00:01:01", None)])
     rec.fail = True
-    with pytest.raises(RuntimeError):
-        client.post("/v1/vms", json=VM)
+    r = client.post("/v1/vms", json=VM)  # 503: retry later, nothing was written
+    assert r.status_code == 503 and r.headers["Retry-After"] == "1", r.text
+    assert r.headers["content-type"] == "application/problem+json"
     assert count(engine, m.VM) == 0 and count(engine, m.Location) == 0
     assert "pay-1" not in service.state.vms
 

@@ -110,8 +110,9 @@ def test_a_group_of_several_classes_in_a_rule_is_one_conjunction():
             and f.table == Table.POLICY]
     # 2 slots (src) x 2 slots (dst) x 4 variants (v4/v6, two ports): 16 as a product;
     # one flow per entry and a result flow as a conjunction
-    assert len(mine) == 2 + 2 + 4 + 1, mine
-    assert sum(1 for f in mine if dict(f.match).get("conj_id") == rule.priority) == 1
+    # (the result flow once per address family: ct() needs it in the match)
+    assert len(mine) == 2 + 2 + 4 + 2, mine
+    assert sum(1 for f in mine if dict(f.match).get("conj_id") == rule.priority) == 2
 
 
 def test_intra_group_allow_with_several_slots():
@@ -135,7 +136,8 @@ def test_rule_flows_grow_with_slots_not_with_members():
     rule = _rule(0, "g1", "g2", protocol="tcp", ports=((80, 80),))
     flows = compiler.rule_flows(rule, st)
     assert compiler.slots_in_use(st) == 3
-    assert len(flows) == 3 + 3 + 2 + 1  # a flow per slot each side, v4/v6, the result
+    # a flow per slot each side, v4/v6, the result (per family: it commits to conntrack)
+    assert len(flows) == 3 + 3 + 2 + 2
     one = NetworkState(policy=st.policy, group_bits=st.group_bits,
                        vms={n: dataclasses.replace(v, groups=v.groups[:1])
                             for n, v in st.vms.items()})

@@ -271,7 +271,9 @@ def test_a_contradicting_combination_does_not_complete_for_the_header():
     ((*SRC, *DST),
      "conjunction 7 can complete but table 50 has no conj_id flow, at hv1 table 50 prio 100 "
      "conjunction 7 cookie 0x0 {'reg1': 1, 'reg2': 2}"),
-    ((*SRC, *DST, result(reg3=0)), "a conj_id=7 flow matches other fields too"),
+    ((*SRC, *DST, result(reg3=0)),
+     "a conj_id=7 flow matches only some packets of the conjunction"),
+    ((*SRC, *DST, result(reg1=5)), "no conj_id=7 flow matches what the conjunction lets"),
     ((*SRC, *DST, result(prio=50)),
      "the conj_id=7 flow (prio 50) is below its clauses (prio 100)"),
     ((Flow(50, 100, match(reg1=1), (("apply", (("conjunction", 7, 1, 2), ("output", 4))),), 0),
