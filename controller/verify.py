@@ -66,6 +66,7 @@ Approximations (all of them only add headers, so "isolated" stays a proof):
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import itertools
 import math
@@ -123,6 +124,11 @@ class Cube:
                 return v, m
         return 0, 0
 
+    @functools.cached_property
+    def fields(self) -> dict[str, tuple[int, int]]:
+        """``eq`` by field (built once per cube, for the quick miss check)."""
+        return {name: (v, m) for name, v, m in self.eq}
+
     def with_eq(self, f: str, v: int, m: int) -> Cube:
         eq = [x for x in self.eq if x[0] != f] + ([(f, v & m, m)] if m else [])
         return Cube(tuple(sorted(eq)), self.ne)
@@ -136,21 +142,40 @@ class Cube:
                     tuple(x for x in self.ne if x[0] not in fields))
 
     def empty(self) -> bool:
+        have = self.fields
         for f, xv, xm in self.ne:
-            v, m = self.get(f)
+            v, m = have.get(f, (0, 0))
             if xm & ~m == 0 and v & xm == xv:
                 return True  # the only values left are excluded
         return False
 
 
-def intersect(c: Cube, match: Iterable[tuple[str, Any]]) -> Cube | None:
-    out = c
-    for f, raw in match:
-        mv, mm = _vm(f, raw)
-        v, m = out.get(f)
+@functools.lru_cache(maxsize=1 << 18)
+def _parsed(match: Match) -> tuple[tuple[str, int, int], ...]:
+    """A flow's match as (field, value, mask), parsed once."""
+    return tuple((f, *_vm(f, raw)) for f, raw in match)
+
+
+def misses(c: Cube, match: Match) -> bool:
+    """A quick sure miss: a field both constrain, to different values. Most flows of a
+    table miss a header this way, and need no intersection (nor count as a step)."""
+    have = c.fields
+    for f, mv, mm in _parsed(match):
+        x = have.get(f)
+        if x is not None and (x[0] ^ mv) & x[1] & mm:
+            return True
+    return False
+
+
+def intersect(c: Cube, match: Match) -> Cube | None:
+    eq = dict(c.fields)
+    for f, mv, mm in _parsed(match):
+        v, m = eq.get(f, (0, 0))
         if (v ^ mv) & m & mm:
             return None
-        out = out.with_eq(f, v | mv, m | mm)
+        m |= mm
+        eq[f] = ((v | mv) & m, m)
+    out = Cube(tuple(sorted((f, v, m) for f, (v, m) in eq.items() if m)), c.ne)
     return None if out.empty() else out
 
 
@@ -512,6 +537,8 @@ def _lookup(ctx: _Ctx, dpid: int, group: list[Flow], c: Cube, path: list[str], h
     parts of ``c`` no flow of the group matches, which go on to lower priorities."""
     left = [c]
     for f in group:
+        if misses(c, f.match):
+            continue
         ctx.steps += 1
         if ctx.steps > MAX_STEPS:
             ctx.exhausted = True
