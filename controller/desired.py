@@ -79,13 +79,18 @@ class _Index:
     local: dict[tuple[int, int], dict[str, Receiver]] = field(default_factory=dict)
     hosts: dict[int, Counter[int]] = field(default_factory=dict)  # segment -> switch -> VMs
     members: Counter[str] = field(default_factory=Counter)  # group -> VMs in it
+    sizes: Counter[int] = field(default_factory=Counter)  # slots a VM fills -> VMs
     owned: set[tuple] = field(default_factory=set)  # containers this copy made its own
 
     def copy(self) -> _Index:
         """Shallow: a container a change edits is copied the first time it is edited, so
         the index it was copied from never changes."""
         return _Index(dict(self.foot), dict(self.present), dict(self.placed), dict(self.local),
-                      dict(self.hosts), Counter(self.members))
+                      dict(self.hosts), Counter(self.members), Counter(self.sizes))
+
+    def slots_in_use(self) -> int:
+        """The most groups a VM is in (at least one), as compiler.slots_in_use."""
+        return max((s for s, n in self.sizes.items() if n), default=1) or 1
 
     def populated(self) -> frozenset[str]:
         """The groups with a VM (the policy allows traffic within these)."""
@@ -117,6 +122,7 @@ class _Index:
             return
         for g in f.groups:
             self.members[g] += sign
+        self.sizes[len(f.slots)] += sign
         for d in f.here:
             self._own(self.present, d, Counter)[f.segment] += sign
         if f.local is None:
@@ -238,10 +244,10 @@ def rebuild(prev: Desired | None, state: NetworkState) -> Desired:
     """The desired flows for ``state``, recomputing only what changed since ``prev``
     (built from the state before). ``changes`` holds each switch's change from ``prev``."""
     if prev is not None and not _global_change(prev.state, state):
-        changed = _changed_vms(prev.state, state)
-        if _slots_after(prev, state, changed) == prev.slots:
-            with compiler.scratch():
-                return _rebuild(prev, state, changed)
+        with compiler.scratch():
+            done = _rebuild(prev, state)
+        if done is not None:
+            return done
     out = build(state)
     if prev is not None:
         out.parent = prev.gen
@@ -249,10 +255,12 @@ def rebuild(prev: Desired | None, state: NetworkState) -> Desired:
     return out
 
 
-def _rebuild(prev: Desired, state: NetworkState, changed: set[str]) -> Desired:
-    """Only VMs (and the policy) changed: their fragments and their segments'."""
+def _rebuild(prev: Desired, state: NetworkState) -> Desired | None:
+    """Only VMs (and the policy) changed: their fragments and their segments'. None when
+    the group slots in use changed: every VM's flows do then."""
     touched: dict[int, set[Key]] = {d: set() for d in state.switches}
     ix = prev.index.copy()
+    changed = _changed_vms(prev.state, state)
     segs: set[int] = set()
     for name in changed:
         old, new = ix.foot.get(name), _footprint(state, name, prev.slots)
@@ -263,6 +271,8 @@ def _rebuild(prev: Desired, state: NetworkState, changed: set[str]) -> Desired:
         else:
             ix.foot[name] = new
         segs |= {f.segment for f in (old, new) if f is not None}
+    if ix.slots_in_use() != prev.slots:
+        return None
     for s in segs:  # another host has (or no longer has) the segment: every flood list
         if prev.index.hosting(s) != ix.hosting(s):
             for keys in touched.values():
@@ -354,20 +364,6 @@ def _policy(prev: Desired, state: NetworkState, ix: _Index, changed: set[str]) -
         return old
     flows = tuple(compiler.policy_flows(state, prev.slots, ix.populated()))
     return old if flows == old.flows else Fragment((), flows)
-
-
-def _slots_after(prev: Desired, state: NetworkState, changed: set[str]) -> int:
-    """The group slots in use after ``changed``, counting every VM only when one that
-    filled the most slots changed (a VM with more raises it at once)."""
-    def used(st: NetworkState, name: str) -> int:
-        vm = st.vms.get(name)
-        return 0 if vm is None else len(compiler.slots_of(st, vm))
-    now = max((used(state, n) for n in changed), default=0)
-    if now > prev.slots:
-        return now
-    if any(used(prev.state, n) == prev.slots for n in changed):
-        return compiler.slots_in_use(state)
-    return prev.slots
 
 
 def _population_changed(a: _Index, b: _Index, changed: set[str]) -> bool:

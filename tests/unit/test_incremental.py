@@ -56,7 +56,7 @@ host = st.sampled_from(HOSTS)
 port = st.integers(3, 5)
 events = st.one_of(
     st.tuples(st.just("register"), name, st.integers(1, 2),
-              st.lists(st.sampled_from(GROUPS), max_size=2, unique=True).map(tuple),
+              st.lists(st.sampled_from(GROUPS), max_size=3, unique=True).map(tuple),
               st.booleans()),
     st.tuples(st.just("forget"), name),
     st.tuples(st.just("bind"), name, host, port),
@@ -64,7 +64,7 @@ events = st.one_of(
     st.tuples(st.just("standby"), name, host, port),
     st.tuples(st.just("switch-over"), name),
     st.tuples(st.just("announce"), name, host),
-    st.tuples(st.just("policy"), st.booleans()),
+    st.tuples(st.just("policy"), st.integers(0, 2)),
     st.tuples(st.just("link-down"), host),
 )
 
@@ -91,7 +91,10 @@ def _apply(s: NetworkState, ev: tuple) -> None:
     elif kind == "announce":
         s.expected[args[0]] = args[1]
     elif kind == "policy":
-        doc = dict(DOC, rules=DOC["rules"][1:] if args[0] else DOC["rules"])
+        # all rules; all but the first; or only the first (no rule names a VM or a MAC:
+        # the policy fragment is then rebuilt only when a group gains its first VM or
+        # loses its last)
+        doc = dict(DOC, rules=[DOC["rules"], DOC["rules"][1:], DOC["rules"][:1]][args[0]])
         s.policy = policy.parse(doc)
     elif kind == "link-down":
         s.links = {lk for lk in s.links if args[0] not in (lk.src.dpid, lk.dst.dpid)}
