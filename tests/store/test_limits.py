@@ -88,13 +88,13 @@ def test_segment_tags_stop_at_the_limit_naming_the_segment_field(engine):
     assert count(sessions, m.Segment) == MAX_SEGMENT_TAG and count(sessions, m.VM) == 1
 
 
-def test_group_bits_stop_at_64_naming_the_group(engine):
+def test_group_numbers_stop_at_max_groups_naming_the_group(engine):
     sessions = db.sessions(engine)
     with sessions.begin() as s:
         s.execute(insert(m.Group), [{"name": f"g{b}", "bit": b} for b in range(MAX_GROUPS - 1)])
     with sessions.begin() as s:
         row = registry.create_vm(s, spec("a", 1, groups=("g0", "last")))
-        assert {g.name: g.bit for g in row.groups}["last"] == MAX_GROUPS - 1  # the 64th
+        assert {g.name: g.bit for g in row.groups}["last"] == MAX_GROUPS - 1  # the 65,535th
     with pytest.raises(Conflict) as e, sessions.begin() as s:
         registry.create_vm(s, spec("b", 2, groups=("g1", "one-more")))
     assert e.value.field == "groups[1]" and f"at most {MAX_GROUPS} groups" in e.value.reason
