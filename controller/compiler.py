@@ -2,8 +2,8 @@
 
 No I/O, no clock, deterministic. Flows per switch grow with
 (fabric ports + switches + local VMs + remote VMs of the segments present locally + rules),
-never with VM pairs or group pairs: rules match the membership class a VM carries in a
-register (a group of several classes: an OVS conjunctive match, one flow per class).
+never with VM pairs or group pairs: rules match the group numbers a VM carries in register
+slots (with several slots in use, an OVS conjunctive match: one flow per slot).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from .flows import (
     Instruction,
     apply,
     conjunction,
+    conjunctions,
     cookie,
     goto,
     match,
@@ -470,7 +471,7 @@ def segment_flood_flows(
 ) -> Iterable[Flow]:
     """Broadcast/multicast stays in the segment, and reaches only the receivers the
     policy lets the sender reach: each local receiver's copy is judged in FLOOD_POLICY
-    (its tag and groups in reg2-4, then resubmit), plus one labelled copy per other host
+    (its groups in reg6-9, its tag in reg4, then resubmit), plus one labelled copy per other host
     that has a VM of the segment, judged there. Frames from the fabric stay local.
     ``reg4=0`` in the match: a receiver's lookup never lands here again."""
     ck = cookie(Owner.SEGMENT, segment_id)
@@ -540,7 +541,7 @@ def policy_flows(state: NetworkState, slots: int | None = None,
                  populated: Set[str] | None = None) -> Iterable[Flow]:
     """POLICY, ND_REACH(_REV) and FLOOD_POLICY: identical on every switch,
     O((rules + groups + isolation pairs) x slots in use) each. ``slots``: the slots in
-    use (:func:`slots_in_use`), ``populated``: the groups with a VM (:func:`populated`;
+    use (:func:`slots_in_use`), ``populated``: the groups with a VM (:func:`populated_groups`;
     an incremental build keeps both itself)."""
     pol = state.policy
     k = slots_in_use(state) if slots is None else slots
@@ -605,15 +606,10 @@ def _merge_clauses(flows: Iterable[Flow]) -> Iterable[Flow]:
         had = out.get(f.key)
         if had is None:
             out[f.key] = f
-        elif _is_clause(had) and _is_clause(f):
-            acts = sorted(set(had.instructions[0][1]) | set(f.instructions[0][1]))
+        elif conjunctions(had) and conjunctions(f):
+            acts = sorted(set(conjunctions(had)) | set(conjunctions(f)))
             out[f.key] = Flow(f.table, f.priority, f.match, (apply(*acts),), had.cookie)
     return out.values()
-
-
-def _is_clause(f: Flow) -> bool:
-    return bool(f.instructions) and f.instructions[0][0] == "apply" and all(
-        a[0] == "conjunction" for a in f.instructions[0][1])
 
 
 @_memo
@@ -723,15 +719,11 @@ def _allow(judge: Judge, ip: bool) -> tuple[Instruction, ...]:
 
 
 def _any_of(table: Table, prio: int, dims: list[list[dict]], ins: tuple[Instruction, ...],
-            ck: int, conj_id: int | None = None) -> list[Flow]:
+            ck: int, conj_id: int | None = None) -> Iterable[Flow]:
     """Flows for packets matching one entry of every dim: the cross product where that
     is no more flows than a conjunctive match, else the conjunction (one flow per entry;
     its id, unique in the table, by default the priority) and its result flow."""
-    return list(_any_of_flows(table, prio, dims, ins, ck, prio if conj_id is None else conj_id))
-
-
-def _any_of_flows(table: Table, prio: int, dims: list[list[dict]],
-                  ins: tuple[Instruction, ...], ck: int, conj_id: int) -> Iterable[Flow]:
+    conj_id = prio if conj_id is None else conj_id
     base = _merge(*(d[0] for d in dims if len(d) == 1))
     multi = [d for d in dims if len(d) > 1]
     if len(multi) < 2 or math.prod(map(len, multi)) <= sum(map(len, multi)) + 1:

@@ -52,7 +52,7 @@ __all__ = [
     "OFPP_CONTROLLER", "OFPP_IN_PORT", "OFPVID_NONE", "OFPVID_PRESENT", "RULE_PRIORITY_FLOOR",
     "RULE_PRIORITY_STEP", "RULE_PRIORITY_TOP", "SRC_GROUP_REGS", "ZONE_REG", "Action", "Flow",
     "Instruction", "Match", "Owner", "Table", "apply", "cookie", "cookie_owner", "goto",
-    "conjunction", "match", "meta_value", "meter", "resubmit",
+    "conjunction", "conjunctions", "match", "meta_value", "meter", "resubmit",
     "rule_priority", "write_meta",
 ]
 
@@ -174,6 +174,12 @@ def conjunction(conj_id: int, k: int, n: int) -> Action:
     conjunction when it matches a flow of each clause at one priority (OVS ``conjunction``);
     the table is then looked up again with ``conj_id`` set."""
     return ("conjunction", conj_id, k, n)
+
+
+def conjunctions(f: Flow) -> list[Action]:
+    """The flow's conjunction actions (a clause flow holds nothing else)."""
+    return [a for ins in f.instructions if ins[0] == "apply" for a in ins[1]
+            if a and a[0] == "conjunction"]
 
 
 def resubmit(table: Table) -> Action:

@@ -469,7 +469,7 @@ TABLES = (
         Table.FLOOD_POLICY, "one receiver's copy of a broadcast, judged statelessly",
         (Table.FORWARD,),
         (_miss("drop"), *_JUDGED, _ISOLATION),
-        "The receiver is in reg2-4 (set by FORWARD before the resubmit). A rule's "
+        "The receiver is in reg6-9 and reg4 (set by FORWARD before the resubmit). A rule's "
         "destination CIDR cannot be judged on a broadcast: its deny holds for every "
         "receiver, its allow for none.",
     ),

@@ -75,7 +75,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .flows import OFPP_CONTROLLER, OFPP_IN_PORT, Action, Flow, Match
+from .flows import OFPP_CONTROLLER, OFPP_IN_PORT, Action, Flow, Match, conjunctions
 from .model import NetworkState, PortRef
 from .pipeline import CT_TRK, TABLE_SPECS, table_name
 
@@ -221,11 +221,6 @@ def _barrier(f: Flow, reason: str, priority: int | None = None, match: Match | N
                 f.match if match is None else match, ((BARRIER, reason),), f.cookie)
 
 
-def _conjunction_actions(f: Flow) -> list[Action]:
-    return [a for ins in f.instructions if ins[0] == "apply" for a in ins[1]
-            if a and a[0] == "conjunction"]
-
-
 def _clause_problem(f: Flow, conj: list[Action]) -> str:
     """Why ``f``, which has conjunction actions, cannot be read as a clause ('' if it
     can). OVS refuses most of these flows; one read back like this means the flow is not
@@ -282,13 +277,13 @@ def expand(flows: list[Flow]) -> list[Flow]:
     what OVS would do. Clause flows and conj_id flows themselves are left out: neither
     ever decides a packet by itself."""
     out: list[Flow] = []
-    conjunctions: dict[tuple[int, int], _Conjunction] = {}
+    found: dict[tuple[int, int], _Conjunction] = {}
 
     def of(table: int, cid: int) -> _Conjunction:
-        return conjunctions.setdefault((table, cid), _Conjunction(table, cid))
+        return found.setdefault((table, cid), _Conjunction(table, cid))
 
     for f in flows:
-        conj = _conjunction_actions(f)
+        conj = conjunctions(f)
         conj_id = dict(f.match).get("conj_id")
         if conj:
             problem = _clause_problem(f, conj)
@@ -307,8 +302,8 @@ def expand(flows: list[Flow]) -> list[Flow]:
                                 f"{conj_id!r}: only one exact, nonzero id is modelled",
                                 TOP_PRIORITY, ()))
     budget = MAX_VIRTUAL
-    for key in sorted(conjunctions):
-        made, used = _expand_one(conjunctions[key], budget)
+    for key in sorted(found):
+        made, used = _expand_one(found[key], budget)
         out.extend(made)
         budget -= used
     return out

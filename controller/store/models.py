@@ -66,7 +66,7 @@ class Segment(Base):
 
 
 class Group(Base):
-    """An isolation group; ``bit`` is its number (0..65535, the column keeps its first
+    """An isolation group; ``bit`` is its number (0..65534, the column keeps its first
     name): a VM in this group alone has membership class ``bit + 1`` in its flows, and
     the group's conjunctions are named after it."""
 

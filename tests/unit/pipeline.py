@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from vfence.controller.flows import OFPP_CONTROLLER, OFPP_IN_PORT, Flow
+from vfence.controller.flows import OFPP_CONTROLLER, OFPP_IN_PORT, Flow, conjunctions
 
 ENTRY_ZERO = ("metadata", *(f"reg{i}" for i in range(10)))
 
@@ -37,12 +37,6 @@ def _matches(pkt: dict[str, Any], m: Iterable[tuple[str, Any]]) -> bool:
         if _int(pkt[field]) & mask != value & mask:
             return False
     return True
-
-
-def _clauses(f: Flow) -> list[tuple]:
-    """The flow's conjunction actions (a flow with any holds nothing else)."""
-    acts = [a for ins in f.instructions if ins[0] == "apply" for a in ins[1]]
-    return [a for a in acts if a[0] == "conjunction"]
 
 
 class Pipeline:
@@ -79,7 +73,7 @@ class Pipeline:
         hard, soft = None, defaultdict(list)
         for f in self.flows:  # highest priority first
             if f.table == table and _matches(p, f.match):
-                if _clauses(f):
+                if conjunctions(f):
                     soft[f.priority].append(f)
                 else:
                     hard = f
@@ -89,12 +83,12 @@ class Pipeline:
                 break
             got: dict[int, set[int]] = defaultdict(set)
             for f in soft[prio]:
-                for _, conj_id, k, n in _clauses(f):
+                for _, conj_id, k, n in conjunctions(f):
                     got[conj_id].add(k)
                     if len(got[conj_id]) == n:
                         q = dict(p, conj_id=conj_id)
                         return next((g for g in self.flows if g.table == table
-                                     and not _clauses(g) and _matches(q, g.match)), None)
+                                     and not conjunctions(g) and _matches(q, g.match)), None)
         return hard
 
     def _apply(self, f: Flow, p: dict[str, Any], ct: int, depth: int) -> None:

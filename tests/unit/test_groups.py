@@ -98,7 +98,7 @@ def test_isolation_pairs_sharing_a_group_share_its_clause_flows():
     assert len(shared) == 6, shared
 
 
-def test_a_group_of_several_classes_in_a_rule_is_one_conjunction():
+def test_a_rule_over_several_slots_is_one_conjunction():
     rule = _rule(0, "g150", "g7", protocol="tcp", ports=((80, 80), (443, 443)))
     st, vms, flows, hv1, hv2 = _network([rule])
     a, b, d = vms["a"], vms["b"], vms["d"]
