@@ -130,8 +130,8 @@ def serve(
         service = Service(db.sessions(engine), learn_first_frame=learn,
                           replace_stored_policy=doc is not None)
     except VfenceError as e:
-        err.print("[red]the policy stored in the database no longer validates; start with "
-                  "--policy FILE to replace it:[/red]")
+        err.print("[red]the state stored in the database no longer validates (a stored "
+                  "policy: start with --policy FILE to replace it):[/red]")
         _print_error(e)
         raise typer.Exit(2) from None
     if doc is not None:

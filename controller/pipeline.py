@@ -137,6 +137,7 @@ MAX_LABEL = 4094  # host label = VLAN id on the fabric: 1..4094
 # the first pair.
 CONJ_INTRA = 1 << 24  # | group number << 2 | address family (0 other, 1 IPv6, 2 IPv4)
 CONJ_ISOLATION = 2 << 24  # | pair index << 1 | direction
+MAX_ISOLATION_PAIRS = 1 << 23  # the pair index's bits in CONJ_ISOLATION
 
 # --- conntrack ----------------------------------------------------------------------------
 CT_COMMIT = 1  # ct() flag

@@ -17,6 +17,7 @@ from . import policy as policy_mod
 from .hosts import Interface
 from .metrics import Metrics
 from .model import Binding, NetworkState, PortRef
+from .pipeline import GROUP_SLOTS
 
 LOG = logging.getLogger("vfence.service")
 
@@ -36,6 +37,7 @@ def load(sessions: sessionmaker[Session], replace_stored_policy: bool
                 if not replace_stored_policy:
                     raise
         refresh_registry(s, state)
+        _carried(state)
         places = binding.Places()
         for row in registry.list_vms(s):
             if (loc := row.location) is not None:
@@ -44,6 +46,19 @@ def load(sessions: sessionmaker[Session], replace_stored_policy: bool
     state.bindings = dict(places.bindings)
     places.vm_ports = {b.port for b in places.bindings.values()}  # never fabric ports
     return state, places
+
+
+def _carried(state: NetworkState) -> None:
+    """VMs stored by a version that carried more groups per VM than the register slots
+    hold: every compile would fail, so refuse to start and name them (dropping a group
+    could drop an isolation)."""
+    over = sorted(v.name for v in state.vms.values() if len(v.groups) > GROUP_SLOTS)
+    if over:
+        raise policy_mod.PolicyError([
+            {"field": f"vms.{name}.groups",
+             "reason": f"in {len(state.vms[name].groups)} groups, at most {GROUP_SLOTS} are "
+                       f"carried: remove this VM from groups (or delete it) before starting"}
+            for name in over])
 
 
 def refresh_registry(s: Session, state: NetworkState) -> None:

@@ -394,15 +394,17 @@ Groups = list[list[Flow]]
 
 def _tables(flows: list[Flow]) -> dict[int, Groups]:
     """A switch's (expanded) flows per table, in the order a lookup tries them: by
-    priority, ordinary flows before virtual ones of the same priority. Virtual flows and
-    barriers of one priority form one group: when several conjunctions complete at one
-    priority, which one OVS takes is not defined, so a header matching several goes
-    through each of them."""
+    priority, and at one priority the ordinary flows as one group, then the virtual flows
+    and barriers as another (OVS takes a conjunction only above the best ordinary match).
+    When several flows of a group match a packet (two flows added by hand, a hand-made
+    flow beside a compiled one, several conjunctions completing), which one OVS takes is
+    not defined, so a header matching several goes through each of them: list order
+    must never decide a verdict."""
     out: dict[int, Groups] = {}
     for f in sorted(flows, key=lambda f: (-f.priority, _soft(f))):
         groups = out.setdefault(f.table, [])
         last = groups[-1] if groups else None
-        if last and _soft(f) and _soft(last[0]) and last[0].priority == f.priority:
+        if last and (last[0].priority, _soft(last[0])) == (f.priority, _soft(f)):
             last.append(f)
         else:
             groups.append([f])
@@ -466,15 +468,12 @@ def verify(state: NetworkState, flows: dict[int, list[Flow]],
         v = Verdict((a, b))
         reasons = []
         for src_group, dst_group in ((a, b), (b, a)):
-            targets = {bd.port: n for n, bd in state.bindings.items()
-                       if dst_group in state.vms[n].groups}
+            targets = {port: n for n, port in _ports(state, dst_group)}
             ctx = _Ctx(tables, names, peer, targets, ports)
-            for n, bd in sorted(state.bindings.items()):
-                if src_group not in state.vms[n].groups:
-                    continue
-                start = _entering(Cube(), bd.port.port_no)
-                found = _walk(ctx, bd.port.dpid, 0, start, [f"{n} sends on "
-                              f"{names.get(bd.port.dpid)} port {bd.port.port_no}"], 0, 0)
+            for n, port in _ports(state, src_group):
+                start = _entering(Cube(), port.port_no)
+                found = _walk(ctx, port.dpid, 0, start, [f"{n} sends on "
+                              f"{names.get(port.dpid)} port {port.port_no}"], 0, 0)
                 if found is not None:
                     v.status, v.witness = "broken", found
                     break
@@ -493,6 +492,16 @@ def verify(state: NetworkState, flows: dict[int, list[Flow]],
             v.status, v.reason = "unknown", "; ".join(reasons)
         out.append(v)
     return out
+
+
+def _ports(state: NetworkState, group: str) -> list[tuple[str, PortRef]]:
+    """Where a group's VMs send and receive: their bound ports and, during a migration,
+    their standby ports on the target host (a flow added there by hand is as much a
+    hole as one on the bound port)."""
+    out = [(n, bd.port) for n, bd in state.bindings.items() if group in state.vms[n].groups]
+    out += [(f"{n} (standby)", sb.port) for n, sb in state.standby.items()
+            if n in state.vms and group in state.vms[n].groups]
+    return sorted(out)
 
 
 def _entering(c: Cube, port: int) -> Cube:

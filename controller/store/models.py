@@ -67,8 +67,8 @@ class Segment(Base):
 
 class Group(Base):
     """An isolation group; ``bit`` is its number (0..65534, the column keeps its first
-    name): a VM in this group alone has membership class ``bit + 1`` in its flows, and
-    the group's conjunctions are named after it."""
+    name): a VM in this group carries ``bit + 1`` in one of its register slots, and the
+    group's conjunctions are named after it."""
 
     __tablename__ = "groups"
     id: Mapped[int] = mapped_column(primary_key=True)

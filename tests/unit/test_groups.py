@@ -195,3 +195,20 @@ def test_verify_proves_isolation_through_conjunctions_and_finds_a_hole():
                            (("goto", int(Table.FORWARD)),), 0))
     (v,) = verify.verify(st, lists, ports)
     assert v.status == "broken" and "delivered to c" in v.witness[-1], v
+
+
+def test_the_policy_schema_limits_are_the_pipelines():
+    """What the document may hold is what the flows can carry: group numbers 0..65534,
+    GROUP_SLOTS groups per VM, isolation pair indexes that fit their conjunction ids."""
+    import json
+    from importlib import resources
+
+    from vfence.controller.pipeline import CONJ_ISOLATION, MAX_GROUPS, MAX_ISOLATION_PAIRS
+
+    schema = json.loads(resources.files("vfence.schemas").joinpath(
+        "policy.schema.json").read_text())
+    props = schema["properties"]
+    assert props["groups"]["maxItems"] == MAX_GROUPS == 65535
+    assert props["vms"]["items"]["properties"]["groups"]["maxItems"] == GROUP_SLOTS
+    assert props["isolation"]["maxItems"] == MAX_ISOLATION_PAIRS
+    assert (MAX_ISOLATION_PAIRS - 1) << 1 | 1 < CONJ_ISOLATION  # ids never reach the tag

@@ -347,3 +347,34 @@ def test_the_operator_names_a_host_on_the_command_line():
     own = HostDb("r", bridges=(Bridge(1, "br-int", host="from-bridge"),), host="from-ovs")
     assert switch_names([own]) == {1: "from-bridge"}
     assert switch_names([HostDb(**{**own.__dict__, "override": "hv7"})]) == {1: "hv7"}
+
+
+def test_vms_stored_in_more_groups_than_slots_stop_serve_naming_them(sqlite_url):
+    """An older version carried up to 64 groups per VM; this one carries 8. Such a VM would
+    make every compile fail (nothing programmed) and dropping a group could drop an
+    isolation: refuse to start and name each VM."""
+    import pytest
+    from typer.testing import CliRunner
+
+    from vfence.controller.cli import app
+    from vfence.controller.policy import PolicyError
+    from vfence.controller.store import models as m
+
+    service, _ = _service(sqlite_url)
+    client = TestClient(create_app(service))
+    for name, mac in (("wide", "00:00:00:00:00:01"), ("fine", "00:00:00:00:00:02")):
+        vm = {"name": name, "mac": mac, "ips": [], "segment": "s", "groups": ["g0"]}
+        assert client.post("/v1/vms", json=vm).status_code == 201
+    with service.sessions.begin() as s:  # what the older version could store
+        row = s.query(m.VM).filter_by(name="wide").one()
+        row.groups += [m.Group(name=f"x{i}", bit=100 + i) for i in range(8)]
+    with pytest.raises(PolicyError) as e:
+        Service(service.sessions)
+    assert [x["field"] for x in e.value.errors] == ["vms.wide.groups"]
+    assert "in 9 groups, at most 8" in e.value.errors[0]["reason"]
+    r = CliRunner().invoke(app, ["serve", "--db", sqlite_url])
+    assert r.exit_code == 2 and "vms.wide.groups" in r.output, r.output
+    with service.sessions.begin() as s:  # the operator removes one: it starts again
+        row = s.query(m.VM).filter_by(name="wide").one()
+        row.groups = row.groups[:8]
+    assert len(Service(service.sessions).state.vms["wide"].groups) == 8

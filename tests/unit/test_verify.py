@@ -7,7 +7,8 @@ import copy
 import pytest
 
 from vfence.controller import desired, verify
-from vfence.controller.flows import Flow, match
+from vfence.controller.flows import Flow, cookie_owner, match
+from vfence.controller.pipeline import Owner, Table
 
 from .netfixtures import HV1, HV2, finance, two_hosts_two_spines
 
@@ -307,3 +308,49 @@ def test_an_unmodelled_conjunction_only_concerns_the_headers_it_could_decide():
     is never reached: the allow below still shows the leak."""
     v = _verdict_with(TO_50, clause(1, cid=9, reg1=5), clause(2, cid=9, n=3, reg2=6), ALLOW)
     assert v.status == "broken" and "delivered to web-1" in v.witness[-1], v.reason
+
+
+@pytest.mark.parametrize("allow_first", [True, False])
+def test_a_hand_made_allow_beside_the_isolation_drop_at_its_priority_is_found(allow_first):
+    """OVS picks one of two flows of one priority that both match, and which is not
+    defined: the verdict must not depend on the order the flows were read in."""
+    st = finance_state()
+    flows = as_lists(desired.compile_network(st))
+    drops = [f for f in flows[HV1] if f.table == Table.POLICY
+             and (cookie_owner(f.cookie) or (None,))[0] == Owner.ISOLATION]
+    assert drops, "the isolation drops are where the test expects"
+    # overlapping each drop (never identical to one: OVS would replace it), from web-1
+    def allows(delta):
+        return [Flow(30, d.priority + delta, match(**dict(d.match), in_port=4),
+                     (("apply", (("output", 3),)),), 0xBAD) for d in drops]
+
+    flows[HV1] = [*allows(0), *flows[HV1]] if allow_first else [*flows[HV1], *allows(0)]
+    (v,) = verify.verify(st, flows, ports(st))
+    assert v.status == "broken", (v.status, v.reason)
+    assert "cookie 0xbad" in " ".join(v.witness) and "delivered to pay-1" in v.witness[-1]
+    # positive control: the same flows one priority below the drops change nothing
+    flows[HV1] = [f for f in flows[HV1] if f.cookie != 0xBAD] + allows(-1)
+    (v,) = verify.verify(st, flows, ports(st))
+    assert v.isolated, v.witness
+
+
+def test_a_hand_made_flow_at_a_standby_port_is_found_both_ways():
+    """During a migration the target's standby port already has the VM's flows: a hole
+    there (to or from it) is a hole, though the VM is still bound on the old host."""
+    from vfence.controller.model import Binding, PortRef
+
+    st = finance_state()
+    st.standby["pay-1"] = Binding("pay-1", PortRef(HV2, 9), "pay-1-new", "standby")
+    flows = as_lists(desired.compile_network(st))
+    live = ports(st)
+    live[HV2].add(9)
+    (v,) = verify.verify(st, flows, live)
+    assert v.isolated and v.complete, v.witness  # control: compiled flows keep it closed
+    for rule in (match(in_port=5), match(in_port=9)):  # web-2 -> standby, standby -> web-2
+        out = 9 if rule == match(in_port=5) else 5
+        hole = Flow(0, 65000, rule, (("apply", (("output", out),)),), 0xBAD)
+        (v,) = verify.verify(st, {**flows, HV2: [*flows[HV2], hole]}, live)
+        assert v.status == "broken", (rule, v.status, v.reason)
+        assert "cookie 0xbad" in " ".join(v.witness), v.witness
+        assert ("pay-1 (standby)" in v.witness[-1]) == (out == 9), v.witness
+        assert v.witness[0].startswith("pay-1 (standby)") == (out == 5), v.witness
