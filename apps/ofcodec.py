@@ -26,6 +26,9 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 from vfence.controller.flows import OFPP_CONTROLLER, Flow, Match
 
 NX_IN_PORT = 0xFFF8  # Nicira actions use 16-bit port numbers: "keep the packet's in_port"
+# fields narrower than the bytes os-ken stores them in (a learn spec says how many bits)
+_FIELD_BITS = {"vlan_vid": 13, "vlan_pcp": 3, "ip_dscp": 6, "ip_ecn": 2, "mpls_tc": 3,
+               "mpls_label": 20, "mpls_bos": 1, "ipv6_flabel": 20}
 _INSTRUCTION_ORDER = {"meter": 0, "apply": 1, "meta": 2, "goto": 3}
 
 
@@ -51,6 +54,8 @@ def to_action(a: tuple) -> Any:
         return parser.NXActionRegMove(src_field=a[1], dst_field=a[2], n_bits=a[3])
     if kind == "resubmit":
         return parser.NXActionResubmitTable(in_port=NX_IN_PORT, table_id=a[1])
+    if kind == "learn":
+        return _to_learn(a)
     if kind == "ct":  # ("ct", flags, zone field, zone ofs/nbits, recirc table)
         return parser.NXActionCT(flags=a[1], zone_src=a[2], zone_ofs_nbits=a[3],
                                  recirc_table=a[4], alg=0, actions=[])
@@ -59,6 +64,49 @@ def to_action(a: tuple) -> Any:
             raise ValueError(f"bad conjunction {a!r}: want 1 <= k <= n, 2 <= n <= 64")
         return parser.NXActionConjunction(clause=a[2] - 1, n_clauses=a[3], id_=a[1])
     raise ValueError(f"unknown action {a!r}")
+
+
+def _nx_field(name: str) -> str:
+    """os-ken's name for the NXM header of a plain field name, where there is one: OVS
+    writes a learn spec's fields back with these (16-bit NXM_OF_IN_PORT, not the 32-bit
+    OXM in_port), and a learned flow outputs to a 16-bit port."""
+    try:
+        ofp.oxm_get_field_info_by_name(name + "_nxm")
+    except KeyError:
+        return name
+    return name + "_nxm"
+
+
+def field_bits(name: str) -> int:
+    """The width of a field (os-ken name) in bits."""
+    if name in _FIELD_BITS:
+        return _FIELD_BITS[name]
+    return ofp.oxm_get_field_info_by_name(name)[1].size * 8
+
+
+def _constant(field: str, value: Any) -> tuple[str, int, int]:
+    name, value = _nx_field(field), int(value)
+    bits = field_bits(name)
+    if not 0 <= value < 1 << bits:
+        raise ValueError(f"{field}={value:#x} does not fit in {bits} bits")
+    return name, value, bits
+
+
+def _to_learn(a: tuple) -> Any:
+    """("learn", table, priority, cookie, match, loads, output_field): NXAST_LEARN of a flow
+    with no timeouts or flags that matches the constants ``match`` ((field, value) pairs),
+    loads the constants ``loads`` and outputs to the port ``output_field`` holds now."""
+    _, table, priority, cookie_, match_, loads, output = a
+    specs: list[Any] = []
+    for field, value in match_:
+        name, value, bits = _constant(field, value)
+        specs.append(parser.NXFlowSpecMatch(src=value, dst=(name, 0), n_bits=bits))
+    for field, value in loads:
+        name, value, bits = _constant(field, value)
+        specs.append(parser.NXFlowSpecLoad(src=value, dst=(name, 0), n_bits=bits))
+    specs.append(parser.NXFlowSpecOutput(src=(_nx_field(output), 0), dst="", n_bits=16))
+    return parser.NXActionLearn(table_id=table, specs=specs, priority=priority,
+                                cookie=cookie_)
 
 
 def to_instructions(instructions: tuple) -> list[Any]:
@@ -219,7 +267,11 @@ def from_action(a: Any) -> tuple:
     if isinstance(a, parser.OFPActionPopVlan):
         return ("pop_vlan",)
     if isinstance(a, parser.OFPActionSetField):
-        return ("set", a.key, _norm(a.value))
+        return ("set", _field(a.key), _norm(a.value))
+    if isinstance(a, parser.NXActionRegLoad | parser.NXActionRegLoad2):
+        return _from_load(a)
+    if isinstance(a, parser.NXActionLearn):
+        return _from_learn(a)
     if isinstance(a, parser.NXActionRegMove):
         # OVS reports NXM headers (NXM_OF_ETH_SRC), os-ken names them "eth_src_nxm"
         return ("move", _field(a.src_field), _field(a.dst_field), a.n_bits)
@@ -232,6 +284,52 @@ def from_action(a: Any) -> tuple:
         # conjunction actions read back in the order they were written
         return ("conjunction", a.id, a.clause + 1, a.n_clauses)
     return ("unknown", type(a).__name__)
+
+
+def _from_load(a: Any) -> tuple:
+    """A load of a whole field (OVS writes a learned flow's loads as NXAST_REG_LOAD) is the
+    set_field it does the work of; a load of part of a field is not something we write."""
+    if isinstance(a, parser.NXActionRegLoad):
+        ofs, bits = a.ofs_nbits >> 6, (a.ofs_nbits & 0x3F) + 1
+        if ofs == 0 and bits == field_bits(a.dst):
+            return ("set", _field(a.dst), a.value)
+        return ("unknown", "NXActionRegLoad", _field(a.dst), ofs, bits, a.value)
+    if a.mask is None:
+        return ("set", _field(a.dst), _norm(a.value))
+    return ("unknown", "NXActionRegLoad2", _field(a.dst), _norm(a.value), _norm(a.mask))
+
+
+def _whole(subfield: Any, n_bits: int) -> str | None:
+    """The plain name of a (field, offset) subfield that covers its whole field."""
+    name, ofs = subfield
+    return _field(name) if ofs == 0 and n_bits == field_bits(name) else None
+
+
+def _from_learn(a: Any) -> tuple:
+    """The inverse of :func:`_to_learn`; a learn action of any other shape reads back as
+    ("unknown", "NXActionLearn", ...), which equals no flow we write (so it is replaced)."""
+    unknown = ("unknown", "NXActionLearn", repr(a))
+    if (a.idle_timeout, a.hard_timeout, a.flags, a.fin_idle_timeout, a.fin_hard_timeout) != (
+            0, 0, 0, 0, 0):
+        return unknown
+    match_: list[tuple[str, int]] = []
+    loads: list[tuple[str, int]] = []
+    outputs: list[str] = []
+    for spec in a.specs:
+        if isinstance(spec, parser.NXFlowSpecOutput):
+            name, ofs = spec.src
+            if ofs != 0 or spec.n_bits != 16:
+                return unknown
+            outputs.append(_field(name))
+            continue
+        dst = _whole(spec.dst, spec.n_bits)
+        if dst is None or isinstance(spec.src, tuple):  # only constants, whole fields
+            return unknown
+        kind = match_ if isinstance(spec, parser.NXFlowSpecMatch) else loads
+        kind.append((dst, int(spec.src)))
+    if len(outputs) != 1 or match_ != sorted(match_):
+        return unknown
+    return ("learn", a.table_id, a.priority, a.cookie, tuple(match_), tuple(loads), outputs[0])
 
 
 def from_instruction(ins: Any) -> tuple:

@@ -95,6 +95,10 @@ def cookie_owner(value: int) -> tuple[Owner, int] | None:
 #   ("move", src_field, dst_field, n_bits) ("resubmit", table) ("ct", ...)
 #   ("conjunction", id, k, n): clause k (1..n) of OVS conjunctive match ``id``; a flow
 #   with these holds nothing else, and the match ("conj_id", id) says what it does
+#   ("learn", table, priority, cookie, match, loads, output_field): OVS learn of a flow
+#   (no timeouts) matching the constants ``match`` (sorted (field, int) pairs), loading the
+#   constants ``loads`` ((field, int) pairs, e.g. ("vlan_tci", 0x1063)) and outputting to
+#   the port ``output_field`` ("in_port" or a register) holds when the learn runs
 Match = tuple[tuple[str, Any], ...]
 Action = tuple[Any, ...]
 Instruction = tuple[Any, ...]

@@ -9,6 +9,7 @@ import threading
 from types import SimpleNamespace
 
 import pytest
+from os_ken.ofproto import nicira_ext
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
@@ -156,10 +157,11 @@ def test_conjunctive_flow_mod_bytes_are_what_os_ken_serialises(f):
     assert ofcodec.flow_mod(ofcodec.delete_body(f), 6) == _wire(ofcodec.flow_delete(dp, f), 6)
 
 
-def _read_back(f: Flow) -> Flow:
-    """``f`` as a switch reports it: os-ken's flow-mod for it, its match and instructions
-    put in an ofp_flow_stats entry, parsed by os-ken and translated by from_stats."""
-    mod = _wire(ofcodec.flow_add(FakeDatapath(), f), 1)
+def _read_back(f: Flow, mod_msg=None) -> Flow:
+    """``f`` as a switch reports it: os-ken's flow-mod for it (or ``mod_msg``, a flow-mod
+    with the same table, priority and cookie), its match and instructions put in an
+    ofp_flow_stats entry, parsed by os-ken and translated by from_stats."""
+    mod = _wire(mod_msg or ofcodec.flow_add(FakeDatapath(), f), 1)
     rest = mod[ofp.OFP_FLOW_MOD_SIZE - ofp.OFP_MATCH_SIZE:]  # ofp_match, instructions
     size = ofp.OFP_FLOW_STATS_0_SIZE + len(rest)
     head = struct.pack(ofp.OFP_FLOW_STATS_0_PACK_STR, size, f.table, 1, 0, f.priority,
@@ -170,6 +172,102 @@ def _read_back(f: Flow) -> Flow:
 @pytest.mark.parametrize("f", CONJUNCTIVE, ids=_IDS)
 def test_conjunctive_flow_reads_back_equal(f):
     assert _read_back(f) == f
+
+
+# --- learn (NXAST_LEARN), moves through vlan_pcp, set/load of vlan_tci ------------------
+
+_HOST = cookie(Owner.FABRIC, 7)  # the top bit set: a full 64-bit cookie
+_LEARN_VLAN = ("learn", 40, 110, _HOST, (("reg4", 7),), (("vlan_tci", 0x1063),), "reg11")
+_LEARN_IN_PORT = ("learn", 40, 110, _HOST, (("reg4", 7),), (), "in_port")
+LEARNING = [
+    Flow(Table.POLICY, 100, match(reg4=7), (("apply", (_LEARN_VLAN,)),), _HOST),
+    Flow(Table.POLICY, 101, match(reg4=7), (("apply", (_LEARN_IN_PORT, _LEARN_VLAN)),
+                                            ("goto", int(Table.FORWARD))), _HOST),
+    # what the learn installs: load the whole TCI (pushes a tag on an untagged packet)
+    Flow(40, 110, match(reg4=7), (("apply", (("set", "vlan_tci", 0x1063), ("output", 3))),),
+         _HOST),
+    Flow(Table.FORWARD, 90, match(reg4=7), (("apply", (
+        ("push_vlan", 0x8100), ("move", "reg10", "vlan_pcp", 3),
+        ("move", "vlan_pcp", "reg10", 3))),), _HOST),
+]
+_LEARNING_IDS = ["learn-load-output-reg", "learn-output-in_port", "set-vlan_tci", "move-pcp"]
+
+
+@pytest.mark.parametrize("f", LEARNING, ids=_LEARNING_IDS)
+def test_learning_flow_mod_bytes_are_what_os_ken_serialises(f):
+    dp = FakeDatapath()
+    assert ofcodec.flow_mod(ofcodec.add_body(f), 5) == _wire(ofcodec.flow_add(dp, f), 5)
+    assert ofcodec.flow_mod(ofcodec.delete_body(f), 6) == _wire(ofcodec.flow_delete(dp, f), 6)
+
+
+@pytest.mark.parametrize("f", LEARNING, ids=_LEARNING_IDS)
+def test_learning_flow_reads_back_equal(f):
+    assert _read_back(f) == f
+
+
+def test_learn_is_ovs_nx_action_learn_with_nxm_fields():
+    """struct nx_action_learn (OVS lib/learn.c), as ``ovs-ofctl`` writes
+    learn(table=40,priority=110,cookie=C,NXM_NX_REG4[]=0x7,output:NXM_OF_IN_PORT[]):
+    no timeouts or flags, a 32-bit immediate match on NXM_NX_REG4, then output of the
+    16-bit NXM_OF_IN_PORT (not the 32-bit OXM in_port); padded to 8 bytes."""
+    ins = (("apply", (_LEARN_IN_PORT,)),)
+    learn = (bytes.fromhex("ffff 0038 00002320 0010 0000 0000 006e")
+             + _HOST.to_bytes(8, "big") + bytes.fromhex("0000 28 00 0000 0000")
+             + bytes.fromhex("2020 00000007 00010804 0000")  # reg4[] = 7 (immediate, match)
+             + bytes.fromhex("1010 00000002 0000")  # output:NXM_OF_IN_PORT[] (16 bits), pad to 56
+             + bytes(4))
+    assert ofcodec.instruction_bytes(ins) == bytes.fromhex("0004 0040 00000000") + learn
+
+
+def test_a_learned_load_reads_back_as_the_set_it_does():
+    """OVS reports a learned flow's ``load:0x1063->NXM_OF_VLAN_TCI[]`` as NXAST_REG_LOAD
+    (OpenFlow 1.3 dump-flows too), and the flow written with set_field as set_field:
+    both are ("set", "vlan_tci", 0x1063)."""
+    f = LEARNING[2]
+    load = parser.NXActionRegLoad(ofs_nbits=nicira_ext.ofs_nbits(0, 15), dst="vlan_tci",
+                                  value=0x1063)
+    load2 = parser.NXActionRegLoad2(dst="vlan_tci", value=0x1063)
+    for a in (load, load2):
+        acts = [a, parser.OFPActionOutput(3, 0)]
+        mod = parser.OFPFlowMod(
+            FakeDatapath(), cookie=f.cookie, table_id=f.table, priority=f.priority,
+            match=ofcodec.to_match(f.match),
+            instructions=[parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, acts)])
+        assert _read_back(f, mod) == f
+
+
+def test_a_load_of_part_of_a_field_is_no_set():
+    part = parser.NXActionRegLoad(ofs_nbits=nicira_ext.ofs_nbits(0, 11), dst="vlan_tci",
+                                  value=0x063)
+    assert ofcodec.from_action(part)[0] == "unknown"
+
+
+@pytest.mark.parametrize("change", [{"idle_timeout": 10}, {"flags": 1}, {"extra": "in_port"},
+                                    {"partial": True}])
+def test_a_learn_of_another_shape_reads_back_as_unknown(change):
+    """Timeouts, flags, two outputs or a match on part of a field are nothing we write, so
+    such a learn equals no desired action (the reconciler replaces the flow)."""
+    learn = ofcodec.to_action(_LEARN_VLAN)
+    if "extra" in change:
+        learn.specs.append(parser.NXFlowSpecOutput(src=("in_port_nxm", 0), n_bits=16))
+    elif "partial" in change:
+        learn.specs[0] = parser.NXFlowSpecMatch(src=7, dst=("reg4", 0), n_bits=8)
+    else:
+        for k, v in change.items():
+            setattr(learn, k, v)
+    buf = bytearray()
+    learn.serialize(buf, 0)
+    assert ofcodec.from_action(parser.OFPAction.parser(bytes(buf), 0))[0] == "unknown"
+
+
+@pytest.mark.parametrize("bad", [
+    ("learn", 40, 110, 0, (("reg4", 1 << 32),), (), "in_port"),
+    ("learn", 40, 110, 0, (), (("vlan_tci", 0x10000),), "in_port"),
+    ("learn", 40, 110, 0, (("reg4", -1),), (), "in_port"),
+])
+def test_a_learn_constant_wider_than_its_field_is_not_encoded(bad):
+    with pytest.raises(ValueError, match="does not fit"):
+        ofcodec.to_action(bad)
 
 
 # --- the app: xids and errors --------------------------------------------------------------
