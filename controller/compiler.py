@@ -32,6 +32,7 @@ from .flows import (
     conjunctions,
     cookie,
     goto,
+    learn,
     match,
     meta_value,
     meter,
@@ -52,6 +53,8 @@ from .pipeline import (
     DST_GROUP_REGS,
     DST_VM_REG,
     GROUP_SLOTS,
+    HOP_REG,
+    MARK_REG,
     META_FROM_FABRIC,
     META_SEGMENT_MASK,
     META_VM_SHIFT,
@@ -79,12 +82,14 @@ from .pipeline import (
     PRIO_INVALID,
     PRIO_ISOLATION,
     PRIO_LABEL,
+    PRIO_LEARNED,
     PRIO_LINK_LOCAL,
     PRIO_MISS,
     PRIO_MULTICAST,
     PRIO_ND_OWN,
     PRIO_ND_UNICAST,
     PRIO_QUIET_DROP,
+    PRIO_REMOTE_STANDBY,
     PRIO_REMOTE_VM,
     PRIO_ROGUE_DHCP,
     PRIO_ROGUE_ND,
@@ -94,6 +99,7 @@ from .pipeline import (
     PRIO_VM_ADDRESS,
     PRIO_VM_FRAME,
     SRC_GROUP_REGS,
+    STANDBY_MARK,
     ZONE_REG,
     Owner,
     Table,
@@ -266,7 +272,8 @@ def fabric_flows(
     me = state.switches[dpid]
     yield Flow(
         Table.FABRIC, PRIO_LABEL, match(vlan_vid=OFPVID_PRESENT | me.label),
-        (apply(("pop_vlan",)), goto(Table.REMOTE_CLASSIFY)), cookie(Owner.FABRIC, me.label),
+        (apply(("move", "vlan_pcp", MARK_REG, 3), ("pop_vlan",)), goto(Table.REMOTE_CLASSIFY)),
+        cookie(Owner.FABRIC, me.label),
     )
     for dest, port in sorted(hops.items()):
         label = state.switches[dest].label
@@ -288,11 +295,15 @@ def local_vm_flows(vm: VM, port: int, slots: tuple[int, ...] = (), standby: bool
     redirects. Then delivery to it.
 
     ``standby``: the VM's port on a migration target. Its frames pass (policy applies
-    from the first packet) and a copy tells the controller the VM now runs here;
-    delivery stays with the old port until then. Until that switch-over the port is
-    held to the controller meter, so it cannot flood the controller."""
+    from the first packet) and a copy tells the controller the VM now runs here. The
+    first one also switches delivery over in the datapath: learn() sends what this
+    host has for the VM to this port, and the frame, marked, makes every other host
+    of the segment do the same toward this one (:func:`standby_far_flows`), before the
+    controller confirms. Until then the port is held to the controller meter, so it
+    cannot flood the controller."""
     ck = cookie(Owner.VM, vm.id)
-    sets: list[tuple] = [("output", OFPP_CONTROLLER)] if standby else []
+    sets: list[tuple] = [("output", OFPP_CONTROLLER), ("set", MARK_REG, STANDBY_MARK),
+                         switch_over(vm, (), "in_port")] if standby else []
     sets += _slot_sets(SRC_GROUP_REGS, slots)
     sets.append(("set", ZONE_REG, vm.segment_id))
     classify = (*((meter(METER_STANDBY),) if standby else ()), apply(*sets),
@@ -392,6 +403,42 @@ def remote_vm_flows(vm: VM, label: int, hop: int | None, slots: tuple[int, ...] 
     yield Flow(
         Table.FORWARD, PRIO_DELIVER, match(**{DST_VM_REG: vm.id}, metadata=(0, META_FROM_FABRIC)),
         (apply(*_label_and_send(label, hop, push=True)),), ck,
+    )
+
+
+def switch_over(vm: VM, loads: tuple[tuple[str, int], ...], output_field: str) -> tuple:
+    """The learn() that switches a migrating VM's delivery over in the datapath: what
+    this host sends to the VM goes to the port ``output_field`` holds, after ``loads``."""
+    return learn(Table.FORWARD, PRIO_LEARNED, cookie(Owner.LEARNED, vm.id),
+                 match(**{DST_VM_REG: vm.id}), loads, output_field)
+
+
+def learned_flow(vm_id: int) -> Flow:
+    """The identity (table, priority, match) of the flow a switch-over learns for a VM:
+    what the controller deletes once it has confirmed (or abandoned) the move."""
+    return Flow(Table.FORWARD, PRIO_LEARNED, match(**{DST_VM_REG: vm_id}), DROP,
+                cookie(Owner.LEARNED, vm_id))
+
+
+@_memo
+def standby_far_flows(vm: VM, label: int, hop: int, slots: tuple[int, ...] = ()
+                      ) -> Iterable[Flow]:
+    """A VM migrating to the host with ``label`` (reached through port ``hop``), seen
+    from another host of its segment (its old host included): its frame marked as from
+    the standby port learn()s delivery toward that host, then is recognised as any
+    frame of the VM from the fabric."""
+    ck = cookie(Owner.VM, vm.id)
+    # in_port cleared: a frame that came in on the port toward the target may go back
+    # out of it (the old host forwards what is in flight); loading vlan_tci pushes the tag
+    tag = (("in_port", 0), ("vlan_tci", OFPVID_PRESENT | label))
+    yield Flow(
+        Table.REMOTE_CLASSIFY, PRIO_REMOTE_STANDBY,
+        match(eth_src=vm.mac, **{MARK_REG: STANDBY_MARK}),
+        (apply(("set", HOP_REG, hop), switch_over(vm, tag, HOP_REG),
+               *_slot_sets(SRC_GROUP_REGS, slots), ("set", ZONE_REG, vm.segment_id)),
+         write_meta(meta_value(vm.segment_id, vm.id, from_fabric=True)),
+         goto(Table.DST_LOOKUP)),
+        ck,
     )
 
 
@@ -505,7 +552,10 @@ def _receiver(receiver: tuple[int, tuple[int, ...]]) -> tuple[tuple, ...]:
 
 def _label_and_send(label: int, hop: int, push: bool) -> list[tuple]:
     acts: list[tuple] = [("push_vlan", ETH_TYPE_VLAN)] if push else []
-    acts += [("set", "vlan_vid", OFPVID_PRESENT | label), ("output", hop)]
+    acts += [("set", "vlan_vid", OFPVID_PRESENT | label)]
+    if push:  # the frame's mark (a standby port's, else 0) travels in the PCP
+        acts.append(("move", MARK_REG, "vlan_pcp", 3))
+    acts.append(("output", hop))
     return acts
 
 

@@ -243,16 +243,34 @@ def _build(state: NetworkState) -> Desired:
 def rebuild(prev: Desired | None, state: NetworkState) -> Desired:
     """The desired flows for ``state``, recomputing only what changed since ``prev``
     (built from the state before). ``changes`` holds each switch's change from ``prev``."""
+    out: Desired | None = None
     if prev is not None and not _global_change(prev.state, state):
         with compiler.scratch():
-            done = _rebuild(prev, state)
-        if done is not None:
-            return done
-    out = build(state)
+            out = _rebuild(prev, state)
+    if out is None:
+        out = build(state)
+        if prev is not None:
+            out.parent = prev.gen
+            out.changes = {d: diff(out[d], prev[d]) for d in out if d in prev.frags}
     if prev is not None:
-        out.parent = prev.gen
-        out.changes = {d: diff(out[d], prev[d]) for d in out if d in prev.frags}
+        _forget_learned(prev, state, out.changes)
     return out
+
+
+def _forget_learned(prev: Desired, state: NetworkState, changes: dict[int, FlowDiff]) -> None:
+    """A migration ended (switched over, or given up): what its first frame from the
+    standby port may have learned in the datapath goes from every switch that had the
+    VM's flows, after (in the same bundle as) the flows that replace it. Deleting a
+    flow a switch does not have is no error."""
+    for name, sb in prev.state.standby.items():
+        vm = prev.state.vms.get(name)
+        if vm is None or state.standby.get(name) == sb:
+            continue
+        gone = compiler.learned_flow(vm.id)
+        for d, frags in prev.frags.items():
+            if ("vm", name) in frags and d in changes:
+                c = changes[d]
+                changes[d] = FlowDiff(c.add, (*c.delete, gone), c.replaced)
 
 
 def _rebuild(prev: Desired, state: NetworkState) -> Desired | None:
@@ -413,7 +431,8 @@ def _vm(state: NetworkState, hops: dict[int, dict[int, int]], ix: _Index, dpid: 
     elif b is not None and ix.holds(dpid, f.segment):
         label = state.switches[b.port.dpid].label
         where = ("remote", label, hops.get(dpid, {}).get(b.port.dpid))
-    inputs = (vm, slots, where, standby)
+    toward = _toward_standby(state, hops, name, dpid) if where else None
+    inputs = (vm, slots, where, standby, toward)
     if old is not None and old.inputs == inputs:
         return old  # the very object: no diff work
     flows: tuple[Flow, ...] = ()
@@ -424,7 +443,20 @@ def _vm(state: NetworkState, hops: dict[int, dict[int, int]], ix: _Index, dpid: 
                  + compiler.dst_lookup_flows(vm, slots))
     if standby is not None:  # (its flows may repeat the VM's own: keep each once)
         flows = tuple(dict.fromkeys(flows + compiler.local_vm_flows(vm, standby, slots, True)))
+    if toward is not None:
+        flows += compiler.standby_far_flows(vm, *toward, slots)
     return Fragment(inputs, flows)
+
+
+def _toward_standby(state: NetworkState, hops: dict[int, dict[int, int]], name: str,
+                    dpid: int) -> tuple[int, int] | None:
+    """(label, port toward it) of the host a bound VM is migrating to, seen from another
+    host that has the VM's flows: where its datapath switch-over points."""
+    sb = state.standby.get(name)
+    if sb is None or sb.port.dpid == dpid or sb.port.dpid not in state.switches:
+        return None
+    hop = hops.get(dpid, {}).get(sb.port.dpid)
+    return None if hop is None else (state.switches[sb.port.dpid].label, hop)
 
 
 def _segment(state: NetworkState, hops: dict[int, dict[int, int]], ix: _Index, dpid: int,

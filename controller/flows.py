@@ -52,7 +52,7 @@ __all__ = [
     "OFPP_CONTROLLER", "OFPP_IN_PORT", "OFPVID_NONE", "OFPVID_PRESENT", "RULE_PRIORITY_FLOOR",
     "RULE_PRIORITY_STEP", "RULE_PRIORITY_TOP", "SRC_GROUP_REGS", "ZONE_REG", "Action", "Flow",
     "Instruction", "Match", "Owner", "Table", "apply", "cookie", "cookie_owner", "goto",
-    "conjunction", "conjunctions", "match", "meta_value", "meter", "resubmit",
+    "conjunction", "conjunctions", "learn", "learned", "match", "meta_value", "meter", "resubmit",
     "rule_priority", "write_meta",
 ]
 
@@ -184,6 +184,23 @@ def conjunctions(f: Flow) -> list[Action]:
     """The flow's conjunction actions (a clause flow holds nothing else)."""
     return [a for ins in f.instructions if ins[0] == "apply" for a in ins[1]
             if a and a[0] == "conjunction"]
+
+
+def learn(table: Table, priority: int, cookie: int, match: Match,
+          loads: tuple[tuple[str, int], ...], output_field: str) -> Action:
+    """OVS's learn(): install (or refresh) a flow in ``table`` matching the constants
+    ``match``, loading the constants ``loads`` and sending to the port that
+    ``output_field`` holds when this action runs (no timeouts: the controller removes
+    it)."""
+    return ("learn", int(table), priority, cookie, match, loads, output_field)
+
+
+def learned(action: Action) -> Flow:
+    """The flow a learn() action installs (its output port is only known when it runs:
+    the field's name stands in for it)."""
+    _, table, priority, ck, m, loads, field = action
+    return Flow(table, priority, m, (apply(*(("set", f, v) for f, v in loads),
+                                           ("output", field)),), ck)
 
 
 def resubmit(table: Table) -> Action:

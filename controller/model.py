@@ -154,7 +154,7 @@ class NetworkState:
     vms: dict[str, VM] = field(default_factory=dict)
     bindings: dict[str, Binding] = field(default_factory=dict)
     policy: Policy = PERMISSIVE
-    group_bits: dict[str, int] = field(default_factory=dict)  # group -> bit (0..63)
+    group_bits: dict[str, int] = field(default_factory=dict)  # group -> number (0..65534)
     # live migration: the VM's port on the target host, ready but not yet delivered to
     standby: dict[str, Binding] = field(default_factory=dict)
     # pre-announced migrations: VM -> target switch (prepared make-before-break)
@@ -162,6 +162,11 @@ class NetworkState:
     # ports the operator marked as facing the fabric (host OVSDB), per switch; only these
     # carry LLDP and host labels
     fabric: dict[int, frozenset[int]] = field(default_factory=dict)
+
+    def migrating(self) -> frozenset[int]:
+        """Tags of the VMs with a standby port: what a switch learned for them in the
+        datapath (their first frame from it) is theirs until the move ends."""
+        return frozenset(self.vms[n].id for n in self.standby if n in self.vms)
 
     def switch_name(self, dpid: int) -> str:
         """The switch's host name, or its dpid in 16 hex digits while it has none."""

@@ -47,6 +47,7 @@ class Owner(IntEnum):
     RULE = 5
     POLICY = 6
     ISOLATION = 7
+    LEARNED = 8
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,10 @@ OWNERS: dict[Owner, OwnerSpec] = {
     Owner.ISOLATION: OwnerSpec("one isolation pair, both directions",
                                "the pair's index in the document (a clause flow shared "
                                "by pairs: the first of them)"),
+    Owner.LEARNED: OwnerSpec("installed by the datapath (learn()) when a migrating VM's "
+                             "first frame arrives from its standby port: delivery switched "
+                             "over until the controller confirms the move and removes it",
+                             "the VM's tag"),
 }
 COOKIE_MAGIC = 0xA0
 COOKIE_OWNER_SHIFT = 56
@@ -106,7 +111,16 @@ DST_GROUPS = tuple(Slot(r, 0, 32, f"destination VM's groups, slots {2 * i} and {
                    for i, r in enumerate(("reg6", "reg7", "reg8", "reg9")))
 DST_VM = Slot("reg4", 0, 16, "destination VM tag (0: not looked up yet)")
 ZONE = Slot("reg5", 0, 16, "conntrack zone = segment tag")
-LAYOUT = (META_SEGMENT, META_VM, META_FABRIC, *SRC_GROUPS, *DST_GROUPS, DST_VM, ZONE)
+# a live migration switched over in the datapath: a frame from a VM's standby port is
+# marked, and the mark travels to the other hosts in the PCP of the fabric tag
+MARK = Slot("reg10", 0, 3, "the frame came from a migrating VM's standby port "
+                           "(copied to and from the fabric tag's PCP)")
+HOP = Slot("reg11", 0, 16, "the port toward a migrating VM's target host (what learn() "
+                           "copies into the flow it installs)")
+LAYOUT = (META_SEGMENT, META_VM, META_FABRIC, *SRC_GROUPS, *DST_GROUPS, DST_VM, ZONE, MARK,
+          HOP)
+MARK_REG, HOP_REG = MARK.field, HOP.field
+STANDBY_MARK = 4  # PCP 4 on the fabric tag; 0 on every other frame
 
 META_SEGMENT_MASK = META_SEGMENT.mask
 META_VM_SHIFT = META_VM.shift
@@ -187,6 +201,7 @@ PRIO_FABRIC_LLDP = 180
 PRIO_FABRIC_PORT = 170
 # FABRIC, REMOTE_CLASSIFY
 PRIO_LABEL = 100
+PRIO_REMOTE_STANDBY = 110  # a frame from a migrating VM's standby port (marked)
 PRIO_REMOTE_VM = 100
 # ARP
 PRIO_ARP_OWN_ADDRESS = 110
@@ -216,6 +231,7 @@ PRIO_INTRA_GROUP = 1000
 PRIO_DEFAULT = 10
 # FORWARD
 PRIO_LINK_LOCAL = 300
+PRIO_LEARNED = 110  # installed by learn(): above the delivery it switches over
 PRIO_DELIVER = 100
 PRIO_FLOOD = 50
 
@@ -376,22 +392,29 @@ TABLES = (
         "to metadata, source groups to reg0-3 (slots), zone to reg5. Anything else from a VM port "
         "is a spoof; DHCP server replies, router advertisements and redirects are rogue: drop "
         "(counted, audited). Operator-marked fabric ports: LLDP -> controller, the rest -> "
-        "FABRIC. Unbound ports -> controller (metered), for binding detection only.",
+        "FABRIC. Unbound ports -> controller (metered), for binding detection only. A "
+        "migrating VM's standby port passes its frames (metered) with a copy to the "
+        "controller, marks them in reg10 and learn()s the VM's delivery to itself.",
     ),
     TableSpec(
         Table.FABRIC, "host labels: ours -> decapsulate, another host's -> next hop",
         (Table.REMOTE_CLASSIFY,),
         (_miss("unknown label: drop"),
          _at("label", PRIO_LABEL, Owner.FABRIC,
-             "our label: pop, to REMOTE_CLASSIFY; another host's: out toward it")),
-        "Frames from the fabric carry the destination host's label in the VLAN id.",
+             "our label: PCP to reg10 (a standby port's mark), pop, to REMOTE_CLASSIFY; "
+             "another host's: out toward it")),
+        "Frames from the fabric carry the destination host's label in the VLAN id, and "
+        "PCP 4 when they left a migrating VM's standby port.",
     ),
     TableSpec(
         Table.REMOTE_CLASSIFY, "frame from another host: source VM by eth_src",
         (Table.DST_LOOKUP,),
         (_miss("unknown source: drop"),
          _at("remote_vm", PRIO_REMOTE_VM, Owner.VM,
-             "source VM's tag and groups, marked as from the fabric")),
+             "source VM's tag and groups, marked as from the fabric"),
+         _at("remote_standby", PRIO_REMOTE_STANDBY, Owner.VM,
+             "a migrating VM's frame from its standby port (reg10 marked): learn() its "
+             "delivery toward the target host, then as remote_vm")),
         "The source host already checked the frame; here it only gets its identity back "
         "(a broadcast from it is judged per receiver on this host).",
     ),
@@ -483,9 +506,13 @@ TABLES = (
              "one labelled copy per other host of the segment"),
          _at("deliver", PRIO_DELIVER, Owner.VM,
              "to a local VM's port, or labelled toward a remote VM's host"),
+         _at("learned", PRIO_LEARNED, Owner.LEARNED,
+             "installed by learn() on a migrating VM's first frame from its standby port: "
+             "its delivery, switched over in the datapath until the controller confirms"),
          _at("link_local", PRIO_LINK_LOCAL, Owner.BASE,
              "link-local multicast (01:80:c2:00:00:0x): drop")),
-        "Local port, or push the destination host's label and send it toward that host.",
+        "Local port, or push the destination host's label (PCP from reg10) and send it "
+        "toward that host.",
     ),
 )
 TABLE_SPECS = {int(t.number): t for t in TABLES}

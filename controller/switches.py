@@ -16,7 +16,7 @@ from typing import Protocol
 from .compiler import count_by_table
 from .desired import Desired
 from .errors import NotFound, Refused, VfenceError
-from .flows import Flow, Owner
+from .flows import Flow, Owner, cookie_owner
 from .metrics import Metrics
 from .model import dpid_str
 from .reconcile import FlowDiff, additions_only, apply_diff, diff
@@ -97,10 +97,15 @@ class Switches:
     def connected(self) -> list[int]:
         return sorted(self.installed)
 
-    def attach(self, dpid: int, ports: dict[int, str], flows: Iterable[Flow]) -> None:
-        """A switch (re)connected; its flows were read back. Not ready yet."""
+    def attach(self, dpid: int, ports: dict[int, str], flows: Iterable[Flow],
+               migrating: frozenset[int] = frozenset()) -> None:
+        """A switch (re)connected; its flows were read back. Not ready yet. A flow it
+        learned for a VM still ``migrating`` (tags) is left out of what it holds, so no
+        diff removes it: the end of the move does (any other learned flow is stale)."""
         self.ports[dpid] = dict(ports)
-        self.installed.known[dpid] = frozenset(flows)
+        theirs = {(Owner.LEARNED, t) for t in migrating}
+        self.installed.known[dpid] = frozenset(
+            f for f in flows if not theirs or cookie_owner(f.cookie) not in theirs)
         self.ready.discard(dpid)
 
     def detach(self, dpid: int) -> None:

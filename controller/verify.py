@@ -84,7 +84,7 @@ MAX_STEPS = 200_000
 MAX_HOPS = 16
 MAX_NESTING = 64  # resubmits and recirculations inside one another (OVS's limit too)
 MAX_VIRTUAL = 100_000  # flows the conjunctions of one switch may expand to
-ENTRY_ZERO = ("metadata", *(f"reg{i}" for i in range(10)), "ct_state")
+ENTRY_ZERO = ("metadata", *(f"reg{i}" for i in range(12)), "ct_state")
 WIDTH = {"metadata": 64, "ct_state": 32, "vlan_vid": 13, "eth_src": 48, "eth_dst": 48,
          "arp_sha": 48, "arp_tha": 48, "ipv6_src": 128, "ipv6_dst": 128, "ipv4_src": 32,
          "ipv4_dst": 32, "arp_spa": 32, "arp_tpa": 32, "in_port": 32,
@@ -205,6 +205,9 @@ def subtract(c: Cube, match: tuple[tuple[str, Any], ...]) -> list[Cube]:
 # What the expansion makes is marked by its first instruction, which the walk recognises.
 
 VIRTUAL = "completes conjunction"  # first instruction of a virtual flow: (VIRTUAL, id)
+# first instruction of a flow a learn() action on the switch may install: it may be there
+# or not, so the headers it matches also go on to lower priorities
+LEARNABLE = "may be learned"
 BARRIER = "not modelled"  # the instruction of a barrier: (BARRIER, reason)
 TOP_PRIORITY = 1 << 16  # above every OpenFlow priority: a barrier for a whole table
 
@@ -392,6 +395,32 @@ def _disjoint(m: Match, extra: list[tuple[str, Any]]) -> bool:
 Groups = list[list[Flow]]
 
 
+def learnable(flows: list[Flow]) -> list[Flow]:
+    """The flows the learn() actions among ``flows`` may install, each marked LEARNABLE
+    (the port it outputs to is the one its field holds when the action runs: the
+    learning flow's in_port, or a constant an earlier action of it sets). One the walk
+    cannot resolve is a barrier."""
+    out = []
+    for f in flows:
+        for ins in f.instructions:
+            if ins[0] != "apply":
+                continue
+            for i, a in enumerate(ins[1]):
+                if a[0] != "learn":
+                    continue
+                _, table, prio, ck, m, loads, field = a
+                port = dict(f.match).get(field) if field == "in_port" else next(
+                    (x[2] for x in reversed(ins[1][:i]) if x[:2] == ("set", field)), None)
+                if not isinstance(port, int):
+                    out.append(Flow(table, prio, m, ((BARRIER, f"learn() at {f.table}/"
+                               f"{f.priority} outputs to {field}, not a known port"),), ck))
+                    continue
+                sets = tuple(("set", k, v) for k, v in loads)
+                out.append(Flow(table, prio, m, ((LEARNABLE,), ("apply", (*sets, (
+                    "output", port)))), ck))
+    return list(dict.fromkeys(out))  # the flows of one port learn the same
+
+
 def _tables(flows: list[Flow]) -> dict[int, Groups]:
     """A switch's (expanded) flows per table, in the order a lookup tries them: by
     priority, and at one priority the ordinary flows as one group, then the virtual flows
@@ -444,8 +473,9 @@ class _Ctx:
         self.unknown = self.unknown or reason
 
     def describe(self, dpid: int, f: Flow) -> str:
-        conj = f" conjunction {f.instructions[0][1]}" if f.instructions and \
-            f.instructions[0][0] == VIRTUAL else ""
+        first = f.instructions[0][0] if f.instructions else None
+        conj = f" conjunction {f.instructions[0][1]}" if first == VIRTUAL else (
+            " (may be learned)" if first == LEARNABLE else "")
         return (f"{self.names.get(dpid)} {_table(f.table)} prio {f.priority}{conj} "
                 f"cookie {f.cookie:#x} {dict(f.match)}")
 
@@ -461,7 +491,7 @@ def verify(state: NetworkState, flows: dict[int, list[Flow]],
            ports: dict[int, set[int]]) -> list[Verdict]:
     """One verdict per isolation pair of the policy in force, both directions."""
     out = []
-    tables = {d: _tables(expand(fl)) for d, fl in flows.items()}
+    tables = {d: _tables(expand(fl) + learnable(fl)) for d, fl in flows.items()}
     peer = {lk.src: lk.dst for lk in state.links}
     names = {d: sw.name for d, sw in state.switches.items()}
     for a, b in state.policy.isolation:
@@ -553,6 +583,8 @@ def _lookup(ctx: _Ctx, dpid: int, group: list[Flow], c: Cube, path: list[str], h
         found = _apply(ctx, dpid, f, hit, path + [ctx.describe(dpid, f)], hops, depth)
         if found is not None:
             return found, []
+        if f.instructions and f.instructions[0][0] == LEARNABLE:
+            continue  # maybe not installed: the headers also go on below it
         left = [r for x in left for r in (
             subtract(x, f.match) if intersect(x, f.match) is not None else [x])]
     return None, left
@@ -564,8 +596,8 @@ def _apply(ctx: _Ctx, dpid: int, f: Flow, c: Cube, path: list[str], hops: int, d
     for ins in f.instructions:
         if ins[0] == "meter":
             continue  # may drop; letting everything through over-approximates
-        if ins[0] == VIRTUAL:
-            continue  # only marks the flow as a conjunction's (its witness names it)
+        if ins[0] in (VIRTUAL, LEARNABLE):
+            continue  # only marks what the flow is (its witness names it)
         if ins[0] == "meta":
             v, m = c.get("metadata")
             c = c.with_eq("metadata", (v & ~ins[2]) | (ins[1] & ins[2]), m | ins[2])
@@ -574,7 +606,9 @@ def _apply(ctx: _Ctx, dpid: int, f: Flow, c: Cube, path: list[str], hops: int, d
         elif ins[0] == "apply":
             for act in ins[1]:
                 kind = act[0]
-                if kind == "set":
+                if kind == "set" and act[1] == "vlan_tci":  # NXM: PCP, CFI (present), VID
+                    c = c.set_exact("vlan_vid", act[2] & 0x1FFF)
+                elif kind == "set":
                     c = c.set_exact(act[1], _int(act[1], act[2]))
                 elif kind == "push_vlan":
                     c = c.with_eq("vlan_vid", 0x1000, 0x1000)
@@ -582,6 +616,8 @@ def _apply(ctx: _Ctx, dpid: int, f: Flow, c: Cube, path: list[str], hops: int, d
                     c = c.forget("vlan_vid")
                 elif kind == "move":
                     c = c.forget(act[2])
+                elif kind == "learn":
+                    continue  # changes no header; what it installs is in the tables
                 elif kind == "output":
                     found = _output(ctx, dpid, act[1], c, path, hops)
                     if found is not None:
@@ -645,7 +681,7 @@ def _written(ctx: _Ctx, dpid: int, table: int) -> frozenset[str]:
                 elif ins[0] == "apply":
                     for act in ins[1]:
                         if act[0] == "set":
-                            out.add(act[1])
+                            out.add("vlan_vid" if act[1] == "vlan_tci" else act[1])
                         elif act[0] == "move":
                             out.add(act[2])
                         elif act[0] in ("push_vlan", "pop_vlan"):

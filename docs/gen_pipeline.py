@@ -36,7 +36,9 @@ _NAMES = {"eth_src": "dl_src", "eth_dst": "dl_dst", "ipv4_src": "nw_src", "ipv4_
           "ipv6_nd_tll": "nd_tll"}
 _NXM = {"eth_src": "NXM_OF_ETH_SRC", "eth_dst": "NXM_OF_ETH_DST", "arp_sha": "NXM_NX_ARP_SHA",
         "arp_tha": "NXM_NX_ARP_THA", "arp_spa": "NXM_OF_ARP_SPA", "arp_tpa": "NXM_OF_ARP_TPA",
-        "reg5": "NXM_NX_REG5"}
+        "reg5": "NXM_NX_REG5", "reg4": "NXM_NX_REG4", "reg10": "NXM_NX_REG10",
+        "reg11": "NXM_NX_REG11", "vlan_pcp": "OXM_OF_VLAN_PCP", "in_port": "NXM_OF_IN_PORT",
+        "vlan_tci": "NXM_OF_VLAN_TCI"}
 
 
 def _prefix(value: str, mask: str) -> str | None:
@@ -104,7 +106,16 @@ def _action(a: tuple) -> str:
     if kind == "set":
         return f"set_field:{_value(a[1], a[2])}->{a[1]}"
     if kind == "move":
-        return f"move:{_NXM[a[1]]}[]->{_NXM[a[2]]}[]"
+        bits = "" if a[1] != "reg10" and a[2] != "reg10" else f"[0..{a[3] - 1}]"
+        src, dst = (_NXM[a[1]] + (bits if a[1] == "reg10" else "[]"),
+                    _NXM[a[2]] + (bits if a[2] == "reg10" else "[]"))
+        return f"move:{src}->{dst}"
+    if kind == "learn":  # ("learn", table, priority, cookie, match, loads, output field)
+        _, table, prio, ck, m, loads, out = a
+        specs = [f"{_NXM[f]}[]={v:#x}" for f, v in m]
+        specs += [f"load:{v:#x}->{_NXM[f]}[]" for f, v in loads]
+        specs.append(f"output:{_NXM[out]}[{'' if out == 'in_port' else '0..15'}]")
+        return f"learn(table={table},priority={prio},cookie={ck:#x},{','.join(specs)})"
     if kind == "resubmit":
         return f"resubmit(,{a[1]})"
     if kind == "ct":

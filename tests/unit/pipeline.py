@@ -4,8 +4,9 @@ Not a switch and never instead of the lab's real Open vSwitch: it lets compiler 
 ask "which ports does this exact frame reach?" in microseconds. Models what the
 compiler emits: priorities, value/mask matches with prerequisites (a field the packet
 lacks never matches), goto, write-metadata, set-field, move, push/pop VLAN, resubmit,
-conntrack (the packet's connection state is given), output, and OVS conjunctive
-matches (conjunction actions, conj_id).
+conntrack (the packet's connection state is given), output, OVS conjunctive
+matches (conjunction actions, conj_id) and learn() (the flow it installs joins the
+pipeline).
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from vfence.controller.flows import OFPP_CONTROLLER, OFPP_IN_PORT, Flow, conjunctions
+from vfence.controller.flows import OFPP_CONTROLLER, OFPP_IN_PORT, Flow, conjunctions, learned
 
-ENTRY_ZERO = ("metadata", *(f"reg{i}" for i in range(10)))
+ENTRY_ZERO = ("metadata", *(f"reg{i}" for i in range(12)))
 
 
 def _int(v: Any) -> int:
@@ -44,6 +45,7 @@ class Pipeline:
         self.flows = sorted(flows, key=lambda f: (f.table, -f.priority))
         self.outputs: list[tuple[int, dict[str, Any]]] = []
         self.trace: list[Flow] = []
+        self.learned: list[Flow] = []  # what learn() installed, in order
 
     def run(self, pkt: dict[str, Any], ct_state: int = 0x21) -> list[tuple[int, dict]]:
         """Ports (with the frame as sent) that the packet entering ``in_port`` reaches;
@@ -51,6 +53,8 @@ class Pipeline:
         self.outputs, self.trace = [], []
         p = dict(pkt)
         p.setdefault("vlan_vid", 0)
+        if p["vlan_vid"] & 0x1000:
+            p.setdefault("vlan_pcp", 0)  # a tag always has a PCP
         for f in ENTRY_ZERO:
             p[f] = 0
         p["ct_state"] = 0
@@ -106,17 +110,33 @@ class Pipeline:
             assert nxt > f.table, "goto must go forward"
             self._table(nxt, p, ct, depth + 1)
 
+    def learn(self, act: tuple, p: dict[str, Any]) -> None:
+        """Install (or replace) the flow a learn() describes; its output port is what the
+        named field holds now."""
+        f = learned(act)
+        *sets, (_, field) = f.instructions[0][1]
+        f = Flow(f.table, f.priority, f.match, (("apply", (*sets, ("output", p[field]))),),
+                 f.cookie)
+        self.flows = sorted([g for g in self.flows if g.key != f.key] + [f],
+                            key=lambda f: (f.table, -f.priority))
+        self.learned.append(f)
+
     def _action(self, act: tuple, p: dict[str, Any], ct: int, depth: int) -> bool:
         """Apply one action; True when processing of this packet ends here."""
         kind = act[0]
-        if kind == "set":
-            p[act[1]] = act[2] if act[1] != "vlan_vid" else act[2]
+        if kind == "set" and act[1] == "vlan_tci":  # PCP, CFI (present), VID
+            p["vlan_vid"], p["vlan_pcp"] = act[2] & 0x1FFF, act[2] >> 13
+        elif kind == "set":
+            p[act[1]] = act[2]
         elif kind == "move":
-            p[act[2]] = p.get(act[1])
+            p[act[2]] = p.get(act[1]) & (1 << act[3]) - 1
         elif kind == "push_vlan":
-            p["vlan_vid"] = 0x1000
+            p["vlan_vid"], p["vlan_pcp"] = 0x1000, 0
         elif kind == "pop_vlan":
             p["vlan_vid"] = 0
+            p.pop("vlan_pcp", None)
+        elif kind == "learn":
+            self.learn(act, p)
         elif kind == "resubmit":
             self._table(act[1], p, ct, depth + 1)
         elif kind == "ct":

@@ -83,6 +83,7 @@ def test_unicast_to_local_and_remote_vm_and_no_flood_flow():
     # labelled with hv2's label (2), sent out of the lower-numbered equal-cost port
     assert to_b.instructions == (("apply", (("push_vlan", 0x8100),
                                             ("set", "vlan_vid", OFPVID_PRESENT | 2),
+                                            ("move", "reg10", "vlan_pcp", 3),
                                             ("output", 1))),)
     # frames from the fabric never go back into it
     assert dict(to_b.match)["metadata"] == (0, META_FROM_FABRIC)

@@ -58,9 +58,13 @@ def _wire(msg, xid: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def flows() -> list[Flow]:
-    """Every flow of the finance network on three hosts and two spines (and one flow that
-    punts to the controller with an empty match)."""
-    out = compile_network(finance(leaf_spine(3, 2), FINANCE_ON_3))
+    """Every flow of the finance network on three hosts and two spines, api-1 migrating
+    to hv3 (and one flow that punts to the controller with an empty match)."""
+    from vfence.controller.model import Binding, PortRef
+
+    st = finance(leaf_spine(3, 2), FINANCE_ON_3)
+    st.standby["api-1"] = Binding("api-1", PortRef(0x103, 7))
+    out = compile_network(st)
     punt = Flow(Table.CLASSIFY, 1, (), (("apply", (("output", OFPP_CONTROLLER),)),),
                 cookie(Owner.BASE))
     return sorted({f for fl in out.values() for f in fl} | {punt})
@@ -72,7 +76,8 @@ def test_the_flows_cover_every_kind_of_match_instruction_and_action(flows):
     ins = {i[0] for f in flows for i in f.instructions}
     assert ins == {"meter", "apply", "meta", "goto"}
     acts = {a[0] for f in flows for i in f.instructions if i[0] == "apply" for a in i[1]}
-    assert acts == {"output", "push_vlan", "pop_vlan", "set", "move", "resubmit", "ct"}
+    assert acts == {"output", "push_vlan", "pop_vlan", "set", "move", "resubmit", "ct",
+                    "learn"}
 
 
 def test_flow_mod_bytes_are_what_os_ken_serialises(flows):

@@ -15,7 +15,16 @@ import pytest
 from bench.policy_scale import build_state
 
 from vfence.controller import desired, pipeline
-from vfence.controller.flows import Flow, Owner, cookie, cookie_owner, goto, match, meter
+from vfence.controller.flows import (
+    Flow,
+    Owner,
+    cookie,
+    cookie_owner,
+    goto,
+    learned,
+    match,
+    meter,
+)
 from vfence.controller.model import Binding, NetworkState, PortRef
 from vfence.controller.pipeline import TABLE_SPECS, TABLES, Table, table_name
 
@@ -108,8 +117,13 @@ NETWORKS = {
 
 @pytest.fixture(scope="module")
 def compiled() -> dict[str, list[Flow]]:
-    return {name: [f for flows in desired.compile_network(build()).values() for f in flows]
-            for name, build in NETWORKS.items()}
+    """Every compiled flow, and every flow a learn() among them installs."""
+    out = {}
+    for name, build in NETWORKS.items():
+        flows = [f for fl in desired.compile_network(build()).values() for f in fl]
+        out[name] = flows + [learned(a) for f in flows for ins in f.instructions
+                             if ins[0] == "apply" for a in ins[1] if a[0] == "learn"]
+    return out
 
 
 @pytest.mark.parametrize("network", NETWORKS)

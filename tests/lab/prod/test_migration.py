@@ -159,3 +159,58 @@ def test_unannounced_move_on_a_learning_host_completes_when_the_old_port_goes(la
         f"(pings queued in the guest while its new port was refused)\n")
     assert 0 < lost < 250, (sent, got)  # about the 1 s until the old port went, not more
     assert lab.ping("guest-1", "app-1")
+
+
+def _learned(lab, host: str, vid: int) -> list[str]:
+    out = lab.switch(host).ofctl("dump-flows", "--no-stats",
+                                 f"cookie={cookie(Owner.LEARNED, vid):#x}/-1")
+    return [ln.strip() for ln in out.splitlines() if "actions=" in ln]
+
+
+def test_the_datapath_switches_over_on_the_first_frame_with_the_controller_stopped(
+        lab, tmp_path):
+    """web-1 moves hv1 -> hv3 while the controller is frozen (SIGSTOP) from the moment its
+    standby port is ready: QEMU's first RARP from hv3 makes every host send to the new
+    port by itself (learn()), so web-2 on hv2 keeps reaching web-1 and the payroll VMs
+    (pay-2 on hv2, pay-1 now on hv3, web-1's new host) still reach nothing. Once the
+    controller runs again it confirms the move and removes every learned flow."""
+    import os
+    import signal
+    import threading
+
+    vid = vm_id([lab.mgmt(h["name"]) for h in lab.get("/v1/hosts")], MAC["web-1"])
+    assert where(lab, "web-1") == "hv1" and where(lab, "pay-1") == "hv3"
+    assert lab.ping("web-2", "web-1")  # positive control before anything moves
+    moved: list = []
+    mover = threading.Thread(target=lambda: moved.append(
+        migrate(lab, "web-1", "hv3", precopy=3.0)))
+    mover.start()
+    lab.wait_for(lambda: "learn(" in lab.switch("hv3").ofctl("dump-flows", "--no-stats",
+                                                              "table=0"),
+                 10, "web-1's standby port prepared on hv3")
+    assert lab.proc is not None
+    os.killpg(lab.proc.pid, signal.SIGSTOP)
+    try:
+        mover.join(30)
+        assert moved, "the migration did not finish"
+        for host in ("hv1", "hv2", "hv3"):  # the RARP reached every host of the segment
+            lab.wait_for(lambda host=host: bool(_learned(lab, host, vid)), 5,
+                         f"{host} learned web-1's new place")
+        start_ping_stream(lab.host("web-2"), IP["web-1"], tmp_path / "peer.txt", 150)
+        start_ping_stream(lab.host("pay-2"), IP["web-1"], tmp_path / "iso-far.txt", 150)
+        start_ping_stream(lab.host("pay-1"), IP["web-1"], tmp_path / "iso-local.txt", 150)
+        sent, got = ping_stream_result(tmp_path / "peer.txt")
+        isolated = [ping_stream_result(tmp_path / f)[1]
+                    for f in ("iso-far.txt", "iso-local.txt")]
+    finally:
+        os.killpg(lab.proc.pid, signal.SIGCONT)
+    assert got >= sent - 5, (sent, got)  # delivered with the controller frozen
+    assert isolated == [0, 0], isolated  # not one packet between the isolated groups
+    lab.wait_for(lambda: where(lab, "web-1") == "hv3", 20, "the controller confirmed")
+    for host in ("hv1", "hv2", "hv3"):
+        lab.wait_for(lambda host=host: not _learned(lab, host, vid), 10,
+                     f"{host}'s learned flow removed")
+    assert lab.ping("web-2", "web-1") and not lab.ping("pay-1", "web-1", tries=1)
+    verdicts = httpx.post(lab.api + "/v1/verify", timeout=120).json()
+    assert [(v["pair"], v["status"]) for v in verdicts] == [
+        (["payroll", "frontend"], "isolated")], verdicts
