@@ -103,7 +103,9 @@ class FlowOut(BaseModel):
     instructions: Any
     cookie: str
     owner: str = Field(description="base, vm:<tag>, segment:<tag>, fabric, rule:<priority>, "
-                       "policy, isolation:<index>, or foreign (not written by vfence)")
+                       "policy, isolation:<index>, learned:<tag> (installed by the datapath "
+                       "when a migrating VM's first frame came from its new port), or foreign "
+                       "(not written by vfence)")
     packets: int
     bytes: int
 

@@ -244,7 +244,14 @@ class _Draft:
                 self.bind_from_interfaces()
             case PortsChanged(dpid):
                 have = w.ports.get(dpid, {})
-                self.ports_gone(lambda port: port.dpid == dpid and port.port_no not in have)
+                listed = None if w.interfaces is None else {
+                    PortRef(i.dpid, i.ofport) for i in w.interfaces if i.dpid == dpid}
+                self.ports_gone(
+                    lambda port: port.dpid == dpid and port.port_no not in have,
+                    # a standby waits on a port whose link is down: it goes with the port
+                    # (as the host's OVSDB lists them), not with its link
+                    lambda port: port.dpid == dpid and port.port_no not in have
+                    and (listed is None or port not in listed))
                 self.bind_from_interfaces()  # a VM port whose link came back is the VM's
             case FirstFrame(port, mac, port_name):
                 self.first_frame(port, mac, port_name)
@@ -273,12 +280,13 @@ class _Draft:
 
     # --- the transitions --------------------------------------------------------------
 
-    def ports_gone(self, gone: Callable[[PortRef], bool]) -> None:
+    def ports_gone(self, gone: Callable[[PortRef], bool],
+                   standby_gone: Callable[[PortRef], bool] | None = None) -> None:
         """Bindings on vanished ports end (or move on); standby ports that vanished go."""
         p = self.places
         for b in [b for b in p.bindings.values() if gone(b.port)]:
             self.port_gone(b)
-        for vm in [vm for vm, sb in p.standby.items() if gone(sb.port)]:
+        for vm in [vm for vm, sb in p.standby.items() if (standby_gone or gone)(sb.port)]:
             del p.standby[vm]
 
     def port_gone(self, b: Binding) -> None:

@@ -194,3 +194,29 @@ def test_listing_binds_the_up_port_and_makes_the_down_one_its_standby_in_either_
         alone = binding.step(binding.Places(), world({down.dpid: {}}, interfaces=ifaces[1:]),
                              binding.HostListed(frozenset({HV1, HV2}), frozenset({down})))
         assert "pay-1" not in alone.places.bindings
+
+
+def test_a_standby_on_a_port_whose_link_is_down_survives_a_port_status_of_its_switch():
+    """The target's port exists (its OVSDB lists it) but its link is not up until the VM
+    resumes there: a port-status from that switch (another port, or this one's link
+    going up late, as a busy controller may see them) must not drop the standby, or the
+    move becomes an unbind and a bind. The port's removal does drop it."""
+    ifaces = tuple(Interface(p.dpid, p.port_no, f"vnet{p.port_no}", PAY.mac, "pay-1")
+                   for p in (OLD, NEW))
+    w = world({HV1: {OLD.port_no: "up"}, HV2: {}}, interfaces=ifaces)
+    places = binding.step(binding.Places(), w, binding.HostListed(
+        frozenset({HV1, HV2}), frozenset({OLD, NEW}))).places
+    assert places.standby["pay-1"].port == NEW
+    # switch-over: the old port's link went down, the new one's "up" is not seen yet
+    w_over = world({HV1: {}, HV2: {}}, interfaces=ifaces)
+    out = binding.step(places, w_over, binding.PortsChanged(HV2))
+    assert out.places.standby["pay-1"].port == NEW, kinds(out)
+    # the old port goes: the move completes on the standby (not unbound, then bound)
+    w_gone = world({HV1: {}, HV2: {NEW.port_no: "up"}}, interfaces=ifaces[1:])
+    out = binding.step(out.places, w_gone, binding.PortsChanged(HV1))
+    assert out.places.bindings["pay-1"].port == NEW and "vm-unbound" not in kinds(out)
+    assert "Moved" in kinds(out)
+    # control: the standby's port removed from its host's OVSDB: the standby goes
+    w_removed = world({HV1: {OLD.port_no: "up"}, HV2: {}}, interfaces=ifaces[:1])
+    out = binding.step(places, w_removed, binding.PortsChanged(HV2))
+    assert "pay-1" not in out.places.standby
