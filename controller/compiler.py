@@ -410,14 +410,20 @@ def switch_over(vm: VM, loads: tuple[tuple[str, int], ...], output_field: str) -
     """The learn() that switches a migrating VM's delivery over in the datapath: what
     this host sends to the VM goes to the port ``output_field`` holds, after ``loads``."""
     return learn(Table.FORWARD, PRIO_LEARNED, cookie(Owner.LEARNED, vm.id),
-                 match(**{DST_VM_REG: vm.id}), loads, output_field)
+                 match(**{DST_VM_REG: vm.id}, eth_dst=_mac_int(vm.mac)), loads, output_field)
 
 
-def learned_flow(vm_id: int) -> Flow:
+def learned_flow(vm: VM) -> Flow:
     """The identity (table, priority, match) of the flow a switch-over learns for a VM:
-    what the controller deletes once it has confirmed (or abandoned) the move."""
-    return Flow(Table.FORWARD, PRIO_LEARNED, match(**{DST_VM_REG: vm_id}), DROP,
-                cookie(Owner.LEARNED, vm_id))
+    what the controller deletes once it has confirmed (or abandoned) the move. Unicast
+    to the VM's MAC only: a broadcast's copy for it (reg4 set per receiver) keeps its
+    way, and a tag given to another VM later never matches it."""
+    return Flow(Table.FORWARD, PRIO_LEARNED, match(**{DST_VM_REG: vm.id}, eth_dst=vm.mac),
+                DROP, cookie(Owner.LEARNED, vm.id))
+
+
+def _mac_int(mac: str) -> int:
+    return int(mac.replace(":", ""), 16)
 
 
 @_memo

@@ -149,6 +149,8 @@ class Desired(Mapping[int, frozenset[Flow]]):
         self.gen = next(_GENERATIONS)
         self.parent: int | None = None  # gen of the result ``changes`` are relative to
         self.changes: dict[int, FlowDiff] = {}
+        # learned flows of moves that ended since the parent: deleted on every switch
+        self.forget: tuple[Flow, ...] = ()
         self._flows: dict[int, frozenset[Flow]] = {}
 
     def __getitem__(self, dpid: int) -> frozenset[Flow]:
@@ -253,24 +255,13 @@ def rebuild(prev: Desired | None, state: NetworkState) -> Desired:
             out.parent = prev.gen
             out.changes = {d: diff(out[d], prev[d]) for d in out if d in prev.frags}
     if prev is not None:
-        _forget_learned(prev, state, out.changes)
+        out.forget = tuple(compiler.learned_flow(prev.state.vms[n])
+                           for n, sb in prev.state.standby.items()
+                           if n in prev.state.vms and state.standby.get(n) != sb)
+        for d, c in out.changes.items():
+            if out.forget:
+                out.changes[d] = FlowDiff(c.add, (*c.delete, *out.forget), c.replaced)
     return out
-
-
-def _forget_learned(prev: Desired, state: NetworkState, changes: dict[int, FlowDiff]) -> None:
-    """A migration ended (switched over, or given up): what its first frame from the
-    standby port may have learned in the datapath goes from every switch that had the
-    VM's flows, after (in the same bundle as) the flows that replace it. Deleting a
-    flow a switch does not have is no error."""
-    for name, sb in prev.state.standby.items():
-        vm = prev.state.vms.get(name)
-        if vm is None or state.standby.get(name) == sb:
-            continue
-        gone = compiler.learned_flow(vm.id)
-        for d, frags in prev.frags.items():
-            if ("vm", name) in frags and d in changes:
-                c = changes[d]
-                changes[d] = FlowDiff(c.add, (*c.delete, gone), c.replaced)
 
 
 def _rebuild(prev: Desired, state: NetworkState) -> Desired | None:

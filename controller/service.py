@@ -134,7 +134,7 @@ class Service:
         with self.lock:
             name = self.hosts.names.get(dpid) or hosts.fallback_name(dpid, name,
                                                                      self.state.switches)
-            self.switches.attach(dpid, ports, flows, self.state.migrating())
+            self.switches.attach(dpid, ports, flows)
             self._change(edits.connect_switch(dpid, name), force=True,
                          program=lambda desired, *_: self.switches.add_missing(dpid, desired))
             if self.hosts.connected(dpid, time.monotonic()):

@@ -80,7 +80,16 @@ class Held(Mapping[int, frozenset[Flow]]):
         if (isinstance(desired, Desired) and isinstance(held, Desired)
                 and desired.parent == held.gen and dpid in desired.changes):
             return desired.changes[dpid]
-        return diff(desired[dpid], self[dpid])
+        d = diff(desired[dpid], self[dpid])
+        if not isinstance(desired, Desired):
+            return d
+        # what the datapath learned for a VM still migrating stays (the end of the move
+        # removes it: ``forget``, which goes to every switch); any other learned flow goes
+        keep = {(Owner.LEARNED, t) for t in desired.state.migrating()}
+        delete = [f for f in d.delete if not keep or cookie_owner(f.cookie) not in keep]
+        deleted = {g.key for g in delete}
+        delete += [f for f in desired.forget if f.key not in deleted]
+        return FlowDiff(d.add, tuple(delete), d.replaced)
 
 
 class Switches:
@@ -97,15 +106,10 @@ class Switches:
     def connected(self) -> list[int]:
         return sorted(self.installed)
 
-    def attach(self, dpid: int, ports: dict[int, str], flows: Iterable[Flow],
-               migrating: frozenset[int] = frozenset()) -> None:
-        """A switch (re)connected; its flows were read back. Not ready yet. A flow it
-        learned for a VM still ``migrating`` (tags) is left out of what it holds, so no
-        diff removes it: the end of the move does (any other learned flow is stale)."""
+    def attach(self, dpid: int, ports: dict[int, str], flows: Iterable[Flow]) -> None:
+        """A switch (re)connected; its flows were read back. Not ready yet."""
         self.ports[dpid] = dict(ports)
-        theirs = {(Owner.LEARNED, t) for t in migrating}
-        self.installed.known[dpid] = frozenset(
-            f for f in flows if not theirs or cookie_owner(f.cookie) not in theirs)
+        self.installed.known[dpid] = frozenset(flows)
         self.ready.discard(dpid)
 
     def detach(self, dpid: int) -> None:

@@ -406,6 +406,13 @@ def learnable(flows: list[Flow]) -> list[Flow]:
             if ins[0] != "apply":
                 continue
             for i, a in enumerate(ins[1]):
+                if a[:2] == ("unknown", "NXActionLearn"):  # it may install anything
+                    out.append(Flow(0, TOP_PRIORITY, (), ((BARRIER, (
+                        f"action 'NXActionLearn' is not modelled, at table {f.table} prio "
+                        f"{f.priority} cookie {f.cookie:#x}: a learn() of that form may "
+                        f"install any flow on this switch"),),),
+                        f.cookie))
+                    continue
                 if a[0] != "learn":
                     continue
                 _, table, prio, ck, m, loads, field = a

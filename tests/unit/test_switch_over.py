@@ -7,7 +7,7 @@ same on real Open vSwitch with the controller stopped."""
 from __future__ import annotations
 
 from vfence.controller import compiler, desired, verify
-from vfence.controller.flows import Owner, cookie
+from vfence.controller.flows import Flow, Owner, cookie, match
 from vfence.controller.model import Binding, PortRef
 from vfence.controller.pipeline import STANDBY_MARK
 
@@ -100,7 +100,7 @@ def test_the_confirmation_removes_what_was_learned_and_nothing_else():
     after_state = st.copy()
     after_state.bindings["m"] = after_state.standby.pop("m")
     after = desired.rebuild(before, after_state)
-    gone = compiler.learned_flow(vm["m"].id)
+    gone = compiler.learned_flow(vm["m"])
     for d in (HV1, HV2, HV3):
         change = after.changes[d]
         assert gone in change.delete, d
@@ -128,14 +128,53 @@ def test_verify_counts_what_learn_may_install():
 
 def test_a_reconnecting_switch_keeps_what_it_learned_only_for_vms_still_migrating():
     from vfence.controller.metrics import Metrics
-    from vfence.controller.reconcile import diff
     from vfence.controller.switches import Switches
 
     st, vm = _network()
-    flows = desired.compile_network(st)
-    mine = compiler.learned_flow(vm["m"].id)
-    stale = compiler.learned_flow(vm["s"].id)  # a move that ended while we were away
+    result = desired.build(st)
+    mine = compiler.learned_flow(vm["m"])
+    stale = compiler.learned_flow(vm["s"])  # a move that ended while we were away
     switches = Switches(Metrics(), hex)
-    switches.attach(HV1, {}, [*flows[HV1], mine, stale], st.migrating())
-    change = diff(flows[HV1], switches.installed[HV1])
+    switches.attach(HV1, {}, [*result[HV1], mine, stale])
+    change = switches.installed.changes(HV1, result)
     assert change.delete == (stale,) and not change.add
+    # the move ends while this switch still holds a set read back (not the parent
+    # result): the fallback diff deletes what it learned all the same
+    done = st.copy()
+    done.bindings["m"] = done.standby.pop("m")
+    after = desired.rebuild(result, done)
+    change = switches.installed.changes(HV1, after)
+    assert mine in change.delete and stale in change.delete
+
+
+def test_a_broadcast_on_the_old_host_keeps_its_way_after_the_switch_over():
+    """The learned flow is for unicast to the VM's MAC: a flood's copy for the VM's old
+    port (reg4 set per receiver) is not turned round, tagged or sent twice."""
+    st, vm = _network()
+    flows = desired.compile_network(st)
+    hv = {d: Pipeline(flows[d]) for d in (HV1, HV2, HV3)}
+    rarp = {"in_port": 9, "eth_src": vm["m"].mac, "eth_dst": BCAST, "eth_type": RARP}
+    copy_for_hv1 = _labelled(hv[HV2].run(rarp), LABEL[HV1])[0]
+    hv[HV1].run(_arrive(copy_for_hv1))
+    assert hv[HV1].learned  # hv1 switched over
+    bcast = {"in_port": 4, "eth_src": vm["q"].mac, "eth_dst": BCAST, "eth_type": RARP}
+    out = hv[HV1].run(bcast)
+    local = [(p, f["vlan_vid"]) for p, f in out if p not in (1, 2)]
+    assert local == [(3, 0)], out  # m's old port once, untagged; never back to q
+    far = sorted(f["vlan_vid"] & 0xFFF for p, f in out if p in (1, 2))
+    assert far == [LABEL[HV2], LABEL[HV3]], out  # one copy per other host
+    # positive control: unicast from q to m does follow the switch-over
+    assert _labelled(hv[HV1].run(_ip(vm["q"], vm["m"], 4)), LABEL[HV2])
+
+
+def test_verify_calls_a_switch_with_a_learn_it_cannot_read_unknown():
+    """A hand-made learn() of a form the codec does not model could install anything."""
+    from .test_verify import finance_state, ports
+
+    st = finance_state()
+    flows = {d: list(f) for d, f in desired.compile_network(st).items()}
+    odd = Flow(0, 65000, match(in_port=7), (("apply", (("unknown", "NXActionLearn"),)),), 5)
+    (v,) = verify.verify(st, {**flows, HV1: [*flows[HV1], odd]}, ports(st))
+    assert v.status == "unknown" and "NXActionLearn" in v.reason, (v.status, v.reason)
+    (v,) = verify.verify(st, flows, ports(st))
+    assert v.isolated  # control: without it, proved
