@@ -28,7 +28,7 @@ from typing import Any
 
 from . import compiler, topology
 from .flows import Flow
-from .model import NetworkState
+from .model import VM, NetworkState
 from .reconcile import FlowDiff, diff, split_changes
 
 Receiver = tuple[int, tuple[int, ...]]
@@ -81,6 +81,9 @@ class _Index:
     members: Counter[str] = field(default_factory=Counter)  # group -> VMs in it
     sizes: Counter[int] = field(default_factory=Counter)  # slots a VM fills -> VMs
     owned: set[tuple] = field(default_factory=set)  # containers this copy made its own
+    # during one build: a VM's fragment by its inputs, shared by every switch that sees
+    # the VM alike (the same label and hop toward it)
+    shared: dict[tuple, Fragment] = field(default_factory=dict)
 
     def copy(self) -> _Index:
         """Shallow: a container a change edits is copied the first time it is edited, so
@@ -239,6 +242,7 @@ def _build(state: NetworkState) -> Desired:
             _put(own, ("seg", s), _segment(state, hops, ix, dpid, s, None))
         frags[dpid] = own
     ix.owned.clear()
+    ix.shared.clear()
     return Desired(state, hops, ix, frags, k)
 
 
@@ -299,6 +303,7 @@ def _rebuild(prev: Desired, state: NetworkState) -> Desired | None:
                 keys.update(("vm", n) for n in ix.placed.get(s, set()) | prev.index.placed.get(
                     s, set()))
     ix.owned.clear()
+    ix.shared.clear()
     frags = {d: dict(f) for d, f in prev.frags.items()}
     policy = _policy(prev, state, ix, changed)
     for d, keys in touched.items():
@@ -426,6 +431,14 @@ def _vm(state: NetworkState, hops: dict[int, dict[int, int]], ix: _Index, dpid: 
     inputs = (vm, slots, where, standby, toward)
     if old is not None and old.inputs == inputs:
         return old  # the very object: no diff work
+    if (done := ix.shared.get(inputs)) is not None:
+        return done
+    ix.shared[inputs] = done = _vm_fragment(vm, slots, where, standby, toward, inputs)
+    return done
+
+
+def _vm_fragment(vm: VM, slots: tuple[int, ...], where: tuple, standby: int | None,
+                 toward: tuple[int, int] | None, inputs: tuple) -> Fragment:
     flows: tuple[Flow, ...] = ()
     if where:
         flows = ((compiler.local_vm_flows(vm, where[1], slots) if where[0] == "local"
