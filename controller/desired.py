@@ -237,7 +237,7 @@ def _build(state: NetworkState) -> Desired:
                FABRIC: _fabric(state, hops, dpid)}
         segs = ix.segments(dpid)
         for n in here.get(dpid, set()).union(*(ix.placed.get(s, ()) for s in segs)):
-            _put(own, ("vm", n), _vm(state, hops, ix, dpid, n, None))
+            _put(own, ("vm", n), _vm(state, hops, ix, dpid, n, None, share=True))
         for s in segs:
             _put(own, ("seg", s), _segment(state, hops, ix, dpid, s, None))
         frags[dpid] = own
@@ -303,7 +303,6 @@ def _rebuild(prev: Desired, state: NetworkState) -> Desired | None:
                 keys.update(("vm", n) for n in ix.placed.get(s, set()) | prev.index.placed.get(
                     s, set()))
     ix.owned.clear()
-    ix.shared.clear()
     frags = {d: dict(f) for d, f in prev.frags.items()}
     policy = _policy(prev, state, ix, changed)
     for d, keys in touched.items():
@@ -411,9 +410,11 @@ def _fabric(state: NetworkState, hops: dict[int, dict[int, int]], dpid: int) -> 
 
 
 def _vm(state: NetworkState, hops: dict[int, dict[int, int]], ix: _Index, dpid: int,
-        name: str, old: Fragment | None) -> Fragment:
+        name: str, old: Fragment | None, share: bool = False) -> Fragment:
     """One VM's flows on ``dpid``: local port security and delivery, or its standby
-    port, or (its segment present here) how to recognise and reach it over the fabric."""
+    port, or (its segment present here) how to recognise and reach it over the fabric.
+    ``share`` (a full build): one fragment for every switch with the same inputs (a
+    rebuild touches a few switches, where hashing the inputs costs more than it saves)."""
     vm, f = state.vms.get(name), ix.foot.get(name)
     if vm is None or f is None:
         return _EMPTY
@@ -431,6 +432,8 @@ def _vm(state: NetworkState, hops: dict[int, dict[int, int]], ix: _Index, dpid: 
     inputs = (vm, slots, where, standby, toward)
     if old is not None and old.inputs == inputs:
         return old  # the very object: no diff work
+    if not share:
+        return _vm_fragment(vm, slots, where, standby, toward, inputs)
     if (done := ix.shared.get(inputs)) is not None:
         return done
     ix.shared[inputs] = done = _vm_fragment(vm, slots, where, standby, toward, inputs)
