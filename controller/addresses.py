@@ -15,6 +15,7 @@ checked here.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -132,3 +133,10 @@ def vm_mac(text: str) -> str:
     if v == "00:00:00:00:00:00":
         raise ValueError("the all-zero MAC cannot be a VM's address")
     return v
+
+
+def router_mac(name: str) -> str:
+    """A router's MAC: locally administered unicast (first octet 0x0a), from a hash of
+    its name, so every controller and every restart gives the same one."""
+    digest = hashlib.sha256(b"vfence-router:" + name.encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x0A, *digest[:5]))

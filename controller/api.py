@@ -227,8 +227,16 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
     @app.get("/v1/segments")
     def segments() -> list[dict[str, Any]]:
         """Layer-2 segments (written through POST /v1/vms or the policy document); ``tag``
-        is what flows carry (metadata, conntrack zone, cookie owner id)."""
+        is what flows carry (metadata, conntrack zone, cookie owner id). Prefixes,
+        gateways and the joining router come from the policy document (null if none)."""
         return service.queries.segments()
+
+    @app.get("/v1/routers")
+    def routers() -> list[dict[str, Any]]:
+        """Distributed routers (from the policy document): each one's MAC (derived from
+        its name: stable across restarts and controllers) and the segments it joins,
+        with their gateways."""
+        return service.queries.routers()
 
     @app.get("/v1/groups")
     def groups() -> list[dict[str, Any]]:

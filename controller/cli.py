@@ -33,6 +33,8 @@ app.add_typer(vm_app, name="vm")
 app.add_typer(policy_app, name="policy")
 host_app = typer.Typer(help="switches (hypervisor bridges and fabric)", no_args_is_help=True)
 app.add_typer(host_app, name="host")
+net_app = typer.Typer(help="segments and the routers that join them", no_args_is_help=True)
+app.add_typer(net_app, name="net")
 console = Console()
 err = Console(stderr=True)
 
@@ -344,6 +346,35 @@ def vm_history(name: str, api: ApiOpt = "http://127.0.0.1:8080", as_json: JsonOp
         conv = h["convergence_ms"]
         t.add_row(h["host"]["name"], h["port"]["name"], h["since"], h["until"] or "-",
                   h["how"], f"{conv:.1f}" if conv is not None else "-")
+    console.print(t)
+
+
+@net_app.command("segments")
+def net_segments(api: ApiOpt = "http://127.0.0.1:8080", as_json: JsonOpt = False) -> None:
+    """Segments: prefixes, gateways and the router that joins each."""
+    rows = _call(api, "GET", "/v1/segments")
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    t = Table("name", "tag", "subnet", "gateway", "subnet6", "gateway6", "router")
+    for r in rows:
+        t.add_row(*(str(r.get(k) or "-") for k in (
+            "name", "tag", "subnet", "gateway", "subnet6", "gateway6", "router")))
+    console.print(t)
+
+
+@net_app.command("routers")
+def net_routers(api: ApiOpt = "http://127.0.0.1:8080", as_json: JsonOpt = False) -> None:
+    """Routers: MAC and the segments (with gateways) each joins."""
+    rows = _call(api, "GET", "/v1/routers")
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    t = Table("router", "mac", "segment", "gateway", "gateway6")
+    for r in rows:
+        for seg in r["segments"]:
+            t.add_row(r["name"], r["mac"], seg["name"], seg["gateway"] or "-",
+                      seg["gateway6"] or "-")
     console.print(t)
 
 

@@ -126,6 +126,28 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class Router:
+    """A distributed router: the segments it joins, their gateways answered (and routed)
+    on every host with ``mac`` (derived from the name: the same on every controller and
+    across restarts)."""
+
+    name: str
+    segments: tuple[str, ...]
+    mac: str
+
+
+@dataclass(frozen=True)
+class SegmentSpec:
+    """A segment as the policy document defines it (prefixes and gateways normalised)."""
+
+    name: str
+    subnet: str | None = None
+    subnet6: str | None = None
+    gateway: str | None = None
+    gateway6: str | None = None
+
+
+@dataclass(frozen=True)
 class Policy:
     segments: tuple[tuple[str, str | None], ...] = ()
     groups: tuple[str, ...] = ()
@@ -134,6 +156,8 @@ class Policy:
     isolation: tuple[tuple[str, str], ...] = ()
     intra_group: str = "allow"
     inter_group: str = "allow"
+    routers: tuple[Router, ...] = ()
+    segment_specs: tuple[SegmentSpec, ...] = ()
     document: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property

@@ -23,7 +23,7 @@ import yaml
 from . import addresses
 from .errors import Invalid, field_path
 from .flows import MAX_RULES, MAX_SEGMENT_TAG, MAX_VM_TAG
-from .model import ANY, Endpoint, Policy, Rule, VMSpec
+from .model import ANY, Endpoint, Policy, Router, Rule, SegmentSpec, VMSpec
 from .pipeline import keep_rule_priorities
 
 SCHEMA = ("vfence.schemas", "policy.schema.json")  # package data: found installed or not
@@ -111,6 +111,9 @@ class _Checker:
         self.doc = doc
         self.errors: list[dict[str, str]] = []
         self.prefixes: dict[str, list[addresses.IPNetwork]] = {}  # segment -> subnet(6)
+        self.nets: dict[str, dict[str, addresses.IPNetwork | None]] = {}
+        self.specs: dict[str, SegmentSpec] = {}
+        self.routed: set[str] = set()  # segments a router joins
 
     def err(self, path: str, reason: str) -> None:
         self.errors.append({"field": path, "reason": reason})
@@ -128,7 +131,9 @@ class _Checker:
     def run(self) -> Policy:
         segments = self._segments()
         groups = self._unique("groups")
+        routers = self._routers()
         vms = self._vms(segments, set(groups))
+        self._router_macs(routers)
         isolation = self._isolation(set(groups), vms)
         rules = self._rules(set(groups), {v.name: v for v in vms}, isolation)
         if self.errors:
@@ -138,7 +143,7 @@ class _Checker:
             segments=tuple(segments.items()), groups=tuple(groups), vms=tuple(vms),
             rules=tuple(rules), isolation=tuple(isolation),
             intra_group=d.get("intra_group", "allow"), inter_group=d.get("inter_group", "deny"),
-            document=self.doc,
+            routers=tuple(routers), segment_specs=tuple(self.specs.values()), document=self.doc,
         )
 
     def _segments(self) -> dict[str, str | None]:
@@ -156,12 +161,18 @@ class _Checker:
                         nets[key] = addresses.prefix(s[key], version)
                     except ValueError as e:
                         self.err(f"{where}.{key}", str(e))
+            gws: dict[str, str | None] = {"gateway": None, "gateway6": None}
             for key, net_key in (("gateway", "subnet"), ("gateway6", "subnet6")):
                 if key in s and (nets[net_key] is not None or net_key not in s):
                     try:
-                        addresses.gateway(s[key], nets[net_key], net_key)
+                        gws[key] = addresses.gateway(s[key], nets[net_key], net_key)
                     except ValueError as e:
                         self.err(f"{where}.{key}", str(e))
+            self.nets[s["name"]] = nets
+            v4, v6 = nets["subnet"], nets["subnet6"]
+            self.specs[s["name"]] = SegmentSpec(
+                s["name"], str(v4) if v4 else None, str(v6) if v6 else None,
+                gws["gateway"], gws["gateway6"])
             out[s["name"]] = str(nets["subnet"]) if nets["subnet"] else None
             self.prefixes[s["name"]] = [n for n in nets.values() if n is not None]
         return out
@@ -191,6 +202,11 @@ class _Checker:
                 except ValueError as e:
                     self.err(f"{where}.ips[{j}]", str(e))
                     continue
+                spec = self.specs.get(v["segment"])
+                if spec is not None and v["segment"] in self.routed and addr in (
+                        spec.gateway, spec.gateway6):  # unrouted: a VM may be the router
+                    self.err(f"{where}.ips[{j}]", f"{addr} is segment {v['segment']!r}'s "
+                                                  "gateway (a router joins it)")
                 key = (v["segment"], addr)
                 if key in ips:
                     self.err(f"{where}.ips[{j}]", f"{addr} is also VM {ips[key]!r}'s")
@@ -202,6 +218,51 @@ class _Checker:
             out.append(VMSpec(v["name"], mac, tuple(addrs), v["segment"],
                               tuple(v.get("groups", []))))
         return out
+
+    def _routers(self) -> list[Router]:
+        """Each router joins segments that exist, have a gateway for each prefix they
+        have, are joined by no other router, and whose prefixes do not overlap."""
+        self._unique("routers")
+        joined: dict[str, str] = {}
+        out = []
+        for i, r in enumerate(self.doc.get("routers", [])):
+            mine: list[tuple[str, addresses.IPNetwork]] = []
+            for j, name in enumerate(r["segments"]):
+                where = f"routers[{i}].segments[{j}]"
+                spec, nets = self.specs.get(name), self.nets.get(name, {})
+                if spec is None:
+                    self.err(where, f"unknown segment {name!r}")
+                    continue
+                if name in joined:
+                    self.err(where, f"segment {name!r} is already joined by router "
+                                    f"{joined[name]!r} (a segment has one gateway)")
+                joined.setdefault(name, r["name"])
+                if spec.subnet is None and spec.subnet6 is None:
+                    self.err(where, f"segment {name!r} has no subnet: nothing to route")
+                for net_key, gw in (("subnet", spec.gateway), ("subnet6", spec.gateway6)):
+                    net = nets.get(net_key)
+                    if net is None:
+                        continue
+                    if gw is None:
+                        self.err(where, f"segment {name!r} has a {net_key} but no "
+                                        f"{'gateway' if net_key == 'subnet' else 'gateway6'}")
+                    clash = next((o for o, n in mine if n.version == net.version
+                                  and n.overlaps(net)), None)  # type: ignore[arg-type]
+                    if clash is not None:
+                        self.err(where, f"{net_key} {net} of {name!r} overlaps segment "
+                                        f"{clash!r}'s, which this router also joins")
+                    mine.append((name, net))
+            out.append(Router(r["name"], tuple(r["segments"]), addresses.router_mac(r["name"])))
+        self.routed = set(joined)
+        return out
+
+    def _router_macs(self, routers: list[Router]) -> None:
+        """No VM may use a router's MAC (it would receive what is meant for the gateway)."""
+        owner = {r.mac: r.name for r in routers}
+        for i, v in enumerate(self.doc.get("vms", [])):
+            if str(v["mac"]).lower() in owner:
+                self.err(f"vms[{i}].mac", f"{v['mac']} is router "
+                                          f"{owner[str(v['mac']).lower()]!r}'s MAC")
 
     def _isolation(self, groups: set[str], vms: list[VMSpec]) -> list[tuple[str, str]]:
         out = []

@@ -214,8 +214,9 @@ def test_segments_groups_rules(service):
     doc = yaml.safe_load((Path(__file__).parents[2] / "mininet_topos" / "finance.yaml")
                          .read_text())
     assert client.put("/v1/policy", json=doc).status_code == 200
-    assert client.get("/v1/segments").json()[0] == {"name": "prod", "subnet": "10.0.0.0/8",
-                                                    "id": 1, "tag": 1}
+    assert client.get("/v1/segments").json()[0] == {
+        "name": "prod", "subnet": "10.0.0.0/8", "id": 1, "tag": 1, "subnet6": None,
+        "gateway": None, "gateway6": None, "router": None}
     gs = {g["name"]: g["bit"] for g in client.get("/v1/groups").json()}
     assert set(gs) == {"payroll", "frontend", "finance-api", "ops"}
     assert len(set(gs.values())) == 4
