@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from . import binding, hosts, records, registry
 from . import policy as policy_mod
+from .errors import Conflict
 from .model import Link, NetworkState, Policy, PortRef, Switch, VMSpec
 
 LOG = logging.getLogger("vfence.service")
@@ -38,9 +39,28 @@ def apply_policy(policy: Policy, changes: dict[str, list[str]]) -> Edit:
     return edit
 
 
+def _clear_of_routers(new: NetworkState, names: list[str]) -> None:
+    """No VM may use a router's MAC, nor the gateway address of a segment a router joins
+    (it would take what is meant for the gateway). The policy document checks its own
+    VMs (and replaces every VM it does not list); this is for VMs added by the API."""
+    macs = {r.mac: r.name for r in new.policy.routers}
+    gateways = {(sp.name, gw) for r in new.policy.routers for sp in new.policy.segment_specs
+                if sp.name in r.segments for gw in (sp.gateway, sp.gateway6) if gw}
+    for name in names:
+        vm = new.vms[name]
+        if vm.mac in macs:
+            raise Conflict(f"{vm.mac} is router {macs[vm.mac]!r}'s MAC", "mac")
+        for j, ip in enumerate(vm.ips):
+            if (vm.segment, ip) in gateways:
+                raise Conflict(f"{ip} is the gateway of segment {vm.segment!r}, which "
+                               "a router joins", f"ips[{j}]")
+
+
 def add_vm(spec: VMSpec) -> Edit:
     def edit(new: NetworkState, s: Session) -> binding.Event:
         vm = registry.to_model(registry.create_vm(s, spec))
+        new.vms[vm.name] = vm
+        _clear_of_routers(new, [vm.name])
         registry.record_event(s, "vm-added", vm=vm.name, mac=vm.mac, segment=vm.segment)
         new.vms[vm.name] = vm
         new.group_bits = registry.group_bits(s)

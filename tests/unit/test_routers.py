@@ -111,3 +111,23 @@ def test_cli_shows_routers_and_segments(live_api):  # noqa: F811
     assert r.returncode == 0 and addresses.router_mac("r1") in r.stdout and "10.10.2.1" in r.stdout
     r = cli("net", "segments", "--api", url)
     assert r.returncode == 0 and "10.10.1.1" in r.stdout and "r1" in r.stdout
+
+
+def test_a_vm_registered_through_the_api_cannot_take_a_routers_mac_or_gateway(sqlite_url):
+    """The document checks its own VMs; a VM added by POST /v1/vms on a router's MAC or
+    a routed gateway's address is a conflict too, and changes nothing. (A document
+    replaces every VM it does not list, so its own check covers the other way round.)"""
+    service, _ = _service(sqlite_url)
+    client = TestClient(create_app(service))
+    assert client.put("/v1/policy", json=DOC).status_code == 200
+    vm = {"name": "x", "mac": addresses.router_mac("r1"), "ips": [], "segment": "web"}
+    r = client.post("/v1/vms", json=vm)
+    assert r.status_code == 409 and r.json()["errors"][0]["field"] == "mac", r.text
+    r = client.post("/v1/vms", json=dict(vm, mac="00:00:00:00:09:09", ips=["10.10.2.1"],
+                                         segment="db"))
+    assert r.status_code == 409 and r.json()["errors"][0]["field"] == "ips[0]", r.text
+    ok = client.post("/v1/vms", json=dict(vm, mac="00:00:00:00:09:09", ips=["10.20.0.1"],
+                                          segment="lab"))
+    assert ok.status_code == 201, ok.text  # control: an unrouted segment's address is fine
+    assert {v["name"] for v in client.get("/v1/vms").json()} == {"web-1", "x"}
+    assert client.get("/v1/vms/x").json()["segment"] == "lab"  # the refused ones left nothing
