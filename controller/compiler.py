@@ -63,6 +63,7 @@ from .pipeline import (
     METER_PUNT,
     METER_STANDBY,
     PRIO_ARP_ANSWER,
+    PRIO_ARP_GATEWAY,
     PRIO_ARP_OWN_ADDRESS,
     PRIO_ARP_UNKNOWN,
     PRIO_CT_SKIP_ND,
@@ -483,26 +484,40 @@ def arp_responder_flows(vm: VM) -> Iterable[Flow]:
     """Answer 'who has IP' for the VM in the datapath: works with the controller down."""
     ck = cookie(Owner.VM, vm.id)
     for ip in vm.ips:
-        if ":" in ip:
-            continue
-        yield Flow(
-            Table.ARP, PRIO_ARP_ANSWER,
-            match(
-                eth_type=ETH_TYPE_ARP, arp_op=1,
-                metadata=(vm.segment_id, META_SEGMENT_MASK), arp_tpa=ip,
-            ),
-            (apply(
-                ("move", "eth_src", "eth_dst", 48),
-                ("set", "eth_src", vm.mac),
-                ("set", "arp_op", 2),
-                ("move", "arp_sha", "arp_tha", 48),
-                ("move", "arp_spa", "arp_tpa", 32),
-                ("set", "arp_sha", vm.mac),
-                ("set", "arp_spa", ip),
-                ("output", OFPP_IN_PORT),
-            ),),
-            ck,
-        )
+        if ":" not in ip:
+            yield _arp_answer(PRIO_ARP_ANSWER, vm.segment_id, ip, vm.mac, ck)
+
+
+def gateway_flows(state: NetworkState) -> Iterable[Flow]:
+    """Every routed segment's gateway answers ARP with its router's MAC, in the datapath
+    on every host (also while the controller is down). A segment no VM was ever
+    registered in has no tag yet: nobody there asks."""
+    for i, r in enumerate(state.policy.routers):
+        for spec in state.policy.segment_specs:
+            tag = state.segment_tags.get(spec.name)
+            if spec.name in r.segments and spec.gateway and tag:
+                yield _arp_answer(PRIO_ARP_GATEWAY, tag, spec.gateway, r.mac,
+                                  cookie(Owner.ROUTER, i))
+
+
+def _arp_answer(priority: int, segment_id: int, ip: str, mac: str, ck: int) -> Flow:
+    """An ARP request for ``ip`` in the segment, answered from ``mac`` out of its port."""
+    return Flow(
+        Table.ARP, priority,
+        match(eth_type=ETH_TYPE_ARP, arp_op=1, metadata=(segment_id, META_SEGMENT_MASK),
+              arp_tpa=ip),
+        (apply(
+            ("move", "eth_src", "eth_dst", 48),
+            ("set", "eth_src", mac),
+            ("set", "arp_op", 2),
+            ("move", "arp_sha", "arp_tha", 48),
+            ("move", "arp_spa", "arp_tpa", 32),
+            ("set", "arp_sha", mac),
+            ("set", "arp_spa", ip),
+            ("output", OFPP_IN_PORT),
+        ),),
+        ck,
+    )
 
 
 @_memo

@@ -230,7 +230,7 @@ def _build(state: NetworkState) -> Desired:
         ix.add(name, f, 1)
         for d in f.here:
             here.setdefault(d, set()).add(name)
-    policy = Fragment((), tuple(compiler.policy_flows(state, k, ix.populated())))
+    policy = Fragment((), _policy_flows(state, k, ix.populated()))
     frags = {}
     for dpid in state.switches:
         own = {BASE: Fragment((), compiler.base_flows()), POLICY: policy,
@@ -373,10 +373,18 @@ def _policy(prev: Desired, state: NetworkState, ix: _Index, changed: set[str]) -
     (by name or MAC) changed, or when a group got its first VM or lost its last."""
     old = next(iter(prev.frags.values()))[POLICY] if prev.frags else _EMPTY
     if state.policy is prev.state.policy and not (changed and _names_vms(state)) \
-            and not _population_changed(prev.index, ix, changed):
+            and not _population_changed(prev.index, ix, changed) \
+            and state.segment_tags == prev.state.segment_tags:
         return old
-    flows = tuple(compiler.policy_flows(state, prev.slots, ix.populated()))
+    flows = _policy_flows(state, prev.slots, ix.populated())
     return old if flows == old.flows else Fragment((), flows)
+
+
+def _policy_flows(state: NetworkState, slots: int, populated: frozenset[str]
+                  ) -> tuple[Flow, ...]:
+    """The fragment every switch shares: the rules and isolation pairs, and the routers'
+    gateway answers."""
+    return (*compiler.policy_flows(state, slots, populated), *compiler.gateway_flows(state))
 
 
 def _population_changed(a: _Index, b: _Index, changed: set[str]) -> bool:

@@ -186,6 +186,7 @@ class NetworkState:
     # ports the operator marked as facing the fabric (host OVSDB), per switch; only these
     # carry LLDP and host labels
     fabric: dict[int, frozenset[int]] = field(default_factory=dict)
+    segment_tags: dict[str, int] = field(default_factory=dict)  # segment -> its tag
 
     def migrating(self) -> frozenset[int]:
         """Tags of the VMs with a standby port: what a switch learned for them in the
@@ -202,4 +203,5 @@ class NetworkState:
         changes this one."""
         return NetworkState(dict(self.switches), set(self.links), dict(self.vms),
                             dict(self.bindings), self.policy, dict(self.group_bits),
-                            dict(self.standby), dict(self.expected), dict(self.fabric))
+                            dict(self.standby), dict(self.expected), dict(self.fabric),
+                            dict(self.segment_tags))

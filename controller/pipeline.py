@@ -48,6 +48,7 @@ class Owner(IntEnum):
     POLICY = 6
     ISOLATION = 7
     LEARNED = 8
+    ROUTER = 9
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,8 @@ OWNERS: dict[Owner, OwnerSpec] = {
     Owner.ISOLATION: OwnerSpec("one isolation pair, both directions",
                                "the pair's index in the document (a clause flow shared "
                                "by pairs: the first of them)"),
+    Owner.ROUTER: OwnerSpec("one distributed router: its gateways' ARP answers",
+                            "the router's index in the document"),
     Owner.LEARNED: OwnerSpec("installed by the datapath (learn()) when a migrating VM's "
                              "first frame arrives from its standby port: delivery switched "
                              "over until the controller confirms the move and removes it",
@@ -205,6 +208,7 @@ PRIO_REMOTE_STANDBY = 110  # a frame from a migrating VM's standby port (marked)
 PRIO_REMOTE_VM = 100
 # ARP
 PRIO_ARP_OWN_ADDRESS = 110
+PRIO_ARP_GATEWAY = 105
 PRIO_ARP_ANSWER = 100
 PRIO_ARP_UNKNOWN = 50
 # DST_LOOKUP
@@ -426,6 +430,8 @@ TABLES = (
              "ARP request or neighbour solicitation for nobody we know: drop"),
          _at("answer", PRIO_ARP_ANSWER, Owner.VM,
              "ARP request for a VM's IP: answered; solicitation: unicast to its owner"),
+         _at("gateway", PRIO_ARP_GATEWAY, Owner.ROUTER,
+             "ARP request for a routed segment's gateway: answered with the router's MAC"),
          _at("own_address", PRIO_ARP_OWN_ADDRESS, Owner.VM,
              "a VM asking for its own address (gratuitous ARP, DAD): no answer")),
         "ARP requests for known IPs are answered (works with the controller down); IPv6 "

@@ -65,6 +65,7 @@ def refresh_registry(s: Session, state: NetworkState) -> None:
     """VMs and group numbers as the (uncommitted) session sees them."""
     state.vms = {r.name: registry.to_model(r) for r in registry.list_vms(s)}
     state.group_bits = registry.group_bits(s)
+    state.segment_tags = registry.segment_tags(s)
 
 
 def write(s: Session, effects: Iterable[binding.Effect], name: Callable[[int], str],

@@ -97,6 +97,10 @@ def groups(session: Session) -> list[m.Group]:
     return list(session.scalars(select(m.Group).order_by(m.Group.name)))
 
 
+def segment_tags(session: Session) -> dict[str, int]:
+    return {g.name: g.tag for g in session.scalars(select(m.Segment))}
+
+
 def group_bits(session: Session) -> dict[str, int]:
     return {g.name: g.bit for g in session.scalars(select(m.Group)) if g.bit is not None}
 

@@ -129,7 +129,8 @@ class Pipeline:
         elif kind == "set":
             p[act[1]] = act[2]
         elif kind == "move":
-            p[act[2]] = p.get(act[1]) & (1 << act[3]) - 1
+            v = p.get(act[1])
+            p[act[2]] = v & (1 << act[3]) - 1 if isinstance(v, int) else v
         elif kind == "push_vlan":
             p["vlan_vid"], p["vlan_pcp"] = 0x1000, 0
         elif kind == "pop_vlan":

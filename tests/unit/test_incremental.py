@@ -18,7 +18,9 @@ HOSTS = [0x101, 0x102, 0x103]
 NAMES = [f"vm{i}" for i in range(1, 9)]
 GROUPS = ["web", "db", "ops", "guest"]
 DOC = {
-    "segments": [{"name": "s1"}, {"name": "s2"}],
+    "segments": [{"name": "s1", "subnet": "10.0.1.0/24", "gateway": "10.0.1.254"},
+                 {"name": "s2", "subnet": "10.0.2.0/24", "gateway": "10.0.2.254"}],
+    "routers": [{"name": "r1", "segments": ["s1", "s2"]}],
     "groups": [{"name": g} for g in GROUPS],
     "vms": [{"name": "vm1", "mac": "02:00:00:00:00:01", "ips": ["10.0.1.1"], "segment": "s1",
              "groups": ["db"]}],
@@ -45,6 +47,7 @@ def _start() -> NetworkState:
     s = leaf_spine(3, 2)
     s.policy = policy.parse(DOC)
     s.group_bits = {g: i for i, g in enumerate(GROUPS)}
+    s.segment_tags = {"s1": 1}  # s2's tag comes with an event (a segment named first)
     for i in range(1, 7):
         n = f"vm{i}"
         s.vms[n] = _vm(i, 1 + i % 2, (GROUPS[i % 3],), i == 4)
@@ -67,6 +70,7 @@ events = st.one_of(
     st.tuples(st.just("announce"), name, host),
     st.tuples(st.just("policy"), st.integers(0, 2)),
     st.tuples(st.just("link-down"), host),
+    st.tuples(st.just("segment-tag")),
 )
 
 
@@ -96,7 +100,11 @@ def _apply(s: NetworkState, ev: tuple) -> None:
         # the policy fragment is then rebuilt only when a group gains its first VM or
         # loses its last)
         doc = dict(DOC, rules=[DOC["rules"], DOC["rules"][1:], DOC["rules"][:1]][args[0]])
+        if args[0] == 2:  # ... and without its router: the gateway answers go
+            doc["routers"] = []
         s.policy = policy.parse(doc)
+    elif kind == "segment-tag":
+        s.segment_tags = {**s.segment_tags, "s2": 2}
     elif kind == "link-down":
         s.links = {lk for lk in s.links if args[0] not in (lk.src.dpid, lk.dst.dpid)}
 

@@ -93,7 +93,8 @@ EXTRA_RULES = [  # every kind of endpoint, protocol and action the compiler know
 
 def finance_plus(intra: str = "allow", inter: str = "deny") -> NetworkState:
     """Finance on three hosts and two spines, with IPv6 addresses, more rules and isolation
-    pairs, a migration under way (api-1 standby on hv3, web-1 announced to hv2)."""
+    pairs, a router, a migration under way (api-1 standby on hv3, web-1 announced to
+    hv2)."""
     doc = copy.deepcopy(FINANCE)
     doc["segments"][0]["subnet6"] = "fd00::/64"
     for i, vm in enumerate(doc["vms"], start=1):
@@ -101,7 +102,10 @@ def finance_plus(intra: str = "allow", inter: str = "deny") -> NetworkState:
     doc["rules"] += EXTRA_RULES
     doc["isolation"].append(["ops", "frontend"])
     doc["defaults"] = {"intra_group": intra, "inter_group": inter}
+    doc["segments"][0].update(gateway="10.0.0.254", gateway6="fd00::fe")
+    doc["routers"] = [{"name": "r1", "segments": [doc["segments"][0]["name"]]}]
     st = finance(leaf_spine(3, 2), FINANCE_ON_3, doc)
+    st.segment_tags = {doc["segments"][0]["name"]: 1}
     st.standby["api-1"] = Binding("api-1", PortRef(HV3, 7))
     st.expected["web-1"] = HV2
     return st

@@ -131,3 +131,42 @@ def test_a_vm_registered_through_the_api_cannot_take_a_routers_mac_or_gateway(sq
     assert ok.status_code == 201, ok.text  # control: an unrouted segment's address is fine
     assert {v["name"] for v in client.get("/v1/vms").json()} == {"web-1", "x"}
     assert client.get("/v1/vms/x").json()["segment"] == "lab"  # the refused ones left nothing
+
+
+def test_a_routed_gateway_answers_arp_with_the_routers_mac_in_the_datapath():
+    """Walked through the unit pipeline: a VM asking for its segment's gateway gets the
+    router's MAC back out of its own port; the gateway of a segment no router joins gets
+    no answer (an unknown request is dropped, never flooded)."""
+    from vfence.controller import desired
+    from vfence.controller.model import VM, Binding, PortRef
+
+    from .netfixtures import HV1, two_hosts_two_spines
+    from .pipeline import Pipeline
+
+    st = two_hosts_two_spines()
+    st.policy = policy.parse(DOC)
+    st.segment_tags = {"web": 1, "db": 2, "lab": 3}
+    for i, (name, seg, tag, ip) in enumerate([("w", "web", 1, "10.10.1.11"),
+                                              ("l", "lab", 3, "10.20.0.11")], start=1):
+        st.vms[name] = VM(i, name, f"00:00:00:00:00:0{i}", (ip,), tag, seg, ())
+        st.bindings[name] = Binding(name, PortRef(HV1, 2 + i))
+    hv1 = Pipeline(desired.compile_network(st)[HV1])
+
+    def ask(vm, port, ip):
+        return hv1.run({"in_port": port, "eth_src": vm.mac, "eth_dst": "ff:ff:ff:ff:ff:ff",
+                        "eth_type": 0x0806, "arp_op": 1, "arp_sha": vm.mac,
+                        "arp_spa": vm.ips[0], "arp_tha": "00:00:00:00:00:00",
+                        "arp_tpa": ip})
+
+    mac = addresses.router_mac("r1")
+    ((port, reply),) = ask(st.vms["w"], 3, "10.10.1.1")
+    assert port == 3 and reply["arp_op"] == 2 and reply["arp_spa"] == "10.10.1.1"
+    assert reply["eth_src"] == mac and reply["arp_sha"] == mac
+    assert reply["eth_dst"] == st.vms["w"].mac and reply["arp_tpa"] == "10.10.1.11"
+    assert ask(st.vms["w"], 3, "10.10.2.1") == []  # another segment's gateway: not here
+    # lab has a gateway in no router's segment list: not answered
+    st.policy = policy.parse(dict(DOC, segments=[*DOC["segments"][:2], {
+        "name": "lab", "subnet": "10.20.0.0/24", "gateway": "10.20.0.1"}]))
+    hv1 = Pipeline(desired.compile_network(st)[HV1])
+    assert ask(st.vms["l"], 4, "10.20.0.1") == []
+    assert ask(st.vms["w"], 3, "10.10.1.1")  # control: the routed one still answers

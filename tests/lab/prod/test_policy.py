@@ -236,3 +236,39 @@ def test_groups_beyond_64_and_vms_in_several_groups(lab):
         httpx.put(lab.api + "/v1/policy", json=DOC, timeout=60).raise_for_status()
     assert reach(lab, "app-2", "db-1", "tcp", 5432)  # the document back: allowed again
     assert not any("conj_id=" in ln for ln in flows_text(lab.mgmt("hv1")))
+
+
+def _gateway_lladdr(lab, vm: str, ip: str) -> str | None:
+    """The MAC the VM's kernel resolved ``ip`` to (after one ping: the ARP is what
+    counts here, the echo itself is not routed yet), or None."""
+    host, dev = lab.host(vm), nic(lab, vm)
+    host.cmd(f"ip neigh flush dev {dev}; ping -c 1 -W 1 {ip} >/dev/null 2>&1")
+    m = re.search(r"lladdr ([0-9a-f:]{17})", host.cmd(f"ip neigh show {ip} dev {dev}"))
+    return m.group(1) if m else None
+
+
+def test_a_routed_gateway_answers_arp_with_the_routers_mac(lab):
+    """dmz joined by router r1 (gateway 10.20.0.254): a VM there resolves its gateway to
+    r1's MAC, answered by its host's switch. prod gets a gateway but no router: nobody
+    answers for it (an ARP for an unknown address is dropped, never flooded)."""
+    from vfence.controller.addresses import router_mac
+
+    doc = copy.deepcopy(DOC)
+    dmz = next(s for s in doc["segments"] if s["name"] == "dmz")
+    dmz.update(gateway="10.20.0.254", gateway6="fd00:20::fe")
+    prod = next(s for s in doc["segments"] if s["name"] == "prod")
+    prod["gateway"] = "10.0.0.254"
+    doc["routers"] = [{"name": "r1", "segments": ["dmz"]}]
+    r = httpx.put(lab.api + "/v1/policy", json=doc, timeout=60)
+    assert r.status_code == 200, r.text
+    try:
+        assert [x["mac"] for x in lab.get("/v1/routers")] == [router_mac("r1")]
+        assert _gateway_lladdr(lab, "app-1", IP["app-2"]) == MAC["app-2"]  # control
+        for vm in ("app-1", "guest-1", "app-2"):  # hv3, hv2 (or wherever), hv1
+            assert _gateway_lladdr(lab, vm, "10.20.0.254") == router_mac("r1"), vm
+        assert _gateway_lladdr(lab, "web-1", "10.0.0.254") is None  # no router: no answer
+        assert _gateway_lladdr(lab, "web-1", IP["pay-1"]) == MAC["pay-1"]  # control
+    finally:
+        httpx.put(lab.api + "/v1/policy", json=DOC, timeout=60).raise_for_status()
+    assert lab.get("/v1/routers") == []
+    assert _gateway_lladdr(lab, "app-1", "10.20.0.254") is None  # the answer went with r1
