@@ -383,7 +383,10 @@ class _Draft:
                 self.bind(Binding(name, port, port_name, "ovsdb"))
 
     def promote(self, vm: str) -> None:
-        self.bind(self.places.standby.pop(vm), direct=True)
+        """The VM takes its standby port. If that port cannot hold it yet (its switch has
+        not said its link is up: a busy or frozen controller hears of it late) the
+        standby stays, and the link's coming up completes the move."""
+        self.bind(self.places.standby[vm], direct=True)  # on success it ends the move
 
     def forget_move(self, vm: str) -> None:
         """The VM's move is over (or the VM is gone): no standby, announcement or

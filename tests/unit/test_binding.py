@@ -220,3 +220,26 @@ def test_a_standby_on_a_port_whose_link_is_down_survives_a_port_status_of_its_sw
     w_removed = world({HV1: {OLD.port_no: "up"}, HV2: {}}, interfaces=ifaces[:1])
     out = binding.step(places, w_removed, binding.PortsChanged(HV2))
     assert "pay-1" not in out.places.standby
+
+
+def test_a_standby_whose_link_is_not_up_yet_survives_the_old_port_going_first():
+    """A frozen or busy controller hears of the old port's link going down (or the port
+    going) before the new port's link coming up: the VM keeps its standby, and the new
+    link completes the move (a move, never an unbind and a bind)."""
+    ifaces = tuple(Interface(p.dpid, p.port_no, f"vnet{p.port_no}", PAY.mac, "pay-1")
+                   for p in (OLD, NEW))
+    w = world({HV1: {OLD.port_no: "up"}, HV2: {}}, interfaces=ifaces)
+    places = binding.step(binding.Places(), w, binding.HostListed(
+        frozenset({HV1, HV2}), frozenset({OLD, NEW}))).places
+    old_down = world({HV1: {}, HV2: {}}, interfaces=ifaces)
+    out = binding.step(places, old_down, binding.PortsChanged(HV1))
+    assert out.places.standby["pay-1"].port == NEW, kinds(out)
+    assert "vm-unbound" not in kinds(out)
+    gone = world({HV1: {}, HV2: {}}, interfaces=ifaces[1:])  # the old port is deleted too
+    out = binding.step(out.places, gone, binding.HostListed(frozenset({HV1, HV2}),
+                                                            frozenset({NEW})))
+    assert out.places.standby["pay-1"].port == NEW and "vm-unbound" not in kinds(out)
+    up = world({HV1: {}, HV2: {NEW.port_no: "up"}}, interfaces=ifaces[1:])
+    out = binding.step(out.places, up, binding.PortsChanged(HV2))
+    assert out.places.bindings["pay-1"].port == NEW and "Moved" in kinds(out), kinds(out)
+    assert "pay-1" not in out.places.standby
