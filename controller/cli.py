@@ -353,29 +353,31 @@ def vm_history(name: str, api: ApiOpt = "http://127.0.0.1:8080", as_json: JsonOp
 def net_segments(api: ApiOpt = "http://127.0.0.1:8080", as_json: JsonOpt = False) -> None:
     """Segments: prefixes, gateways and the router that joins each."""
     rows = _call(api, "GET", "/v1/segments")
-    if as_json:
-        console.print_json(json.dumps(rows))
-        return
-    t = Table("name", "tag", "subnet", "gateway", "subnet6", "gateway6", "router")
+    console.print_json(json.dumps(rows)) if as_json else console.print(_segment_table(rows))
+
+
+def _segment_table(rows: list[dict[str, Any]]) -> Table:
+    keys = ("name", "tag", "subnet", "gateway", "subnet6", "gateway6", "router")
+    t = Table(*keys)
     for r in rows:
-        t.add_row(*(str(r.get(k) or "-") for k in (
-            "name", "tag", "subnet", "gateway", "subnet6", "gateway6", "router")))
-    console.print(t)
+        t.add_row(*(str(r.get(k) or "-") for k in keys))
+    return t
 
 
 @net_app.command("routers")
 def net_routers(api: ApiOpt = "http://127.0.0.1:8080", as_json: JsonOpt = False) -> None:
     """Routers: MAC and the segments (with gateways) each joins."""
     rows = _call(api, "GET", "/v1/routers")
-    if as_json:
-        console.print_json(json.dumps(rows))
-        return
+    console.print_json(json.dumps(rows)) if as_json else console.print(_router_table(rows))
+
+
+def _router_table(rows: list[dict[str, Any]]) -> Table:
     t = Table("router", "mac", "segment", "gateway", "gateway6")
     for r in rows:
         for seg in r["segments"]:
             t.add_row(r["name"], r["mac"], seg["name"], seg["gateway"] or "-",
                       seg["gateway6"] or "-")
-    console.print(t)
+    return t
 
 
 @host_app.command("list")

@@ -262,9 +262,9 @@ def rebuild(prev: Desired | None, state: NetworkState) -> Desired:
         out.forget = tuple(compiler.learned_flow(prev.state.vms[n])
                            for n, sb in prev.state.standby.items()
                            if n in prev.state.vms and state.standby.get(n) != sb)
-        for d, c in out.changes.items():
-            if out.forget:
-                out.changes[d] = FlowDiff(c.add, (*c.delete, *out.forget), c.replaced)
+        if out.forget:
+            out.changes = {d: FlowDiff(c.add, (*c.delete, *out.forget), c.replaced)
+                           for d, c in out.changes.items()}
     return out
 
 
