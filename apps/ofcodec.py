@@ -38,7 +38,10 @@ _INSTRUCTION_ORDER = {"meter": 0, "apply": 1, "meta": 2, "goto": 3}
 
 
 def to_match(m: Match) -> parser.OFPMatch:
-    return parser.OFPMatch(**dict(m))
+    """OFPMatch sorts its fields by OXM number, which puts Nicira fields first; OVS wants
+    a field's prerequisites before it (eth_type before nw_ttl), so the order is ours."""
+    fields = sorted(m, key=lambda kv: _oxm_order(kv[0]))
+    return parser.OFPMatch(_ordered_fields=[(k, v) for k, v in fields])
 
 
 def to_action(a: tuple) -> Any:
@@ -50,6 +53,8 @@ def to_action(a: tuple) -> Any:
         return parser.OFPActionPushVlan(a[1])
     if kind == "pop_vlan":
         return parser.OFPActionPopVlan()
+    if kind == "dec_ttl":
+        return parser.OFPActionDecNwTtl()
     if kind == "set":
         return parser.OFPActionSetField(**{a[1]: a[2]})
     if kind == "move":
@@ -165,9 +170,14 @@ _ONF = ofproto_common.ONF_EXPERIMENTER_ID
 
 @functools.lru_cache(maxsize=256)  # bounded by the OXM fields os-ken knows
 def _oxm_order(name: str) -> int:
-    """The key OFPMatch sorts its fields by (the OXM number)."""
+    """The key the fields of a match go out in: the OXM number (as OFPMatch sorts them),
+    but Nicira fields that have prerequisites after every OpenFlow field."""
     n = ofp.oxm_from_user_header(name)
-    return n[0] if isinstance(n, tuple) else n
+    n = n[0] if isinstance(n, tuple) else n
+    return n + (1 << 40) if name in _AFTER_PREREQUISITES else n
+
+
+_AFTER_PREREQUISITES = frozenset({"nw_ttl"})  # needs eth_type IPv4/IPv6 before it
 
 
 @functools.lru_cache(maxsize=CACHED_PARTS)
@@ -325,6 +335,8 @@ def from_action(a: Any) -> tuple:
         return ("push_vlan", a.ethertype)
     if isinstance(a, parser.OFPActionPopVlan):
         return ("pop_vlan",)
+    if isinstance(a, parser.OFPActionDecNwTtl):
+        return ("dec_ttl",)
     if isinstance(a, parser.OFPActionSetField):
         return ("set", _field(a.key), _norm(a.value))
     if isinstance(a, parser.NXActionRegLoad | parser.NXActionRegLoad2):

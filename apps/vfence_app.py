@@ -32,11 +32,12 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 from vfence.controller.compiler import ETH_TYPE_LLDP, ETH_TYPE_VLAN
 from vfence.controller.flows import Owner, cookie, cookie_owner
 from vfence.controller.model import Link, PortRef
-from vfence.controller.pipeline import METERS, SPOOF_DROP_KINDS
+from vfence.controller.pipeline import METERS, SPOOF_DROP_KINDS, Table
 from vfence.controller.reconcile import FlowDiff
+from vfence.controller.routing import answering_gateway
 from vfence.controller.service import Service
 
-from . import lldp, ofcodec
+from . import lldp, ofcodec, router_answers
 
 LOG = logging.getLogger("vfence.app")
 
@@ -370,6 +371,9 @@ class VfenceApp(app_manager.OSKenApp):
         if owner is not None and owner[0] == Owner.VM:  # first frame at a standby port
             self.submit(self.service.vm_seen, dp.id, in_port, eth.src)
             return
+        if owner is not None and owner[0] == Owner.BASE and msg.table_id == Table.ROUTE:
+            self._time_exceeded(dp, in_port, msg.data)  # an expiring TTL, metered
+            return
         if owner is not None and owner[0] == Owner.RULE:  # deny-and-log sample
             proto, port = _l4(pkt)
             self.submit(self.service.denied_sample, owner[1], dp.id, eth.src, eth.dst, proto,
@@ -387,6 +391,16 @@ class VfenceApp(app_manager.OSKenApp):
             return  # a labelled frame from a fabric port the OVSDB has not marked yet: a
             # VM never sends tagged frames (port security drops them), so no binding
         self.submit(self.service.unbound_frame, dp.id, in_port, eth.src)
+
+    def _time_exceeded(self, dp: Any, in_port: int, frame: bytes) -> None:
+        """Answer in the router's name from the sender's gateway, out of its port. The
+        state is read, not changed (it is swapped whole, never edited in place)."""
+        gw = answering_gateway(self.service.state, dp.id, in_port)
+        answer = router_answers.time_exceeded(frame, *gw) if gw is not None else None
+        if answer is not None:
+            dp.send_msg(parser.OFPPacketOut(
+                dp, ofp.OFP_NO_BUFFER, ofp.OFPP_CONTROLLER,
+                [parser.OFPActionOutput(in_port, 0)], answer))
 
     # --- LLDP -------------------------------------------------------------------------
 

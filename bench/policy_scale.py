@@ -47,15 +47,21 @@ def build_document(n_vms: int, hosts: int, groups: int, rules: int, seed: int = 
             "isolation": isolation, "defaults": {"intra_group": "allow", "inter_group": "deny"}}
 
 
-def build_state(n_vms: int, hosts: int = 10, groups: int = 50, rules: int = 200
-                ) -> NetworkState:
-    pol = policy.parse(build_document(n_vms, hosts, groups, rules))
+def star(pol: policy.Policy, hosts: int) -> NetworkState:
+    """``hosts`` hypervisors hv1.. (dpid = number) on one spine, with ``pol`` in force."""
     st = NetworkState(policy=pol, group_bits={g: i for i, g in enumerate(pol.groups)})
     spine = 0x200
     st.switches[spine] = Switch(spine, "sp1", hosts + 1)
     for h in range(1, hosts + 1):
         st.switches[h] = Switch(h, f"hv{h}", h)
         st.links |= {Link(PortRef(h, 1), PortRef(spine, h)), Link(PortRef(spine, h), PortRef(h, 1))}
+    return st
+
+
+def build_state(n_vms: int, hosts: int = 10, groups: int = 50, rules: int = 200
+                ) -> NetworkState:
+    st = star(policy.parse(build_document(n_vms, hosts, groups, rules)), hosts)
+    pol = st.policy
     for i, spec in enumerate(pol.vms):
         host = 1 + i % hosts
         st.vms[spec.name] = VM(i + 1, spec.name, spec.mac, spec.ips, 1, spec.segment, spec.groups)

@@ -61,6 +61,7 @@ from .pipeline import (
     METER_LLDP,
     METER_LOG,
     METER_PUNT,
+    METER_SERVICE,
     METER_STANDBY,
     PRIO_ARP_ANSWER,
     PRIO_ARP_GATEWAY,
@@ -72,6 +73,8 @@ from .pipeline import (
     PRIO_DELIVER,
     PRIO_DST_ADDRESS,
     PRIO_DST_FRAME,
+    PRIO_DST_ROUTED,
+    PRIO_DST_ROUTED_GATE,
     PRIO_DST_WRONG_ADDRESS,
     PRIO_ESTABLISHED,
     PRIO_FABRIC_LLDP,
@@ -90,10 +93,14 @@ from .pipeline import (
     PRIO_ND_OWN,
     PRIO_ND_UNICAST,
     PRIO_QUIET_DROP,
+    PRIO_REMOTE_ROUTED,
     PRIO_REMOTE_STANDBY,
     PRIO_REMOTE_VM,
     PRIO_ROGUE_DHCP,
     PRIO_ROGUE_ND,
+    PRIO_ROUTE,
+    PRIO_ROUTE_TTL,
+    PRIO_ROUTE_UNUSED,
     PRIO_SPOOFED_L2,
     PRIO_SPOOFED_L3,
     PRIO_SPOOFED_ND,
@@ -107,6 +114,7 @@ from .pipeline import (
 )
 from .pipeline import SPOOF_DROP_KINDS as SPOOF_DROP_KINDS  # the audit reads it here
 from .policy import port_masks
+from .routing import Routed, domains
 
 ETH_TYPE_IP = 0x0800
 ETH_TYPE_ARP = 0x0806
@@ -244,6 +252,11 @@ def base_flows() -> Iterable[Flow]:
     # a solicitation for nobody we know
     yield Flow(Table.ARP, PRIO_ARP_UNKNOWN, _nd(ND_NS), DROP, base)
     yield Flow(Table.DST_LOOKUP, PRIO_MISS, (), (goto(Table.CONNTRACK),), base)
+    yield Flow(Table.ROUTE, PRIO_MISS, (), DROP, base)
+    for eth_type in (ETH_TYPE_IP, ETH_TYPE_IPV6):  # expires here: ICMP time exceeded
+        for ttl in (0, 1):
+            yield Flow(Table.ROUTE, PRIO_ROUTE_TTL, match(eth_type=eth_type, nw_ttl=ttl),
+                       (meter(METER_SERVICE), to_ctl), base)
     for eth_type in (ETH_TYPE_IP, ETH_TYPE_IPV6):
         yield Flow(Table.CONNTRACK, PRIO_CT_TRACK, match(eth_type=eth_type),
                    (apply(("ct", 0, *CT_ZONE, int(Table.POLICY))),), base)
@@ -288,8 +301,8 @@ def fabric_flows(
 
 
 @_memo
-def local_vm_flows(vm: VM, port: int, slots: tuple[int, ...] = (), standby: bool = False
-                   ) -> Iterable[Flow]:
+def local_vm_flows(vm: VM, port: int, slots: tuple[int, ...] = (), standby: bool = False,
+                   routed: Routed | None = None) -> Iterable[Flow]:
     """Port security for a VM on this switch: only its own MAC, untagged, its own IPs
     (IP source, ARP sender, IPv6 source: registered or its EUI-64 link-local), neighbour
     discovery only about itself; no DHCP server replies, router advertisements or
@@ -301,12 +314,15 @@ def local_vm_flows(vm: VM, port: int, slots: tuple[int, ...] = (), standby: bool
     host has for the VM to this port, and the frame, marked, makes every other host
     of the segment do the same toward this one (:func:`standby_far_flows`), before the
     controller confirms. Until then the port is held to the controller meter, so it
-    cannot flood the controller."""
+    cannot flood the controller.
+
+    ``routed``: the router that joins the VM's segment (its zone is the VM's, and what
+    it routed to the VM from another host arrives here with its MAC as source)."""
     ck = cookie(Owner.VM, vm.id)
     sets: list[tuple] = [("output", OFPP_CONTROLLER), ("set", MARK_REG, STANDBY_MARK),
                          switch_over(vm, (), "in_port")] if standby else []
     sets += _slot_sets(SRC_GROUP_REGS, slots)
-    sets.append(("set", ZONE_REG, vm.segment_id))
+    sets.append(("set", ZONE_REG, routed.zone if routed else vm.segment_id))
     classify = (*((meter(METER_STANDBY),) if standby else ()), apply(*sets),
                 write_meta(meta_value(vm.segment_id, vm.id)), goto(Table.ARP))
     me = {"in_port": port, "eth_src": vm.mac, "vlan_vid": OFPVID_NONE}
@@ -344,6 +360,8 @@ def local_vm_flows(vm: VM, port: int, slots: tuple[int, ...] = (), standby: bool
     for ip in v6:  # nor its duplicate address detection (so it succeeds)
         yield Flow(Table.ARP, PRIO_ARP_OWN_ADDRESS, _nd(ND_NS, in_port=port, ipv6_nd_target=ip),
                    DROP, ck)
+    if routed is not None:
+        yield from _routed_arrival(vm, slots, routed, ck)
     if standby:
         return
     yield Flow(Table.FORWARD, PRIO_DELIVER, match(**{DST_VM_REG: vm.id}),
@@ -386,19 +404,21 @@ def _nd(icmp_type: int, **fields: object) -> tuple:
 
 
 @_memo
-def remote_vm_flows(vm: VM, label: int, hop: int | None, slots: tuple[int, ...] = ()
-                    ) -> Iterable[Flow]:
-    """A VM on another switch of a segment present here: recognise it (tag, groups: a
-    broadcast from it is judged per receiver here), send toward it."""
+def remote_vm_flows(vm: VM, label: int, hop: int | None, slots: tuple[int, ...] = (),
+                    routed: Routed | None = None) -> Iterable[Flow]:
+    """A VM on another switch of a segment present here (or of a segment its router
+    joins): recognise it (tag, groups: a broadcast from it is judged per receiver here;
+    what its router routed, by the router's MAC and the VM's address), send toward it."""
     ck = cookie(Owner.VM, vm.id)
-    sets = _slot_sets(SRC_GROUP_REGS, slots)
-    yield Flow(
-        Table.REMOTE_CLASSIFY, PRIO_REMOTE_VM, match(eth_src=vm.mac),
-        (apply(*sets, ("set", ZONE_REG, vm.segment_id)),
-         write_meta(meta_value(vm.segment_id, vm.id, from_fabric=True)),
-         goto(Table.DST_LOOKUP)),
-        ck,
-    )
+    known = (apply(*_slot_sets(SRC_GROUP_REGS, slots),
+                   ("set", ZONE_REG, routed.zone if routed else vm.segment_id)),
+             write_meta(meta_value(vm.segment_id, vm.id, from_fabric=True)),
+             goto(Table.DST_LOOKUP))
+    yield Flow(Table.REMOTE_CLASSIFY, PRIO_REMOTE_VM, match(eth_src=vm.mac), known, ck)
+    if routed is not None:
+        for m in _routed_addresses(vm, "src"):
+            yield Flow(Table.REMOTE_CLASSIFY, PRIO_REMOTE_ROUTED,
+                       match(eth_src=routed.mac, **m), known, ck)
     if hop is None:
         return  # no path yet: unknown destination drops, it never floods
     yield Flow(
@@ -428,8 +448,8 @@ def _mac_int(mac: str) -> int:
 
 
 @_memo
-def standby_far_flows(vm: VM, label: int, hop: int, slots: tuple[int, ...] = ()
-                      ) -> Iterable[Flow]:
+def standby_far_flows(vm: VM, label: int, hop: int, slots: tuple[int, ...] = (),
+                      routed: Routed | None = None) -> Iterable[Flow]:
     """A VM migrating to the host with ``label`` (reached through port ``hop``), seen
     from another host of its segment (its old host included): its frame marked as from
     the standby port learn()s delivery toward that host, then is recognised as any
@@ -442,7 +462,8 @@ def standby_far_flows(vm: VM, label: int, hop: int, slots: tuple[int, ...] = ()
         Table.REMOTE_CLASSIFY, PRIO_REMOTE_STANDBY,
         match(eth_src=vm.mac, **{MARK_REG: STANDBY_MARK}),
         (apply(("set", HOP_REG, hop), switch_over(vm, tag, HOP_REG),
-               *_slot_sets(SRC_GROUP_REGS, slots), ("set", ZONE_REG, vm.segment_id)),
+               *_slot_sets(SRC_GROUP_REGS, slots),
+               ("set", ZONE_REG, routed.zone if routed else vm.segment_id)),
          write_meta(meta_value(vm.segment_id, vm.id, from_fabric=True)),
          goto(Table.DST_LOOKUP)),
         ck,
@@ -488,16 +509,65 @@ def arp_responder_flows(vm: VM) -> Iterable[Flow]:
             yield _arp_answer(PRIO_ARP_ANSWER, vm.segment_id, ip, vm.mac, ck)
 
 
-def gateway_flows(state: NetworkState) -> Iterable[Flow]:
-    """Every routed segment's gateway answers ARP with its router's MAC, in the datapath
-    on every host (also while the controller is down). A segment no VM was ever
+def router_flows(state: NetworkState) -> Iterable[Flow]:
+    """Per router, on every host (also while the controller is down): each segment's
+    gateway answers ARP with the router's MAC; IP from a local VM of the segment to that
+    MAC goes to ROUTE (no other segment has a way in); an address of its subnets that no
+    placed VM holds is dropped there, counted by this flow. A segment no VM was ever
     registered in has no tag yet: nobody there asks."""
-    for i, r in enumerate(state.policy.routers):
-        for spec in state.policy.segment_specs:
-            tag = state.segment_tags.get(spec.name)
-            if spec.name in r.segments and spec.gateway and tag:
-                yield _arp_answer(PRIO_ARP_GATEWAY, tag, spec.gateway, r.mac,
-                                  cookie(Owner.ROUTER, i))
+    seen: set[int] = set()
+    for d in domains(state).values():
+        if d.routed.router in seen:
+            continue
+        seen.add(d.routed.router)
+        mac, ck = d.routed.mac, cookie(Owner.ROUTER, d.routed.router)
+        for tag, spec in d.specs:
+            if spec.gateway:
+                yield _arp_answer(PRIO_ARP_GATEWAY, tag, spec.gateway, mac, ck)
+            for eth_type, field, net in ((ETH_TYPE_IP, "ipv4_dst", spec.subnet),
+                                         (ETH_TYPE_IPV6, "ipv6_dst", spec.subnet6)):
+                if net is None:
+                    continue
+                yield Flow(Table.DST_LOOKUP, PRIO_DST_ROUTED_GATE,
+                           match(metadata=(tag, SEG_LOCAL), eth_dst=mac, eth_type=eth_type),
+                           (goto(Table.ROUTE),), ck)
+                n = ipaddress.ip_network(net)
+                yield Flow(Table.ROUTE, PRIO_ROUTE_UNUSED, match(
+                    eth_dst=mac, eth_type=eth_type,
+                    **{field: (str(n.network_address), str(n.netmask))}), DROP, ck)
+
+
+@_memo
+def route_flows(vm: VM, slots: tuple[int, ...], routed: Routed) -> Iterable[Flow]:
+    """The router's route to a placed VM, on every host where its router's domain is
+    present: IP to the router's MAC and one of the VM's addresses gets the VM's tag and
+    groups (the policy judges it as any packet to the VM), one hop less to live, the
+    router's MAC as source and the VM's as destination; then on as switched traffic."""
+    ck = cookie(Owner.VM, vm.id)
+    acts = apply(("dec_ttl",), ("set", "eth_src", routed.mac), ("set", "eth_dst", vm.mac),
+                 *_slot_sets(DST_GROUP_REGS, slots), ("set", DST_VM_REG, vm.id))
+    for m in _routed_addresses(vm, "dst"):
+        yield Flow(Table.ROUTE, PRIO_ROUTE, match(eth_dst=routed.mac, **m),
+                   (acts, goto(Table.CONNTRACK)), ck)
+
+
+def _routed_addresses(vm: VM, side: str) -> Iterator[dict]:
+    """Match fields for each address a router routes for the VM (never its link-local)."""
+    for ip in vm.ips:
+        v6 = ":" in ip
+        yield {"eth_type": ETH_TYPE_IPV6 if v6 else ETH_TYPE_IP,
+               f"ipv{6 if v6 else 4}_{side}": ip}
+
+
+def _routed_arrival(vm: VM, slots: tuple[int, ...], routed: Routed, ck: int) -> Iterable[Flow]:
+    """What the router routed to the VM at another host arrives from the fabric with the
+    router's MAC as source (its source segment is another): the VM's tag and groups."""
+    tag = (apply(*_slot_sets(DST_GROUP_REGS, slots), ("set", DST_VM_REG, vm.id)),
+           goto(Table.CONNTRACK))
+    for m in _routed_addresses(vm, "dst"):
+        yield Flow(Table.DST_LOOKUP, PRIO_DST_ROUTED, match(
+            metadata=(META_FROM_FABRIC, META_FROM_FABRIC), eth_src=routed.mac,
+            eth_dst=vm.mac, **m), tag, ck)
 
 
 def _arp_answer(priority: int, segment_id: int, ip: str, mac: str, ck: int) -> Flow:

@@ -26,9 +26,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import compiler, topology
+from . import compiler, routing, topology
 from .flows import Flow
-from .model import VM, NetworkState
+from .model import NetworkState
 from .reconcile import FlowDiff, diff, split_changes
 
 Receiver = tuple[int, tuple[int, ...]]
@@ -114,6 +114,11 @@ class _Index:
     def holds(self, dpid: int, seg: int) -> bool:
         """Whether ``seg`` is present on ``dpid`` (without making the set)."""
         return self.present.get(dpid, _NONE)[seg] > 0
+
+    def reaches(self, dpid: int, segs: tuple[int, ...]) -> bool:
+        """Whether any of ``segs`` (a routed VM's domain) is present on ``dpid``."""
+        here = self.present.get(dpid, _NONE)
+        return any(here[s] > 0 for s in segs)
 
     def hosting(self, seg: int) -> set[int]:
         """The switches with a placed VM of ``seg``."""
@@ -236,7 +241,8 @@ def _build(state: NetworkState) -> Desired:
         own = {BASE: Fragment((), compiler.base_flows()), POLICY: policy,
                FABRIC: _fabric(state, hops, dpid)}
         segs = ix.segments(dpid)
-        for n in here.get(dpid, set()).union(*(ix.placed.get(s, ()) for s in segs)):
+        reached = {r for s in segs for r in routing.reach(state, s)}
+        for n in here.get(dpid, set()).union(*(ix.placed.get(s, ()) for s in reached)):
             _put(own, ("vm", n), _vm(state, hops, ix, dpid, n, None, share=True))
         for s in segs:
             _put(own, ("seg", s), _segment(state, hops, ix, dpid, s, None))
@@ -297,11 +303,12 @@ def _rebuild(prev: Desired, state: NetworkState) -> Desired | None:
     for d, keys in touched.items():
         keys.update(("vm", n) for n in changed)
         before, now = prev.index.segments(d), ix.segments(d)
-        for s in segs:  # the segment came or went here: its flood, its VMs (remote) with it
-            if (s in before) != (s in now):
+        for s in segs:  # the segment came or went here: its flood, its VMs (remote) with it,
+            if (s in before) != (s in now):  # and those of every segment its router joins
                 keys.add(("seg", s))
-                keys.update(("vm", n) for n in ix.placed.get(s, set()) | prev.index.placed.get(
-                    s, set()))
+                for r in routing.reach(state, s):
+                    keys.update(("vm", n) for n in ix.placed.get(r, set()) | prev.index.placed.get(
+                        r, set()))
     ix.owned.clear()
     frags = {d: dict(f) for d, f in prev.frags.items()}
     policy = _policy(prev, state, ix, changed)
@@ -349,7 +356,7 @@ def _delta(old: dict[Key, Fragment], new: dict[Key, Fragment], keys: Iterable[Ke
 def _global_change(a: NetworkState, b: NetworkState) -> bool:
     """A change every switch must see in full (the per-VM fragments depend on these)."""
     return (a.switches != b.switches or a.links != b.links or a.fabric != b.fabric
-            or a.group_bits != b.group_bits)
+            or a.group_bits != b.group_bits or routing.domains(a) != routing.domains(b))
 
 
 def _changed_vms(a: NetworkState, b: NetworkState) -> set[str]:
@@ -383,8 +390,8 @@ def _policy(prev: Desired, state: NetworkState, ix: _Index, changed: set[str]) -
 def _policy_flows(state: NetworkState, slots: int, populated: frozenset[str]
                   ) -> tuple[Flow, ...]:
     """The fragment every switch shares: the rules and isolation pairs, and the routers'
-    gateway answers."""
-    return (*compiler.policy_flows(state, slots, populated), *compiler.gateway_flows(state))
+    flows (gateway answers, the way into ROUTE, unused addresses)."""
+    return (*compiler.policy_flows(state, slots, populated), *compiler.router_flows(state))
 
 
 def _population_changed(a: _Index, b: _Index, changed: set[str]) -> bool:
@@ -427,39 +434,46 @@ def _vm(state: NetworkState, hops: dict[int, dict[int, int]], ix: _Index, dpid: 
     if vm is None or f is None:
         return _EMPTY
     slots = f.slots
+    dom = routing.domains(state).get(f.segment)
+    routed = dom.routed if dom is not None else None
     b = state.bindings[name] if f.local is not None else None
     sb = state.standby.get(name) if dpid in f.here and name in state.bindings else None
     standby = sb.port.port_no if sb is not None and sb.port.dpid == dpid else None
     where: tuple = ()
     if b is not None and f.local == dpid:
         where = ("local", b.port.port_no)
-    elif b is not None and ix.holds(dpid, f.segment):
+    elif b is not None and (ix.holds(dpid, f.segment) if dom is None
+                            else ix.reaches(dpid, dom.tags)):
         label = state.switches[b.port.dpid].label
         where = ("remote", label, hops.get(dpid, {}).get(b.port.dpid))
     toward = _toward_standby(state, hops, name, dpid) if where else None
-    inputs = (vm, slots, where, standby, toward)
+    inputs = (vm, slots, where, standby, toward, routed)
     if old is not None and old.inputs == inputs:
         return old  # the very object: no diff work
     if not share:
-        return _vm_fragment(vm, slots, where, standby, toward, inputs)
+        return _vm_fragment(inputs)
     if (done := ix.shared.get(inputs)) is not None:
         return done
-    ix.shared[inputs] = done = _vm_fragment(vm, slots, where, standby, toward, inputs)
+    ix.shared[inputs] = done = _vm_fragment(inputs)
     return done
 
 
-def _vm_fragment(vm: VM, slots: tuple[int, ...], where: tuple, standby: int | None,
-                 toward: tuple[int, int] | None, inputs: tuple) -> Fragment:
+def _vm_fragment(inputs: tuple) -> Fragment:
+    vm, slots, where, standby, toward, routed = inputs
     flows: tuple[Flow, ...] = ()
     if where:
-        flows = ((compiler.local_vm_flows(vm, where[1], slots) if where[0] == "local"
-                  else compiler.remote_vm_flows(vm, where[1], where[2], slots))
+        flows = ((compiler.local_vm_flows(vm, where[1], slots, False, routed)
+                  if where[0] == "local"
+                  else compiler.remote_vm_flows(vm, where[1], where[2], slots, routed))
                  + compiler.arp_responder_flows(vm) + compiler.nd_resolver_flows(vm)
                  + compiler.dst_lookup_flows(vm, slots))
+        if routed is not None:
+            flows += compiler.route_flows(vm, slots, routed)
     if standby is not None:  # (its flows may repeat the VM's own: keep each once)
-        flows = tuple(dict.fromkeys(flows + compiler.local_vm_flows(vm, standby, slots, True)))
+        flows = tuple(dict.fromkeys(
+            flows + compiler.local_vm_flows(vm, standby, slots, True, routed)))
     if toward is not None:
-        flows += compiler.standby_far_flows(vm, *toward, slots)
+        flows += compiler.standby_far_flows(vm, toward[0], toward[1], slots, routed)
     return Fragment(inputs, flows)
 
 

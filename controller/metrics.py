@@ -27,5 +27,8 @@ class Metrics:
         self.rule_packets = Gauge("vfence_rule_packets", "packets matched by a policy rule "
                                   "(denies included), summed over switches", ["rule"],
                                   registry=r)
+        self.unused_drops = Gauge("vfence_routed_unused_drops", "packets a router dropped "
+                                  "for addresses of its subnets that no VM holds, summed "
+                                  "over switches", ["router"], registry=r)
         self.rule_bytes = Gauge("vfence_rule_bytes", "bytes matched by a policy rule",
                                 ["rule"], registry=r)

@@ -26,6 +26,7 @@ class Table(IntEnum):
     REMOTE_CLASSIFY = 2
     ARP = 10
     DST_LOOKUP = 15
+    ROUTE = 16
     CONNTRACK = 20
     POLICY = 30
     ND_REACH = 32
@@ -72,7 +73,8 @@ OWNERS: dict[Owner, OwnerSpec] = {
     Owner.ISOLATION: OwnerSpec("one isolation pair, both directions",
                                "the pair's index in the document (a clause flow shared "
                                "by pairs: the first of them)"),
-    Owner.ROUTER: OwnerSpec("one distributed router: its gateways' ARP answers",
+    Owner.ROUTER: OwnerSpec("one distributed router: its gateways' ARP answers, the way "
+                            "into ROUTE from its segments, its unused addresses' drops",
                             "the router's index in the document"),
     Owner.LEARNED: OwnerSpec("installed by the datapath (learn()) when a migrating VM's "
                              "first frame arrives from its standby port: delivery switched "
@@ -113,7 +115,8 @@ SRC_GROUPS = tuple(Slot(r, 0, 32, f"source VM's groups, slots {2 * i} and {2 * i
 DST_GROUPS = tuple(Slot(r, 0, 32, f"destination VM's groups, slots {2 * i} and {2 * i + 1}")
                    for i, r in enumerate(("reg6", "reg7", "reg8", "reg9")))
 DST_VM = Slot("reg4", 0, 16, "destination VM tag (0: not looked up yet)")
-ZONE = Slot("reg5", 0, 16, "conntrack zone = segment tag")
+ZONE = Slot("reg5", 0, 16, "conntrack zone: the segment's tag, or for every segment a "
+                           "router joins, the router's zone (the smallest tag among them)")
 # a live migration switched over in the datapath: a frame from a VM's standby port is
 # marked, and the mark travels to the other hosts in the PCP of the fabric tag
 MARK = Slot("reg10", 0, 3, "the frame came from a migrating VM's standby port "
@@ -179,12 +182,15 @@ METER_PUNT = 1
 METER_LLDP = 2
 METER_LOG = 3
 METER_STANDBY = 4
+METER_SERVICE = 5
 METERS = (
     Meter(METER_PUNT, "punt", 100, 10, "frames from unbound ports (binding detection)"),
     Meter(METER_LLDP, "lldp", 200, 20, "LLDP from fabric ports (link discovery)"),
     Meter(METER_LOG, "log", 20, 2, "deny-and-log samples"),
     Meter(METER_STANDBY, "standby", 200, 20,
           "a migration target's port until switch-over (not shared with punts)"),
+    Meter(METER_SERVICE, "service", 100, 20,
+          "what the controller answers for a router: expired TTLs (ICMP time exceeded)"),
 )
 
 # --- priorities ---------------------------------------------------------------------------
@@ -205,6 +211,7 @@ PRIO_FABRIC_PORT = 170
 # FABRIC, REMOTE_CLASSIFY
 PRIO_LABEL = 100
 PRIO_REMOTE_STANDBY = 110  # a frame from a migrating VM's standby port (marked)
+PRIO_REMOTE_ROUTED = 105  # a routed frame: its source by router MAC and IP source
 PRIO_REMOTE_VM = 100
 # ARP
 PRIO_ARP_OWN_ADDRESS = 110
@@ -212,9 +219,15 @@ PRIO_ARP_GATEWAY = 105
 PRIO_ARP_ANSWER = 100
 PRIO_ARP_UNKNOWN = 50
 # DST_LOOKUP
+PRIO_DST_ROUTED_GATE = 110
+PRIO_DST_ROUTED = 105
 PRIO_DST_ADDRESS = 100
 PRIO_DST_WRONG_ADDRESS = 90
 PRIO_DST_FRAME = 80
+# ROUTE
+PRIO_ROUTE_TTL = 200
+PRIO_ROUTE = 100
+PRIO_ROUTE_UNUSED = 50
 # CONNTRACK
 PRIO_CT_SKIP_ND = 110
 PRIO_CT_TRACK = 100
@@ -416,6 +429,8 @@ TABLES = (
         (_miss("unknown source: drop"),
          _at("remote_vm", PRIO_REMOTE_VM, Owner.VM,
              "source VM's tag and groups, marked as from the fabric"),
+         _at("remote_routed", PRIO_REMOTE_ROUTED, Owner.VM,
+             "a routed frame (source MAC the router's): source VM by its IP source"),
          _at("remote_standby", PRIO_REMOTE_STANDBY, Owner.VM,
              "a migrating VM's frame from its standby port (reg10 marked): learn() its "
              "delivery toward the target host, then as remote_vm")),
@@ -440,15 +455,40 @@ TABLES = (
     ),
     TableSpec(
         Table.DST_LOOKUP, "(segment, eth_dst) -> destination VM tag and groups",
-        (Table.CONNTRACK,),
+        (Table.ROUTE, Table.CONNTRACK),
         (_miss("unknown destination (e.g. broadcast): on to CONNTRACK"),
          _at("frame", PRIO_DST_FRAME, Owner.VM, "non-IP to a VM's MAC: tag"),
          _at("wrong_address", PRIO_DST_WRONG_ADDRESS, Owner.VM,
              "IP to a VM's MAC without one of its addresses: drop"),
          _at("address", PRIO_DST_ADDRESS, Owner.VM,
-             "IP to a VM's MAC and address (or solicited-node group): tag")),
+             "IP to a VM's MAC and address (or solicited-node group): tag"),
+         _at("routed_address", PRIO_DST_ROUTED, Owner.VM,
+             "IP routed to a VM (from the fabric, source MAC its router's): tag"),
+         _at("router", PRIO_DST_ROUTED_GATE, Owner.ROUTER,
+             "IP from a local VM of a routed segment to its router's MAC: to ROUTE")),
         "Destination VM tag to reg4, its groups to reg6-9 (slots), for the policy. A packet of an "
-        "allowed connection re-addressed to another VM's MAC reaches nobody.",
+        "allowed connection re-addressed to another VM's MAC reaches nobody. A segment a "
+        "router does not join has no way into ROUTE.",
+    ),
+    TableSpec(
+        Table.ROUTE, "to a router's MAC: destination VM by IP, TTL - 1, MACs rewritten",
+        (Table.CONNTRACK,),
+        (_miss("outside every subnet the router joins: drop"),
+         _at("unused_address", PRIO_ROUTE_UNUSED, Owner.ROUTER,
+             "an address of a routed subnet that no placed VM holds: drop (counted, never "
+             "flooded)"),
+         _at("route", PRIO_ROUTE, Owner.VM,
+             "to a VM's address: its tag and groups, TTL - 1, source MAC the router's, "
+             "destination MAC the VM's, on to CONNTRACK"),
+         _at("ttl_expired", PRIO_ROUTE_TTL, Owner.BASE,
+             "TTL (hop limit) 0 or 1: to the controller through the service meter, which "
+             "answers ICMP time exceeded from the gateway")),
+        "Routing happens at the source VM's host, once: the packet then goes on exactly "
+        "like switched traffic (policy with the destination VM's groups, delivery over "
+        "the fabric). The destination host knows the source VM by the router's MAC and "
+        "the IP source (REMOTE_CLASSIFY) and the destination by MAC and IP (DST_LOOKUP). "
+        "Every segment a router joins shares one conntrack zone, so both ends of a routed "
+        "connection are tracked alike.",
     ),
     TableSpec(
         Table.CONNTRACK, "IP -> ct(zone=segment), then POLICY with ct_state",

@@ -13,7 +13,7 @@ from . import registry, topology
 from . import verify as verify_mod
 from .errors import NotFound
 from .flows import Owner, cookie_owner
-from .pipeline import table_name
+from .pipeline import Table, table_name
 from .store import models as m
 
 if TYPE_CHECKING:
@@ -173,16 +173,18 @@ class Queries:
             installed = svc.switches.installed.snapshot()
             names = {d: svc.switch_name(d) for d in installed}
             rules = {r.priority: r.name for r in svc.state.policy.rules}
+            routers = [r.name for r in svc.state.policy.routers]
         gauges.switches.set(len(installed))
         for dpid in installed:
             for table, n in installed.count_by_table(dpid).items():
                 gauges.flows.labels(names[dpid], str(table), table_name(table)).set(n)
         packets: dict[str, int] = {}
         nbytes: dict[str, int] = {}
+        unused = dict.fromkeys(routers, 0)
         for dpid in sorted(installed):
             try:  # only the flows counted: rules, isolation pairs, anti-spoofing drops
                 read = [x for table, owner in ((None, Owner.RULE), (None, Owner.ISOLATION),
-                                               (0, Owner.VM))
+                                               (0, Owner.VM), (Table.ROUTE, Owner.ROUTER))
                         for x in svc.switches.read_flows(dpid, table, owner)]
             except Exception:  # a switch that just went away: skip it this scrape
                 continue
@@ -194,12 +196,16 @@ class Queries:
                         f"isolation[{owner[1]}]" if owner[0] == Owner.ISOLATION else
                         "anti-spoofing" if owner[0] == Owner.VM and not f.instructions
                         and f.table == 0 else None)
-                if name:
+                if owner[0] == Owner.ROUTER and owner[1] < len(routers):
+                    unused[routers[owner[1]]] = unused.get(routers[owner[1]], 0) + p
+                elif name:
                     packets[name] = packets.get(name, 0) + p
                     nbytes[name] = nbytes.get(name, 0) + b
         for name in packets:
             gauges.rule_packets.labels(name).set(packets[name])
             gauges.rule_bytes.labels(name).set(nbytes[name])
+        for name, n in unused.items():
+            gauges.unused_drops.labels(name).set(n)
         return generate_latest(gauges.registry)
 
     def verify(self) -> list[verify_mod.Verdict]:

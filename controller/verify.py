@@ -23,7 +23,7 @@ Each verdict is one of three:
 - ``unknown``: neither could be shown, and ``reason`` says why: the walk reached its step
   limit (MAX_STEPS), or a header reached something the walk does not model (an
   instruction other than meter/apply/write-metadata/goto, an action other than
-  set-field/move/push_vlan/pop_vlan/ct/output/resubmit, resubmits nested deeper than
+  set-field/move/push_vlan/pop_vlan/dec_ttl/ct/output/resubmit, resubmits nested deeper than
   MAX_NESTING, a path of more than MAX_HOPS fabric hops, a switch whose flows were not
   read, a conjunction it cannot expand: see below). The walk never guesses past these.
 
@@ -91,7 +91,7 @@ WIDTH = {"metadata": 64, "ct_state": 32, "vlan_vid": 13, "eth_src": 48, "eth_dst
          "ipv6_nd_target": 128, "ipv6_nd_sll": 48, "ipv6_nd_tll": 48, "ipv6_flabel": 20,
          "icmpv6_type": 8, "icmpv6_code": 8, "icmpv4_type": 8, "icmpv4_code": 8,
          "ip_proto": 8, "ip_dscp": 6, "ip_ecn": 2, "arp_op": 16, "eth_type": 16,
-         "udp_src": 16, "udp_dst": 16, "tcp_src": 16, "tcp_dst": 16}
+         "udp_src": 16, "udp_dst": 16, "tcp_src": 16, "tcp_dst": 16, "nw_ttl": 8}
 
 
 def _full(f: str) -> int:
@@ -623,6 +623,8 @@ def _apply(ctx: _Ctx, dpid: int, f: Flow, c: Cube, path: list[str], hops: int, d
                     c = c.forget("vlan_vid")
                 elif kind == "move":
                     c = c.forget(act[2])
+                elif kind == "dec_ttl":  # (a TTL it would expire is matched above it)
+                    c = c.forget("nw_ttl")
                 elif kind == "learn":
                     continue  # changes no header; what it installs is in the tables
                 elif kind == "output":
@@ -691,6 +693,8 @@ def _written(ctx: _Ctx, dpid: int, table: int) -> frozenset[str]:
                             out.add("vlan_vid" if act[1] == "vlan_tci" else act[1])
                         elif act[0] == "move":
                             out.add(act[2])
+                        elif act[0] == "dec_ttl":
+                            out.add("nw_ttl")
                         elif act[0] in ("push_vlan", "pop_vlan"):
                             out.add("vlan_vid")
                         elif act[0] == "ct":

@@ -70,8 +70,13 @@ def migrate_many(net: Mininet, moves: list[tuple[VMPlan, str]], *, libvirt_ids: 
             f"ip link add vf-park type bridge 2>/dev/null; "
             f"ip link set {old_intf.name} master vf-park; ")
         # addresses first: Linux drops IPv6 addresses from an interface that goes down
-        host.cmd(f"{_move_addresses(old_intf.name, new_intf.name)}; {down}"
-                 f"ip link set {new_intf.name} up")
+        # and the guest's routes through the NIC (a default route via its gateway) go
+        # with them once the new NIC is up: the guest never notices the move
+        host.cmd(f"routes=$(ip -4 route show dev {old_intf.name} | grep -v 'proto kernel'); "
+                 f"{_move_addresses(old_intf.name, new_intf.name)}; {down}"
+                 f"ip link set {new_intf.name} up; "
+                 f"echo \"$routes\" | while read -r r; do [ -n \"$r\" ] && "
+                 f"ip route replace $r dev {new_intf.name}; done")
         switched = time.monotonic()  # 3. the announcer sends RARPs from the new place now
         done.append(Migration(p.name, old_sw_intf.name, new_sw_intf.name, started, switched))
     time.sleep(remove_old_after)

@@ -5,8 +5,8 @@ ask "which ports does this exact frame reach?" in microseconds. Models what the
 compiler emits: priorities, value/mask matches with prerequisites (a field the packet
 lacks never matches), goto, write-metadata, set-field, move, push/pop VLAN, resubmit,
 conntrack (the packet's connection state is given), output, OVS conjunctive
-matches (conjunction actions, conj_id) and learn() (the flow it installs joins the
-pipeline).
+matches (conjunction actions, conj_id), learn() (the flow it installs joins the
+pipeline) and dec_ttl (IP packets start with TTL 64 unless the test says).
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ class Pipeline:
         self.outputs, self.trace = [], []
         p = dict(pkt)
         p.setdefault("vlan_vid", 0)
+        if p.get("eth_type") in (0x0800, 0x86DD):
+            p.setdefault("nw_ttl", 64)
         if p["vlan_vid"] & 0x1000:
             p.setdefault("vlan_pcp", 0)  # a tag always has a PCP
         for f in ENTRY_ZERO:
@@ -131,6 +133,11 @@ class Pipeline:
         elif kind == "move":
             v = p.get(act[1])
             p[act[2]] = v & (1 << act[3]) - 1 if isinstance(v, int) else v
+        elif kind == "dec_ttl":  # OVS: an expiring TTL goes to the controller, not on
+            if p.get("nw_ttl", 64) <= 1:
+                self.outputs.append((OFPP_CONTROLLER, dict(p, reason="invalid_ttl")))
+                return True
+            p["nw_ttl"] = p.get("nw_ttl", 64) - 1
         elif kind == "push_vlan":
             p["vlan_vid"], p["vlan_pcp"] = 0x1000, 0
         elif kind == "pop_vlan":

@@ -54,8 +54,20 @@ def _doc() -> dict:
 
 DOC = _doc()
 PLACEMENT = FINANCE_PLACEMENT | {n: h for n, h, _, _ in DMZ_VMS}
+# the routing tests' VMs: plugged like every VM, registered only by the routed policy
+# those tests apply (test_routing.py), so the rest of the lab never sees them
+ROUTED_VMS = [  # name, host, segment, ip, groups
+    ("rweb-1", 1, "rweb", "10.30.1.11", ("rweb",)),
+    ("rfront", 1, "rweb", "10.30.1.21", ("rweb", "rfront")),
+    ("rdb-1", 2, "rdb", "10.30.2.11", ("rdb",)),
+    ("rpay-1", 1, "rdb", "10.30.2.21", ("rdb", "rpay")),
+    ("rpay-2", 2, "rdb", "10.30.2.22", ("rdb", "rpay")),
+    ("rlab-1", 3, "rlab", "10.30.9.11", ("rlab",)),
+]
 PLAN = plan_from_policy(DOC, PLACEMENT) + [
-    VMPlan("rogue", 3, "dmz", "00:00:00:00:0d:99", "10.20.0.99", register=False, prefix=16)]
+    VMPlan("rogue", 3, "dmz", "00:00:00:00:0d:99", "10.20.0.99", register=False, prefix=16)
+] + [VMPlan(n, h, seg, f"00:00:00:00:0e:{i:02x}", ip, groups, register=False, prefix=24)
+     for i, (n, h, seg, ip, groups) in enumerate(ROUTED_VMS, start=1)]
 IP = {p.name: p.ip for p in PLAN}
 MAC = {p.name: p.mac for p in PLAN}
 IP6 = {n: f"fd00:20::{i:x}" for n, _, _, i in DMZ_VMS}
@@ -75,8 +87,10 @@ def lab(tmp_path_factory):
     of_port, api_port = ports()
     work = tmp_path_factory.mktemp("prod")
     registered = {p.name for p in PLAN if p.register}
+    routed = {n for n, *_ in ROUTED_VMS}
     with ProdLab(3, 2, PLAN, db_url=f"sqlite:///{work}/vfence.db", workdir=work,
-                 of_port=of_port, api_port=api_port, policy=DOC, libvirt_ids=registered,
+                 of_port=of_port, api_port=api_port, policy=DOC,
+                 libvirt_ids=registered | routed,
                  ipv6=True, extra_args=("--learn-first-frame-on", "hv3")) as lab:
         for name in registered:
             host = lab.host(name)
@@ -89,7 +103,7 @@ def lab(tmp_path_factory):
         yield lab
 
 
-ORDER = ("test_prodlab", "test_policy", "test_attacks", "test_migration")
+ORDER = ("test_prodlab", "test_policy", "test_attacks", "test_routing", "test_migration")
 
 
 def pytest_collection_modifyitems(config, items):

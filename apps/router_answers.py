@@ -1,0 +1,31 @@
+"""What a distributed router says that the datapath cannot: ICMP time exceeded, sent
+from the source VM's gateway when a packet's TTL expires at the routing step (so
+``traceroute`` shows the gateway as one hop). Built with os-ken's packet library."""
+
+from __future__ import annotations
+
+from os_ken.lib.packet import ethernet, icmp, ipv4, packet
+
+ETH_TYPE_IP = 0x0800
+QUOTED = 548  # of the expired datagram, at most (576 - IP and ICMP headers, as Linux)
+
+
+def time_exceeded(frame: bytes, router_mac: str, gateway: str) -> bytes | None:
+    """The ICMP time exceeded (in transit) answer to an untagged IPv4 ``frame``, from
+    ``gateway`` at ``router_mac`` back to the frame's sender; None for anything else
+    (an ICMP error is never answered with another)."""
+    pkt = packet.Packet(frame)
+    eth, ip = pkt.get_protocol(ethernet.ethernet), pkt.get_protocol(ipv4.ipv4)
+    if eth is None or ip is None or eth.ethertype != ETH_TYPE_IP:
+        return None
+    err = pkt.get_protocol(icmp.icmp)
+    if err is not None and err.type not in (icmp.ICMP_ECHO_REQUEST, icmp.ICMP_ECHO_REPLY):
+        return None
+    quoted = frame[14:14 + min(ip.total_length, QUOTED)]
+    out = packet.Packet()
+    out.add_protocol(ethernet.ethernet(dst=eth.src, src=router_mac, ethertype=ETH_TYPE_IP))
+    out.add_protocol(ipv4.ipv4(src=gateway, dst=ip.src, proto=1, ttl=64))
+    out.add_protocol(icmp.icmp(type_=icmp.ICMP_TIME_EXCEEDED, code=0,
+                               data=icmp.TimeExceeded(data=quoted)))
+    out.serialize()
+    return bytes(out.data)

@@ -1,0 +1,90 @@
+"""Routers as the compiler sees them: which segments each joins, by tag, and the one
+conntrack zone they share. Pure and cached on the inputs (routers, segment specs, tags).
+
+A router's segments are its *domain*: a VM of one of them matters (is recognised and
+reachable) on every host where any segment of the domain is present, as a VM of a plain
+segment does where its segment is. The addresses of a domain never repeat (its subnets do
+not overlap and every VM's addresses sit in its segment's subnet), so one conntrack zone
+serves switched and routed traffic of all its segments alike: a routed connection is
+tracked in the same zone at both ends, whichever segment each end is in.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+from .model import NetworkState, Router, SegmentSpec
+
+
+class Routed(NamedTuple):
+    """What a VM's flows need to know of the router that joins its segment."""
+
+    router: int  # its index in the policy (the ROUTER cookie's id)
+    mac: str
+    zone: int  # the conntrack zone of every segment it joins
+
+
+class Domain(NamedTuple):
+    routed: Routed
+    name: str
+    tags: tuple[int, ...]  # tags of the segments it joins that have one (VMs were there)
+    specs: tuple[tuple[int, SegmentSpec], ...]  # (tag, spec) of those
+
+
+def domains(state: NetworkState) -> dict[int, Domain]:
+    """Segment tag -> the domain of the router that joins it (routed segments only)."""
+    return _domains(state.policy.routers, state.policy.segment_specs,
+                    tuple(sorted(state.segment_tags.items())))
+
+
+@functools.lru_cache(maxsize=8)
+def _domains(routers: tuple[Router, ...], specs: tuple[SegmentSpec, ...],
+             tags: tuple[tuple[str, int], ...]) -> dict[int, Domain]:
+    tag_of, spec_of = dict(tags), {s.name: s for s in specs}
+    out: dict[int, Domain] = {}
+    for i, r in enumerate(routers):
+        mine = sorted((tag_of[n], spec_of[n]) for n in r.segments
+                      if n in tag_of and n in spec_of)
+        if not mine:
+            continue
+        d = Domain(Routed(i, r.mac, mine[0][0]), r.name, tuple(t for t, _ in mine),
+                   tuple(mine))
+        out.update((t, d) for t, _ in mine)
+    return out
+
+
+def zone(state: NetworkState, segment_id: int) -> int:
+    """The conntrack zone of a segment: its router's, else its own tag."""
+    d = domains(state).get(segment_id)
+    return d.routed.zone if d is not None else segment_id
+
+
+def reach(state: NetworkState, segment_id: int) -> tuple[int, ...]:
+    """The segments whose presence on a host makes a VM of ``segment_id`` matter there:
+    its router's domain, or the segment alone."""
+    d = domains(state).get(segment_id)
+    return d.tags if d is not None else (segment_id,)
+
+
+def gateway_of(state: NetworkState, segment_id: int, version: int = 4) -> tuple[str, str] | None:
+    """(router MAC, gateway address) of a routed segment, for answers sent in the router's
+    name (ICMP time exceeded)."""
+    d = domains(state).get(segment_id)
+    if d is None:
+        return None
+    spec = dict(d.specs)[segment_id]
+    gw = spec.gateway if version == 4 else spec.gateway6
+    return (d.routed.mac, gw) if gw else None
+
+
+def answering_gateway(state: NetworkState, dpid: int, port_no: int) -> tuple[str, str] | None:
+    """(router MAC, gateway) that answers, in its router's name, the VM sending on
+    ``dpid`` port ``port_no`` (bound or standby there): the gateway of that VM's own
+    segment. None for a port no VM of a routed IPv4 segment sends on."""
+    for places in (state.bindings, state.standby):
+        for name, b in places.items():
+            vm = state.vms.get(name)
+            if vm is not None and b.port == (dpid, port_no):
+                return gateway_of(state, vm.segment_id)
+    return None
