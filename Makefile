@@ -88,6 +88,7 @@ bench: deps ovs
 	$(BIN)/python -m bench.migration
 	$(BIN)/python -m bench.memory
 	$(BIN)/python -m bench.incremental
+	$(BIN)/python -m bench.routing
 	$(BIN)/python -m bench.scale
 
 clean:

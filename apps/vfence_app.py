@@ -29,6 +29,7 @@ from os_ken.lib.packet import ethernet, icmp, ipv4, packet, tcp, udp
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
+from vfence.controller import dhcp
 from vfence.controller.compiler import ETH_TYPE_LLDP, ETH_TYPE_VLAN
 from vfence.controller.flows import Owner, cookie, cookie_owner
 from vfence.controller.model import Link, PortRef
@@ -37,7 +38,7 @@ from vfence.controller.reconcile import FlowDiff
 from vfence.controller.routing import answering_gateway
 from vfence.controller.service import Service
 
-from . import lldp, ofcodec, router_answers
+from . import dhcp_server, lldp, ofcodec, router_answers
 
 LOG = logging.getLogger("vfence.app")
 
@@ -46,6 +47,11 @@ LLDP_INTERVAL = 5.0
 AUDIT_INTERVAL = 2.0
 AUDIT_SHARE = 0.1  # of the controller's time, at most, for reading drop counters
 REPLY_TIMEOUT = 10.0
+
+
+def _is_dhcp_client(pkt: Any) -> bool:
+    u = pkt.get_protocol(udp.udp)
+    return u is not None and (u.src_port, u.dst_port) == (68, 67)
 
 
 def _l4(pkt: Any) -> tuple[str, int | None]:
@@ -368,8 +374,14 @@ class VfenceApp(app_manager.OSKenApp):
         if eth is None or in_port is None:
             return
         owner = cookie_owner(msg.cookie)
-        if owner is not None and owner[0] == Owner.VM:  # first frame at a standby port
-            self.submit(self.service.vm_seen, dp.id, in_port, eth.src)
+        if owner is not None and owner[0] == Owner.VM:
+            req = dhcp_server.parse(msg.data) if _is_dhcp_client(pkt) else None
+            if req is not None:  # metered by the service meter, answered here
+                self._dhcp(dp, in_port, req)
+            if req is None or any(b.port == (dp.id, in_port)
+                                  for b in self.service.state.standby.values()):
+                # the first frame at a standby port (a DHCP request from one, too)
+                self.submit(self.service.vm_seen, dp.id, in_port, eth.src)
             return
         if owner is not None and owner[0] == Owner.BASE and msg.table_id == Table.ROUTE:
             self._time_exceeded(dp, in_port, msg.data)  # an expiring TTL, metered
@@ -392,15 +404,27 @@ class VfenceApp(app_manager.OSKenApp):
             # VM never sends tagged frames (port security drops them), so no binding
         self.submit(self.service.unbound_frame, dp.id, in_port, eth.src)
 
+    def _dhcp(self, dp: Any, in_port: int, req: dhcp_server.Request) -> None:
+        """The VM's own lease, looked up by the port the request came in on (the state
+        is read, never changed here); nothing for a port or MAC without one."""
+        lease = dhcp.lease_for(self.service.state, dp.id, in_port, req.src_mac)
+        reply = dhcp_server.answer(req, lease) if lease is not None else None
+        LOG.info("DHCP message %d from %s on %016x port %d: %s", req.type, req.src_mac,
+                 dp.id, in_port, "answered" if reply else "no lease here, not answered")
+        if reply is not None:
+            self._packet_out(dp, in_port, reply)
+
+    def _packet_out(self, dp: Any, port: int, data: bytes) -> None:
+        dp.send_msg(parser.OFPPacketOut(dp, ofp.OFP_NO_BUFFER, ofp.OFPP_CONTROLLER,
+                                        [parser.OFPActionOutput(port, 0)], data))
+
     def _time_exceeded(self, dp: Any, in_port: int, frame: bytes) -> None:
         """Answer in the router's name from the sender's gateway, out of its port. The
         state is read, not changed (it is swapped whole, never edited in place)."""
         gw = answering_gateway(self.service.state, dp.id, in_port)
         answer = router_answers.time_exceeded(frame, *gw) if gw is not None else None
         if answer is not None:
-            dp.send_msg(parser.OFPPacketOut(
-                dp, ofp.OFP_NO_BUFFER, ofp.OFPP_CONTROLLER,
-                [parser.OFPActionOutput(in_port, 0)], answer))
+            self._packet_out(dp, in_port, answer)
 
     # --- LLDP -------------------------------------------------------------------------
 

@@ -71,6 +71,7 @@ from .pipeline import (
     PRIO_CT_TRACK,
     PRIO_DEFAULT,
     PRIO_DELIVER,
+    PRIO_DHCP_CLIENT,
     PRIO_DST_ADDRESS,
     PRIO_DST_FRAME,
     PRIO_DST_ROUTED,
@@ -334,6 +335,11 @@ def local_vm_flows(vm: VM, port: int, slots: tuple[int, ...] = (), standby: bool
                 in_port=port, eth_type=eth_type, ip_proto=17, **{field: value}), DROP, ck)
     v4 = [ip for ip in vm.ips if ":" not in ip]
     v6 = ipv6_addresses(vm)
+    # a DHCP client, before it has an address (from 0.0.0.0) and renewing: the controller
+    # answers with the VM's own lease, metered (never on to other VMs)
+    yield Flow(Table.CLASSIFY, PRIO_DHCP_CLIENT, match(
+        **me, eth_type=ETH_TYPE_IP, ip_proto=17, udp_src=68, udp_dst=67),
+        (meter(METER_SERVICE), apply(("output", OFPP_CONTROLLER))), ck)
     for ip in v4:
         yield Flow(Table.CLASSIFY, PRIO_VM_ADDRESS, match(**me, eth_type=ETH_TYPE_IP, ipv4_src=ip),
                    classify, ck)

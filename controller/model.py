@@ -145,6 +145,11 @@ class SegmentSpec:
     subnet6: str | None = None
     gateway: str | None = None
     gateway6: str | None = None
+    # what DHCP gives the segment's guests besides address, prefix and gateway
+    dns_servers: tuple[str, ...] = ()
+    domain: str | None = None
+    mtu: int | None = None
+    lease_time: int = 3600
 
 
 @dataclass(frozen=True)

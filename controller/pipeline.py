@@ -190,7 +190,8 @@ METERS = (
     Meter(METER_STANDBY, "standby", 200, 20,
           "a migration target's port until switch-over (not shared with punts)"),
     Meter(METER_SERVICE, "service", 100, 20,
-          "what the controller answers for a router: expired TTLs (ICMP time exceeded)"),
+          "what the controller answers for VMs and routers: DHCP, expired TTLs (ICMP time "
+          "exceeded)"),
 )
 
 # --- priorities ---------------------------------------------------------------------------
@@ -200,6 +201,7 @@ PRIO_MISS = 0
 PRIO_ROGUE_DHCP = 220
 PRIO_ROGUE_ND = 218
 PRIO_ND_OWN = 216
+PRIO_DHCP_CLIENT = 212
 PRIO_QUIET_DROP = 215
 PRIO_SPOOFED_ND = 214
 PRIO_VM_ADDRESS = 210
@@ -403,7 +405,10 @@ TABLES = (
          _at("rogue_nd", PRIO_ROGUE_ND, Owner.VM,
              "router advertisements and redirects from a VM: drop", "router-advertisement"),
          _at("rogue_dhcp", PRIO_ROGUE_DHCP, Owner.VM, "DHCP server replies from a VM: drop",
-             "dhcp-server")),
+             "dhcp-server"),
+         _at("dhcp_client", PRIO_DHCP_CLIENT, Owner.VM,
+             "DHCP from the VM's MAC (any source address, 0.0.0.0 too): to the controller "
+             "through the service meter, which answers with the VM's lease")),
         "Bound VM port + own MAC + own IP (IP, ARP sender, IPv6 incl. its EUI-64 link-local) "
         "+ untagged, and neighbour discovery only for its own addresses: write segment/VM tag "
         "to metadata, source groups to reg0-3 (slots), zone to reg5. Anything else from a VM port "

@@ -172,10 +172,28 @@ class _Checker:
             v4, v6 = nets["subnet"], nets["subnet6"]
             self.specs[s["name"]] = SegmentSpec(
                 s["name"], str(v4) if v4 else None, str(v6) if v6 else None,
-                gws["gateway"], gws["gateway6"])
+                gws["gateway"], gws["gateway6"], self._resolvers(where, s),
+                s.get("domain", "").rstrip(".").lower() or None, s.get("mtu"),
+                s.get("lease_time", 3600))
             out[s["name"]] = str(nets["subnet"]) if nets["subnet"] else None
             self.prefixes[s["name"]] = [n for n in nets.values() if n is not None]
         return out
+
+    def _resolvers(self, where: str, s: dict[str, Any]) -> tuple[str, ...]:
+        """A segment's DHCP resolvers: IPv4 addresses (DHCPv4 option 6 carries no other)."""
+        out = []
+        for j, text in enumerate(s.get("dns_servers", [])):
+            try:
+                addr = ipaddress.ip_address(text)
+            except ValueError:
+                self.err(f"{where}.dns_servers[{j}]", f"{text!r} is not an IP address")
+                continue
+            if addr.version != 4:
+                self.err(f"{where}.dns_servers[{j}]", f"{addr} is not an IPv4 address "
+                                                       "(DHCPv4 gives IPv4 resolvers only)")
+                continue
+            out.append(str(addr))
+        return tuple(out)
 
     def _vms(self, segments: dict[str, str | None], groups: set[str]) -> list[VMSpec]:
         self._unique("vms")

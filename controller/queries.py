@@ -17,6 +17,7 @@ from .pipeline import Table, table_name
 from .store import models as m
 
 if TYPE_CHECKING:
+    from .model import SegmentSpec
     from .service import Service
 
 
@@ -127,7 +128,8 @@ class Queries:
             sp = specs.get(r.name)
             out.append({"name": r.name, "subnet": r.subnet, "id": r.id, "tag": r.tag,
                         "subnet6": sp and sp.subnet6, "gateway": sp and sp.gateway,
-                        "gateway6": sp and sp.gateway6, "router": router.get(r.name)})
+                        "gateway6": sp and sp.gateway6, "router": router.get(r.name),
+                        "dhcp": _dhcp(sp)})
         return out
 
     def routers(self) -> list[dict[str, Any]]:
@@ -217,3 +219,11 @@ class Queries:
             ports = {d: set(svc.switches.ports.get(d, {})) for d in dpids}
         flows = {d: [f for f, _, _ in svc.switches.read_flows(d)] for d in dpids}
         return verify_mod.verify(state, flows, ports)
+
+
+def _dhcp(spec: SegmentSpec | None) -> dict[str, Any] | None:
+    """What DHCP gives a segment's guests (a segment with an IPv4 subnet and gateway)."""
+    if spec is None or not spec.subnet or not spec.gateway:
+        return None
+    return {"dns_servers": list(spec.dns_servers), "domain": spec.domain, "mtu": spec.mtu,
+            "lease_time": spec.lease_time}

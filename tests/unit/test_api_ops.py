@@ -216,7 +216,7 @@ def test_segments_groups_rules(service):
     assert client.put("/v1/policy", json=doc).status_code == 200
     assert client.get("/v1/segments").json()[0] == {
         "name": "prod", "subnet": "10.0.0.0/8", "id": 1, "tag": 1, "subnet6": None,
-        "gateway": None, "gateway6": None, "router": None}
+        "gateway": None, "gateway6": None, "router": None, "dhcp": None}
     gs = {g["name"]: g["bit"] for g in client.get("/v1/groups").json()}
     assert set(gs) == {"payroll", "frontend", "finance-api", "ops"}
     assert len(set(gs.values())) == 4

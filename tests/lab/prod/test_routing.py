@@ -36,8 +36,10 @@ GATEWAY = {"rweb": "10.30.1.1", "rdb": "10.30.2.1"}
 
 def routed_doc() -> dict:
     doc = copy.deepcopy(DOC)
-    doc["segments"] += [{"name": "rweb", "subnet": "10.30.1.0/24", "gateway": GATEWAY["rweb"]},
-                        {"name": "rdb", "subnet": "10.30.2.0/24", "gateway": GATEWAY["rdb"]},
+    doc["segments"] += [{"name": "rweb", "subnet": "10.30.1.0/24", "gateway": GATEWAY["rweb"],
+                         "dns_servers": ["10.30.1.53"], "domain": "rweb.lab.example"},
+                        {"name": "rdb", "subnet": "10.30.2.0/24", "gateway": GATEWAY["rdb"],
+                         "lease_time": 600, "mtu": 1400},
                         {"name": "rlab", "subnet": "10.30.9.0/24"}]
     doc["routers"] = [{"name": "r1", "segments": ["rweb", "rdb"]}]
     doc["groups"] += [{"name": g} for g in ("rweb", "rdb", "rlab", "rfront", "rpay")]
@@ -165,6 +167,61 @@ def test_gateway_arp_and_routing_work_with_the_controller_killed(routed):
         lab.wait_converged()
         for name, *_ in ROUTED_VMS:
             lab.wait_for(lambda name=name: bound(lab, name), 30, f"{name} bound again")
+
+
+DHCP_SCRIPT = """#!/bin/sh
+# the test's own udhcpc script: it only writes down what it was given
+echo "$1 ip=$ip subnet=$subnet router=$router dns=$dns domain=$domain lease=$lease \
+mtu=$mtu serverid=$serverid" >> {log}
+"""
+
+
+def dhcp_events(log) -> list[dict]:
+    if not log.exists():
+        return []
+    return [dict(kv.split("=", 1) for kv in ln.split()[1:] if "=" in kv) | {
+        "event": ln.split()[0]} for ln in log.read_text().splitlines() if ln.strip()]
+
+
+def test_a_stock_dhcp_client_gets_its_lease_on_any_host_and_renews_after_a_migration(
+        routed, tmp_path):
+    """busybox udhcpc (with a script of ours: never this machine's resolv.conf) on rweb-1
+    (hv1) and rpay-2 (hv2); rpay-2 then moves to hv3, where a client on its new NIC (the
+    lab's migration gives it one) binds and renews: unicast, to the gateway, as at T1."""
+    lab = routed
+    script = tmp_path / "dhcp.sh"
+    log = tmp_path / "dhcp.log"
+    script.write_text(DHCP_SCRIPT.format(log=log))
+    script.chmod(0o755)
+    once = f"busybox udhcpc -n -q -f -t 4 -T 1 -s {script}"
+    lab.host("rweb-1").cmd(f"{once} -i {nic(lab, 'rweb-1')} >/dev/null 2>&1")
+    lab.host("rpay-2").cmd(f"{once} -i {nic(lab, 'rpay-2')} >/dev/null 2>&1")
+    got = [e for e in dhcp_events(log) if e["event"] == "bound"]
+    assert [(e["ip"], e["router"], e["subnet"]) for e in got] == [
+        (IP["rweb-1"], GATEWAY["rweb"], "255.255.255.0"),
+        (IP["rpay-2"], GATEWAY["rdb"], "255.255.255.0")], got
+    assert (got[0]["dns"], got[0]["domain"], got[0]["lease"]) == (
+        "10.30.1.53", "rweb.lab.example", "3600")
+    assert (got[1]["lease"], got[1]["mtu"], got[1]["serverid"]) == ("600", "1400",
+                                                                    GATEWAY["rdb"])
+    log.unlink()
+    migrate(lab, "rpay-2", "hv3")
+    host = lab.host("rpay-2")
+    pid = tmp_path / "udhcpc.pid"
+    host.cmd(f"busybox udhcpc -f -t 4 -T 1 -s {script} -i {nic(lab, 'rpay-2')} "
+             f">{tmp_path}/udhcpc.err 2>&1 & echo $! > {pid}")
+    try:
+        lab.wait_for(lambda: any(e["event"] == "bound" for e in dhcp_events(log)), 10,
+                     "bound at hv3")
+        host.cmd(f"kill -USR1 $(cat {pid})")  # renew now (what T1 does): unicast, to
+        lab.wait_for(lambda: any(e["event"] == "renew" for e in dhcp_events(log)), 10,
+                     "a renewal at hv3")  # the server id
+    finally:
+        host.cmd(f"kill $(cat {pid})")
+    events = dhcp_events(log)
+    assert [e["event"] for e in events][:2] == ["deconfig", "bound"], events
+    assert {e["ip"] for e in events if e["event"] in ("bound", "renew")} == {IP["rpay-2"]}
+    assert lab.get("/v1/vms/rpay-2/location")["host"]["name"] == "hv3"
 
 
 def test_a_long_lived_routed_tcp_connection_lives_through_a_migration(routed, tmp_path):
