@@ -14,12 +14,17 @@ def time_exceeded(frame: bytes, router_mac: str, gateway: str) -> bytes | None:
     """The ICMP time exceeded (in transit) answer to an untagged IPv4 ``frame``, from
     ``gateway`` at ``router_mac`` back to the frame's sender; None for anything else
     (an ICMP error is never answered with another)."""
-    pkt = packet.Packet(frame)
+    try:
+        pkt = packet.Packet(frame)
+    except Exception:  # os-ken raises what it likes on a malformed frame
+        return None
     eth, ip = pkt.get_protocol(ethernet.ethernet), pkt.get_protocol(ipv4.ipv4)
     if eth is None or ip is None or eth.ethertype != ETH_TYPE_IP:
         return None
     err = pkt.get_protocol(icmp.icmp)
     if err is not None and err.type not in (icmp.ICMP_ECHO_REQUEST, icmp.ICMP_ECHO_REPLY):
+        return None
+    if ip.offset or ip.dst == "255.255.255.255":  # only a datagram's first fragment
         return None
     quoted = frame[14:14 + min(ip.total_length, QUOTED)]
     out = packet.Packet()

@@ -369,7 +369,11 @@ class VfenceApp(app_manager.OSKenApp):
         msg = ev.msg
         dp = msg.datapath
         in_port = msg.match.get("in_port")
-        pkt = packet.Packet(msg.data)
+        try:
+            pkt = packet.Packet(msg.data)
+        except Exception:  # os-ken raises what it likes on a malformed frame (metered)
+            LOG.debug("unparsable frame from %016x port %s", dp.id, in_port)
+            return
         eth = pkt.get_protocol(ethernet.ethernet)
         if eth is None or in_port is None:
             return
@@ -383,7 +387,7 @@ class VfenceApp(app_manager.OSKenApp):
                 # the first frame at a standby port (a DHCP request from one, too)
                 self.submit(self.service.vm_seen, dp.id, in_port, eth.src)
             return
-        if owner is not None and owner[0] == Owner.BASE and msg.table_id == Table.ROUTE:
+        if owner is not None and owner[0] == Owner.ROUTER and msg.table_id == Table.ROUTE:
             self._time_exceeded(dp, in_port, msg.data)  # an expiring TTL, metered
             return
         if owner is not None and owner[0] == Owner.RULE:  # deny-and-log sample

@@ -58,11 +58,12 @@ from .pipeline import (
     META_FROM_FABRIC,
     META_SEGMENT_MASK,
     META_VM_SHIFT,
+    METER_DHCP,
     METER_LLDP,
     METER_LOG,
     METER_PUNT,
-    METER_SERVICE,
     METER_STANDBY,
+    METER_TTL,
     PRIO_ARP_ANSWER,
     PRIO_ARP_GATEWAY,
     PRIO_ARP_OWN_ADDRESS,
@@ -101,6 +102,7 @@ from .pipeline import (
     PRIO_ROGUE_ND,
     PRIO_ROUTE,
     PRIO_ROUTE_TTL,
+    PRIO_ROUTE_TTL6,
     PRIO_ROUTE_UNUSED,
     PRIO_SPOOFED_L2,
     PRIO_SPOOFED_L3,
@@ -254,10 +256,9 @@ def base_flows() -> Iterable[Flow]:
     yield Flow(Table.ARP, PRIO_ARP_UNKNOWN, _nd(ND_NS), DROP, base)
     yield Flow(Table.DST_LOOKUP, PRIO_MISS, (), (goto(Table.CONNTRACK),), base)
     yield Flow(Table.ROUTE, PRIO_MISS, (), DROP, base)
-    for eth_type in (ETH_TYPE_IP, ETH_TYPE_IPV6):  # expires here: ICMP time exceeded
-        for ttl in (0, 1):
-            yield Flow(Table.ROUTE, PRIO_ROUTE_TTL, match(eth_type=eth_type, nw_ttl=ttl),
-                       (meter(METER_SERVICE), to_ctl), base)
+    for ttl in (0, 1):  # (dec_ttl would send these to the controller unmetered)
+        yield Flow(Table.ROUTE, PRIO_ROUTE_TTL6, match(eth_type=ETH_TYPE_IPV6, nw_ttl=ttl),
+                   DROP, base)
     for eth_type in (ETH_TYPE_IP, ETH_TYPE_IPV6):
         yield Flow(Table.CONNTRACK, PRIO_CT_TRACK, match(eth_type=eth_type),
                    (apply(("ct", 0, *CT_ZONE, int(Table.POLICY))),), base)
@@ -339,7 +340,7 @@ def local_vm_flows(vm: VM, port: int, slots: tuple[int, ...] = (), standby: bool
     # answers with the VM's own lease, metered (never on to other VMs)
     yield Flow(Table.CLASSIFY, PRIO_DHCP_CLIENT, match(
         **me, eth_type=ETH_TYPE_IP, ip_proto=17, udp_src=68, udp_dst=67),
-        (meter(METER_SERVICE), apply(("output", OFPP_CONTROLLER))), ck)
+        (meter(METER_DHCP), apply(("output", OFPP_CONTROLLER))), ck)
     for ip in v4:
         yield Flow(Table.CLASSIFY, PRIO_VM_ADDRESS, match(**me, eth_type=ETH_TYPE_IP, ipv4_src=ip),
                    classify, ck)
@@ -538,9 +539,14 @@ def router_flows(state: NetworkState) -> Iterable[Flow]:
                            match(metadata=(tag, SEG_LOCAL), eth_dst=mac, eth_type=eth_type),
                            (goto(Table.ROUTE),), ck)
                 n = ipaddress.ip_network(net)
+                inside = {field: (str(n.network_address), str(n.netmask))}
                 yield Flow(Table.ROUTE, PRIO_ROUTE_UNUSED, match(
-                    eth_dst=mac, eth_type=eth_type,
-                    **{field: (str(n.network_address), str(n.netmask))}), DROP, ck)
+                    eth_dst=mac, eth_type=eth_type, **inside), DROP, ck)
+                if eth_type == ETH_TYPE_IP:  # expires here: ICMP time exceeded
+                    for ttl in (0, 1):
+                        yield Flow(Table.ROUTE, PRIO_ROUTE_TTL, match(
+                            eth_dst=mac, eth_type=eth_type, nw_ttl=ttl, **inside),
+                            (meter(METER_TTL), apply(("output", OFPP_CONTROLLER))), ck)
 
 
 @_memo
@@ -561,6 +567,8 @@ def _routed_addresses(vm: VM, side: str) -> Iterator[dict]:
     """Match fields for each address a router routes for the VM (never its link-local)."""
     for ip in vm.ips:
         v6 = ":" in ip
+        if v6 and ipaddress.IPv6Address(ip).is_link_local:
+            continue
         yield {"eth_type": ETH_TYPE_IPV6 if v6 else ETH_TYPE_IP,
                f"ipv{6 if v6 else 4}_{side}": ip}
 
@@ -955,7 +963,9 @@ def _single_match(e: Endpoint, resolved: int | None, side: str, judge: Judge, ac
                   ) -> dict | None:
     if e.kind == "any":
         return {}
-    if e.kind == "vm":
+    if e.kind == "vm" or (e.kind == "mac" and resolved is not None):
+        # a VM's MAC names that VM: its tag, not the frame's MAC (which a router rewrites;
+        # a broadcast's copy to it has another)
         if resolved is None:
             return None
         if side == "src":
@@ -963,8 +973,6 @@ def _single_match(e: Endpoint, resolved: int | None, side: str, judge: Judge, ac
         return {DST_VM_REG: resolved}
     flood_dst = judge.table == Table.FLOOD_POLICY and side == "dst"
     if e.kind == "mac":
-        if side == "dst" and resolved is not None:  # a VM's MAC names that VM, also for
-            return {DST_VM_REG: resolved}  # a broadcast's copy to it
         if flood_dst:  # a broadcast is never sent to that MAC: deny all, allow none
             return {} if action != "allow" else None
         return {f"eth_{side}": e.value}

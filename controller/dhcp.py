@@ -33,21 +33,18 @@ def lease_for(state: NetworkState, dpid: int, port_no: int, mac: str) -> Lease |
     """The lease of the VM sending on ``dpid`` port ``port_no`` from ``mac``; None when no
     VM with that MAC is bound (or standing by) there, or its segment has no IPv4 subnet
     and gateway, or the VM no IPv4 address."""
-    for places in (state.bindings, state.standby):
-        for name, b in places.items():
-            vm = state.vms.get(name)
-            if vm is None or b.port != (dpid, port_no) or vm.mac != mac.lower():
-                continue
-            spec = next((s for s in state.policy.segment_specs if s.name == vm.segment), None)
-            v4 = next((ip for ip in vm.ips if ":" not in ip), None)
-            if spec is None or not spec.subnet or not spec.gateway or v4 is None:
-                return None
-            net = ipaddress.IPv4Network(spec.subnet)
-            routed = routing.gateway_of(state, vm.segment_id)
-            mac = routed[0] if routed else addresses.router_mac(f"dhcp:{vm.segment}")
-            return Lease(v4, str(net.netmask), spec.gateway, mac, spec.gateway,
-                         spec.dns_servers, spec.domain, spec.mtu, spec.lease_time)
-    return None
+    vm = state.vms.get(routing.port_owners(state).get((dpid, port_no), ""))
+    if vm is None or vm.mac != mac.lower():
+        return None
+    spec = next((s for s in state.policy.segment_specs if s.name == vm.segment), None)
+    v4 = next((ip for ip in vm.ips if ":" not in ip), None)
+    if spec is None or not spec.subnet or not spec.gateway or v4 is None:
+        return None
+    net = ipaddress.IPv4Network(spec.subnet)
+    routed = routing.gateway_of(state, vm.segment_id)
+    server_mac = routed[0] if routed else addresses.router_mac(f"dhcp:{vm.segment}")
+    return Lease(v4, str(net.netmask), spec.gateway, server_mac, spec.gateway,
+                 spec.dns_servers, spec.domain, spec.mtu, spec.lease_time)
 
 
 def reply_type(msg_type: int, requested: str | None, ciaddr: str, lease: Lease) -> int | None:

@@ -4,6 +4,7 @@ An edit may return an event for the binding machine (``binding.py``)."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -12,8 +13,8 @@ from sqlalchemy.orm import Session
 
 from . import binding, hosts, records, registry
 from . import policy as policy_mod
-from .errors import Conflict
-from .model import Link, NetworkState, Policy, PortRef, Switch, VMSpec
+from .errors import Conflict, Invalid
+from .model import VM, Link, NetworkState, Policy, PortRef, SegmentSpec, Switch, VMSpec
 
 LOG = logging.getLogger("vfence.service")
 Edit = Callable[[NetworkState, Session], binding.Event | None]
@@ -46,6 +47,8 @@ def _clear_of_routers(new: NetworkState, names: list[str]) -> None:
     macs = {r.mac: r.name for r in new.policy.routers}
     gateways = {(sp.name, gw) for r in new.policy.routers for sp in new.policy.segment_specs
                 if sp.name in r.segments for gw in (sp.gateway, sp.gateway6) if gw}
+    router = {seg: r.name for r in new.policy.routers for seg in r.segments}
+    specs = {sp.name: sp for sp in new.policy.segment_specs}
     for name in names:
         vm = new.vms[name]
         if vm.mac in macs:
@@ -54,6 +57,29 @@ def _clear_of_routers(new: NetworkState, names: list[str]) -> None:
             if (vm.segment, ip) in gateways:
                 raise Conflict(f"{ip} is the gateway of segment {vm.segment!r}, which "
                                "a router joins", f"ips[{j}]")
+            if vm.segment in router:
+                _routable(new, vm, ip, f"ips[{j}]", router, specs)
+
+
+def _routable(new: NetworkState, vm: VM, ip: str, field: str, router: dict[str, str],
+              specs: dict[str, SegmentSpec]) -> None:
+    """In a segment a router joins, an address must sit in the segment's prefix of its
+    family and be no other VM's in any segment of that router (the router finds VMs by
+    address alone)."""
+    addr = ipaddress.ip_address(ip)
+    if addr.is_link_local:
+        return  # never routed
+    spec = specs[vm.segment]
+    if (spec.subnet if addr.version == 4 else spec.subnet6) is None:
+        raise Invalid(f"{ip}: segment {vm.segment!r} has no "
+                      f"{'subnet' if addr.version == 4 else 'subnet6'}, and router "
+                      f"{router[vm.segment]!r} joins it", field)
+    for other in new.vms.values():
+        if other.name != vm.name and router.get(other.segment) == router[vm.segment] \
+                and ip in other.ips:
+            raise Conflict(f"IP {ip} belongs to VM {other.name!r} in segment "
+                           f"{other.segment!r}, which router {router[vm.segment]!r} also "
+                           "joins", field)
 
 
 def add_vm(spec: VMSpec) -> Edit:

@@ -116,7 +116,7 @@ DST_GROUPS = tuple(Slot(r, 0, 32, f"destination VM's groups, slots {2 * i} and {
                    for i, r in enumerate(("reg6", "reg7", "reg8", "reg9")))
 DST_VM = Slot("reg4", 0, 16, "destination VM tag (0: not looked up yet)")
 ZONE = Slot("reg5", 0, 16, "conntrack zone: the segment's tag, or for every segment a "
-                           "router joins, the router's zone (the smallest tag among them)")
+                           "router joins, the router's zone (61440 + its index)")
 # a live migration switched over in the datapath: a frame from a VM's standby port is
 # marked, and the mark travels to the other hosts in the PCP of the fabric tag
 MARK = Slot("reg10", 0, 3, "the frame came from a migrating VM's standby port "
@@ -142,7 +142,10 @@ CT_ZONE = (ZONE.field, ZONE.shift << 6 | ZONE.bits - 1)  # NX ct zone_src, ofs_n
 # Tags are allocated densely by the registry (never a database id) and checked against
 # these widths; reaching one is refused with an error naming the field.
 MAX_VM_TAG = (1 << META_VM.bits) - 1  # metadata bits 16-31 and reg4: 1..65535
-MAX_SEGMENT_TAG = (1 << META_SEGMENT.bits) - 1  # metadata bits 0-15 and ct zone: 1..65535
+# segment tags and router zones share the 16-bit conntrack zone: routers the top 4096
+MAX_ROUTERS = 4096
+ROUTER_ZONE_BASE = (1 << ZONE.bits) - MAX_ROUTERS  # router i: zone ROUTER_ZONE_BASE + i
+MAX_SEGMENT_TAG = ROUTER_ZONE_BASE - 1  # metadata bits 0-15 and ct zone: 1..61439
 MAX_GROUPS = (1 << 16) - 1  # group numbers 0..65534: a slot holds number + 1 in 16 bits
 MAX_LABEL = 4094  # host label = VLAN id on the fabric: 1..4094
 
@@ -182,16 +185,17 @@ METER_PUNT = 1
 METER_LLDP = 2
 METER_LOG = 3
 METER_STANDBY = 4
-METER_SERVICE = 5
+METER_DHCP = 5
+METER_TTL = 6
 METERS = (
     Meter(METER_PUNT, "punt", 100, 10, "frames from unbound ports (binding detection)"),
     Meter(METER_LLDP, "lldp", 200, 20, "LLDP from fabric ports (link discovery)"),
     Meter(METER_LOG, "log", 20, 2, "deny-and-log samples"),
     Meter(METER_STANDBY, "standby", 200, 20,
           "a migration target's port until switch-over (not shared with punts)"),
-    Meter(METER_SERVICE, "service", 100, 20,
-          "what the controller answers for VMs and routers: DHCP, expired TTLs (ICMP time "
-          "exceeded)"),
+    Meter(METER_DHCP, "dhcp", 100, 20, "DHCP from VMs, which the controller answers"),
+    Meter(METER_TTL, "ttl", 20, 5, "packets whose TTL expires at a router (the controller "
+                                   "answers ICMP time exceeded): not shared with DHCP"),
 )
 
 # --- priorities ---------------------------------------------------------------------------
@@ -228,6 +232,7 @@ PRIO_DST_WRONG_ADDRESS = 90
 PRIO_DST_FRAME = 80
 # ROUTE
 PRIO_ROUTE_TTL = 200
+PRIO_ROUTE_TTL6 = 199
 PRIO_ROUTE = 100
 PRIO_ROUTE_UNUSED = 50
 # CONNTRACK
@@ -408,7 +413,7 @@ TABLES = (
              "dhcp-server"),
          _at("dhcp_client", PRIO_DHCP_CLIENT, Owner.VM,
              "DHCP from the VM's MAC (any source address, 0.0.0.0 too): to the controller "
-             "through the service meter, which answers with the VM's lease")),
+             "through the dhcp meter, which answers with the VM's lease")),
         "Bound VM port + own MAC + own IP (IP, ARP sender, IPv6 incl. its EUI-64 link-local) "
         "+ untagged, and neighbour discovery only for its own addresses: write segment/VM tag "
         "to metadata, source groups to reg0-3 (slots), zone to reg5. Anything else from a VM port "
@@ -485,9 +490,11 @@ TABLES = (
          _at("route", PRIO_ROUTE, Owner.VM,
              "to a VM's address: its tag and groups, TTL - 1, source MAC the router's, "
              "destination MAC the VM's, on to CONNTRACK"),
-         _at("ttl_expired", PRIO_ROUTE_TTL, Owner.BASE,
-             "TTL (hop limit) 0 or 1: to the controller through the service meter, which "
-             "answers ICMP time exceeded from the gateway")),
+         _at("hop_limit_expired", PRIO_ROUTE_TTL6, Owner.BASE,
+             "IPv6 with hop limit 0 or 1: drop (no ICMPv6 time exceeded yet)"),
+         _at("ttl_expired", PRIO_ROUTE_TTL, Owner.ROUTER,
+             "IPv4 TTL 0 or 1 to an address of the router's subnets: to the controller "
+             "through the ttl meter, which answers ICMP time exceeded from the gateway")),
         "Routing happens at the source VM's host, once: the packet then goes on exactly "
         "like switched traffic (policy with the destination VM's groups, delivery over "
         "the fabric). The destination host knows the source VM by the router's MAC and "

@@ -24,7 +24,7 @@ from . import addresses
 from .errors import Invalid, field_path
 from .flows import MAX_RULES, MAX_SEGMENT_TAG, MAX_VM_TAG
 from .model import ANY, Endpoint, Policy, Router, Rule, SegmentSpec, VMSpec
-from .pipeline import keep_rule_priorities
+from .pipeline import MAX_ROUTERS, keep_rule_priorities
 
 SCHEMA = ("vfence.schemas", "policy.schema.json")  # package data: found installed or not
 
@@ -84,7 +84,8 @@ def _validator() -> jsonschema.Draft202012Validator:
 # seconds go into checking the rest of it
 SIZE_LIMITS = {"segments": (MAX_SEGMENT_TAG, "the segment tag is 16 bits"),
                "vms": (MAX_VM_TAG, "the VM tag is 16 bits"),
-               "rules": (MAX_RULES, "each rule has its own priority band")}
+               "rules": (MAX_RULES, "each rule has its own priority band"),
+               "routers": (MAX_ROUTERS, "each router has its own conntrack zone")}
 
 
 def parse(doc: dict[str, Any]) -> Policy:
@@ -114,6 +115,9 @@ class _Checker:
         self.nets: dict[str, dict[str, addresses.IPNetwork | None]] = {}
         self.specs: dict[str, SegmentSpec] = {}
         self.routed: set[str] = set()  # segments a router joins
+        self.joined: dict[str, str] = {}  # segment -> the router that joins it
+        self.router_owner: dict[str, str] = {}  # router MAC -> router
+        self.in_segment: dict[str, set[str]] = {}  # segment -> its VMs seen so far
 
     def err(self, path: str, reason: str) -> None:
         self.errors.append({"field": path, "reason": reason})
@@ -198,7 +202,7 @@ class _Checker:
     def _vms(self, segments: dict[str, str | None], groups: set[str]) -> list[VMSpec]:
         self._unique("vms")
         macs: dict[str, str] = {}
-        ips: dict[tuple[str, str], str] = {}
+        ips: dict[tuple, str] = {}  # (segment or router, address) -> VM
         out = []
         for i, v in enumerate(self.doc.get("vms", [])):
             where = f"vms[{i}]"
@@ -225,10 +229,22 @@ class _Checker:
                         spec.gateway, spec.gateway6):  # unrouted: a VM may be the router
                     self.err(f"{where}.ips[{j}]", f"{addr} is segment {v['segment']!r}'s "
                                                   "gateway (a router joins it)")
-                key = (v["segment"], addr)
+                # a router finds VMs by address alone: unique across all its segments
+                router = self.joined.get(v["segment"])
+                key = (("router", router) if router and not _link_local(addr)
+                       else ("segment", v["segment"]), addr)
                 if key in ips:
-                    self.err(f"{where}.ips[{j}]", f"{addr} is also VM {ips[key]!r}'s")
+                    self.err(f"{where}.ips[{j}]", f"{addr} is also VM {ips[key]!r}'s"
+                             + (f" (router {router!r} joins both segments)" if router
+                                and ips[key] not in self.in_segment.get(v["segment"], ())
+                                else ""))
                 ips.setdefault(key, v["name"])
+                self.in_segment.setdefault(v["segment"], set()).add(v["name"])
+                if router and spec is not None and not _link_local(addr) and (
+                        spec.subnet if ":" not in addr else spec.subnet6) is None:
+                    self.err(f"{where}.ips[{j}]", f"{addr}: segment {v['segment']!r} has no "
+                             f"{'subnet6' if ':' in addr else 'subnet'}, and router "
+                             f"{router!r} joins it")
                 addrs.append(addr)
             for j, g in enumerate(v.get("groups", [])):
                 if g not in groups:
@@ -271,7 +287,8 @@ class _Checker:
                                         f"{clash!r}'s, which this router also joins")
                     mine.append((name, net))
             out.append(Router(r["name"], tuple(r["segments"]), addresses.router_mac(r["name"])))
-        self.routed = set(joined)
+        self.routed, self.joined = set(joined), joined
+        self.router_owner = {r.mac: r.name for r in out}
         return out
 
     def _router_macs(self, routers: list[Router]) -> None:
@@ -309,6 +326,9 @@ class _Checker:
         if text in vms:
             return Endpoint("vm", text)
         if addresses.is_mac(text):
+            if text.lower() in self.router_owner:
+                self.err(path, f"{text} is router {self.router_owner[text.lower()]!r}'s MAC: "
+                               "routing rewrites it, name the VMs, groups or CIDRs behind it")
             return Endpoint("mac", text.lower())
         if "/" in text or text.replace(".", "").isdigit() or ":" in text:
             try:
@@ -396,3 +416,7 @@ def port_masks(lo: int, hi: int) -> list[tuple[int, int]]:
         out.append((lo, 0xFFFF & ~(size - 1)))
         lo += size
     return out
+
+
+def _link_local(addr: str) -> bool:
+    return ipaddress.ip_address(addr).is_link_local

@@ -6,7 +6,9 @@ reachable) on every host where any segment of the domain is present, as a VM of 
 segment does where its segment is. The addresses of a domain never repeat (its subnets do
 not overlap and every VM's addresses sit in its segment's subnet), so one conntrack zone
 serves switched and routed traffic of all its segments alike: a routed connection is
-tracked in the same zone at both ends, whichever segment each end is in.
+tracked in the same zone at both ends, whichever segment each end is in. The zone is
+the router's own (ROUTER_ZONE_BASE + its index, above every segment tag), so it never
+moves when segments get tags or join and leave the router.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import functools
 from typing import NamedTuple
 
 from .model import NetworkState, Router, SegmentSpec
+from .pipeline import ROUTER_ZONE_BASE
 
 
 class Routed(NamedTuple):
@@ -22,7 +25,7 @@ class Routed(NamedTuple):
 
     router: int  # its index in the policy (the ROUTER cookie's id)
     mac: str
-    zone: int  # the conntrack zone of every segment it joins
+    zone: int  # the conntrack zone of every segment it joins (its own, above every tag)
 
 
 class Domain(NamedTuple):
@@ -45,10 +48,10 @@ def _domains(routers: tuple[Router, ...], specs: tuple[SegmentSpec, ...],
     out: dict[int, Domain] = {}
     for i, r in enumerate(routers):
         mine = sorted((tag_of[n], spec_of[n]) for n in r.segments
-                      if n in tag_of and n in spec_of)
+                      if tag_of.get(n) and n in spec_of)
         if not mine:
             continue
-        d = Domain(Routed(i, r.mac, mine[0][0]), r.name, tuple(t for t, _ in mine),
+        d = Domain(Routed(i, r.mac, ROUTER_ZONE_BASE + i), r.name, tuple(t for t, _ in mine),
                    tuple(mine))
         out.update((t, d) for t, _ in mine)
     return out
@@ -82,9 +85,19 @@ def answering_gateway(state: NetworkState, dpid: int, port_no: int) -> tuple[str
     """(router MAC, gateway) that answers, in its router's name, the VM sending on
     ``dpid`` port ``port_no`` (bound or standby there): the gateway of that VM's own
     segment. None for a port no VM of a routed IPv4 segment sends on."""
-    for places in (state.bindings, state.standby):
-        for name, b in places.items():
-            vm = state.vms.get(name)
-            if vm is not None and b.port == (dpid, port_no):
-                return gateway_of(state, vm.segment_id)
-    return None
+    vm = state.vms.get(port_owners(state).get((dpid, port_no), ""))
+    return None if vm is None else gateway_of(state, vm.segment_id)
+
+
+_OWNERS: list = [None, {}]  # [the state indexed, its index]
+
+
+def port_owners(state: NetworkState) -> dict[tuple[int, int], str]:
+    """(dpid, port) -> the VM bound or standing by there, indexed once per state (the
+    controller swaps its state whole, never edits it in place): a packet-in looks its
+    sender up in O(1), not over every binding."""
+    if _OWNERS[0] is not state:
+        index = {tuple(b.port): n for places in (state.standby, state.bindings)
+                 for n, b in places.items()}
+        _OWNERS[:] = [state, index]
+    return _OWNERS[1]

@@ -75,7 +75,7 @@ def test_segment_tags_stop_at_the_limit_naming_the_segment_field(engine):
                                       for t in range(1, MAX_SEGMENT_TAG)])
     with sessions.begin() as s:
         row = registry.create_vm(s, spec("a", 1, segment="last-segment"))
-        assert row.segment.tag == MAX_SEGMENT_TAG  # the 65,535th segment
+        assert row.segment.tag == MAX_SEGMENT_TAG  # the last segment a tag allows
     with pytest.raises(Conflict) as e, sessions.begin() as s:
         registry.create_vm(s, spec("b", 2, segment="one-more"))
     assert e.value.field == "segment" and f"at most {MAX_SEGMENT_TAG} segments" in e.value.reason

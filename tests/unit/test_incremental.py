@@ -19,7 +19,8 @@ NAMES = [f"vm{i}" for i in range(1, 9)]
 GROUPS = ["web", "db", "ops", "guest"]
 DOC = {
     "segments": [{"name": "s1", "subnet": "10.0.1.0/24", "gateway": "10.0.1.254"},
-                 {"name": "s2", "subnet": "10.0.2.0/24", "gateway": "10.0.2.254"}],
+                 {"name": "s2", "subnet": "10.0.2.0/24", "gateway": "10.0.2.254"},
+                 {"name": "s3", "subnet": "10.0.3.0/24", "gateway": "10.0.3.254"}],
     "routers": [{"name": "r1", "segments": ["s1", "s2"]}],
     "groups": [{"name": g} for g in GROUPS],
     "vms": [{"name": "vm1", "mac": "02:00:00:00:00:01", "ips": ["10.0.1.1"], "segment": "s1",
@@ -59,7 +60,7 @@ name = st.sampled_from(NAMES)
 host = st.sampled_from(HOSTS)
 port = st.integers(3, 5)
 events = st.one_of(
-    st.tuples(st.just("register"), name, st.integers(1, 2),
+    st.tuples(st.just("register"), name, st.integers(1, 3),
               st.lists(st.sampled_from(GROUPS), max_size=3, unique=True).map(tuple),
               st.booleans()),
     st.tuples(st.just("forget"), name),
@@ -68,9 +69,9 @@ events = st.one_of(
     st.tuples(st.just("standby"), name, host, port),
     st.tuples(st.just("switch-over"), name),
     st.tuples(st.just("announce"), name, host),
-    st.tuples(st.just("policy"), st.integers(0, 2)),
+    st.tuples(st.just("policy"), st.integers(0, 5)),
     st.tuples(st.just("link-down"), host),
-    st.tuples(st.just("segment-tag")),
+    st.tuples(st.just("segment-tag"), st.sampled_from([("s2", 2), ("s3", 3), ("s3", 0)])),
 )
 
 
@@ -99,12 +100,20 @@ def _apply(s: NetworkState, ev: tuple) -> None:
         # all rules; all but the first; or only the first (no rule names a VM or a MAC:
         # the policy fragment is then rebuilt only when a group gains its first VM or
         # loses its last)
-        doc = dict(DOC, rules=[DOC["rules"], DOC["rules"][1:], DOC["rules"][:1]][args[0]])
-        if args[0] == 2:  # ... and without its router: the gateway answers go
-            doc["routers"] = []
+        i = args[0]
+        doc = dict(DOC, rules=[DOC["rules"], DOC["rules"][1:], DOC["rules"][:1]][i % 3])
+        doc["routers"] = [
+            [{"name": "r1", "segments": ["s1", "s2"]}],
+            [{"name": "r1", "segments": ["s1", "s2", "s3"]}],
+            [],
+            [{"name": "r1", "segments": ["s1"]}, {"name": "r2", "segments": ["s2", "s3"]}],
+            [{"name": "r2", "segments": ["s3"]}, {"name": "r1", "segments": ["s2", "s1"]}],
+            [{"name": "r1", "segments": ["s2", "s3"]}],
+        ][i]
         s.policy = policy.parse(doc)
     elif kind == "segment-tag":
-        s.segment_tags = {**s.segment_tags, "s2": 2}
+        n, t = args[0]
+        s.segment_tags = {**s.segment_tags, n: t} if t else {**s.segment_tags, n: 0}
     elif kind == "link-down":
         s.links = {lk for lk in s.links if args[0] not in (lk.src.dpid, lk.dst.dpid)}
 

@@ -10,7 +10,7 @@ import pytest
 from vfence.controller import addresses, desired, policy, verify
 from vfence.controller.flows import OFPP_CONTROLLER, Flow, Owner, cookie, match
 from vfence.controller.model import VM, Binding, PortRef
-from vfence.controller.pipeline import Table
+from vfence.controller.pipeline import ROUTER_ZONE_BASE, Table
 
 from .netfixtures import HV1, HV2, HV3, leaf_spine
 from .pipeline import Pipeline
@@ -148,9 +148,16 @@ def test_an_expiring_ttl_goes_to_the_controller_not_on(net):
     for ttl in (1, 0):
         out = hv1.run(_pkt(st, "w1", "d1", ttl=ttl))
         assert [p for p, _ in out] == [OFPP_CONTROLLER], ttl
-        assert hv1.trace[-1].instructions[0] == ("meter", 5)  # the service meter
+        assert hv1.trace[-1].instructions[0] == ("meter", 6)  # the ttl meter
     (got,) = _labelled(hv1.run(_pkt(st, "w1", "d1", ttl=2)), LABEL[HV2])
     assert got["nw_ttl"] == 1  # control: TTL 2 is routed with 1 left
+    # only for the router's own subnets: TTL 1 toward anywhere else is dropped here,
+    # and IPv6 (no ICMPv6 answer yet) too, never punted
+    assert hv1.run(dict(_pkt(st, "w1", "d1", ttl=1), ipv4_dst="192.0.2.1")) == []
+    v6 = {"in_port": 3, "eth_src": st.vms["w1"].mac, "eth_dst": R1, "eth_type": 0x86DD,
+          "ipv6_src": "fe80::200:ff:fe00:1", "ipv6_dst": "fd00::1", "ip_proto": 17,
+          "nw_ttl": 1}
+    assert hv1.run(v6) == []
 
 
 def test_routed_segments_share_one_conntrack_zone_and_plain_ones_keep_their_own(net):
@@ -162,7 +169,7 @@ def test_routed_segments_share_one_conntrack_zone_and_plain_ones_keep_their_own(
                 for a in ins[1] if ins[0] == "apply" else ():
                     if a[:2] == ("set", "reg5"):
                         zones[f.cookie & 0xFFFF] = a[2]
-    assert {zones[st.vms[n].id] for n in ("w1", "d2", "f1", "p1")} == {1}
+    assert {zones[st.vms[n].id] for n in ("w1", "d2", "f1", "p1")} == {ROUTER_ZONE_BASE}
     zones3 = {a[2] for f in flows[HV3] if f.table == Table.CLASSIFY
               and f.cookie == cookie(Owner.VM, st.vms["l1"].id)
               for ins in f.instructions if ins[0] == "apply" for a in ins[1]
@@ -244,3 +251,80 @@ def test_an_expired_ttl_is_answered_from_the_senders_gateway(net):
     unreachable = bytes(Ether(src=w1.mac, dst=R1) / IP(src=w1.ips[0], dst="10.10.2.11",
                                                        ttl=1) / ICMP(type=3) / (b"x" * 8))
     assert time_exceeded(unreachable, R1, "10.10.1.1") is None
+
+
+def test_a_routers_zone_stays_when_its_segments_get_tags_or_change():
+    """The zone is the router's own: a segment joining with a lower tag, or the first VM
+    of a routed segment arriving, moves no live connection to another zone."""
+    from vfence.controller import routing
+
+    st = _network()
+    assert routing.zone(st, 1) == routing.zone(st, 2) == ROUTER_ZONE_BASE
+    assert routing.zone(st, 3) == 3  # lab: its own tag
+    doc = dict(DOC, segments=[*DOC["segments"], {"name": "app", "subnet": "10.10.3.0/24",
+                                                 "gateway": "10.10.3.1"}],
+               routers=[{"name": "r1", "segments": ["web", "db", "app"]}])
+    st.policy = policy.parse(doc)
+    st.segment_tags = {"app": 0, "web": 1, "db": 2, "lab": 3} | {"app": 4}
+    assert routing.zone(st, 4) == routing.zone(st, 1) == ROUTER_ZONE_BASE
+
+
+def test_a_rule_naming_a_vms_mac_holds_for_its_routed_traffic():
+    """A router rewrites the source MAC: a rule naming a VM by MAC matches the VM itself
+    (its tag), so routing does not step around it."""
+    doc = dict(DOC, rules=[{"name": "quarantine", "from": "00:00:00:00:00:01", "to": "any",
+                            "action": "deny"}, *DOC["rules"]])
+    st = _network()
+    st.policy = policy.parse(doc)
+    hv1 = Pipeline(desired.compile_network(st)[HV1])
+    assert hv1.run(_pkt(st, "w1", "d2")) == []  # w1 (that MAC), routed: denied
+    assert hv1.ports(_pkt(st, "f1", "d2")) == [4]  # control: another web VM routes
+
+
+@pytest.mark.parametrize("change, field, reason", [
+    (lambda d: d["vms"].extend([
+        {"name": "a", "mac": "00:00:00:00:01:01", "ips": ["fd00:10::1"], "segment": "web"},
+        {"name": "b", "mac": "00:00:00:00:01:02", "ips": ["10.10.2.5"], "segment": "db"}]),
+     "vms[0].ips[0]", "fd00:10::1: segment 'web' has no subnet6, and router 'r1' joins it"),
+    (lambda d: d["rules"].append({"name": "to-router", "from": "any", "to": R1,
+                                  "action": "deny"}),
+     "rules[3].to", f"{R1} is router 'r1''s MAC: routing rewrites it, name the VMs, groups "
+                    "or CIDRs behind it"),
+])
+def test_what_would_make_a_routers_lookup_ambiguous_is_refused(change, field, reason):
+    import copy
+
+    doc = copy.deepcopy(DOC)
+    doc["vms"] = []
+    change(doc)
+    with pytest.raises(policy.PolicyError) as e:
+        policy.parse(doc)
+    assert (field, reason) in {(x["field"], x["reason"]) for x in e.value.errors}, e.value
+
+
+def test_the_api_refuses_an_address_a_router_could_not_tell_apart(sqlite_url):
+    """POST /v1/vms: an IPv6 address in a routed segment without subnet6 (it could be
+    another routed VM's) is a 422 naming the field, and changes nothing; the same in a
+    segment no router joins is fine."""
+    import copy
+
+    from fastapi.testclient import TestClient
+
+    from vfence.controller.api import create_app
+
+    from .test_trust import _service
+
+    service, _ = _service(sqlite_url)
+    client = TestClient(create_app(service))
+    doc = copy.deepcopy(DOC)
+    doc["vms"] = []
+    assert client.put("/v1/policy", json=doc).status_code == 200
+    vm = {"name": "x", "mac": "00:00:00:00:09:09", "ips": ["10.10.1.5", "2001:db8::5"],
+          "segment": "web"}
+    r = client.post("/v1/vms", json=vm)
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "ips[1]", r.text
+    assert "has no subnet6, and router 'r1' joins it" in r.text
+    assert client.get("/v1/vms").json() == []  # nothing written
+    ok = client.post("/v1/vms", json=dict(vm, ips=["10.20.0.5", "2001:db8::5"],
+                                          segment="lab"))
+    assert ok.status_code == 201, ok.text  # control: no router there
