@@ -413,7 +413,7 @@ class VfenceApp(app_manager.OSKenApp):
         is read, never changed here); nothing for a port or MAC without one."""
         lease = dhcp.lease_for(self.service.state, dp.id, in_port, req.src_mac)
         reply = dhcp_server.answer(req, lease) if lease is not None else None
-        LOG.info("DHCP message %d from %s on %016x port %d: %s", req.type, req.src_mac,
+        LOG.debug("DHCP message %d from %s on %016x port %d: %s", req.type, req.src_mac,
                  dp.id, in_port, "answered" if reply else "no lease here, not answered")
         if reply is not None:
             self._packet_out(dp, in_port, reply)
