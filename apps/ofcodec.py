@@ -21,7 +21,7 @@ from operator import itemgetter
 from typing import Any
 
 from os_ken.lib import type_desc
-from os_ken.ofproto import ofproto_common
+from os_ken.ofproto import ofproto_common, oxm_fields
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
@@ -32,6 +32,26 @@ NX_IN_PORT = 0xFFF8  # Nicira actions use 16-bit port numbers: "keep the packet'
 _FIELD_BITS = {"vlan_vid": 13, "vlan_pcp": 3, "ip_dscp": 6, "ip_ecn": 2, "mpls_tc": 3,
                "mpls_label": 20, "mpls_bos": 1, "ipv6_flabel": 20}
 _INSTRUCTION_ORDER = {"meter": 0, "apply": 1, "meta": 2, "goto": 3}
+
+
+class _EricssonOxm(oxm_fields._OxmClass):
+    """OVS's ERICOXM_OF_ class (0x1000): neighbour discovery's reserved word (the NA
+    flags) and its first option's type, which turn a solicitation into an advertisement
+    in the datapath. os-ken does not know them; they join its field tables here."""
+
+    _class = 0x1000
+
+
+def _register_ericsson_fields() -> None:
+    name_to_field = ofp.oxm_from_user.args[1]
+    num_to_field = ofp.oxm_to_user.args[1]
+    for f in (_EricssonOxm("nd_reserved", 1, type_desc.Int4),
+              _EricssonOxm("nd_options_type", 2, type_desc.Int1)):
+        name_to_field.setdefault(f.name, f)
+        num_to_field.setdefault(f.num, f)
+
+
+_register_ericsson_fields()
 
 
 # --- plain -> wire ------------------------------------------------------------------------

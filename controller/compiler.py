@@ -66,6 +66,7 @@ from .pipeline import (
     METER_TTL,
     PRIO_ARP_ANSWER,
     PRIO_ARP_GATEWAY,
+    PRIO_ARP_GATEWAY_NO_SLL,
     PRIO_ARP_OWN_ADDRESS,
     PRIO_ARP_UNKNOWN,
     PRIO_CT_SKIP_ND,
@@ -531,6 +532,8 @@ def router_flows(state: NetworkState) -> Iterable[Flow]:
         for tag, spec in d.specs:
             if spec.gateway:
                 yield _arp_answer(PRIO_ARP_GATEWAY, tag, spec.gateway, mac, ck)
+            if spec.gateway6:
+                yield from _na_answer(tag, spec.gateway6, mac, ck)
             for eth_type, field, net in ((ETH_TYPE_IP, "ipv4_dst", spec.subnet),
                                          (ETH_TYPE_IPV6, "ipv6_dst", spec.subnet6)):
                 if net is None:
@@ -602,6 +605,35 @@ def _arp_answer(priority: int, segment_id: int, ip: str, mac: str, ck: int) -> F
         ),),
         ck,
     )
+
+
+ND_FLAGS_RSO = 0xE0000000  # router, solicited, override
+
+
+def _na_answer(segment_id: int, ip: str, mac: str, ck: int) -> Iterable[Flow]:
+    """A neighbour solicitation for ``ip`` in the segment, answered from ``mac`` out of
+    its port: turned into the advertisement in place (addresses swapped, type 136, flags
+    R|S|O, its source link-layer option made the target's, carrying ``mac``). OVS checks
+    a set-field's prerequisites on the flow's match, and the datapath retypes the option
+    before it writes addresses into it: so the target link-layer address is written by a
+    second flow, reached by resubmit once the packet is an advertisement. (No VM can
+    send an advertisement for a gateway: port security drops it.) A solicitation without
+    that option (DAD, from ::) gets no answer."""
+    ns = {"metadata": (segment_id, META_SEGMENT_MASK), "ipv6_nd_target": ip}
+    yield Flow(Table.ARP, PRIO_ARP_GATEWAY_NO_SLL, _nd(ND_NS, **ns, ipv6_nd_sll=ZERO_MAC),
+               DROP, ck)
+    yield Flow(Table.ARP, PRIO_ARP_GATEWAY, _nd(ND_NS, **ns), (apply(
+        ("move", "eth_src", "eth_dst", 48),
+        ("set", "eth_src", mac),
+        ("move", "ipv6_src", "ipv6_dst", 128),
+        ("set", "ipv6_src", ip),
+        ("set", "icmpv6_type", ND_NA),
+        ("set", "nd_reserved", ND_FLAGS_RSO),
+        ("set", "nd_options_type", 2),
+        resubmit(Table.ARP),
+    ),), ck)
+    yield Flow(Table.ARP, PRIO_ARP_GATEWAY, _nd(ND_NA, **ns), (apply(
+        ("set", "ipv6_nd_tll", mac), ("output", OFPP_IN_PORT)),), ck)
 
 
 @_memo

@@ -221,6 +221,7 @@ PRIO_REMOTE_ROUTED = 105  # a routed frame: its source by router MAC and IP sour
 PRIO_REMOTE_VM = 100
 # ARP
 PRIO_ARP_OWN_ADDRESS = 110
+PRIO_ARP_GATEWAY_NO_SLL = 106
 PRIO_ARP_GATEWAY = 105
 PRIO_ARP_ANSWER = 100
 PRIO_ARP_UNKNOWN = 50
@@ -449,14 +450,19 @@ TABLES = (
     ),
     TableSpec(
         Table.ARP, "address resolution in the datapath",
-        (Table.DST_LOOKUP,),
+        (Table.ARP, Table.DST_LOOKUP),
         (_miss("not a request: on to DST_LOOKUP"),
          _at("unknown_request", PRIO_ARP_UNKNOWN, Owner.BASE,
              "ARP request or neighbour solicitation for nobody we know: drop"),
          _at("answer", PRIO_ARP_ANSWER, Owner.VM,
              "ARP request for a VM's IP: answered; solicitation: unicast to its owner"),
          _at("gateway", PRIO_ARP_GATEWAY, Owner.ROUTER,
-             "ARP request for a routed segment's gateway: answered with the router's MAC"),
+             "ARP request or neighbour solicitation for a routed segment's gateway: "
+             "answered with the router's MAC (the solicitation turned into an advertisement "
+             "in place)"),
+         _at("gateway_no_sll", PRIO_ARP_GATEWAY_NO_SLL, Owner.ROUTER,
+             "a solicitation for a gateway without a source link-layer option (DAD): no "
+             "answer (nothing to turn into the target's)"),
          _at("own_address", PRIO_ARP_OWN_ADDRESS, Owner.VM,
              "a VM asking for its own address (gratuitous ARP, DAD): no answer")),
         "ARP requests for known IPs are answered (works with the controller down); IPv6 "

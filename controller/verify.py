@@ -91,7 +91,8 @@ WIDTH = {"metadata": 64, "ct_state": 32, "vlan_vid": 13, "eth_src": 48, "eth_dst
          "ipv6_nd_target": 128, "ipv6_nd_sll": 48, "ipv6_nd_tll": 48, "ipv6_flabel": 20,
          "icmpv6_type": 8, "icmpv6_code": 8, "icmpv4_type": 8, "icmpv4_code": 8,
          "ip_proto": 8, "ip_dscp": 6, "ip_ecn": 2, "arp_op": 16, "eth_type": 16,
-         "udp_src": 16, "udp_dst": 16, "tcp_src": 16, "tcp_dst": 16, "nw_ttl": 8}
+         "udp_src": 16, "udp_dst": 16, "tcp_src": 16, "tcp_dst": 16, "nw_ttl": 8,
+         "nd_reserved": 32, "nd_options_type": 8}
 
 
 def _full(f: str) -> int:

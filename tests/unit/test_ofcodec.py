@@ -88,7 +88,7 @@ def test_flow_mod_bytes_are_what_os_ken_serialises(flows):
             ofcodec.flow_delete(dp, f), xid)
 
 
-@pytest.mark.parametrize("network", ["finance-plus", "finance-plus-open", "bench-scale"])
+@pytest.mark.parametrize("network", ["finance-plus", "finance-plus-open", "bench-scale", "routed"])
 def test_every_compiled_flow_of_richer_networks_is_what_os_ken_serialises(network):
     """IPv6 addresses and prefixes, every kind of rule endpoint, protocol and action,
     conjunctions, a migration under way: the bytes vfence writes itself (MAC and IP

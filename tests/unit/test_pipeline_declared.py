@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from bench.policy_scale import build_state
 
-from vfence.controller import desired, pipeline
+from vfence.controller import desired, pipeline, policy
 from vfence.controller.flows import (
     Flow,
     Owner,
@@ -111,7 +111,23 @@ def finance_plus(intra: str = "allow", inter: str = "deny") -> NetworkState:
     return st
 
 
+def routed() -> NetworkState:
+    """test_routing's network with IPv6 on the db segment (its gateway6 answered)."""
+    import copy
+
+    from . import test_routing
+
+    st = test_routing._network()
+    doc = copy.deepcopy(test_routing.DOC)
+    doc["segments"][1].update(subnet6="fd00:10:2::/64", gateway6="fd00:10:2::1")
+    doc["vms"] = [{"name": "d9", "mac": "00:00:00:00:09:09", "segment": "db",
+                   "ips": ["10.10.2.99", "fd00:10:2::99"]}]
+    st.policy = policy.parse(doc)
+    return st
+
+
 NETWORKS = {
+    "routed": routed,
     "finance-3-hosts": lambda: finance(leaf_spine(3, 2), FINANCE_ON_3),
     "finance-plus": finance_plus,
     "finance-plus-open": lambda: finance_plus(intra="deny", inter="allow"),

@@ -328,3 +328,27 @@ def test_the_api_refuses_an_address_a_router_could_not_tell_apart(sqlite_url):
     ok = client.post("/v1/vms", json=dict(vm, ips=["10.20.0.5", "2001:db8::5"],
                                           segment="lab"))
     assert ok.status_code == 201, ok.text  # control: no router there
+
+
+def test_a_solicitation_for_gateway6_is_answered_in_the_datapath():
+    """The solicitation comes back out of its port as the router's advertisement; one
+    without a source link-layer option (DAD) gets nothing; another segment's gateway6
+    is not answered here."""
+    from .test_pipeline_declared import routed
+
+    st = routed()
+    hv2 = Pipeline(desired.compile_network(st)[0x102])
+    d1 = st.vms["d1"]
+    from vfence.controller.model import eui64_link_local
+
+    src = eui64_link_local(d1.mac)
+    ns = {"in_port": 3, "eth_src": d1.mac, "eth_dst": "33:33:ff:00:00:01", "eth_type": 0x86DD,
+          "ip_proto": 58, "ipv6_src": src, "ipv6_dst": "ff02::1:ff00:1", "icmpv6_type": 135,
+          "ipv6_nd_target": "fd00:10:2::1", "ipv6_nd_sll": d1.mac}
+    ((port, na),) = hv2.run(ns)
+    assert port == 3 and (na["eth_src"], na["eth_dst"]) == (R1, d1.mac)
+    assert (na["ipv6_src"], na["ipv6_dst"], na["icmpv6_type"]) == ("fd00:10:2::1", src, 136)
+    assert (na["nd_reserved"], na["nd_options_type"], na["ipv6_nd_tll"]) == (
+        0xE0000000, 2, R1)  # R|S|O, the option now the target's, carrying the router's MAC
+    assert hv2.run(dict(ns, ipv6_src="::", ipv6_nd_sll="00:00:00:00:00:00")) == []
+    assert hv2.run(dict(ns, ipv6_nd_target="fd00:10:1::1")) == []  # not a gateway here

@@ -32,24 +32,31 @@ from .conftest import DOC, ROUTED_VMS, nic
 R1 = router_mac("r1")
 IP = {n: ip for n, _, _, ip, _ in ROUTED_VMS}
 GATEWAY = {"rweb": "10.30.1.1", "rdb": "10.30.2.1"}
+GATEWAY6 = {"rweb": "fd00:31::1", "rdb": "fd00:32::1"}
+IP6 = {"rweb-1": "fd00:31::11", "rdb-1": "fd00:32::11"}
 
 
 def routed_doc() -> dict:
     doc = copy.deepcopy(DOC)
     doc["segments"] += [{"name": "rweb", "subnet": "10.30.1.0/24", "gateway": GATEWAY["rweb"],
+                         "subnet6": "fd00:31::/64", "gateway6": GATEWAY6["rweb"],
                          "dns_servers": ["10.30.1.53"], "domain": "rweb.lab.example"},
                         {"name": "rdb", "subnet": "10.30.2.0/24", "gateway": GATEWAY["rdb"],
+                         "subnet6": "fd00:32::/64", "gateway6": GATEWAY6["rdb"],
                          "lease_time": 600, "mtu": 1400},
                         {"name": "rlab", "subnet": "10.30.9.0/24"}]
     doc["routers"] = [{"name": "r1", "segments": ["rweb", "rdb"]}]
     doc["groups"] += [{"name": g} for g in ("rweb", "rdb", "rlab", "rfront", "rpay")]
-    doc["vms"] += [{"name": n, "mac": f"00:00:00:00:0e:{i:02x}", "ips": [ip], "segment": seg,
+    doc["vms"] += [{"name": n, "mac": f"00:00:00:00:0e:{i:02x}",
+                    "ips": [ip, *([IP6[n]] if n in IP6 else [])], "segment": seg,
                     "groups": list(groups)}
                    for i, (n, _, seg, ip, groups) in enumerate(ROUTED_VMS, start=1)]
     doc["rules"] = [
         {"name": "rweb-rdb", "from": "rweb", "to": "rdb", "protocol": "tcp", "ports": "5432",
          "action": "allow"},
         {"name": "rweb-rdb-icmp", "from": "rweb", "to": "rdb", "protocol": "icmp",
+         "action": "allow"},
+        {"name": "rweb-rdb-icmpv6", "from": "rweb", "to": "rdb", "protocol": "icmpv6",
          "action": "allow"},
         {"name": "rweb-rlab", "from": "rweb", "to": "rlab", "action": "allow"},
         {"name": "rlab-out", "from": "rlab", "to": "any", "action": "allow"},
@@ -72,6 +79,9 @@ def routed(lab):
             host = lab.host(name)
             if seg in GATEWAY:
                 host.cmd(f"ip route replace default via {GATEWAY[seg]}")
+            if name in IP6:
+                host.cmd(f"ip -6 addr add {IP6[name]}/64 dev {nic(lab, name)} nodad; "
+                         f"ip -6 route replace default via {GATEWAY6[seg]}")
             else:  # rlab: a way out it should not have, so only the network says no
                 host.cmd("ip route replace 10.30.0.0/16 via 10.30.9.1")
             for port in (5432, 22):
@@ -105,6 +115,21 @@ def test_a_routed_ping_arrives_one_hop_shorter_and_traceroute_shows_the_gateway(
     trace = lab.host("rweb-1").cmd(f"traceroute -n -I -q 1 -w 2 -m 5 {IP['rdb-1']}")
     hops = re.findall(r"^\s*(\d+)\s+(\S+)", trace, re.M)
     assert hops == [("1", GATEWAY["rweb"]), ("2", IP["rdb-1"])], trace
+
+
+def test_ipv6_routes_through_gateway6_which_the_datapath_resolves(routed):
+    """rweb-1 pings rdb-1 over IPv6 through its gateway6: the datapath answered its
+    neighbour solicitation with the router's MAC (as it answers ARP), and the echo
+    arrives one hop shorter."""
+    lab = routed
+    dev = nic(lab, "rweb-1")
+    lab.host("rweb-1").cmd(f"ip -6 neigh flush dev {dev}")
+    out = lab.host("rweb-1").cmd(f"ping -6 -n -c 3 -i 0.2 -W 1 {IP6['rdb-1']}")
+    assert delivered(out), out
+    assert re.search(r"ttl=63", out), out  # the reply was routed once (hop limit 64 - 1)
+    neigh = lab.host("rweb-1").cmd(f"ip -6 neigh show {GATEWAY6['rweb']} dev {dev}")
+    assert R1 in neigh, neigh
+    assert not delivered(ping(lab, "rweb-1", "fd00:32::99", 2))  # unused: dropped
 
 
 def test_routed_tcp_is_judged_by_the_policy_with_replies_and_no_reverse(routed):
