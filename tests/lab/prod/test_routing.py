@@ -153,6 +153,30 @@ def test_an_isolation_pair_holds_across_segments_on_one_host_and_across_hosts(ro
                    ("tcp", IP["rdb-1"], 5432): True}, got
 
 
+def test_verify_proves_the_routed_isolation_pair_over_the_switches_flows(routed):
+    """verify walks the flows read back from the switches (ROUTE's dec_ttl and the
+    gateway6 advertisement's OVS-specific fields included: none reads as unknown)."""
+    lab = routed
+    verdicts = httpx.post(lab.api + "/v1/verify", timeout=120).json()
+    got = {tuple(v["pair"]): v["status"] for v in verdicts}
+    assert got == {("payroll", "frontend"): "isolated", ("rfront", "rpay"): "isolated"}, \
+        verdicts
+    # a hand-made allow above the isolation drop, for rfront's port: the routed path to
+    # rpay-1 on the same host is found, and the witness shows the routing step
+    hv, port = lab.vm_port("rfront")
+    ofport = int(lab.switch(hv).run("ovs-vsctl", "get", "Interface", port, "ofport"))
+    match = f"table=30,priority=65501,in_port={ofport}"
+    lab.switch(hv).ofctl("add-flow", f"{match},actions=goto_table:40")
+    try:
+        verdicts = httpx.post(lab.api + "/v1/verify", timeout=120).json()
+    finally:
+        lab.switch(hv).ofctl("del-flows", "--strict", match)
+    (v,) = [v for v in verdicts if v["pair"] == ["rfront", "rpay"]]
+    assert v["status"] == "broken", v
+    assert any("table 16 (route)" in step for step in v["witness"]), v["witness"]
+    assert v["witness"][-1].startswith("delivered to rpay"), v["witness"]
+
+
 def test_a_segment_without_a_router_is_unreachable_from_both(routed):
     lab = routed
     assert delivered(ping(lab, "rweb-1", IP["rdb-1"]))  # control
