@@ -4,10 +4,11 @@ from the source VM's gateway when a packet's TTL expires at the routing step (so
 
 from __future__ import annotations
 
-from os_ken.lib.packet import ethernet, icmp, ipv4, packet
+from os_ken.lib.packet import ethernet, icmp, icmpv6, ipv4, ipv6, packet
 
-ETH_TYPE_IP = 0x0800
+ETH_TYPE_IP, ETH_TYPE_IPV6 = 0x0800, 0x86DD
 QUOTED = 548  # of the expired datagram, at most (576 - IP and ICMP headers, as Linux)
+QUOTED6 = 1184  # IPv6: the answer within the minimum MTU, 1280 (RFC 4443)
 
 
 def time_exceeded(frame: bytes, router_mac: str, gateway: str) -> bytes | None:
@@ -32,5 +33,28 @@ def time_exceeded(frame: bytes, router_mac: str, gateway: str) -> bytes | None:
     out.add_protocol(ipv4.ipv4(src=gateway, dst=ip.src, proto=1, ttl=64))
     out.add_protocol(icmp.icmp(type_=icmp.ICMP_TIME_EXCEEDED, code=0,
                                data=icmp.TimeExceeded(data=quoted)))
+    out.serialize()
+    return bytes(out.data)
+
+
+def time_exceeded6(frame: bytes, router_mac: str, gateway6: str) -> bytes | None:
+    """ICMPv6 time exceeded (hop limit exceeded in transit) for an untagged IPv6
+    ``frame``, from ``gateway6`` at ``router_mac`` back to its sender; None for anything
+    else (never for an ICMPv6 error, nor to a multicast destination)."""
+    try:
+        pkt = packet.Packet(frame)
+    except Exception:  # os-ken raises what it likes on a malformed frame
+        return None
+    eth, ip = pkt.get_protocol(ethernet.ethernet), pkt.get_protocol(ipv6.ipv6)
+    if eth is None or ip is None or eth.ethertype != ETH_TYPE_IPV6 or ip.dst.startswith("ff"):
+        return None
+    err = pkt.get_protocol(icmpv6.icmpv6)
+    if err is not None and err.type_ < 128:
+        return None
+    out = packet.Packet()
+    out.add_protocol(ethernet.ethernet(dst=eth.src, src=router_mac, ethertype=ETH_TYPE_IPV6))
+    out.add_protocol(ipv6.ipv6(src=gateway6, dst=ip.src, nxt=58, hop_limit=64))
+    out.add_protocol(icmpv6.icmpv6(type_=icmpv6.ICMPV6_TIME_EXCEEDED, code=0,
+                                   data=bytes(4) + frame[14:14 + QUOTED6]))
     out.serialize()
     return bytes(out.data)

@@ -425,8 +425,10 @@ class VfenceApp(app_manager.OSKenApp):
     def _time_exceeded(self, dp: Any, in_port: int, frame: bytes) -> None:
         """Answer in the router's name from the sender's gateway, out of its port. The
         state is read, not changed (it is swapped whole, never edited in place)."""
-        gw = answering_gateway(self.service.state, dp.id, in_port)
-        answer = router_answers.time_exceeded(frame, *gw) if gw is not None else None
+        v6 = frame[12:14] == b"\x86\xdd"
+        gw = answering_gateway(self.service.state, dp.id, in_port, 6 if v6 else 4)
+        answer = None if gw is None else (router_answers.time_exceeded6 if v6 else
+                                          router_answers.time_exceeded)(frame, *gw)
         if answer is not None:
             self._packet_out(dp, in_port, answer)
 

@@ -545,11 +545,10 @@ def router_flows(state: NetworkState) -> Iterable[Flow]:
                 inside = {field: (str(n.network_address), str(n.netmask))}
                 yield Flow(Table.ROUTE, PRIO_ROUTE_UNUSED, match(
                     eth_dst=mac, eth_type=eth_type, **inside), DROP, ck)
-                if eth_type == ETH_TYPE_IP:  # expires here: ICMP time exceeded
-                    for ttl in (0, 1):
-                        yield Flow(Table.ROUTE, PRIO_ROUTE_TTL, match(
-                            eth_dst=mac, eth_type=eth_type, nw_ttl=ttl, **inside),
-                            (meter(METER_TTL), apply(("output", OFPP_CONTROLLER))), ck)
+                for ttl in (0, 1):  # expires here: ICMP(v6) time exceeded
+                    yield Flow(Table.ROUTE, PRIO_ROUTE_TTL, match(
+                        eth_dst=mac, eth_type=eth_type, nw_ttl=ttl, **inside),
+                        (meter(METER_TTL), apply(("output", OFPP_CONTROLLER))), ck)
 
 
 @_memo

@@ -497,10 +497,12 @@ TABLES = (
              "to a VM's address: its tag and groups, TTL - 1, source MAC the router's, "
              "destination MAC the VM's, on to CONNTRACK"),
          _at("hop_limit_expired", PRIO_ROUTE_TTL6, Owner.BASE,
-             "IPv6 with hop limit 0 or 1: drop (no ICMPv6 time exceeded yet)"),
+             "IPv6 with hop limit 0 or 1 anywhere else: drop (dec_ttl would send it to the "
+             "controller unmetered)"),
          _at("ttl_expired", PRIO_ROUTE_TTL, Owner.ROUTER,
-             "IPv4 TTL 0 or 1 to an address of the router's subnets: to the controller "
-             "through the ttl meter, which answers ICMP time exceeded from the gateway")),
+             "TTL (hop limit) 0 or 1 to an address of the router's subnets: to the "
+             "controller through the ttl meter, which answers ICMP (ICMPv6) time exceeded "
+             "from the gateway (gateway6)")),
         "Routing happens at the source VM's host, once: the packet then goes on exactly "
         "like switched traffic (policy with the destination VM's groups, delivery over "
         "the fabric). The destination host knows the source VM by the router's MAC and "

@@ -81,12 +81,13 @@ def gateway_of(state: NetworkState, segment_id: int, version: int = 4) -> tuple[
     return (d.routed.mac, gw) if gw else None
 
 
-def answering_gateway(state: NetworkState, dpid: int, port_no: int) -> tuple[str, str] | None:
+def answering_gateway(state: NetworkState, dpid: int, port_no: int, version: int = 4
+                      ) -> tuple[str, str] | None:
     """(router MAC, gateway) that answers, in its router's name, the VM sending on
     ``dpid`` port ``port_no`` (bound or standby there): the gateway of that VM's own
     segment. None for a port no VM of a routed IPv4 segment sends on."""
     vm = state.vms.get(port_owners(state).get((dpid, port_no), ""))
-    return None if vm is None else gateway_of(state, vm.segment_id)
+    return None if vm is None else gateway_of(state, vm.segment_id, version)
 
 
 _OWNERS: list = [None, {}]  # [the state indexed, its index]

@@ -352,3 +352,37 @@ def test_a_solicitation_for_gateway6_is_answered_in_the_datapath():
         0xE0000000, 2, R1)  # R|S|O, the option now the target's, carrying the router's MAC
     assert hv2.run(dict(ns, ipv6_src="::", ipv6_nd_sll="00:00:00:00:00:00")) == []
     assert hv2.run(dict(ns, ipv6_nd_target="fd00:10:1::1")) == []  # not a gateway here
+
+
+def test_an_expiring_hop_limit_is_punted_and_answered_from_gateway6():
+    """IPv6 to the router's subnet6 with hop limit 1 goes to the controller (ttl meter);
+    the answer is ICMPv6 time exceeded from gateway6, quoting the packet."""
+    from scapy.layers.inet6 import UDP, ICMPv6TimeExceeded, IPerror6, IPv6
+    from scapy.layers.l2 import Ether
+
+    from vfence.apps.router_answers import time_exceeded6
+    from vfence.controller.model import eui64_link_local
+    from vfence.controller.routing import answering_gateway
+
+    from .test_pipeline_declared import routed
+
+    st = routed()
+    d1 = st.vms["d1"]
+    hv2 = Pipeline(desired.compile_network(st)[0x102])
+    pkt = {"in_port": 3, "eth_src": d1.mac, "eth_dst": R1, "eth_type": 0x86DD,
+           "ipv6_src": eui64_link_local(d1.mac), "ipv6_dst": "fd00:10:2::99",
+           "ip_proto": 17, "nw_ttl": 1}
+    assert [p for p, _ in hv2.run(pkt)] == [OFPP_CONTROLLER]
+    assert hv2.trace[-1].instructions[0] == ("meter", 6)
+    assert hv2.run(dict(pkt, ipv6_dst="fd00:99::1")) == []  # not the router's: dropped
+    assert answering_gateway(st, 0x102, 3, 6) == (R1, "fd00:10:2::1")
+    probe = bytes(Ether(src=d1.mac, dst=R1) / IPv6(src="fd00:10:2::5", dst="fd00:10:2::99",
+                                                   hlim=1) / UDP(dport=33434) / b"probe")
+    got = Ether(time_exceeded6(probe, R1, "fd00:10:2::1"))
+    assert (got.src, got.dst, got[IPv6].src, got[IPv6].dst) == (
+        R1, d1.mac, "fd00:10:2::1", "fd00:10:2::5")
+    assert got.haslayer(ICMPv6TimeExceeded) and got[IPerror6].dst == "fd00:10:2::99"
+    fresh = got[IPv6].copy()
+    del fresh[ICMPv6TimeExceeded].cksum
+    assert IPv6(bytes(fresh))[ICMPv6TimeExceeded].cksum == got[ICMPv6TimeExceeded].cksum
+    assert time_exceeded6(bytes(got), R1, "fd00:10:2::1") is None  # never about an error

@@ -120,7 +120,7 @@ def test_a_routed_ping_arrives_one_hop_shorter_and_traceroute_shows_the_gateway(
 def test_ipv6_routes_through_gateway6_which_the_datapath_resolves(routed):
     """rweb-1 pings rdb-1 over IPv6 through its gateway6: the datapath answered its
     neighbour solicitation with the router's MAC (as it answers ARP), and the echo
-    arrives one hop shorter."""
+    arrives one hop shorter; traceroute -6 shows exactly the gateway6 hop."""
     lab = routed
     dev = nic(lab, "rweb-1")
     lab.host("rweb-1").cmd(f"ip -6 neigh flush dev {dev}")
@@ -129,6 +129,9 @@ def test_ipv6_routes_through_gateway6_which_the_datapath_resolves(routed):
     assert re.search(r"ttl=63", out), out  # the reply was routed once (hop limit 64 - 1)
     neigh = lab.host("rweb-1").cmd(f"ip -6 neigh show {GATEWAY6['rweb']} dev {dev}")
     assert R1 in neigh, neigh
+    trace = lab.host("rweb-1").cmd(f"traceroute -6 -n -I -q 1 -w 2 -m 5 {IP6['rdb-1']}")
+    hops = re.findall(r"^\s*(\d+)\s+(\S+)", trace, re.M)
+    assert hops == [("1", GATEWAY6["rweb"]), ("2", IP6["rdb-1"])], trace
     assert not delivered(ping(lab, "rweb-1", "fd00:32::99", 2))  # unused: dropped
 
 
