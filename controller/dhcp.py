@@ -36,7 +36,7 @@ def lease_for(state: NetworkState, dpid: int, port_no: int, mac: str) -> Lease |
     vm = state.vms.get(routing.port_owners(state).get((dpid, port_no), ""))
     if vm is None or vm.mac != mac.lower():
         return None
-    spec = next((s for s in state.policy.segment_specs if s.name == vm.segment), None)
+    spec = state.policy.specs.get(vm.segment)
     v4 = next((ip for ip in vm.ips if ":" not in ip), None)
     if spec is None or not spec.subnet or not spec.gateway or v4 is None:
         return None

@@ -47,8 +47,7 @@ def _clear_of_routers(new: NetworkState, names: list[str]) -> None:
     macs = {r.mac: r.name for r in new.policy.routers}
     gateways = {(sp.name, gw) for r in new.policy.routers for sp in new.policy.segment_specs
                 if sp.name in r.segments for gw in (sp.gateway, sp.gateway6) if gw}
-    router = {seg: r.name for r in new.policy.routers for seg in r.segments}
-    specs = {sp.name: sp for sp in new.policy.segment_specs}
+    router, specs = new.policy.router_of, new.policy.specs
     for name in names:
         vm = new.vms[name]
         if vm.mac in macs:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -164,6 +165,16 @@ class Policy:
     routers: tuple[Router, ...] = ()
     segment_specs: tuple[SegmentSpec, ...] = ()
     document: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @functools.cached_property
+    def specs(self) -> dict[str, SegmentSpec]:
+        """Segment name -> its spec (what the API, the edits and DHCP look up)."""
+        return {s.name: s for s in self.segment_specs}
+
+    @functools.cached_property
+    def router_of(self) -> dict[str, str]:
+        """Segment name -> the router that joins it (routed segments only)."""
+        return {seg: r.name for r in self.routers for seg in r.segments}
 
     @property
     def restrictive(self) -> bool:

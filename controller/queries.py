@@ -119,22 +119,20 @@ class Queries:
         """Every segment, with the prefixes and gateways the policy document gives it
         and the router that joins it (if one does)."""
         policy = self.service.state.policy
-        specs = {sp.name: sp for sp in policy.segment_specs}
-        router = {seg: r.name for r in policy.routers for seg in r.segments}
         with self.service.sessions() as s:
             rows = registry.segments(s)
         out = []
         for r in rows:
-            sp = specs.get(r.name)
+            sp = policy.specs.get(r.name)
             out.append({"name": r.name, "subnet": r.subnet, "id": r.id, "tag": r.tag,
                         "subnet6": sp and sp.subnet6, "gateway": sp and sp.gateway,
-                        "gateway6": sp and sp.gateway6, "router": router.get(r.name),
+                        "gateway6": sp and sp.gateway6, "router": policy.router_of.get(r.name),
                         "dhcp": _dhcp(sp)})
         return out
 
     def routers(self) -> list[dict[str, Any]]:
         """Each router, its MAC and the segments it joins with their gateways."""
-        specs = {sp.name: sp for sp in self.service.state.policy.segment_specs}
+        specs = self.service.state.policy.specs
         return [{"name": r.name, "mac": r.mac, "segments": [
             {"name": n, "subnet": specs[n].subnet, "gateway": specs[n].gateway,
              "subnet6": specs[n].subnet6, "gateway6": specs[n].gateway6}
