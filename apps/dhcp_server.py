@@ -1,12 +1,13 @@
-"""DHCPv4 on the wire: read a client's message, write the server's answer (os-ken's
-packet library). What to answer is controller/dhcp.py's decision."""
+"""DHCP on the wire, v4 and v6: read a client's message, write the server's answer
+(os-ken's packet library; DHCPv6's identity-association options are packed here, os-ken
+carries options as bytes). What to answer is controller/dhcp.py's decision."""
 
 from __future__ import annotations
 
 import ipaddress
 import struct
 
-from os_ken.lib.packet import dhcp, ethernet, ipv4, packet, udp
+from os_ken.lib.packet import dhcp, dhcp6, ethernet, ipv4, ipv6, packet, udp
 
 from vfence.controller import dhcp as policy_dhcp
 
@@ -91,3 +92,125 @@ def _ip(text: str) -> bytes:
 
 def _u32(n: int) -> bytes:
     return struct.pack("!I", n)
+
+
+# --- DHCPv6 ---------------------------------------------------------------------------
+
+OPT_CLIENTID, OPT_SERVERID, OPT_IA_NA, OPT_IAADDR, OPT_STATUS = 1, 2, 3, 5, 13
+OPT_RAPID_COMMIT, OPT_DNS, OPT_DOMAINS = 14, 23, 24
+SUCCESS, NOT_ON_LINK = 0, 4
+ALL_SERVERS = "ff02::1:2"
+
+
+class Request6:
+    """The fields of a DHCPv6 client's message the answer needs."""
+
+    def __init__(self, src_mac: str, src_ip: str, msg: dhcp6.dhcp6) -> None:
+        self.src_mac, self.src_ip, self.type, self.xid = src_mac, src_ip, msg.msg_type, \
+            msg.transaction_id
+        opts = msg.options.option_list
+        first = {o.code: bytes(o.data) for o in reversed(opts)}
+        self.client_id = first.get(OPT_CLIENTID)
+        self.server_id = first.get(OPT_SERVERID)
+        self.rapid = OPT_RAPID_COMMIT in first
+        # (IAID, addresses the client names in it), each identity association asked for
+        self.ias = [_ia(bytes(o.data)) for o in opts if o.code == OPT_IA_NA and len(o.data) >= 12]
+
+
+def _ia(data: bytes) -> tuple[bytes, list[str]]:
+    named, off = [], 12
+    while off + 4 <= len(data):
+        code, length = struct.unpack_from("!HH", data, off)
+        if code == OPT_IAADDR and length >= 24:
+            named.append(str(ipaddress.IPv6Address(data[off + 4:off + 20])))
+        off += 4 + length
+    return data[:4], named
+
+
+def parse6(frame: bytes) -> Request6 | None:
+    """A client's DHCPv6 message (to a server's port, with a client identifier), or
+    None (relayed messages too: no relay sits between a VM and its host)."""
+    try:
+        pkt = packet.Packet(frame)
+    except Exception:  # os-ken raises what it likes on a malformed message
+        return None
+    eth, ip, msg = (pkt.get_protocol(c) for c in (ethernet.ethernet, ipv6.ipv6, dhcp6.dhcp6))
+    if eth is None or ip is None or msg is None or msg.msg_type >= dhcp6.DHCPV6_RELAY_FORW:
+        return None
+    try:
+        req = Request6(eth.src.lower(), ip.src, msg)
+    except (ValueError, struct.error):
+        return None
+    return req if req.client_id else None
+
+
+def duid(mac: str) -> bytes:
+    """A server's DUID-LL (RFC 8415 11.4): hardware type Ethernet and its MAC."""
+    return struct.pack("!HH", 3, 1) + bytes.fromhex(mac.replace(":", ""))
+
+
+def answer6(req: Request6, lease: policy_dhcp.Lease6) -> bytes | None:
+    """The server's reply to ``req`` with ``lease``, ready to send out of the client's
+    port (to its link-local source, from the server's); None where a server is silent."""
+    ours = duid(lease.server_mac)
+    kind = policy_dhcp.reply6_type(req.type, req.server_id, ours, req.rapid)
+    if kind is None:
+        return None
+    msg_type, with_addresses = kind
+    opts = [dhcp6.option(OPT_SERVERID, ours), dhcp6.option(OPT_CLIENTID, req.client_id or b"")]
+    if with_addresses:
+        opts += [dhcp6.option(OPT_IA_NA, _ia_na(iaid, named, lease)) for iaid, named in req.ias]
+        if msg_type == policy_dhcp.REPLY and req.type == policy_dhcp.SOLICIT:
+            opts.append(dhcp6.option(OPT_RAPID_COMMIT, b""))
+    elif req.type == policy_dhcp.CONFIRM:
+        mine = all(a in lease.addresses for _, named in req.ias for a in named)
+        opts.append(_status(SUCCESS if mine else NOT_ON_LINK))
+    elif req.type != policy_dhcp.INFORMATION_REQUEST:
+        opts.append(_status(SUCCESS))
+    if lease.dns:
+        opts.append(dhcp6.option(OPT_DNS, b"".join(_ip6(a) for a in lease.dns)))
+    if lease.domain:
+        opts.append(dhcp6.option(OPT_DOMAINS, dns_name(lease.domain)))
+    out = packet.Packet()
+    out.add_protocol(ethernet.ethernet(dst=req.src_mac, src=lease.server_mac,
+                                       ethertype=0x86DD))
+    out.add_protocol(ipv6.ipv6(src=lease.server_ip, dst=req.src_ip, nxt=17, hop_limit=255))
+    out.add_protocol(udp.udp(src_port=547, dst_port=546))
+    out.add_protocol(dhcp6.dhcp6(msg_type, dhcp6.options(opts), transaction_id=req.xid))
+    out.serialize()
+    return bytes(out.data)
+
+
+def _ia_na(iaid: bytes, named: list[str], lease: policy_dhcp.Lease6) -> bytes:
+    """An identity association with the VM's addresses (renewal at half the lease,
+    rebinding at 4/5), and any other address the client named with lifetimes 0 (it may
+    not keep it); none at all: status NoAddrsAvail."""
+    t = lease.seconds
+    body = iaid + struct.pack("!II", t // 2, t * 4 // 5)
+    for addr in lease.addresses:
+        body += _iaaddr(addr, t)
+    for addr in named:
+        if addr not in lease.addresses:
+            body += _iaaddr(addr, 0)
+    if not lease.addresses:
+        body += _status(2).serialize()  # NoAddrsAvail
+    return body
+
+
+def _iaaddr(addr: str, seconds: int) -> bytes:
+    return struct.pack("!HH16sII", OPT_IAADDR, 24, _ip6(addr), seconds, seconds)
+
+
+def _status(code: int) -> dhcp6.option:
+    return dhcp6.option(OPT_STATUS, struct.pack("!H", code))
+
+
+def dns_name(domain: str) -> bytes:
+    """A domain name in DNS wire format (RFC 1035 3.1), as DHCPv6's domain list and the
+    router advertisement's search list carry it."""
+    labels = [lab.encode() for lab in domain.strip(".").split(".") if lab]
+    return b"".join(bytes([len(lab)]) + lab for lab in labels) + b"\0"
+
+
+def _ip6(text: str) -> bytes:
+    return ipaddress.IPv6Address(text).packed

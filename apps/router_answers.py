@@ -1,10 +1,18 @@
 """What a distributed router says that the datapath cannot: ICMP time exceeded, sent
 from the source VM's gateway when a packet's TTL expires at the routing step (so
-``traceroute`` shows the gateway as one hop). Built with os-ken's packet library."""
+``traceroute`` shows the gateway as one hop), and router advertisements. Built with
+os-ken's packet library."""
 
 from __future__ import annotations
 
+import ipaddress
+import struct
+
 from os_ken.lib.packet import ethernet, icmp, icmpv6, ipv4, ipv6, packet
+
+from vfence.controller.dhcp import PREFIX_PREFERRED, PREFIX_VALID, ROUTER_LIFETIME, Advert
+
+from .dhcp_server import dns_name
 
 ETH_TYPE_IP, ETH_TYPE_IPV6 = 0x0800, 0x86DD
 QUOTED = 548  # of the expired datagram, at most (576 - IP and ICMP headers, as Linux)
@@ -56,5 +64,40 @@ def time_exceeded6(frame: bytes, router_mac: str, gateway6: str) -> bytes | None
     out.add_protocol(ipv6.ipv6(src=gateway6, dst=ip.src, nxt=58, hop_limit=64))
     out.add_protocol(icmpv6.icmpv6(type_=icmpv6.ICMPV6_TIME_EXCEEDED, code=0,
                                    data=bytes(4) + frame[14:14 + QUOTED6]))
+    out.serialize()
+    return bytes(out.data)
+
+
+ALL_NODES, ALL_NODES_MAC = "ff02::1", "33:33:00:00:00:01"
+MANAGED, OTHER = 0b10, 0b01  # the advertisement's M and O flags (os-ken shifts them)
+ON_LINK = 0b100  # the prefix option's L flag; A (autonomous) stays clear
+ND_OPT_MTU, ND_OPT_RDNSS, ND_OPT_DNSSL = 5, 25, 31
+
+
+def router_advert(ad: Advert) -> bytes:
+    """A router advertisement to all nodes (sent out of one VM's port only): the router,
+    by its link-local address and MAC, as default router; the segment's prefix on-link
+    but not for autoconfiguration, addresses and other settings by DHCPv6 (M and O);
+    the segment's MTU and IPv6 resolvers (RFC 8106) and search domain where it has them."""
+    net = ipaddress.IPv6Network(ad.prefix)
+    opts: list = [icmpv6.nd_option_sla(hw_src=ad.router_mac),
+                  icmpv6.nd_option_pi(pl=net.prefixlen, res1=ON_LINK, val_l=PREFIX_VALID,
+                                      pre_l=PREFIX_PREFERRED, prefix=str(net.network_address))]
+    if ad.mtu:
+        opts.append(struct.pack("!BBHI", ND_OPT_MTU, 1, 0, ad.mtu))
+    if ad.dns:
+        opts.append(struct.pack("!BBHI", ND_OPT_RDNSS, 1 + 2 * len(ad.dns), 0, ROUTER_LIFETIME)
+                    + b"".join(ipaddress.IPv6Address(a).packed for a in ad.dns))
+    if ad.domain:
+        name = dns_name(ad.domain)
+        name += bytes(-(len(name) + 8) % 8)  # padded to whole 8-octet units
+        opts.append(struct.pack("!BBHI", ND_OPT_DNSSL, 1 + len(name) // 8, 0, ROUTER_LIFETIME)
+                    + name)
+    out = packet.Packet()
+    out.add_protocol(ethernet.ethernet(dst=ALL_NODES_MAC, src=ad.router_mac,
+                                       ethertype=ETH_TYPE_IPV6))
+    out.add_protocol(ipv6.ipv6(src=ad.router_ip, dst=ALL_NODES, nxt=58, hop_limit=255))
+    out.add_protocol(icmpv6.icmpv6(type_=icmpv6.ND_ROUTER_ADVERT, data=icmpv6.nd_router_advert(
+        ch_l=64, res=MANAGED | OTHER, rou_l=ROUTER_LIFETIME, options=opts)))
     out.serialize()
     return bytes(out.data)

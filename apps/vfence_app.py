@@ -38,7 +38,7 @@ from vfence.controller.reconcile import FlowDiff
 from vfence.controller.routing import answering_gateway
 from vfence.controller.service import Service
 
-from . import dhcp_server, lldp, ofcodec, router_answers
+from . import guest_config, lldp, ofcodec, router_answers
 
 LOG = logging.getLogger("vfence.app")
 
@@ -47,11 +47,8 @@ LLDP_INTERVAL = 5.0
 AUDIT_INTERVAL = 2.0
 AUDIT_SHARE = 0.1  # of the controller's time, at most, for reading drop counters
 REPLY_TIMEOUT = 10.0
-
-
-def _is_dhcp_client(pkt: Any) -> bool:
-    u = pkt.get_protocol(udp.udp)
-    return u is not None and (u.src_port, u.dst_port) == (68, 67)
+ADVERT_INTERVAL = 200.0  # unsolicited router advertisements (RFC 4861's MinRtrAdvInterval
+# default; a guest keeps its router for ROUTER_LIFETIME, far longer)
 
 
 def _l4(pkt: Any) -> tuple[str, int | None]:
@@ -108,6 +105,7 @@ class VfenceApp(app_manager.OSKenApp):
         # (thousands of ports appearing) a link LLDP confirmed in time is not expired
         self.threads.append(hub.spawn(self._every, LLDP_INTERVAL, lambda: self.submit(
             self.service.housekeeping, time.monotonic())))
+        self.threads.append(hub.spawn(self._every, ADVERT_INTERVAL, self._advertise))
         self.probes = lldp.ProbeBook()
         self.drop_counts: dict[tuple[int, int, int], int] = {}
 
@@ -379,11 +377,13 @@ class VfenceApp(app_manager.OSKenApp):
             return
         owner = cookie_owner(msg.cookie)
         if owner is not None and owner[0] == Owner.VM:
-            req = dhcp_server.parse(msg.data) if _is_dhcp_client(pkt) else None
-            if req is not None:  # metered by the service meter, answered here
-                self._dhcp(dp, in_port, req)
-            if req is None or any(b.port == (dp.id, in_port)
-                                  for b in self.service.state.standby.values()):
+            asks = guest_config.kind(pkt)
+            if asks is not None:  # metered by the dhcp meter, answered here
+                reply = guest_config.answer(self.service.state, dp.id, in_port, asks, msg.data)
+                if reply is not None:
+                    self._packet_out(dp, in_port, reply)
+            if asks is None or any(b.port == (dp.id, in_port)
+                                   for b in self.service.state.standby.values()):
                 # the first frame at a standby port (a DHCP request from one, too)
                 self.submit(self.service.vm_seen, dp.id, in_port, eth.src)
             return
@@ -408,19 +408,17 @@ class VfenceApp(app_manager.OSKenApp):
             # VM never sends tagged frames (port security drops them), so no binding
         self.submit(self.service.unbound_frame, dp.id, in_port, eth.src)
 
-    def _dhcp(self, dp: Any, in_port: int, req: dhcp_server.Request) -> None:
-        """The VM's own lease, looked up by the port the request came in on (the state
-        is read, never changed here); nothing for a port or MAC without one."""
-        lease = dhcp.lease_for(self.service.state, dp.id, in_port, req.src_mac)
-        reply = dhcp_server.answer(req, lease) if lease is not None else None
-        LOG.debug("DHCP message %d from %s on %016x port %d: %s", req.type, req.src_mac,
-                 dp.id, in_port, "answered" if reply else "no lease here, not answered")
-        if reply is not None:
-            self._packet_out(dp, in_port, reply)
-
     def _packet_out(self, dp: Any, port: int, data: bytes) -> None:
         dp.send_msg(parser.OFPPacketOut(dp, ofp.OFP_NO_BUFFER, ofp.OFPP_CONTROLLER,
                                         [parser.OFPActionOutput(port, 0)], data))
+
+    def _advertise(self) -> None:
+        """Unsolicited router advertisements, out of every bound port of a routed IPv6
+        segment (a guest that solicited before it was bound learns its router too)."""
+        for dpid, port_no, ad in dhcp.adverts(self.service.state):
+            dp = self.datapaths.get(dpid)
+            if dp is not None:
+                self._packet_out(dp, port_no, guest_config.advert(ad))
 
     def _time_exceeded(self, dp: Any, in_port: int, frame: bytes) -> None:
         """Answer in the router's name from the sender's gateway, out of its port. The

@@ -39,7 +39,7 @@ from .flows import (
     resubmit,
     write_meta,
 )
-from .model import VM, Endpoint, NetworkState, Policy, Rule, ipv6_addresses
+from .model import VM, Endpoint, NetworkState, Policy, Rule, eui64_link_local, ipv6_addresses
 from .pipeline import (
     CONJ_INTRA,
     CONJ_ISOLATION,
@@ -337,11 +337,15 @@ def local_vm_flows(vm: VM, port: int, slots: tuple[int, ...] = (), standby: bool
                 in_port=port, eth_type=eth_type, ip_proto=17, **{field: value}), DROP, ck)
     v4 = [ip for ip in vm.ips if ":" not in ip]
     v6 = ipv6_addresses(vm)
-    # a DHCP client, before it has an address (from 0.0.0.0) and renewing: the controller
-    # answers with the VM's own lease, metered (never on to other VMs)
-    yield Flow(Table.CLASSIFY, PRIO_DHCP_CLIENT, match(
-        **me, eth_type=ETH_TYPE_IP, ip_proto=17, udp_src=68, udp_dst=67),
-        (meter(METER_DHCP), apply(("output", OFPP_CONTROLLER))), ck)
+    # a DHCP client, before it has an address (from 0.0.0.0, or its link-local) and
+    # renewing: the controller answers with the VM's own lease, metered (never on to
+    # other VMs); so it does a router solicitation where a router joins the segment
+    for eth_type, client, server in ((ETH_TYPE_IP, 68, 67), (ETH_TYPE_IPV6, 546, 547)):
+        yield Flow(Table.CLASSIFY, PRIO_DHCP_CLIENT, match(
+            **me, eth_type=eth_type, ip_proto=17, udp_src=client, udp_dst=server),
+            TO_CONFIG, ck)
+    if routed is not None:
+        yield Flow(Table.CLASSIFY, PRIO_DHCP_CLIENT, _nd(ND_RS, **me), TO_CONFIG, ck)
     for ip in v4:
         yield Flow(Table.CLASSIFY, PRIO_VM_ADDRESS, match(**me, eth_type=ETH_TYPE_IP, ipv4_src=ip),
                    classify, ck)
@@ -396,10 +400,14 @@ def _nd_security(vm: VM, port: int, me: dict, v6: tuple[str, ...], classify: tup
         yield Flow(Table.CLASSIFY, PRIO_ND_OWN, _nd(ND_NS, **me, ipv6_src="::",
                                                     ipv6_nd_sll=ZERO_MAC, ipv6_nd_target=target),
                    classify, ck)
-    # router solicitations: every guest sends them, nobody here answers (not audited)
+    # router solicitations the controller does not answer (no router joins the segment,
+    # or not from the VM's MAC): harmless, every guest sends them (not audited)
     yield Flow(Table.CLASSIFY, PRIO_QUIET_DROP, _nd(ND_RS, in_port=port), DROP, ck)
     for t in (ND_NS, ND_NA):
         yield Flow(Table.CLASSIFY, PRIO_SPOOFED_ND, _nd(t, in_port=port), DROP, ck)
+
+
+TO_CONFIG = (meter(METER_DHCP), apply(("output", OFPP_CONTROLLER)))  # address configuration
 
 
 def _slot_sets(regs: tuple[str, ...], slots: tuple[int, ...]) -> list[tuple]:
@@ -534,6 +542,8 @@ def router_flows(state: NetworkState) -> Iterable[Flow]:
                 yield _arp_answer(PRIO_ARP_GATEWAY, tag, spec.gateway, mac, ck)
             if spec.gateway6:
                 yield from _na_answer(tag, spec.gateway6, mac, ck)
+            if spec.subnet6:  # the default router its advertisements name
+                yield from _na_answer(tag, eui64_link_local(mac), mac, ck)
             for eth_type, field, net in ((ETH_TYPE_IP, "ipv4_dst", spec.subnet),
                                          (ETH_TYPE_IPV6, "ipv6_dst", spec.subnet6)):
                 if net is None:

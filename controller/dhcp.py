@@ -1,7 +1,11 @@
-"""DHCPv4 for registered VMs, answered by the controller as OVN answers it: the VM's
-registered address and its segment's prefix, gateway, resolvers, search domain, MTU and
-lease. What to answer is decided here, from the state alone; apps/dhcp_server.py reads
-and writes the packets. A guest never gets an address that is not its own: the lease is
+"""Address configuration for registered VMs, answered by the controller as OVN answers
+it: DHCPv4 (the VM's registered address and its segment's prefix, gateway, resolvers,
+search domain, MTU and lease), DHCPv6 (its registered IPv6 addresses, resolvers, search
+domain) and, where a router joins the segment, router advertisements (the router's
+link-local address as default router, the segment's prefix on-link, "managed": addresses
+come from DHCPv6, never from SLAAC, which port security would refuse). What to answer is
+decided here, from the state alone; apps/dhcp_server.py and apps/router_answers.py read
+and write the packets. A guest never gets an address that is not its own: the answer is
 looked up by the port the request came in on and the VM bound (or standing by) there,
 and the client's MAC must be that VM's.
 """
@@ -12,9 +16,15 @@ import ipaddress
 from typing import NamedTuple
 
 from . import addresses, routing
-from .model import NetworkState
+from .model import VM, NetworkState, SegmentSpec, eui64_link_local
 
 DISCOVER, OFFER, REQUEST, DECLINE, ACK, NAK, RELEASE, INFORM = 1, 2, 3, 4, 5, 6, 7, 8
+# DHCPv6 (RFC 8415) message types
+SOLICIT, ADVERTISE, REQUEST6, CONFIRM, RENEW, REBIND, REPLY, RELEASE6, DECLINE6 = range(1, 10)
+INFORMATION_REQUEST = 11
+ROUTER_LIFETIME = 1800  # seconds a guest keeps the router as its default (RFC 4861's
+# default: three times the longest interval between unsolicited advertisements)
+PREFIX_VALID, PREFIX_PREFERRED = 2592000, 604800  # RFC 4861 defaults, on-link prefix
 
 
 class Lease(NamedTuple):
@@ -29,22 +39,111 @@ class Lease(NamedTuple):
     seconds: int
 
 
-def lease_for(state: NetworkState, dpid: int, port_no: int, mac: str) -> Lease | None:
-    """The lease of the VM sending on ``dpid`` port ``port_no`` from ``mac``; None when no
-    VM with that MAC is bound (or standing by) there, or its segment has no IPv4 subnet
-    and gateway, or the VM no IPv4 address."""
+class Lease6(NamedTuple):
+    addresses: tuple[str, ...]  # the VM's registered IPv6 addresses (never link-local)
+    server_mac: str  # as for DHCPv4; its DUID (DUID-LL) and link-local come from it
+    server_ip: str  # the link-local address of server_mac: the answers' source
+    dns: tuple[str, ...]  # the segment's IPv6 resolvers
+    domain: str | None
+    seconds: int
+
+
+class Advert(NamedTuple):
+    """A router advertisement for a routed segment with an IPv6 subnet."""
+
+    router_mac: str
+    router_ip: str  # the router's link-local address: the guests' default router
+    prefix: str  # the segment's subnet6, on-link (not for autoconfiguration)
+    mtu: int | None
+    dns: tuple[str, ...]
+    domain: str | None
+
+
+def _sender(state: NetworkState, dpid: int, port_no: int, mac: str
+            ) -> tuple[VM, SegmentSpec] | None:
+    """The VM sending on ``dpid`` port ``port_no`` (bound or standing by there) from its
+    own ``mac``, with its segment's spec; None for anyone else."""
     vm = state.vms.get(routing.port_owners(state).get((dpid, port_no), ""))
     if vm is None or vm.mac != mac.lower():
         return None
     spec = state.policy.specs.get(vm.segment)
-    v4 = next((ip for ip in vm.ips if ":" not in ip), None)
-    if spec is None or not spec.subnet or not spec.gateway or v4 is None:
-        return None
-    net = ipaddress.IPv4Network(spec.subnet)
+    return None if spec is None else (vm, spec)
+
+
+def _server_mac(state: NetworkState, vm: VM) -> str:
+    """The router's MAC, where one joins the segment; else one of the segment's own."""
     routed = routing.gateway_of(state, vm.segment_id)
-    server_mac = routed[0] if routed else addresses.router_mac(f"dhcp:{vm.segment}")
-    return Lease(v4, str(net.netmask), spec.gateway, server_mac, spec.gateway,
-                 spec.dns_servers, spec.domain, spec.mtu, spec.lease_time)
+    return routed[0] if routed else addresses.router_mac(f"dhcp:{vm.segment}")
+
+
+def serves_v4(spec: SegmentSpec) -> bool:
+    """DHCPv4 answers in a segment with an IPv4 subnet and gateway."""
+    return bool(spec.subnet and spec.gateway)
+
+
+def lease_for(state: NetworkState, dpid: int, port_no: int, mac: str) -> Lease | None:
+    """The lease of the VM sending on ``dpid`` port ``port_no`` from ``mac``; None when no
+    VM with that MAC is bound (or standing by) there, or its segment has no IPv4 subnet
+    and gateway, or the VM no IPv4 address."""
+    found = _sender(state, dpid, port_no, mac)
+    if found is None:
+        return None
+    vm, spec = found
+    v4 = next((ip for ip in vm.ips if ":" not in ip), None)
+    if not serves_v4(spec) or v4 is None:
+        return None
+    assert spec.subnet and spec.gateway
+    net = ipaddress.IPv4Network(spec.subnet)
+    return Lease(v4, str(net.netmask), spec.gateway, _server_mac(state, vm), spec.gateway,
+                 tuple(a for a in spec.dns_servers if ":" not in a), spec.domain, spec.mtu,
+                 spec.lease_time)
+
+
+def lease6_for(state: NetworkState, dpid: int, port_no: int, mac: str) -> Lease6 | None:
+    """The DHCPv6 lease of the VM sending on ``dpid`` port ``port_no`` from ``mac``: its
+    registered addresses in its segment's subnet6 (none: still resolvers and domain, for
+    an information request); None for a segment without subnet6 or anyone else."""
+    found = _sender(state, dpid, port_no, mac)
+    if found is None or not found[1].subnet6:
+        return None
+    vm, spec = found
+    mine = tuple(ip for ip in vm.ips if ":" in ip
+                 and not ipaddress.IPv6Address(ip).is_link_local)
+    server = _server_mac(state, vm)
+    return Lease6(mine, server, eui64_link_local(server),
+                  tuple(a for a in spec.dns_servers if ":" in a), spec.domain, spec.lease_time)
+
+
+def advert_for(state: NetworkState, segment_id: int) -> Advert | None:
+    """The router advertisement of a routed segment with subnet6; None elsewhere (no
+    router: nobody to advertise)."""
+    d = routing.domains(state).get(segment_id)
+    spec = None if d is None else dict(d.specs)[segment_id]
+    if d is None or spec is None or not spec.subnet6:
+        return None
+    mac = d.routed.mac
+    return Advert(mac, eui64_link_local(mac), spec.subnet6, spec.mtu,
+                  tuple(a for a in spec.dns_servers if ":" in a), spec.domain)
+
+
+def solicited_advert(state: NetworkState, dpid: int, port_no: int, mac: str
+                     ) -> Advert | None:
+    """The advertisement answering a router solicitation from ``mac`` on that port."""
+    found = _sender(state, dpid, port_no, mac)
+    return None if found is None else advert_for(state, found[0].segment_id)
+
+
+def adverts(state: NetworkState) -> list[tuple[int, int, Advert]]:
+    """(dpid, port, advertisement) for every bound VM of a routed IPv6 segment: the
+    unsolicited advertisements a router sends now and then (a guest that solicited
+    while it was not yet bound learns its router too)."""
+    out = []
+    for name, b in state.bindings.items():
+        vm = state.vms.get(name)
+        ad = None if vm is None else advert_for(state, vm.segment_id)
+        if ad is not None:
+            out.append((b.port[0], b.port[1], ad))
+    return out
 
 
 def reply_type(msg_type: int, requested: str | None, ciaddr: str, lease: Lease) -> int | None:
@@ -58,4 +157,24 @@ def reply_type(msg_type: int, requested: str | None, ciaddr: str, lease: Lease) 
         return ACK if wanted == lease.ip else NAK
     if msg_type == INFORM:
         return ACK
+    return None
+
+
+def reply6_type(msg_type: int, server_id: bytes | None, ours: bytes, rapid: bool
+                ) -> tuple[int, bool] | None:
+    """(message type, whether it carries the addresses) a DHCPv6 server answers with
+    (RFC 8415 section 16): a solicitation gets an advertisement, or the reply itself when
+    the client asks for rapid commit; a request or renewal for this server, and a
+    rebinding for any, a reply with the addresses; a confirmation, an information
+    request, and a release or decline for this server, a reply without. A solicitation
+    or rebinding naming a server, or a request naming another, is not answered."""
+    for_us = server_id == ours
+    if msg_type == SOLICIT and server_id is None:
+        return (REPLY if rapid else ADVERTISE), True
+    if msg_type in (REQUEST6, RENEW) and for_us or msg_type == REBIND and server_id is None:
+        return REPLY, True
+    if msg_type in (CONFIRM, INFORMATION_REQUEST) and server_id in (None, ours):
+        return REPLY, False
+    if msg_type in (RELEASE6, DECLINE6) and for_us:
+        return REPLY, False
     return None

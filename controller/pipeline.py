@@ -193,7 +193,8 @@ METERS = (
     Meter(METER_LOG, "log", 20, 2, "deny-and-log samples"),
     Meter(METER_STANDBY, "standby", 200, 20,
           "a migration target's port until switch-over (not shared with punts)"),
-    Meter(METER_DHCP, "dhcp", 100, 20, "DHCP from VMs, which the controller answers"),
+    Meter(METER_DHCP, "dhcp", 100, 20, "DHCP, DHCPv6 and router solicitations from VMs, "
+                                       "which the controller answers"),
     Meter(METER_TTL, "ttl", 20, 5, "packets whose TTL expires at a router (the controller "
                                    "answers ICMP time exceeded): not shared with DHCP"),
 )
@@ -206,7 +207,7 @@ PRIO_ROGUE_DHCP = 220
 PRIO_ROGUE_ND = 218
 PRIO_ND_OWN = 216
 PRIO_DHCP_CLIENT = 212
-PRIO_QUIET_DROP = 215
+PRIO_QUIET_DROP = 211
 PRIO_SPOOFED_ND = 214
 PRIO_VM_ADDRESS = 210
 PRIO_SPOOFED_L3 = 205
@@ -405,7 +406,8 @@ TABLES = (
          _at("spoofed_nd", PRIO_SPOOFED_ND, Owner.VM,
              "any other neighbour discovery from a VM: drop", "spoofed-nd"),
          _at("router_solicitation", PRIO_QUIET_DROP, Owner.VM,
-             "router solicitations: harmless, dropped without an audit"),
+             "router solicitations nobody answers (no router joins the segment, or not "
+             "from the VM's MAC): harmless, dropped without an audit"),
          _at("vm_nd", PRIO_ND_OWN, Owner.VM,
              "neighbour discovery about the VM's own addresses and MAC: classify"),
          _at("rogue_nd", PRIO_ROGUE_ND, Owner.VM,
@@ -413,8 +415,10 @@ TABLES = (
          _at("rogue_dhcp", PRIO_ROGUE_DHCP, Owner.VM, "DHCP server replies from a VM: drop",
              "dhcp-server"),
          _at("dhcp_client", PRIO_DHCP_CLIENT, Owner.VM,
-             "DHCP from the VM's MAC (any source address, 0.0.0.0 too): to the controller "
-             "through the dhcp meter, which answers with the VM's lease")),
+             "DHCP and DHCPv6 from the VM's MAC (any source address, 0.0.0.0 too), and its "
+             "router solicitations where a router joins its segment: to the controller "
+             "through the dhcp meter, which answers with the VM's lease or the router's "
+             "advertisement")),
         "Bound VM port + own MAC + own IP (IP, ARP sender, IPv6 incl. its EUI-64 link-local) "
         "+ untagged, and neighbour discovery only for its own addresses: write segment/VM tag "
         "to metadata, source groups to reg0-3 (slots), zone to reg5. Anything else from a VM port "
@@ -457,7 +461,8 @@ TABLES = (
          _at("answer", PRIO_ARP_ANSWER, Owner.VM,
              "ARP request for a VM's IP: answered; solicitation: unicast to its owner"),
          _at("gateway", PRIO_ARP_GATEWAY, Owner.ROUTER,
-             "ARP request or neighbour solicitation for a routed segment's gateway: "
+             "ARP request or neighbour solicitation for a routed segment's gateway (or, "
+             "with subnet6, the router's link-local address its advertisements name): "
              "answered with the router's MAC (the solicitation turned into an advertisement "
              "in place)"),
          _at("gateway_no_sll", PRIO_ARP_GATEWAY_NO_SLL, Owner.ROUTER,

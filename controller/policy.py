@@ -184,19 +184,14 @@ class _Checker:
         return out
 
     def _resolvers(self, where: str, s: dict[str, Any]) -> tuple[str, ...]:
-        """A segment's DHCP resolvers: IPv4 addresses (DHCPv4 option 6 carries no other)."""
+        """A segment's resolvers for its guests: IPv4 ones go out by DHCPv4, IPv6 ones
+        by DHCPv6 and router advertisements."""
         out = []
         for j, text in enumerate(s.get("dns_servers", [])):
             try:
-                addr = ipaddress.ip_address(text)
+                out.append(str(ipaddress.ip_address(text)))
             except ValueError:
                 self.err(f"{where}.dns_servers[{j}]", f"{text!r} is not an IP address")
-                continue
-            if addr.version != 4:
-                self.err(f"{where}.dns_servers[{j}]", f"{addr} is not an IPv4 address "
-                                                       "(DHCPv4 gives IPv4 resolvers only)")
-                continue
-            out.append(str(addr))
         return tuple(out)
 
     def _vms(self, segments: dict[str, str | None], groups: set[str]) -> list[VMSpec]:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import generate_latest
 
-from . import registry, topology
+from . import dhcp, registry, topology
 from . import verify as verify_mod
 from .errors import NotFound
 from .flows import Owner, cookie_owner
@@ -220,8 +220,10 @@ class Queries:
 
 
 def _dhcp(spec: SegmentSpec | None) -> dict[str, Any] | None:
-    """What DHCP gives a segment's guests (a segment with an IPv4 subnet and gateway)."""
-    if spec is None or not spec.subnet or not spec.gateway:
+    """What DHCP gives a segment's guests: DHCPv4 with an IPv4 subnet and gateway,
+    DHCPv6 with an IPv6 subnet (and router advertisements, where a router joins it)."""
+    if spec is None or not (dhcp.serves_v4(spec) or spec.subnet6):
         return None
-    return {"dns_servers": list(spec.dns_servers), "domain": spec.domain, "mtu": spec.mtu,
+    return {"dhcpv4": dhcp.serves_v4(spec), "dhcpv6": bool(spec.subnet6),
+            "dns_servers": list(spec.dns_servers), "domain": spec.domain, "mtu": spec.mtu,
             "lease_time": spec.lease_time}

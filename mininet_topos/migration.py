@@ -70,13 +70,17 @@ def migrate_many(net: Mininet, moves: list[tuple[VMPlan, str]], *, libvirt_ids: 
             f"ip link add vf-park type bridge 2>/dev/null; "
             f"ip link set {old_intf.name} master vf-park; ")
         # addresses first: Linux drops IPv6 addresses from an interface that goes down
-        # and the guest's routes through the NIC (a default route via its gateway) go
-        # with them once the new NIC is up: the guest never notices the move
+        # and the guest's routes through the NIC (a default route via its gateway, IPv4
+        # and IPv6) go with them once the new NIC is up: the guest never notices the move
         host.cmd(f"routes=$(ip -4 route show dev {old_intf.name} | grep -v 'proto kernel'); "
+                 f"routes6=$(ip -6 route show dev {old_intf.name} | grep -v 'proto kernel' "
+                 f"| grep -v '^multicast' | sed 's/ expires [^ ]*//'); "
                  f"{_move_addresses(old_intf.name, new_intf.name)}; {down}"
                  f"ip link set {new_intf.name} up; "
                  f"echo \"$routes\" | while read -r r; do [ -n \"$r\" ] && "
-                 f"ip route replace $r dev {new_intf.name}; done")
+                 f"ip route replace $r dev {new_intf.name}; done; "
+                 f"echo \"$routes6\" | while read -r r; do [ -n \"$r\" ] && "
+                 f"ip -6 route replace $r dev {new_intf.name}; done")
         switched = time.monotonic()  # 3. the announcer sends RARPs from the new place now
         done.append(Migration(p.name, old_sw_intf.name, new_sw_intf.name, started, switched))
     time.sleep(remove_old_after)

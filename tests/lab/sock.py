@@ -12,11 +12,24 @@ import threading
 import time
 
 
+def _listener(kind: int, port: int) -> socket.socket:
+    """IPv4 and IPv6 on one socket where the host has IPv6, else IPv4 alone."""
+    try:
+        s = socket.socket(socket.AF_INET6, kind)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("::", port))
+        return s
+    except OSError:
+        s = socket.socket(socket.AF_INET, kind)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", port))
+        return s
+
+
 def serve(proto: str, port: int, seconds: float) -> None:
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-    s = socket.socket(socket.AF_INET, kind)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port))
+    s = _listener(kind, port)
     s.settimeout(0.2)
     end = time.monotonic() + seconds
     if proto == "tcp":
@@ -45,7 +58,7 @@ def serve(proto: str, port: int, seconds: float) -> None:
 
 def send(proto: str, ip: str, port: int, msg: str, timeout: float = 1.5) -> str:
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-    s = socket.socket(socket.AF_INET, kind)
+    s = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, kind)
     s.settimeout(timeout)
     try:
         if proto == "tcp":

@@ -64,9 +64,10 @@ def test_local_vm_is_classified_only_with_its_mac_untagged():
     assert dict(v4.match)["ipv4_src"] == vm.ips[0]
     assert {dict(f.match).get("ipv6_src") for f in plain} >= {"fe80::200:ff:fe00:1", "::"}
     drops = [f for f in classify if f.instructions == ()]
-    # rogue DHCP (server and client ports, v4 and v6) > RA, redirect > RS (quietly) > other
-    # ND (NS, NA) > other source IP / ARP sender / IPv6 > any other MAC or a tag
-    assert sorted(f.priority for f in drops) == [190, 205, 205, 205, 214, 214, 215, 218, 218,
+    # rogue DHCP (server and client ports, v4 and v6) > RA, redirect > other ND (NS, NA) >
+    # RS (quietly: no router here) > other source IP / ARP sender / IPv6 > any other MAC or
+    # a tag
+    assert sorted(f.priority for f in drops) == [190, 205, 205, 205, 211, 214, 214, 218, 218,
                                                  220, 220, 220, 220]
     assert max(f.priority for f in allowed) < 218 and min(f.priority for f in allowed) > 190
     assert {f.cookie for f in classify} == {cookie(Owner.VM, 1)}

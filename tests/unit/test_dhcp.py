@@ -113,7 +113,7 @@ def test_the_datapath_sends_dhcp_to_the_controller_alone_and_drops_rogue_servers
 
 
 @pytest.mark.parametrize("change, field", [
-    (lambda s: s.update(dns_servers=["fd00::53"]), "segments[1].dns_servers[0]"),
+    (lambda s: s.update(dns_servers=["10.0.0.53/24"]), "segments[1].dns_servers[0]"),
     (lambda s: s.update(dns_servers=["resolver"]), "segments[1].dns_servers[0]"),
     (lambda s: s.update(domain="bad domain"), "segments[1].domain"),
     (lambda s: s.update(lease_time=5), "segments[1].lease_time"),
