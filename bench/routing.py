@@ -47,6 +47,7 @@ def _state(doc: dict, segments: int, hosts: int) -> NetworkState:
     pol = st.policy
     tags = {name: k + 1 for k, (name, _) in enumerate(pol.segments)}
     st.segment_tags = tags
+    st.router_numbers = {r.name: i for i, r in enumerate(pol.routers)}
     for i, spec in enumerate(pol.vms):
         host = 1 + (i // segments) % hosts
         st.vms[spec.name] = VM(i + 1, spec.name, spec.mac, spec.ips, tags[spec.segment],

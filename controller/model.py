@@ -203,6 +203,7 @@ class NetworkState:
     # carry LLDP and host labels
     fabric: dict[int, frozenset[int]] = field(default_factory=dict)
     segment_tags: dict[str, int] = field(default_factory=dict)  # segment -> its tag
+    router_numbers: dict[str, int] = field(default_factory=dict)  # router -> its number
 
     def migrating(self) -> frozenset[int]:
         """Tags of the VMs with a standby port: what a switch learned for them in the
@@ -220,4 +221,4 @@ class NetworkState:
         return NetworkState(dict(self.switches), set(self.links), dict(self.vms),
                             dict(self.bindings), self.policy, dict(self.group_bits),
                             dict(self.standby), dict(self.expected), dict(self.fabric),
-                            dict(self.segment_tags))
+                            dict(self.segment_tags), dict(self.router_numbers))

@@ -75,7 +75,7 @@ OWNERS: dict[Owner, OwnerSpec] = {
                                "by pairs: the first of them)"),
     Owner.ROUTER: OwnerSpec("one distributed router: its gateways' ARP answers, the way "
                             "into ROUTE from its segments, its unused addresses' drops",
-                            "the router's index in the document"),
+                            "the router's number (the registry's: kept while a policy names it)"),
     Owner.LEARNED: OwnerSpec("installed by the datapath (learn()) when a migrating VM's "
                              "first frame arrives from its standby port: delivery switched "
                              "over until the controller confirms the move and removes it",
@@ -116,7 +116,7 @@ DST_GROUPS = tuple(Slot(r, 0, 32, f"destination VM's groups, slots {2 * i} and {
                    for i, r in enumerate(("reg6", "reg7", "reg8", "reg9")))
 DST_VM = Slot("reg4", 0, 16, "destination VM tag (0: not looked up yet)")
 ZONE = Slot("reg5", 0, 16, "conntrack zone: the segment's tag, or for every segment a "
-                           "router joins, the router's zone (61440 + its index)")
+                           "router joins, the router's zone (61440 + its number)")
 # a live migration switched over in the datapath: a frame from a VM's standby port is
 # marked, and the mark travels to the other hosts in the PCP of the fabric tag
 MARK = Slot("reg10", 0, 3, "the frame came from a migrating VM's standby port "

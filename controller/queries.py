@@ -173,14 +173,14 @@ class Queries:
             installed = svc.switches.installed.snapshot()
             names = {d: svc.switch_name(d) for d in installed}
             rules = {r.priority: r.name for r in svc.state.policy.rules}
-            routers = [r.name for r in svc.state.policy.routers]
+            routers = {n: name for name, n in svc.state.router_numbers.items()}
         gauges.switches.set(len(installed))
         for dpid in installed:
             for table, n in installed.count_by_table(dpid).items():
                 gauges.flows.labels(names[dpid], str(table), table_name(table)).set(n)
         packets: dict[str, int] = {}
         nbytes: dict[str, int] = {}
-        unused = dict.fromkeys(routers, 0)
+        unused = dict.fromkeys(routers.values(), 0)
         for dpid in sorted(installed):
             try:  # only the flows counted: rules, isolation pairs, anti-spoofing drops
                 read = [x for table, owner in ((None, Owner.RULE), (None, Owner.ISOLATION),
@@ -196,8 +196,8 @@ class Queries:
                         f"isolation[{owner[1]}]" if owner[0] == Owner.ISOLATION else
                         "anti-spoofing" if owner[0] == Owner.VM and not f.instructions
                         and f.table == 0 else None)
-                if owner[0] == Owner.ROUTER and owner[1] < len(routers):
-                    unused[routers[owner[1]]] = unused.get(routers[owner[1]], 0) + p
+                if owner[0] == Owner.ROUTER and owner[1] in routers:
+                    unused[routers[owner[1]]] += p
                 elif name:
                     packets[name] = packets.get(name, 0) + p
                     nbytes[name] = nbytes.get(name, 0) + b

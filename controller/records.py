@@ -66,6 +66,7 @@ def refresh_registry(s: Session, state: NetworkState) -> None:
     state.vms = {r.name: registry.to_model(r) for r in registry.list_vms(s)}
     state.group_bits = registry.group_bits(s)
     state.segment_tags = registry.segment_tags(s)
+    state.router_numbers = registry.router_numbers(s)
 
 
 def write(s: Session, effects: Iterable[binding.Effect], name: Callable[[int], str],

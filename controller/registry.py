@@ -11,7 +11,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, delete, func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
 from . import model
@@ -19,6 +19,7 @@ from .addresses import vm_address
 from .errors import Conflict, Invalid, NotFound
 from .flows import MAX_GROUPS, MAX_LABEL, MAX_SEGMENT_TAG, MAX_VM_TAG
 from .model import Policy, VMSpec, dpid_str
+from .pipeline import MAX_ROUTERS
 from .store import models as m
 from .store.models import utcnow
 
@@ -46,6 +47,8 @@ _LIMITS: dict[Any, tuple[int, int, str]] = {
                                       "16 bits: it names the group's conjunctions)"),
     m.Switch.label: (1, MAX_LABEL, "switches can have a host label (the VLAN id "
                                     "on the fabric)"),
+    m.RouterNumber.number: (0, MAX_ROUTERS - 1, "routers can exist (each has its own "
+                                                "conntrack zone)"),
 }
 
 
@@ -95,6 +98,23 @@ def segments(session: Session) -> list[m.Segment]:
 
 def groups(session: Session) -> list[m.Group]:
     return list(session.scalars(select(m.Group).order_by(m.Group.name)))
+
+
+def _number_routers(session: Session, names: list[str]) -> None:
+    """Routers the policy no longer names give their numbers back; new ones take the
+    lowest free numbers; the others keep theirs."""
+    session.execute(delete(m.RouterNumber).where(m.RouterNumber.name.not_in(names)))
+    session.flush()
+    have = set(session.scalars(select(m.RouterNumber.name)))
+    for i, name in enumerate(names):
+        if name not in have:
+            session.add(m.RouterNumber(name=name, number=_allocate(
+                session, m.RouterNumber.number, f"router {name!r}", f"routers[{i}]")))
+            session.flush()
+
+
+def router_numbers(session: Session) -> dict[str, int]:
+    return {r.name: r.number for r in session.scalars(select(m.RouterNumber))}
 
 
 def segment_tags(session: Session) -> dict[str, int]:
@@ -205,6 +225,7 @@ def sync_policy(session: Session, policy: Policy) -> dict[str, list[str]]:
         _get_or_create(session, m.Segment, name, f"segments[{i}]").subnet = subnet
     for i, g in enumerate(policy.groups):
         _get_or_create(session, m.Group, g, f"groups[{i}]")
+    _number_routers(session, [r.name for r in policy.routers])
     wanted = {v.name: v for v in policy.vms}
     existing = {r.name: r for r in list_vms(session)}
     report: dict[str, list[str]] = {"added": [], "removed": [], "changed": []}

@@ -7,8 +7,10 @@ segment does where its segment is. The addresses of a domain never repeat (its s
 not overlap and every VM's addresses sit in its segment's subnet), so one conntrack zone
 serves switched and routed traffic of all its segments alike: a routed connection is
 tracked in the same zone at both ends, whichever segment each end is in. The zone is
-the router's own (ROUTER_ZONE_BASE + its index, above every segment tag), so it never
-moves when segments get tags or join and leave the router.
+the router's own (ROUTER_ZONE_BASE + its number, above every segment tag), so it never
+moves when segments get tags or join and leave the router; the number is the registry's
+(store: routers), so it never moves when other routers come and go either. A router the
+registry has not numbered yet (its policy not stored) routes nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from .pipeline import ROUTER_ZONE_BASE
 class Routed(NamedTuple):
     """What a VM's flows need to know of the router that joins its segment."""
 
-    router: int  # its index in the policy (the ROUTER cookie's id)
+    router: int  # its number in the registry (the ROUTER cookie's id)
     mac: str
     zone: int  # the conntrack zone of every segment it joins (its own, above every tag)
 
@@ -38,18 +40,21 @@ class Domain(NamedTuple):
 def domains(state: NetworkState) -> dict[int, Domain]:
     """Segment tag -> the domain of the router that joins it (routed segments only)."""
     return _domains(state.policy.routers, state.policy.segment_specs,
-                    tuple(sorted(state.segment_tags.items())))
+                    tuple(sorted(state.segment_tags.items())),
+                    tuple(sorted(state.router_numbers.items())))
 
 
 @functools.lru_cache(maxsize=8)
 def _domains(routers: tuple[Router, ...], specs: tuple[SegmentSpec, ...],
-             tags: tuple[tuple[str, int], ...]) -> dict[int, Domain]:
-    tag_of, spec_of = dict(tags), {s.name: s for s in specs}
+             tags: tuple[tuple[str, int], ...], numbers: tuple[tuple[str, int], ...]
+             ) -> dict[int, Domain]:
+    tag_of, spec_of, number_of = dict(tags), {s.name: s for s in specs}, dict(numbers)
     out: dict[int, Domain] = {}
-    for i, r in enumerate(routers):
+    for r in routers:
         mine = sorted((tag_of[n], spec_of[n]) for n in r.segments
                       if tag_of.get(n) and n in spec_of)
-        if not mine:
+        i = number_of.get(r.name)
+        if not mine or i is None:
             continue
         d = Domain(Routed(i, r.mac, ROUTER_ZONE_BASE + i), r.name, tuple(t for t, _ in mine),
                    tuple(mine))

@@ -53,6 +53,18 @@ vm_groups = Table(
 )
 
 
+class RouterNumber(Base):
+    """A router's number (0..MAX_ROUTERS-1, the lowest free one when the policy first
+    names it; free again once no policy does): its conntrack zone is ROUTER_ZONE_BASE +
+    the number and its flows' cookies carry it, so neither moves when other routers come
+    and go or the document lists them in another order."""
+
+    __tablename__ = "routers"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    number: Mapped[int] = mapped_column(Integer, unique=True)
+
+
 class Segment(Base):
     """A layer-2 segment. ``tag`` (1..MAX_SEGMENT_TAG, the lowest free one when the row is
     created; never the database id) is what flows carry: metadata bits 0-15, the conntrack

@@ -27,7 +27,7 @@ def test_migration_creates_every_table_and_matches_models(engine):
 def test_upgrade_is_idempotent(engine):
     db.upgrade(engine)
     with engine.connect() as c:
-        assert MigrationContext.configure(c).get_current_revision() == "0004"
+        assert MigrationContext.configure(c).get_current_revision() == "0005"
 
 
 def test_vm_roundtrip_creates_segment_and_groups(engine):
@@ -93,3 +93,38 @@ def test_switch_labels_are_unique_and_stable(engine):
         b = registry.ensure_switch(s, 0x102, "hv2")
         again = registry.ensure_switch(s, 0xFFFF_FFFF_FFFF_FFFF, "renamed")
     assert (a.label, b.label, again.label, again.name) == (1, 2, 1, "renamed")
+
+
+def test_router_numbers_stay_while_the_policy_names_the_router(engine):
+    """A router keeps its number (its conntrack zone, its cookies) when others are
+    removed, added or listed in another order; a removed router's number is free again."""
+    from vfence.controller import policy
+
+    def apply(*routers: str) -> dict[str, int]:
+        doc = {"segments": [{"name": f"s{i}", "subnet": f"10.{i}.0.0/24",
+                             "gateway": f"10.{i}.0.1"} for i in range(4)],
+               "routers": [{"name": r, "segments": [f"s{i}"]} for i, r in enumerate(routers)]}
+        with db.sessions(engine).begin() as s:
+            registry.sync_policy(s, policy.parse(doc))
+            return registry.router_numbers(s)
+
+    assert apply("a", "b", "c") == {"a": 0, "b": 1, "c": 2}
+    assert apply("c", "b") == {"b": 1, "c": 2}  # a removed, the others stay, any order
+    assert apply("d", "b", "c") == {"b": 1, "c": 2, "d": 0}  # d takes the free number
+
+
+def test_the_upgrade_numbers_the_stored_routers_as_they_were_numbered(tmp_path):
+    """Before 0005 a router's number was its index in the newest document: an upgrade
+    keeps exactly those numbers (no routed connection moves to another zone)."""
+    from sqlalchemy import insert
+
+    engine = db.make_engine(f"sqlite:///{tmp_path}/old.db")
+    db.upgrade(engine, "0004")
+    policies = m.PolicyDocument.__table__
+    with engine.begin() as c:
+        for routers in (["old"], ["r2", "r1"]):
+            c.execute(insert(policies).values(document={"routers": [
+                {"name": n, "segments": []} for n in routers]}))
+    db.upgrade(engine)
+    with db.sessions(engine).begin() as s:
+        assert registry.router_numbers(s) == {"r2": 0, "r1": 1}

@@ -47,6 +47,7 @@ def _start() -> NetworkState:
     two names free."""
     s = leaf_spine(3, 2)
     s.policy = policy.parse(DOC)
+    s.router_numbers = {"r2": 0, "r1": 1}  # the registry's: by name, whatever the order
     s.group_bits = {g: i for i, g in enumerate(GROUPS)}
     s.segment_tags = {"s1": 1}  # s2's tag comes with an event (a segment named first)
     for i in range(1, 7):

@@ -146,6 +146,7 @@ def test_a_routed_gateway_answers_arp_with_the_routers_mac_in_the_datapath():
     st = two_hosts_two_spines()
     st.policy = policy.parse(DOC)
     st.segment_tags = {"web": 1, "db": 2, "lab": 3}
+    st.router_numbers = {"r1": 0}
     for i, (name, seg, tag, ip) in enumerate([("w", "web", 1, "10.10.1.11"),
                                               ("l", "lab", 3, "10.20.0.11")], start=1):
         st.vms[name] = VM(i, name, f"00:00:00:00:00:0{i}", (ip,), tag, seg, ())

@@ -46,6 +46,7 @@ PLACES = {"w1": ("web", 1, "10.10.1.11", HV1, 3, ("web",)),
 def _network():
     st = leaf_spine(3, 2)
     st.policy = policy.parse(DOC)
+    st.router_numbers = {"r1": 0}
     st.group_bits = {g: i for i, g in enumerate(st.policy.groups)}
     st.segment_tags = {"web": 1, "db": 2, "lab": 3}
     for i, (n, (seg, tag, ip, dpid, port, groups)) in enumerate(PLACES.items(), start=1):
@@ -267,6 +268,30 @@ def test_a_routers_zone_stays_when_its_segments_get_tags_or_change():
     st.policy = policy.parse(doc)
     st.segment_tags = {"app": 0, "web": 1, "db": 2, "lab": 3} | {"app": 4}
     assert routing.zone(st, 4) == routing.zone(st, 1) == ROUTER_ZONE_BASE
+
+
+def test_a_routers_zone_and_cookies_are_its_registry_number_not_its_place():
+    """Another router listed before it, or removed, moves nothing of r1's; a router the
+    registry has not numbered yet routes nothing."""
+    from vfence.controller import routing
+    from vfence.controller.flows import Owner, cookie
+
+    st = _network()
+    st.router_numbers = {"r1": 7}
+    before = {f for fl in desired.compile_network(st).values() for f in fl
+              if f.cookie == cookie(Owner.ROUTER, 7)}
+    assert before and routing.zone(st, 1) == ROUTER_ZONE_BASE + 7
+    lab = {"name": "lab", "subnet": "10.20.0.0/24", "gateway": "10.20.0.1"}
+    st.policy = policy.parse(dict(DOC, segments=[*DOC["segments"][:2], lab],
+                                  routers=[{"name": "r0", "segments": ["lab"]},
+                                           *DOC["routers"]]))
+    st.router_numbers = {"r0": 0, "r1": 7}
+    assert routing.zone(st, 1) == ROUTER_ZONE_BASE + 7 and routing.zone(st, 3) == ROUTER_ZONE_BASE
+    after = {f for fl in desired.compile_network(st).values() for f in fl
+             if f.cookie == cookie(Owner.ROUTER, 7)}
+    assert after == before
+    st.router_numbers = {"r1": 7}  # r0 not numbered yet: lab stays a closed segment
+    assert routing.zone(st, 3) == 3
 
 
 def test_a_rule_naming_a_vms_mac_holds_for_its_routed_traffic():
