@@ -14,7 +14,17 @@ from sqlalchemy.orm import Session
 from . import binding, hosts, records, registry
 from . import policy as policy_mod
 from .errors import Conflict, Invalid
-from .model import VM, Link, NetworkState, Policy, PortRef, SegmentSpec, Switch, VMSpec
+from .model import (
+    VM,
+    Link,
+    NetworkState,
+    Policy,
+    PortRef,
+    SegmentSpec,
+    Switch,
+    VMSpec,
+    router_addresses,
+)
 
 LOG = logging.getLogger("vfence.service")
 Edit = Callable[[NetworkState, Session], binding.Event | None]
@@ -46,7 +56,7 @@ def _clear_of_routers(new: NetworkState, names: list[str]) -> None:
     VMs (and replaces every VM it does not list); this is for VMs added by the API."""
     macs = {r.mac: r.name for r in new.policy.routers}
     gateways = {(sp.name, gw) for r in new.policy.routers for sp in new.policy.segment_specs
-                if sp.name in r.segments for gw in (sp.gateway, sp.gateway6) if gw}
+                if sp.name in r.segments for gw in router_addresses(sp, r.mac)}
     router, specs = new.policy.router_of, new.policy.specs
     for name in names:
         vm = new.vms[name]
@@ -54,8 +64,8 @@ def _clear_of_routers(new: NetworkState, names: list[str]) -> None:
             raise Conflict(f"{vm.mac} is router {macs[vm.mac]!r}'s MAC", "mac")
         for j, ip in enumerate(vm.ips):
             if (vm.segment, ip) in gateways:
-                raise Conflict(f"{ip} is the gateway of segment {vm.segment!r}, which "
-                               "a router joins", f"ips[{j}]")
+                raise Conflict(f"{ip} is router {router[vm.segment]!r}'s address in "
+                               f"segment {vm.segment!r}", f"ips[{j}]")
             if vm.segment in router:
                 _routable(new, vm, ip, f"ips[{j}]", router, specs)
 

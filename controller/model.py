@@ -39,6 +39,14 @@ def eui64_link_local(mac: str) -> str:
 
 
 @lru_cache(maxsize=1 << 16)
+def router_addresses(spec: SegmentSpec, mac: str) -> frozenset[str]:
+    """What a router with ``mac`` answers for in a segment it joins (no VM may hold it):
+    the gateway, gateway6 and, with a subnet6, its link-local address (the default
+    router its advertisements name)."""
+    own = {spec.gateway, spec.gateway6, eui64_link_local(mac) if spec.subnet6 else None}
+    return frozenset(a for a in own if a)
+
+
 def ipv6_addresses(vm: VM) -> tuple[str, ...]:
     """Every IPv6 address the VM may use: its registered ones and its EUI-64 link-local."""
     own = {str(ipaddress.IPv6Address(ip)) for ip in vm.ips if ":" in ip}

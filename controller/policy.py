@@ -23,7 +23,7 @@ import yaml
 from . import addresses
 from .errors import Invalid, field_path
 from .flows import MAX_RULES, MAX_SEGMENT_TAG, MAX_VM_TAG
-from .model import ANY, Endpoint, Policy, Router, Rule, SegmentSpec, VMSpec
+from .model import ANY, Endpoint, Policy, Router, Rule, SegmentSpec, VMSpec, router_addresses
 from .pipeline import MAX_ROUTERS, keep_rule_priorities
 
 SCHEMA = ("vfence.schemas", "policy.schema.json")  # package data: found installed or not
@@ -114,7 +114,6 @@ class _Checker:
         self.prefixes: dict[str, list[addresses.IPNetwork]] = {}  # segment -> subnet(6)
         self.nets: dict[str, dict[str, addresses.IPNetwork | None]] = {}
         self.specs: dict[str, SegmentSpec] = {}
-        self.routed: set[str] = set()  # segments a router joins
         self.joined: dict[str, str] = {}  # segment -> the router that joins it
         self.router_owner: dict[str, str] = {}  # router MAC -> router
         self.in_segment: dict[str, set[str]] = {}  # segment -> its VMs seen so far
@@ -220,12 +219,12 @@ class _Checker:
                     self.err(f"{where}.ips[{j}]", str(e))
                     continue
                 spec = self.specs.get(v["segment"])
-                if spec is not None and v["segment"] in self.routed and addr in (
-                        spec.gateway, spec.gateway6):  # unrouted: a VM may be the router
-                    self.err(f"{where}.ips[{j}]", f"{addr} is segment {v['segment']!r}'s "
-                                                  "gateway (a router joins it)")
                 # a router finds VMs by address alone: unique across all its segments
                 router = self.joined.get(v["segment"])
+                if spec is not None and router and addr in router_addresses(
+                        spec, addresses.router_mac(router)):  # unrouted: a VM may route
+                    self.err(f"{where}.ips[{j}]", f"{addr} is router {router!r}'s address in "
+                                                  f"segment {v['segment']!r}")
                 key = (("router", router) if router and not _link_local(addr)
                        else ("segment", v["segment"]), addr)
                 if key in ips:
@@ -282,7 +281,7 @@ class _Checker:
                                         f"{clash!r}'s, which this router also joins")
                     mine.append((name, net))
             out.append(Router(r["name"], tuple(r["segments"]), addresses.router_mac(r["name"])))
-        self.routed, self.joined = set(joined), joined
+        self.joined = joined
         self.router_owner = {r.mac: r.name for r in out}
         return out
 

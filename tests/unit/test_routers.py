@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from vfence.controller import addresses, policy
 from vfence.controller.api import create_app
+from vfence.controller.model import eui64_link_local
 from vfence.controller.service import Service
 from vfence.controller.store import db
 
@@ -29,6 +30,9 @@ DOC = {
     "vms": [{"name": "web-1", "mac": "00:00:00:00:01:01", "ips": ["10.10.1.11"],
              "segment": "web", "groups": ["g"]}],
 }
+
+
+R1_LLA = eui64_link_local(addresses.router_mac("r1"))
 
 
 def _errors(doc):
@@ -64,7 +68,9 @@ def test_a_router_gets_a_stable_mac_and_its_segments_gateways():
     (lambda d: d["vms"][0].update(mac=addresses.router_mac("r1")), "vms[0].mac",
      f"{addresses.router_mac('r1')} is router 'r1''s MAC"),
     (lambda d: d["vms"][0].update(ips=["10.10.1.1"]), "vms[0].ips[0]",
-     "10.10.1.1 is segment 'web''s gateway (a router joins it)"),
+     "10.10.1.1 is router 'r1''s address in segment 'web'"),
+    (lambda d: d["vms"][0].update(ips=["10.10.1.11", R1_LLA]), "vms[0].ips[1]",
+     f"{R1_LLA} is router 'r1''s address in segment 'web'"),  # its advertisements' source
     (lambda d: d["routers"][0].update(segments=[]), "routers[0].segments",
      "[] should be non-empty"),
 ])
@@ -126,6 +132,10 @@ def test_a_vm_registered_through_the_api_cannot_take_a_routers_mac_or_gateway(sq
     r = client.post("/v1/vms", json=dict(vm, mac="00:00:00:00:09:09", ips=["10.10.2.1"],
                                          segment="db"))
     assert r.status_code == 409 and r.json()["errors"][0]["field"] == "ips[0]", r.text
+    r = client.post("/v1/vms", json=dict(vm, mac="00:00:00:00:09:09",
+                                         ips=["10.10.1.9", R1_LLA]))
+    assert r.status_code == 409 and r.json()["errors"][0] == {
+        "field": "ips[1]", "reason": f"{R1_LLA} is router 'r1''s address in segment 'web'"}
     ok = client.post("/v1/vms", json=dict(vm, mac="00:00:00:00:09:09", ips=["10.20.0.1"],
                                           segment="lab"))
     assert ok.status_code == 201, ok.text  # control: an unrouted segment's address is fine
