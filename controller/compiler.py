@@ -39,7 +39,16 @@ from .flows import (
     resubmit,
     write_meta,
 )
-from .model import VM, Endpoint, NetworkState, Policy, Rule, eui64_link_local, ipv6_addresses
+from .model import (
+    VM,
+    Endpoint,
+    NetworkState,
+    Policy,
+    Rule,
+    SegmentSpec,
+    eui64_link_local,
+    ipv6_addresses,
+)
 from .pipeline import (
     CONJ_INTRA,
     CONJ_ISOLATION,
@@ -102,6 +111,7 @@ from .pipeline import (
     PRIO_ROGUE_DHCP,
     PRIO_ROGUE_ND,
     PRIO_ROUTE,
+    PRIO_ROUTE_ECHO,
     PRIO_ROUTE_TTL,
     PRIO_ROUTE_TTL6,
     PRIO_ROUTE_UNUSED,
@@ -559,6 +569,25 @@ def router_flows(state: NetworkState) -> Iterable[Flow]:
                     yield Flow(Table.ROUTE, PRIO_ROUTE_TTL, match(
                         eth_dst=mac, eth_type=eth_type, nw_ttl=ttl, **inside),
                         (meter(METER_TTL), apply(("output", OFPP_CONTROLLER))), ck)
+            yield from _echo_answers(mac, spec, ck)
+
+
+def _echo_answers(mac: str, spec: SegmentSpec, ck: int) -> Iterable[Flow]:
+    """A ping to the segment's gateway (gateway6), from any segment of the router, is
+    answered in the datapath: the request turned into the reply in place (addresses
+    swapped, type echo reply; OVS updates the checksums) and sent back out of its port."""
+    for eth_type, proto, ip, field, request, reply in (
+            (ETH_TYPE_IP, 1, spec.gateway, "ipv4", 8, 0),
+            (ETH_TYPE_IPV6, ICMPV6, spec.gateway6, "ipv6", 128, 129)):
+        if not ip:
+            continue
+        kind = "icmpv4_type" if proto == 1 else "icmpv6_type"
+        yield Flow(Table.ROUTE, PRIO_ROUTE_ECHO, match(
+            eth_dst=mac, eth_type=eth_type, ip_proto=proto, **{f"{field}_dst": ip, kind: request}),
+            (apply(("move", "eth_src", "eth_dst", 48), ("set", "eth_src", mac),
+                   ("move", f"{field}_src", f"{field}_dst", 32 if proto == 1 else 128),
+                   ("set", f"{field}_src", ip), ("set", kind, reply),
+                   ("output", OFPP_IN_PORT)),), ck)
 
 
 @_memo

@@ -233,6 +233,7 @@ PRIO_DST_ADDRESS = 100
 PRIO_DST_WRONG_ADDRESS = 90
 PRIO_DST_FRAME = 80
 # ROUTE
+PRIO_ROUTE_ECHO = 210
 PRIO_ROUTE_TTL = 200
 PRIO_ROUTE_TTL6 = 199
 PRIO_ROUTE = 100
@@ -507,7 +508,10 @@ TABLES = (
          _at("ttl_expired", PRIO_ROUTE_TTL, Owner.ROUTER,
              "TTL (hop limit) 0 or 1 to an address of the router's subnets: to the "
              "controller through the ttl meter, which answers ICMP (ICMPv6) time exceeded "
-             "from the gateway (gateway6)")),
+             "from the gateway (gateway6)"),
+         _at("gateway_echo", PRIO_ROUTE_ECHO, Owner.ROUTER,
+             "an echo request (ping) to a gateway (gateway6) of the router: turned into "
+             "the reply in place, back out of its port")),
         "Routing happens at the source VM's host, once: the packet then goes on exactly "
         "like switched traffic (policy with the destination VM's groups, delivery over "
         "the fabric). The destination host knows the source VM by the router's MAC and "

@@ -270,6 +270,34 @@ def test_a_routers_zone_stays_when_its_segments_get_tags_or_change():
     assert routing.zone(st, 4) == routing.zone(st, 1) == ROUTER_ZONE_BASE
 
 
+def test_a_ping_to_any_gateway_of_the_router_is_answered_in_the_datapath(net):
+    """An echo request to the segment's own gateway, or to another gateway of its router,
+    comes back out of its port as the reply, from that gateway at the router's MAC; a
+    segment no router joins gets nothing; the same over IPv6 to gateway6."""
+    from .test_pipeline_declared import routed
+
+    st, flows = net
+    hv1 = _hv(flows, HV1)
+    w1 = st.vms["w1"]
+    echo = dict(_pkt(st, "w1", "d2", proto=1), ipv4_dst="10.10.1.1", icmpv4_type=8,
+                icmpv4_code=0)
+    for gw in ("10.10.1.1", "10.10.2.1"):
+        ((port, reply),) = hv1.run(dict(echo, ipv4_dst=gw))
+        assert port == 3 and (reply["eth_src"], reply["eth_dst"]) == (R1, w1.mac)
+        assert (reply["ipv4_src"], reply["ipv4_dst"], reply["icmpv4_type"]) == (
+            gw, w1.ips[0], 0)
+    assert hv1.run(dict(echo, ipv4_dst="10.10.2.2")) == []  # an unused address: dropped
+    st6 = routed()
+    d1 = st6.vms["d1"]
+    hv2 = Pipeline(desired.compile_network(st6)[HV2])
+    echo6 = {"in_port": 3, "eth_src": d1.mac, "eth_dst": R1, "eth_type": 0x86DD,
+             "ipv6_src": "fe80::200:ff:fe00:2", "ipv6_dst": "fd00:10:2::1", "ip_proto": 58,
+             "icmpv6_type": 128, "icmpv6_code": 0, "nw_ttl": 64}
+    ((port, reply),) = hv2.run(echo6)
+    assert port == 3 and (reply["ipv6_src"], reply["ipv6_dst"], reply["icmpv6_type"]) == (
+        "fd00:10:2::1", "fe80::200:ff:fe00:2", 129)
+
+
 def test_a_routers_zone_and_cookies_are_its_registry_number_not_its_place():
     """Another router listed before it, or removed, moves nothing of r1's; a router the
     registry has not numbered yet routes nothing."""

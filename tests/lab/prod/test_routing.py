@@ -139,6 +139,7 @@ def test_ipv6_routes_through_gateway6_which_the_datapath_resolves(routed):
     hops = re.findall(r"^\s*(\d+)\s+(\S+)", trace, re.M)
     assert hops == [("1", GATEWAY6["rweb"]), ("2", IP6["rdb-1"])], trace
     assert not delivered(ping(lab, "rweb-1", "fd00:32::99", 2))  # unused: dropped
+    assert delivered(ping(lab, "rweb-1", GATEWAY6["rweb"], 2))  # gateway6 answers pings
 
 
 def test_routed_tcp_is_judged_by_the_policy_with_replies_and_no_reverse(routed):
@@ -295,6 +296,11 @@ def test_gateway_arp_and_routing_work_with_the_controller_killed(routed):
         assert delivered(ping(lab, "rweb-1", IP["rdb-1"], 3))
         neigh = lab.host("rweb-1").cmd(f"ip neigh show {GATEWAY['rweb']} dev {dev}")
         assert R1 in neigh, neigh  # resolved again, by the datapath alone
+        # pings to the router's gateways, its own segment's and another's: answered by
+        # the datapath alone (the reply's checksums right, or ping would not count it)
+        assert delivered(ping(lab, "rweb-1", GATEWAY["rweb"], 2))
+        assert delivered(ping(lab, "rweb-1", GATEWAY["rdb"], 2))
+        assert not delivered(ping(lab, "rweb-1", "10.30.1.2", 2))  # control: nobody's
         assert not delivered(ping(lab, "rfront", IP["rpay-2"], 2))  # isolation too
     finally:
         lab.start_controller()
