@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 
-from os_ken.lib.packet import ethernet, icmp, icmpv6, ipv4, ipv6, packet
+from os_ken.lib.packet import arp, ethernet, icmp, icmpv6, ipv4, ipv6, packet
 
 from vfence.controller.dhcp import PREFIX_PREFERRED, PREFIX_VALID, ROUTER_LIFETIME, Advert
 
@@ -99,5 +99,15 @@ def router_advert(ad: Advert) -> bytes:
     out.add_protocol(ipv6.ipv6(src=ad.router_ip, dst=ALL_NODES, nxt=58, hop_limit=255))
     out.add_protocol(icmpv6.icmpv6(type_=icmpv6.ND_ROUTER_ADVERT, data=icmpv6.nd_router_advert(
         ch_l=64, res=MANAGED | OTHER, rou_l=ROUTER_LIFETIME, options=opts)))
+    out.serialize()
+    return bytes(out.data)
+
+
+def arp_request(src_mac: str, src_ip: str, target: str) -> bytes:
+    """A host asking, on its uplink, who has ``target`` (its external gateway)."""
+    out = packet.Packet()
+    out.add_protocol(ethernet.ethernet(dst="ff:ff:ff:ff:ff:ff", src=src_mac, ethertype=0x0806))
+    out.add_protocol(arp.arp(opcode=arp.ARP_REQUEST, src_mac=src_mac, src_ip=src_ip,
+                             dst_mac="00:00:00:00:00:00", dst_ip=target))
     out.serialize()
     return bytes(out.data)

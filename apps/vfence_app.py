@@ -25,20 +25,20 @@ from os_ken.controller.handler import (
     set_ev_cls,
 )
 from os_ken.lib import hub
-from os_ken.lib.packet import ethernet, icmp, ipv4, packet, tcp, udp
+from os_ken.lib.packet import arp, ethernet, icmp, ipv4, packet, tcp, udp
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from vfence.controller import dhcp
-from vfence.controller.compiler import ETH_TYPE_LLDP, ETH_TYPE_VLAN
+from vfence.controller import dhcp, external, records
+from vfence.controller.compiler import ETH_TYPE_ARP, ETH_TYPE_LLDP, ETH_TYPE_VLAN
 from vfence.controller.flows import Owner, cookie, cookie_owner
-from vfence.controller.model import Link, PortRef
+from vfence.controller.model import Link, NetworkState, PortRef
 from vfence.controller.pipeline import METERS, SPOOF_DROP_KINDS, Table
 from vfence.controller.reconcile import FlowDiff
 from vfence.controller.routing import answering_gateway
 from vfence.controller.service import Service
 
-from . import guest_config, lldp, ofcodec, router_answers
+from . import bgp, guest_config, lldp, ofcodec, router_answers
 
 LOG = logging.getLogger("vfence.app")
 
@@ -47,6 +47,8 @@ LLDP_INTERVAL = 5.0
 AUDIT_INTERVAL = 2.0
 AUDIT_SHARE = 0.1  # of the controller's time, at most, for reading drop counters
 REPLY_TIMEOUT = 10.0
+GATEWAY_PROBE_INTERVAL = 5.0  # ARP for each uplink's external gateway (its MAC may move)
+BGP_SYNC_INTERVAL = 5.0  # announcements follow every change at once; this catches up
 ADVERT_INTERVAL = 200.0  # unsolicited router advertisements (RFC 4861's MinRtrAdvInterval
 # default; a guest keeps its router for ROUTER_LIFETIME, far longer)
 
@@ -106,6 +108,13 @@ class VfenceApp(app_manager.OSKenApp):
         self.threads.append(hub.spawn(self._every, LLDP_INTERVAL, lambda: self.submit(
             self.service.housekeeping, time.monotonic())))
         self.threads.append(hub.spawn(self._every, ADVERT_INTERVAL, self._advertise))
+        self.announcer = bgp.Announcer(on_session=lambda peer, asn, up: self.submit(
+            records.record, self.service.sessions, "bgp-session", peer=peer, asn=asn,
+            state="established" if up else "down"))
+        self.service.external_status = self.announcer.status
+        self.threads.append(hub.spawn(self._every, GATEWAY_PROBE_INTERVAL, self._probe_gateways))
+        self.threads.append(hub.spawn(self._every, BGP_SYNC_INTERVAL, lambda: self.announcer.sync(
+            self.service.state)))
         self.probes = lldp.ProbeBook()
         self.drop_counts: dict[tuple[int, int, int], int] = {}
 
@@ -387,7 +396,13 @@ class VfenceApp(app_manager.OSKenApp):
                 # the first frame at a standby port (a DHCP request from one, too)
                 self.submit(self.service.vm_seen, dp.id, in_port, eth.src)
             return
-        if owner is not None and owner[0] == Owner.ROUTER and msg.table_id == Table.ROUTE:
+        if owner is not None and owner[0] == Owner.UPLINK and eth.ethertype == ETH_TYPE_ARP:
+            a = pkt.get_protocol(arp.arp)  # an external gateway's reply (metered)
+            if a is not None:
+                self.submit(self.service.gateway_seen, dp.id, in_port, a.src_ip, a.src_mac)
+            return
+        if owner is not None and owner[0] in (Owner.ROUTER, Owner.UPLINK) \
+                and msg.table_id == Table.ROUTE:
             self._time_exceeded(dp, in_port, msg.data)  # an expiring TTL, metered
             return
         if owner is not None and owner[0] == Owner.RULE:  # deny-and-log sample
@@ -419,6 +434,23 @@ class VfenceApp(app_manager.OSKenApp):
             dp = self.datapaths.get(dpid)
             if dp is not None:
                 self._packet_out(dp, port_no, guest_config.advert(ad))
+
+    def state_changed(self, state: NetworkState) -> None:
+        """The service swapped its state: BGP follows at once (moves, new VMs)."""
+        try:
+            self.announcer.sync(state)
+        except Exception:
+            LOG.exception("BGP announcements failed (retried in %s s)", BGP_SYNC_INTERVAL)
+
+    def _probe_gateways(self) -> None:
+        """ARP for each host's external gateway out of its uplink (the reply, punted,
+        gives the MAC the way out needs)."""
+        state = self.service.state
+        for dpid, dp in list(self.datapaths.items()):
+            out = external.host_out(state, dpid)
+            if out is not None:
+                self._packet_out(dp, out.port, router_answers.arp_request(
+                    out.mac, out.address, out.gateway))
 
     def _time_exceeded(self, dp: Any, in_port: int, frame: bytes) -> None:
         """Answer in the router's name from the sender's gateway, out of its port. The

@@ -238,6 +238,14 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
         with their gateways."""
         return service.queries.routers()
 
+    @app.get("/v1/external")
+    def external() -> list[dict[str, Any]]:
+        """External networks (from the policy document): the gateway and the MAC resolved
+        for it, the routers reaching it, each host's uplink there, and the BGP session
+        (state, since) and the host routes announced (each routed VM's /32 via the uplink
+        address of its host)."""
+        return service.queries.external()
+
     @app.get("/v1/groups")
     def groups() -> list[dict[str, Any]]:
         """Isolation groups and their numbers (field `bit`, its old name)."""

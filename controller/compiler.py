@@ -631,17 +631,20 @@ def _arp_answer(priority: int, segment_id: int, ip: str, mac: str, ck: int) -> F
         Table.ARP, priority,
         match(eth_type=ETH_TYPE_ARP, arp_op=1, metadata=(segment_id, META_SEGMENT_MASK),
               arp_tpa=ip),
-        (apply(
-            ("move", "eth_src", "eth_dst", 48),
-            ("set", "eth_src", mac),
-            ("set", "arp_op", 2),
-            ("move", "arp_sha", "arp_tha", 48),
-            ("move", "arp_spa", "arp_tpa", 32),
-            ("set", "arp_sha", mac),
-            ("set", "arp_spa", ip),
-            ("output", OFPP_IN_PORT),
-        ),),
-        ck,
+        (arp_reply(ip, mac),), ck)
+
+
+def arp_reply(ip: str, mac: str) -> tuple:
+    """Turn an ARP request for ``ip`` into the reply from ``mac``, back out of its port."""
+    return apply(
+        ("move", "eth_src", "eth_dst", 48),
+        ("set", "eth_src", mac),
+        ("set", "arp_op", 2),
+        ("move", "arp_sha", "arp_tha", 48),
+        ("move", "arp_spa", "arp_tpa", 32),
+        ("set", "arp_sha", mac),
+        ("set", "arp_spa", ip),
+        ("output", OFPP_IN_PORT),
     )
 
 

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import compiler, routing, topology
+from . import compiler, external, routing, topology, uplink
 from .flows import Flow
 from .model import NetworkState
 from .reconcile import FlowDiff, diff, split_changes
@@ -321,6 +321,9 @@ def _rebuild(prev: Desired, state: NetworkState) -> Desired | None:
             _put(own, key, make(state, prev.hops, ix, d, what, own.get(key)))
         if policy is not prev.frags[d][POLICY]:
             keys.add(POLICY)
+        if external.host_out(state, d) != external.host_out(prev.state, d):
+            own[FABRIC] = _fabric(state, prev.hops, d)  # its uplink, a gateway's MAC
+            keys.add(FABRIC)
     out = Desired(state, prev.hops, ix, frags, prev.slots)
     out.parent = prev.gen
     out.changes = {d: _delta(prev.frags[d], frags[d], keys) for d, keys in touched.items()}
@@ -420,8 +423,11 @@ def _footprint(state: NetworkState, name: str, k: int) -> _Foot | None:
 
 
 def _fabric(state: NetworkState, hops: dict[int, dict[int, int]], dpid: int) -> Fragment:
-    return Fragment((), tuple(compiler.fabric_flows(
-        dpid, state, hops.get(dpid, {}), state.fabric.get(dpid, frozenset()))))
+    """The switch's own ports: fabric (and transit), and its uplink."""
+    out = external.host_out(state, dpid)
+    return Fragment((), (*compiler.fabric_flows(
+        dpid, state, hops.get(dpid, {}), state.fabric.get(dpid, frozenset())),
+        *(uplink.uplink_flows(out) if out is not None else ())))
 
 
 def _vm(state: NetworkState, hops: dict[int, dict[int, int]], ix: _Index, dpid: int,

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from . import binding, hosts, records, registry
+from . import binding, external, hosts, records, registry
 from . import policy as policy_mod
 from .errors import Conflict, Invalid
 from .model import (
@@ -134,6 +134,9 @@ def host_listed(names: dict[int, str], fabric: dict[int, frozenset[int]],
     """One OVSDB's snapshot: switches renamed after their hosts, fabric ports, links that
     still join two fabric ports, and the interfaces for the binding machine."""
     present = frozenset(PortRef(i.dpid, i.ofport) for i in interfaces)
+    named: dict[int, dict[str, int]] = {}
+    for i in interfaces:
+        named.setdefault(i.dpid, {})[i.name] = i.ofport
 
     def edit(new: NetworkState, s: Session) -> binding.Event:
         audit_refused(s)
@@ -143,8 +146,21 @@ def host_listed(names: dict[int, str], fabric: dict[int, frozenset[int]],
                 registry.ensure_switch(s, dpid, name)
                 LOG.info("switch %016x is host %s", dpid, name)
         new.fabric = fabric
+        new.port_names = named
         new.links = {lk for lk in new.links if hosts.on_fabric(lk, fabric)}
         return binding.HostListed(dpids, present)
+    return edit
+
+
+def gateway_seen(dpid: int, port_no: int, ip: str, mac: str) -> Edit:
+    """An ARP reply from ``ip`` at ``mac`` on a switch's uplink: the MAC of that host's
+    external gateway when ``ip`` is it (anything else on an uplink is not believed)."""
+    def edit(new: NetworkState, s: Session) -> None:
+        out = external.host_out(new, dpid)
+        if out is not None and out.port == port_no and out.gateway == ip \
+                and new.gateway_macs.get(ip) != mac.lower():
+            new.gateway_macs = {**new.gateway_macs, ip: mac.lower()}
+            LOG.info("external gateway %s is at %s", ip, mac.lower())
     return edit
 
 

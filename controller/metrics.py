@@ -27,6 +27,10 @@ class Metrics:
         self.rule_packets = Gauge("vfence_rule_packets", "packets matched by a policy rule "
                                   "(denies included), summed over switches", ["rule"],
                                   registry=r)
+        self.bgp_up = Gauge("vfence_bgp_session_up", "1 while the BGP session with the peer "
+                            "is established", ["peer"], registry=r)
+        self.bgp_routes = Gauge("vfence_bgp_routes", "VM host routes announced to an external "
+                                "network", ["external"], registry=r)
         self.unused_drops = Gauge("vfence_routed_unused_drops", "packets a router dropped "
                                   "for addresses of its subnets that no VM holds, summed "
                                   "over switches", ["router"], registry=r)

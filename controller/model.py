@@ -143,6 +143,36 @@ class Router:
     name: str
     segments: tuple[str, ...]
     mac: str
+    external: str | None = None  # the external network it reaches through the hosts' uplinks
+
+
+@dataclass(frozen=True)
+class Bgp:
+    """vfence's BGP session with an external network's router."""
+
+    local_asn: int
+    peer: str
+    peer_asn: int
+
+
+@dataclass(frozen=True)
+class External:
+    """An external network: the hosts' uplink network and its physical router."""
+
+    name: str
+    subnet: str
+    gateway: str
+    bgp: Bgp | None = None
+
+
+@dataclass(frozen=True)
+class Uplink:
+    """A host's way out: the port of its bridge on an external network, and its address
+    there (answered in the datapath; the next hop BGP gives for the host's VMs)."""
+
+    host: str
+    port: str
+    address: str
 
 
 @dataclass(frozen=True)
@@ -172,6 +202,8 @@ class Policy:
     inter_group: str = "allow"
     routers: tuple[Router, ...] = ()
     segment_specs: tuple[SegmentSpec, ...] = ()
+    externals: tuple[External, ...] = ()
+    uplinks: tuple[Uplink, ...] = ()
     document: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @functools.cached_property
@@ -212,6 +244,9 @@ class NetworkState:
     fabric: dict[int, frozenset[int]] = field(default_factory=dict)
     segment_tags: dict[str, int] = field(default_factory=dict)  # segment -> its tag
     router_numbers: dict[str, int] = field(default_factory=dict)  # router -> its number
+    # per switch: interface name -> OpenFlow port, as the host's OVSDB lists them
+    port_names: dict[int, dict[str, int]] = field(default_factory=dict)
+    gateway_macs: dict[str, str] = field(default_factory=dict)  # external gateway IP -> MAC
 
     def migrating(self) -> frozenset[int]:
         """Tags of the VMs with a standby port: what a switch learned for them in the
@@ -229,4 +264,5 @@ class NetworkState:
         return NetworkState(dict(self.switches), set(self.links), dict(self.vms),
                             dict(self.bindings), self.policy, dict(self.group_bits),
                             dict(self.standby), dict(self.expected), dict(self.fabric),
-                            dict(self.segment_tags), dict(self.router_numbers))
+                            dict(self.segment_tags), dict(self.router_numbers),
+                            dict(self.port_names), dict(self.gateway_macs))

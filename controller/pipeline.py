@@ -50,6 +50,7 @@ class Owner(IntEnum):
     ISOLATION = 7
     LEARNED = 8
     ROUTER = 9
+    UPLINK = 10
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,9 @@ OWNERS: dict[Owner, OwnerSpec] = {
                              "first frame arrives from its standby port: delivery switched "
                              "over until the controller confirms the move and removes it",
                              "the VM's tag"),
+    Owner.UPLINK: OwnerSpec("a host's uplink to an external network: its address answered, "
+                            "what comes in for routed VMs, the way out to the external "
+                            "gateway", "the uplink's OpenFlow port"),
 }
 COOKIE_MAGIC = 0xA0
 COOKIE_OWNER_SHIFT = 56
@@ -114,7 +118,8 @@ SRC_GROUPS = tuple(Slot(r, 0, 32, f"source VM's groups, slots {2 * i} and {2 * i
                    for i, r in enumerate(("reg0", "reg1", "reg2", "reg3")))
 DST_GROUPS = tuple(Slot(r, 0, 32, f"destination VM's groups, slots {2 * i} and {2 * i + 1}")
                    for i, r in enumerate(("reg6", "reg7", "reg8", "reg9")))
-DST_VM = Slot("reg4", 0, 16, "destination VM tag (0: not looked up yet)")
+DST_VM = Slot("reg4", 0, 17, "destination VM tag (0: not looked up yet; 65536, above every "
+                            "tag: routed out of this host's uplink)")
 ZONE = Slot("reg5", 0, 16, "conntrack zone: the segment's tag, or for every segment a "
                            "router joins, the router's zone (61440 + its number)")
 # a live migration switched over in the datapath: a frame from a VM's standby port is
@@ -135,6 +140,7 @@ META_WRITE_MASK = META_SEGMENT.mask | META_VM.mask | META_FABRIC.mask
 SRC_GROUP_REGS = tuple(s.field for s in SRC_GROUPS)
 DST_GROUP_REGS = tuple(s.field for s in DST_GROUPS)
 DST_VM_REG = DST_VM.field
+UPLINK_DST = 1 << 16  # reg4 of what a router sends out of the host's uplink
 ZONE_REG = ZONE.field
 CT_ZONE = (ZONE.field, ZONE.shift << 6 | ZONE.bits - 1)  # NX ct zone_src, ofs_nbits
 
@@ -214,6 +220,10 @@ PRIO_SPOOFED_L3 = 205
 PRIO_VM_FRAME = 200
 PRIO_SPOOFED_L2 = 190
 PRIO_FABRIC_LLDP = 180
+PRIO_UPLINK_ARP = 179
+PRIO_UPLINK_SPOOF = 178
+PRIO_UPLINK_IN = 177
+PRIO_UPLINK_OTHER = 175
 PRIO_FABRIC_PORT = 170
 # FABRIC, REMOTE_CLASSIFY
 PRIO_LABEL = 100
@@ -238,6 +248,8 @@ PRIO_ROUTE_TTL = 200
 PRIO_ROUTE_TTL6 = 199
 PRIO_ROUTE = 100
 PRIO_ROUTE_UNUSED = 50
+PRIO_ROUTE_OUT_TTL = 30
+PRIO_ROUTE_OUT = 20
 # CONNTRACK
 PRIO_CT_SKIP_ND = 110
 PRIO_CT_TRACK = 100
@@ -260,6 +272,7 @@ PRIO_DEFAULT = 10
 PRIO_LINK_LOCAL = 300
 PRIO_LEARNED = 110  # installed by learn(): above the delivery it switches over
 PRIO_DELIVER = 100
+PRIO_DELIVER_UPLINK = 90
 PRIO_FLOOD = 50
 
 
@@ -391,8 +404,19 @@ class TableSpec:
 TABLES = (
     TableSpec(
         Table.CLASSIFY, "port -> source identity; anti-spoofing",
-        (Table.FABRIC, Table.ARP),
+        (Table.FABRIC, Table.ARP, Table.ROUTE),
         (_miss("unbound port: to the controller through the punt meter"),
+         _at("uplink_arp", PRIO_UPLINK_ARP, Owner.UPLINK,
+             "on a host's uplink: ARP for the host's uplink address answered; the external "
+             "gateway's ARP reply to the controller through the punt meter (its MAC)"),
+         _at("uplink_spoof", PRIO_UPLINK_SPOOF, Owner.UPLINK,
+             "on an uplink: IPv4 from an address of a routed subnet (an inside address "
+             "from outside): drop", "spoofed-source"),
+         _at("uplink_in", PRIO_UPLINK_IN, Owner.UPLINK,
+             "on an uplink, to the host's MAC, IPv4 for a subnet of a router that reaches "
+             "that external network: the router's zone, its MAC as destination, to ROUTE"),
+         _at("uplink_other", PRIO_UPLINK_OTHER, Owner.UPLINK,
+             "anything else from an uplink: drop (never bound, never flooded)"),
          _at("fabric_port", PRIO_FABRIC_PORT, Owner.FABRIC,
              "anything else from a fabric port: to FABRIC"),
          _at("fabric_lldp", PRIO_FABRIC_LLDP, Owner.FABRIC,
@@ -509,6 +533,14 @@ TABLES = (
              "TTL (hop limit) 0 or 1 to an address of the router's subnets: to the "
              "controller through the ttl meter, which answers ICMP (ICMPv6) time exceeded "
              "from the gateway (gateway6)"),
+         _at("out_ttl", PRIO_ROUTE_OUT_TTL, Owner.UPLINK,
+             "to the outside with TTL 0 or 1: to the controller through the ttl meter "
+             "(ICMP time exceeded from the sender's gateway)"),
+         _at("out", PRIO_ROUTE_OUT, Owner.UPLINK,
+             "to any other address, from a router that reaches an external network through "
+             "this host's uplink: TTL - 1, source MAC the host's uplink MAC, destination "
+             "the external gateway's, reg4 = the uplink; on to CONNTRACK (the policy "
+             "judges it by CIDR)"),
          _at("gateway_echo", PRIO_ROUTE_ECHO, Owner.ROUTER,
              "an echo request (ping) to a gateway (gateway6) of the router: turned into "
              "the reply in place, back out of its port")),
@@ -581,6 +613,8 @@ TABLES = (
              "one labelled copy per other host of the segment"),
          _at("deliver", PRIO_DELIVER, Owner.VM,
              "to a local VM's port, or labelled toward a remote VM's host"),
+         _at("deliver_uplink", PRIO_DELIVER_UPLINK, Owner.UPLINK,
+             "reg4 = the uplink (routed out): out of this host's uplink"),
          _at("learned", PRIO_LEARNED, Owner.LEARNED,
              "installed by learn() on a migrating VM's first frame from its standby port: "
              "its delivery, switched over in the datapath until the controller confirms"),

@@ -20,7 +20,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from . import addresses
+from . import addresses, external
 from .errors import Invalid, field_path
 from .flows import MAX_RULES, MAX_SEGMENT_TAG, MAX_VM_TAG
 from .model import ANY, Endpoint, Policy, Router, Rule, SegmentSpec, VMSpec, router_addresses
@@ -135,6 +135,7 @@ class _Checker:
         segments = self._segments()
         groups = self._unique("groups")
         routers = self._routers()
+        externals, uplinks = external.check(self.doc, self.err, routers, self.nets)
         vms = self._vms(segments, set(groups))
         self._router_macs(routers)
         isolation = self._isolation(set(groups), vms)
@@ -146,7 +147,8 @@ class _Checker:
             segments=tuple(segments.items()), groups=tuple(groups), vms=tuple(vms),
             rules=tuple(rules), isolation=tuple(isolation),
             intra_group=d.get("intra_group", "allow"), inter_group=d.get("inter_group", "deny"),
-            routers=tuple(routers), segment_specs=tuple(self.specs.values()), document=self.doc,
+            routers=tuple(routers), segment_specs=tuple(self.specs.values()),
+            externals=externals, uplinks=uplinks, document=self.doc,
         )
 
     def _segments(self) -> dict[str, str | None]:
@@ -280,7 +282,8 @@ class _Checker:
                         self.err(where, f"{net_key} {net} of {name!r} overlaps segment "
                                         f"{clash!r}'s, which this router also joins")
                     mine.append((name, net))
-            out.append(Router(r["name"], tuple(r["segments"]), addresses.router_mac(r["name"])))
+            out.append(Router(r["name"], tuple(r["segments"]), addresses.router_mac(r["name"]),
+                              r.get("external")))
         self.joined = joined
         self.router_owner = {r.mac: r.name for r in out}
         return out

@@ -4,6 +4,7 @@ Nothing here changes anything."""
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -138,6 +139,28 @@ class Queries:
              "subnet6": specs[n].subnet6, "gateway6": specs[n].gateway6}
             for n in r.segments]} for r in self.service.state.policy.routers]
 
+    def external(self) -> list[dict[str, Any]]:
+        """Each external network: its gateway (and the MAC resolved for it), the routers
+        that reach it, the hosts' uplinks there, and its BGP session and routes."""
+        st, status = self.service.state, self.service.external_status()
+        sessions, routes = status.get("sessions", {}), status.get("routes", {})
+        out = []
+        for e in st.policy.externals:
+            net = ipaddress.IPv4Network(e.subnet)
+            bgp = None if e.bgp is None else {
+                "local_asn": e.bgp.local_asn, "peer": e.bgp.peer, "peer_asn": e.bgp.peer_asn,
+                "session": sessions.get(e.bgp.peer, {"state": "idle"}),
+                "routes": [{"prefix": p, "next_hop": nh}
+                           for p, nh in sorted(routes.get(e.name, {}).items())]}
+            out.append({"name": e.name, "subnet": e.subnet, "gateway": e.gateway,
+                        "gateway_mac": st.gateway_macs.get(e.gateway),
+                        "routers": [r.name for r in st.policy.routers if r.external == e.name],
+                        "hosts": [{"name": u.host, "uplink": u.port, "address": u.address}
+                                  for u in st.policy.uplinks
+                                  if ipaddress.IPv4Address(u.address) in net],
+                        "bgp": bgp})
+        return out
+
     def groups(self) -> list[dict[str, Any]]:
         with self.service.sessions() as s:
             return [{"name": r.name, "bit": r.bit} for r in registry.groups(s)]
@@ -206,6 +229,11 @@ class Queries:
             gauges.rule_bytes.labels(name).set(nbytes[name])
         for name, n in unused.items():
             gauges.unused_drops.labels(name).set(n)
+        status = svc.external_status()
+        for peer, s in status.get("sessions", {}).items():
+            gauges.bgp_up.labels(peer).set(s.get("state") == "established")
+        for ext, routes in status.get("routes", {}).items():
+            gauges.bgp_routes.labels(ext).set(len(routes))
         return generate_latest(gauges.registry)
 
     def verify(self) -> list[verify_mod.Verdict]:

@@ -49,8 +49,7 @@ class Service:
         self.state, self.places = records.load(sessions, replace_stored_policy)
         self.desired: Desired | None = None  # compiled from self.state (rebuilt from)
         self.queries = Queries(self)
-
-    # --- the one path -------------------------------------------------------------------
+        self.external_status: Callable[[], dict[str, Any]] = dict  # BGP (set by the app)
 
     def _change(self, edit: edits.Edit | binding.Event, *, dry_run: bool = False,
                 force: bool = False, program: Callable[..., None] | None = None,
@@ -90,6 +89,8 @@ class Service:
                 raise
             self._audited |= out.once
             self.state, self.places = new, out.places
+            if (hook := getattr(sw.programmer, "state_changed", None)) is not None:
+                hook(new)  # what follows the state outside OpenFlow (BGP)
             self.desired = self.desired if desired is None else desired
             return desired
 
@@ -219,6 +220,10 @@ class Service:
             self._change(binding.StandbyFrame(PortRef(dpid, port_no), src_mac),
                          since=time.monotonic())
 
+    def gateway_seen(self, dpid: int, port_no: int, ip: str, mac: str) -> None:
+        """An external gateway's ARP reply on a host's uplink: its MAC, for the way out."""
+        self._change(edits.gateway_seen(dpid, port_no, ip, mac))
+
     def denied_sample(self, rule_id: int, dpid: int, *sample: Any) -> None:
         """A deny-and-log rule sent a (metered) sample: src/dst MAC, protocol, port."""
         with self.lock:
@@ -228,8 +233,6 @@ class Service:
         """Anti-spoofing drop counters grew: (vm id, priority, in_port, new packets)."""
         with self.lock:
             records.spoofed(self.sessions, self.state, self.switch_name(dpid), drops)
-
-    # --- names --------------------------------------------------------------------------------
 
     def fabric_ports(self, dpid: int) -> frozenset[int]:
         """Ports of ``dpid`` the operator marked as facing the fabric (LLDP goes there)."""
@@ -244,6 +247,3 @@ class Service:
 
     def switch_name(self, dpid: int) -> str:
         return self.state.switch_name(dpid)
-
-    def connected(self) -> list[int]:
-        return self.switches.connected()

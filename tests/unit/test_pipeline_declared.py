@@ -126,8 +126,15 @@ def routed() -> NetworkState:
     return st
 
 
+def uplinked() -> NetworkState:
+    from .test_external import uplinked as build
+
+    return build()
+
+
 NETWORKS = {
     "routed": routed,
+    "uplinked": uplinked,
     "finance-3-hosts": lambda: finance(leaf_spine(3, 2), FINANCE_ON_3),
     "finance-plus": finance_plus,
     "finance-plus-open": lambda: finance_plus(intra="deny", inter="allow"),

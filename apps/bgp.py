@@ -1,0 +1,117 @@
+"""BGP host routes: every routed VM's /32 announced to its external network's router
+with the uplink address of the host it is on as next hop, re-announced the moment it
+moves (one UPDATE: the new next hop replaces the old, an implicit withdrawal). The
+speaker is os-ken's (os_ken.services.protocols.bgp, as neutron-dynamic-routing uses
+it); what to announce is controller/external.py's, from the state alone.
+
+One speaker per controller process (os-ken keeps one BGP core), so one local AS number
+(the policy checks it). Its router id is the controller's own address toward the first
+peer, found by the kernel's route lookup (no packet is sent for it).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from typing import Any
+
+from vfence.controller import external
+from vfence.controller.model import Bgp, NetworkState
+
+LOG = logging.getLogger("vfence.bgp")
+
+
+def local_address(peer: str) -> str:
+    """This machine's source address toward ``peer`` (a UDP connect sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((peer, 179))
+        return str(s.getsockname()[0])
+
+
+class Announcer:
+    """Keeps the speaker's peers and announcements equal to what the state asks for."""
+
+    def __init__(self, on_session: Any = None) -> None:
+        self.lock = threading.Lock()
+        self.speaker: Any = None
+        self.asn: int | None = None
+        self.peers: dict[str, Bgp] = {}  # peer address -> its session's settings
+        self.routes: dict[str, dict[str, str]] = {}  # external -> prefix -> next hop
+        self.sessions: dict[str, dict[str, Any]] = {}  # peer -> state, since, updates
+        self.on_session = on_session  # (peer, asn, up) on a session's change
+
+    def status(self) -> dict[str, Any]:
+        """What GET /v1/external shows: sessions and the routes announced."""
+        with self.lock:
+            return {"sessions": {p: dict(s) for p, s in self.sessions.items()},
+                    "routes": {e: dict(r) for e, r in self.routes.items()}}
+
+    def sync(self, state: NetworkState) -> None:
+        """Peers, then routes: announce what is new or moved, withdraw what is gone."""
+        wanted = {e.name: e.bgp for e in state.policy.externals if e.bgp is not None}
+        with self.lock:
+            self._peers(wanted)
+            if self.speaker is None:
+                return
+            announce = external.announcements(state)
+            for ext in set(self.routes) | set(announce):
+                have, want = self.routes.get(ext, {}), announce.get(ext, {})
+                for prefix in have.keys() - want.keys():
+                    self.speaker.prefix_del(prefix)
+                for prefix, nh in want.items():
+                    if have.get(prefix) != nh:
+                        self.speaker.prefix_add(prefix, next_hop=nh)
+                        LOG.info("announced %s via %s", prefix, nh)
+            self.routes = announce
+
+    def _peers(self, wanted: dict[str, Bgp]) -> None:
+        asns = {b.local_asn for b in wanted.values()}
+        if self.speaker is not None and (not wanted or self.asn not in asns):
+            self.speaker.shutdown()  # no BGP any more, or another AS number
+            self.speaker, self.peers, self.routes, self.sessions = None, {}, {}, {}
+        if not wanted:
+            return
+        if self.speaker is None:
+            from os_ken.services.protocols.bgp.bgpspeaker import BGPSpeaker
+
+            first = next(iter(wanted.values()))
+            self.asn = first.local_asn
+            self.speaker = BGPSpeaker(
+                as_number=first.local_asn, router_id=local_address(first.peer),
+                bgp_server_port=0, peer_up_handler=self._up, peer_down_handler=self._down)
+        want = {b.peer: b for b in wanted.values()}
+        for peer in self.peers.keys() - want.keys():
+            self.speaker.neighbor_del(peer)
+            self.sessions.pop(peer, None)
+        for peer, b in want.items():
+            if self.peers.get(peer) != b:
+                if peer in self.peers:
+                    self.speaker.neighbor_del(peer)
+                self.speaker.neighbor_add(peer, b.peer_asn, connect_mode="active",
+                                          local_address=local_address(peer))
+                self.sessions[peer] = {"state": "connecting", "since": time.time(),
+                                       "peer_asn": b.peer_asn}
+        self.peers = want
+
+    def _session(self, peer: str, asn: int, up: bool) -> None:
+        with self.lock:
+            if peer in self.sessions:
+                self.sessions[peer].update(state="established" if up else "down",
+                                           since=time.time())
+        LOG.info("BGP session with %s (AS %s) %s", peer, asn, "up" if up else "down")
+        if self.on_session is not None:
+            self.on_session(peer, asn, up)
+
+    def _up(self, remote_ip: str, remote_as: int) -> None:
+        self._session(remote_ip, remote_as, True)
+
+    def _down(self, remote_ip: str, remote_as: int) -> None:
+        self._session(remote_ip, remote_as, False)
+
+    def close(self) -> None:
+        with self.lock:
+            if self.speaker is not None:
+                self.speaker.shutdown()
+                self.speaker = None

@@ -1,0 +1,156 @@
+"""The outside world of the production-shaped lab: an uplink network, a real router and a
+client behind it, all on this machine.
+
+    vf-xsw   a Linux bridge: the physical switch of the uplink network 198.18.10.0/24
+             (RFC 2544's benchmarking range: never this machine's own network)
+    vf-xr    FRR (zebra + bgpd) at 198.18.10.1, peering with vfence; it routes to
+             198.51.100.0/24, where
+    vf-xc    the external client 198.51.100.7 sits
+    vfx-ctl  the controller's own interface on the uplink network (198.18.10.2), in the
+             root namespace: BGP leaves through it, never through the default route
+
+Each hypervisor gets a port ``upN`` on its ``br-int``, a veth into the bridge. FRR is
+started as DESIGN.md says (a directory owned by frr, ``-P 0``); everything is removed by
+:meth:`ExternalNet.stop` (and leftovers by :func:`remove_leftovers`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+SW, ROUTER, CLIENT = "vf-xsw", "vf-xr", "vf-xc"
+CTL = "vfx-ctl"
+SUBNET, GATEWAY, CTL_IP = "198.18.10.0/24", "198.18.10.1", "198.18.10.2"
+CLIENT_NET, CLIENT_GW, CLIENT_IP = "198.51.100.0/24", "198.51.100.1", "198.51.100.7"
+ROUTER_ASN, LOCAL_ASN = 65000, 65010
+FRR = Path("/usr/lib/frr")
+RUNDIR = Path("/run/vfence-extnet")
+
+
+def host_address(h: int) -> str:
+    return f"198.18.10.{10 + h}"
+
+
+def _sh(*cmd: str, check: bool = True) -> str:
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if check and r.returncode:
+        raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip()}")
+    return r.stdout
+
+
+def _in(ns: str, *cmd: str, check: bool = True) -> str:
+    return _sh("ip", "netns", "exec", ns, *cmd, check=check)
+
+
+def _no_offload(ns: str, dev: str) -> None:
+    _in(ns, "ethtool", "-K", dev, "rx", "off", "tx", "off", check=False)
+
+
+class ExternalNet:
+    """``start()`` builds it and starts FRR; ``attach(lab, h)`` gives hypervisor ``h``
+    its uplink; ``stop()`` removes it all."""
+
+    def __init__(self, rundir: Path = RUNDIR) -> None:
+        self.dir = rundir  # FRR's: owned by frr, every parent reachable by it (/run is)
+
+    def start(self) -> ExternalNet:
+        remove_leftovers()
+        for ns in (SW, ROUTER, CLIENT):
+            _sh("ip", "netns", "add", ns)
+            _in(ns, "ip", "link", "set", "lo", "up")
+        _in(SW, "ip", "link", "add", "br0", "type", "bridge")
+        _in(SW, "ip", "link", "set", "br0", "up")
+        self._wire(ROUTER, "ext0", f"{GATEWAY}/24")
+        _sh("ip", "link", "add", CTL, "type", "veth", "peer", "name", "ctl", "netns", SW)
+        _sh("ip", "addr", "add", f"{CTL_IP}/24", "dev", CTL)
+        _sh("ip", "link", "set", CTL, "up")
+        self._bridge_port("ctl")
+        _sh("ip", "link", "add", "cli0", "netns", ROUTER, "type", "veth", "peer", "name",
+            "eth0", "netns", CLIENT)
+        _in(ROUTER, "ip", "addr", "add", f"{CLIENT_GW}/24", "dev", "cli0")
+        _in(ROUTER, "ip", "link", "set", "cli0", "up")
+        _in(ROUTER, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        _in(CLIENT, "ip", "addr", "add", f"{CLIENT_IP}/24", "dev", "eth0")
+        _in(CLIENT, "ip", "link", "set", "eth0", "up")
+        _in(CLIENT, "ip", "route", "add", "default", "via", CLIENT_GW)
+        self._start_frr()
+        return self
+
+    def _wire(self, ns: str, dev: str, address: str) -> None:
+        """A veth from ``ns`` (``dev``, with ``address``) into the bridge."""
+        peer = f"{ns[-2:]}-{dev}"
+        _sh("ip", "link", "add", dev, "netns", ns, "type", "veth", "peer", "name", peer,
+            "netns", SW)
+        _in(ns, "ip", "addr", "add", address, "dev", dev)
+        _in(ns, "ip", "link", "set", dev, "up")
+        self._bridge_port(peer)
+
+    def _bridge_port(self, dev: str) -> None:
+        _in(SW, "ip", "link", "set", dev, "master", "br0")
+        _in(SW, "ip", "link", "set", dev, "up")
+
+    def attach(self, netns: str, h: int, add_port) -> str:
+        """Hypervisor ``h`` (namespace ``netns``): a veth ``upH`` into the bridge, added to
+        its bridge by ``add_port`` (the switch's own ``attach``). Returns the port name."""
+        port, peer = f"up{h}", f"hv{h}-up"
+        _sh("ip", "link", "add", port, "netns", netns, "type", "veth", "peer", "name", peer,
+            "netns", SW)
+        _no_offload(netns, port)
+        _no_offload(SW, peer)
+        self._bridge_port(peer)
+        add_port(port)
+        return port
+
+    def _start_frr(self) -> None:
+        d = self.dir
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+        (d / "zebra.conf").write_text("hostname vfx-router\n")
+        (d / "bgpd.conf").write_text(
+            f"router bgp {ROUTER_ASN}\n bgp router-id {GATEWAY}\n no bgp ebgp-requires-policy\n"
+            f" neighbor {CTL_IP} remote-as {LOCAL_ASN}\n neighbor {CTL_IP} timers connect 1\n"
+            f" neighbor {CTL_IP} timers 3 9\n")
+        shutil.chown(d, "frr", "frr")
+        for f in d.iterdir():
+            shutil.chown(f, "frr", "frr")
+        for daemon in ("zebra", "bgpd"):
+            _in(ROUTER, str(FRR / daemon), "-d", "-f", str(d / f"{daemon}.conf"), "-i",
+                str(d / f"{daemon}.pid"), "-z", str(d / "zserv.api"), "--vty_socket", str(d),
+                "-P", "0")
+
+    def vtysh(self, command: str) -> str:
+        return _sh("vtysh", "--vty_socket", str(self.dir), "-c", command, check=False)
+
+    def route_via(self, prefix: str) -> str | None:
+        """The next hop FRR installed in the router's kernel for ``prefix``, or None."""
+        out = _in(ROUTER, "ip", "route", "show", prefix, check=False)
+        parts = out.split()
+        return parts[parts.index("via") + 1] if "via" in parts else None
+
+    def client(self, *cmd: str, check: bool = False) -> str:
+        return _in(CLIENT, *cmd, check=check)
+
+    def client_popen(self, cmd: str, out: Path) -> subprocess.Popen:
+        return subprocess.Popen(["ip", "netns", "exec", CLIENT, "sh", "-c", cmd],
+                                stdout=out.open("w"), stderr=subprocess.STDOUT)
+
+    def stop(self) -> None:
+        for daemon in ("bgpd", "zebra"):
+            pidfile = self.dir / f"{daemon}.pid"
+            if pidfile.exists():
+                subprocess.run(["kill", pidfile.read_text().strip()], capture_output=True)
+        time.sleep(0.2)
+        remove_leftovers()
+
+
+def remove_leftovers() -> None:
+    """Namespaces, the controller's veth and FRR daemons a previous run left."""
+    for ns in (CLIENT, ROUTER, SW):
+        pids = _sh("ip", "netns", "pids", ns, check=False).split()
+        if pids:
+            subprocess.run(["kill", "-9", *pids], capture_output=True)
+        _sh("ip", "netns", "del", ns, check=False)
+    _sh("ip", "link", "del", CTL, check=False)

@@ -1,0 +1,145 @@
+"""North-south, the contract and the datapath: external networks, routers that reach one,
+hosts' uplinks (checked like the rest of the document); each host routes its own VMs'
+outside traffic straight out of its uplink to the external gateway, under the policy,
+and takes what comes in for its VMs on it; its uplink address is answered in the
+datapath; BGP announces each routed VM's /32 via its host's uplink address."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from vfence.controller import desired, external, policy
+from vfence.controller.flows import OFPP_CONTROLLER
+
+from .netfixtures import HV1, HV2
+from .pipeline import Pipeline
+from .test_routing import DOC as ROUTED
+from .test_routing import R1, _network
+
+GW_MAC = "00:00:5e:00:01:01"
+UPLINK = 9  # each host's uplink port here
+DOC = copy.deepcopy(ROUTED)
+DOC["routers"][0]["external"] = "dc"
+DOC["external"] = [{"name": "dc", "subnet": "198.18.10.0/24", "gateway": "198.18.10.1",
+                    "bgp": {"local_asn": 65010, "peer": "198.18.10.1", "peer_asn": 65000}}]
+DOC["hosts"] = [{"name": f"hv{i}", "uplink": f"up{i}", "address": f"198.18.10.1{i}"}
+                for i in (1, 2, 3)]
+DOC["rules"] = [*DOC["rules"],
+                {"name": "web-out", "from": "web", "to": "198.51.100.0/24", "protocol": "tcp",
+                 "ports": "443", "action": "allow"},
+                {"name": "in-web", "from": "198.51.100.0/24", "to": "web", "protocol": "tcp",
+                 "ports": "80", "action": "allow"}]
+
+
+def uplinked(gateway_mac: str | None = GW_MAC):
+    """test_routing's network (r1: web, db; lab unrouted) with r1 reaching dc through
+    every host's uplink (port 9), the gateway's MAC resolved."""
+    st = _network()
+    st.policy = policy.parse(DOC)
+    st.port_names = {d: {f"up{d - 0x100}": UPLINK} for d in (0x101, 0x102, 0x103)}
+    st.gateway_macs = {"198.18.10.1": gateway_mac} if gateway_mac else {}
+    return st
+
+
+def _out(st, src, dst="198.51.100.7", port=443, ttl=64):
+    vm = st.vms[src]
+    from .test_routing import PLACES
+    return {"in_port": PLACES[src][4], "eth_src": vm.mac, "eth_dst": R1, "eth_type": 0x0800,
+            "ipv4_src": vm.ips[0], "ipv4_dst": dst, "ip_proto": 6, "tcp_dst": port,
+            "tcp_src": 40000, "nw_ttl": ttl}
+
+
+def _in(st, dst, src="198.51.100.7", port=80, host=HV1):
+    return {"in_port": UPLINK, "eth_src": GW_MAC,
+            "eth_dst": external.uplink_mac(f"hv{host - 0x100}"), "eth_type": 0x0800,
+            "ipv4_src": src, "ipv4_dst": st.vms[dst].ips[0], "ip_proto": 6, "tcp_dst": port,
+            "tcp_src": 40000, "nw_ttl": 60}
+
+
+def test_the_contract_parses_and_bad_parts_are_refused_naming_the_field():
+    p = policy.parse(DOC)
+    (dc,) = p.externals
+    assert (dc.gateway, dc.bgp.peer_asn, p.routers[0].external) == ("198.18.10.1", 65000, "dc")
+    assert [u.address for u in p.uplinks] == ["198.18.10.11", "198.18.10.12", "198.18.10.13"]
+    cases = [
+        (lambda d: d["routers"][0].update(external="nope"), "routers[0].external",
+         "unknown external network 'nope'"),
+        (lambda d: d["external"][0].update(gateway="198.18.11.1"), "external[0].gateway",
+         "198.18.11.1 is not a host address of 198.18.10.0/24"),
+        (lambda d: d["external"][0].update(subnet="198.18.10.1/24"), "external[0].subnet",
+         "'198.18.10.1/24' is not an IPv4 network (198.18.10.1/24 has host bits set)"),
+        (lambda d: d["hosts"][1].update(address="198.18.10.11"), "hosts[1].address",
+         "198.18.10.11 is host 'hv1''s"),
+        (lambda d: d["hosts"][0].update(address="10.9.9.9"), "hosts[0].address",
+         "10.9.9.9 is in no external network's subnet"),
+        (lambda d: d["hosts"][0].update(address="198.18.10.1"), "hosts[0].address",
+         "198.18.10.1 is external 'dc''s gateway"),
+        (lambda d: d["external"][0].update(subnet="10.10.0.0/16", gateway="10.10.9.1"),
+         "routers[0].external", "segment 'web''s subnet 10.10.1.0/24 overlaps external "
+         "network 'dc' (10.10.0.0/16)"),
+        (lambda d: d["external"].append({"name": "dr", "subnet": "198.18.20.0/24",
+                                         "gateway": "198.18.20.1", "bgp": {
+                                             "local_asn": 65011, "peer": "198.18.20.1",
+                                             "peer_asn": 65000}}),
+         "external[1].bgp.local_asn", "65011 is not 65010: one controller speaks BGP with "
+                                      "one AS number"),
+    ]
+    for change, field, reason in cases:
+        doc = copy.deepcopy(DOC)
+        change(doc)
+        with pytest.raises(policy.PolicyError) as e:
+            policy.parse(doc)
+        assert (field, reason) in {(x["field"], x["reason"]) for x in e.value.errors}, \
+            e.value.errors
+
+
+def test_a_vm_reaches_the_outside_through_its_own_hosts_uplink_under_the_policy():
+    st = uplinked()
+    hv1 = Pipeline(desired.compile_network(st)[HV1])
+    ((port, pkt),) = hv1.run(_out(st, "w1"))
+    assert port == UPLINK
+    assert (pkt["eth_src"], pkt["eth_dst"], pkt["nw_ttl"]) == (
+        external.uplink_mac("hv1"), GW_MAC, 63)
+    assert hv1.run(_out(st, "w1", port=22)) == []  # no rule allows it: the default denies
+    assert hv1.run(_out(st, "l1")) == []  # lab: no router (and not on hv1 anyway)
+    assert [p for p, _ in hv1.run(_out(st, "w1", ttl=1))] == [OFPP_CONTROLLER]  # expires
+    # the gateway's MAC not resolved yet: no way out (dropped, never flooded)
+    assert Pipeline(desired.compile_network(uplinked(None))[HV1]).run(_out(st, "w1")) == []
+
+
+def test_the_outside_reaches_a_vm_through_the_uplink_of_its_host_and_nothing_else_passes():
+    st = uplinked()
+    flows = desired.compile_network(st)
+    hv1, hv2 = Pipeline(flows[HV1]), Pipeline(flows[HV2])
+    ((port, pkt),) = hv1.run(_in(st, "w1"))
+    assert port == 3 and (pkt["eth_src"], pkt["eth_dst"], pkt["nw_ttl"]) == (
+        R1, st.vms["w1"].mac, 59)
+    assert hv1.run(_in(st, "w1", port=22)) == []  # not allowed in
+    assert hv1.run(_in(st, "w1", src="10.10.2.11")) == []  # an inside source from outside
+    assert hv1.run(dict(_in(st, "w1"), eth_dst="02:00:00:00:00:01")) == []  # not our MAC
+    assert hv1.run(_in(st, "w1", host=HV2)) == []  # another host's MAC
+    assert hv2.ports(_in(st, "d1", port=5432, host=HV2)) == []  # db: no rule lets it in
+    # the host's uplink address is answered in the datapath, nothing else
+    arp = {"in_port": UPLINK, "eth_src": GW_MAC, "eth_dst": "ff:ff:ff:ff:ff:ff",
+           "eth_type": 0x0806, "arp_op": 1, "arp_sha": GW_MAC, "arp_spa": "198.18.10.1",
+           "arp_tha": "00:00:00:00:00:00", "arp_tpa": "198.18.10.11"}
+    ((port, reply),) = hv1.run(arp)
+    assert port == UPLINK and (reply["arp_op"], reply["arp_sha"], reply["arp_spa"]) == (
+        2, external.uplink_mac("hv1"), "198.18.10.11")
+    assert hv1.run(dict(arp, arp_tpa="198.18.10.12")) == []  # hv2's: not here
+    gw_reply = dict(arp, eth_dst=external.uplink_mac("hv1"), arp_op=2, arp_tpa="198.18.10.11")
+    assert [p for p, _ in hv1.run(gw_reply)] == [OFPP_CONTROLLER]  # its MAC, learned
+
+
+def test_bgp_announces_each_routed_vm_via_its_hosts_uplink_address():
+    st = uplinked()
+    assert external.announcements(st) == {"dc": {
+        "10.10.1.11/32": "198.18.10.11", "10.10.2.11/32": "198.18.10.12",
+        "10.10.2.12/32": "198.18.10.11", "10.10.1.21/32": "198.18.10.11",
+        "10.10.2.21/32": "198.18.10.11", "10.10.2.22/32": "198.18.10.13"}}
+    from vfence.controller.model import Binding, PortRef
+
+    st.bindings["d1"] = Binding("d1", PortRef(0x103, 7))  # moved to hv3
+    assert external.announcements(st)["dc"]["10.10.2.11/32"] == "198.18.10.13"
