@@ -98,8 +98,8 @@ def _u32(n: int) -> bytes:
 
 OPT_CLIENTID, OPT_SERVERID, OPT_IA_NA, OPT_IAADDR, OPT_STATUS = 1, 2, 3, 5, 13
 OPT_RAPID_COMMIT, OPT_DNS, OPT_DOMAINS = 14, 23, 24
-SUCCESS, NOT_ON_LINK = 0, 4
-ALL_SERVERS = "ff02::1:2"
+SUCCESS, NO_ADDRS_AVAIL, NOT_ON_LINK = 0, 2, 4
+MAX_IAS = 4  # identity associations answered per message (the first gets the addresses)
 
 
 class Request6:
@@ -114,7 +114,10 @@ class Request6:
         self.server_id = first.get(OPT_SERVERID)
         self.rapid = OPT_RAPID_COMMIT in first
         # (IAID, addresses the client names in it), each identity association asked for
-        self.ias = [_ia(bytes(o.data)) for o in opts if o.code == OPT_IA_NA and len(o.data) >= 12]
+        # once (the first MAX_IAS; a message may ask for many, the answer stays small)
+        ias = dict(_ia(bytes(o.data)) for o in opts if o.code == OPT_IA_NA and len(o.data) >= 12)
+        self.ias = list(ias.items())[:MAX_IAS]
+        self.other_ias = any(o.code in (4, 25) for o in opts)  # IA_TA, IA_PD
 
 
 def _ia(data: bytes) -> tuple[bytes, list[str]]:
@@ -128,8 +131,9 @@ def _ia(data: bytes) -> tuple[bytes, list[str]]:
 
 
 def parse6(frame: bytes) -> Request6 | None:
-    """A client's DHCPv6 message (to a server's port, with a client identifier), or
-    None (relayed messages too: no relay sits between a VM and its host)."""
+    """A client's DHCPv6 message (to a server's port; with a client identifier, which
+    only an information request may leave out), or None (relayed messages too: no
+    relay sits between a VM and its host)."""
     try:
         pkt = packet.Packet(frame)
     except Exception:  # os-ken raises what it likes on a malformed message
@@ -141,6 +145,8 @@ def parse6(frame: bytes) -> Request6 | None:
         req = Request6(eth.src.lower(), ip.src, msg)
     except (ValueError, struct.error):
         return None
+    if req.type == policy_dhcp.INFORMATION_REQUEST:
+        return None if req.ias else req  # one asking for addresses too: discarded
     return req if req.client_id else None
 
 
@@ -157,14 +163,26 @@ def answer6(req: Request6, lease: policy_dhcp.Lease6) -> bytes | None:
     if kind is None:
         return None
     msg_type, with_addresses = kind
-    opts = [dhcp6.option(OPT_SERVERID, ours), dhcp6.option(OPT_CLIENTID, req.client_id or b"")]
+    opts = [dhcp6.option(OPT_SERVERID, ours)]
+    if req.client_id:
+        opts.append(dhcp6.option(OPT_CLIENTID, req.client_id))
     if with_addresses:
-        opts += [dhcp6.option(OPT_IA_NA, _ia_na(iaid, named, lease)) for iaid, named in req.ias]
+        # the VM's addresses in the first identity association (an address lives in one);
+        # any other the client names goes back with lifetimes 0 when it renews or rebinds
+        drop = req.type in (policy_dhcp.RENEW, policy_dhcp.REBIND)
+        opts += [dhcp6.option(OPT_IA_NA, _ia_na(iaid, named if drop else [],
+                                                lease.addresses if i == 0 else (),
+                                                lease.seconds))
+                 for i, (iaid, named) in enumerate(req.ias)]
+        if not req.ias and (req.other_ias or not lease.addresses):
+            opts.append(_status(NO_ADDRS_AVAIL))  # it asked for nothing this server gives
         if msg_type == policy_dhcp.REPLY and req.type == policy_dhcp.SOLICIT:
             opts.append(dhcp6.option(OPT_RAPID_COMMIT, b""))
     elif req.type == policy_dhcp.CONFIRM:
-        mine = all(a in lease.addresses for _, named in req.ias for a in named)
-        opts.append(_status(SUCCESS if mine else NOT_ON_LINK))
+        named = [a for _, n in req.ias for a in n]
+        if not named:
+            return None  # nothing to confirm: a server stays silent (RFC 8415 18.3.3)
+        opts.append(_status(SUCCESS if set(named) <= set(lease.addresses) else NOT_ON_LINK))
     elif req.type != policy_dhcp.INFORMATION_REQUEST:
         opts.append(_status(SUCCESS))
     if lease.dns:
@@ -181,19 +199,18 @@ def answer6(req: Request6, lease: policy_dhcp.Lease6) -> bytes | None:
     return bytes(out.data)
 
 
-def _ia_na(iaid: bytes, named: list[str], lease: policy_dhcp.Lease6) -> bytes:
-    """An identity association with the VM's addresses (renewal at half the lease,
-    rebinding at 4/5), and any other address the client named with lifetimes 0 (it may
-    not keep it); none at all: status NoAddrsAvail."""
-    t = lease.seconds
+def _ia_na(iaid: bytes, named: list[str], addresses: tuple[str, ...], t: int) -> bytes:
+    """An identity association with ``addresses`` (renewal at half the lease ``t``,
+    rebinding at 4/5), and each other address in ``named`` with lifetimes 0 (the client
+    may not keep it); no address at all: status NoAddrsAvail."""
     body = iaid + struct.pack("!II", t // 2, t * 4 // 5)
-    for addr in lease.addresses:
+    for addr in addresses:
         body += _iaaddr(addr, t)
     for addr in named:
-        if addr not in lease.addresses:
+        if addr not in addresses:
             body += _iaaddr(addr, 0)
-    if not lease.addresses:
-        body += _status(2).serialize()  # NoAddrsAvail
+    if not addresses:
+        body += _status(NO_ADDRS_AVAIL).serialize()
     return body
 
 

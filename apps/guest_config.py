@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import struct
 from typing import Any
 
 from os_ken.lib.packet import icmpv6, udp
@@ -35,6 +36,17 @@ def answer(state: NetworkState, dpid: int, port_no: int, what: str, frame: bytes
     """The answer to a ``what`` from port ``port_no`` of ``dpid``: the VM's own lease,
     or its router's advertisement; None where nobody answers (no lease or router for
     that port and MAC, a message a server ignores)."""
+    try:
+        reply = _answer(state, dpid, port_no, what, frame)
+    except (ValueError, struct.error):  # a message no answer can be built for
+        reply = None
+    LOG.debug("%s from %016x port %d: %s", what, dpid, port_no,
+              "answered" if reply else "nothing to answer")
+    return reply
+
+
+def _answer(state: NetworkState, dpid: int, port_no: int, what: str, frame: bytes
+            ) -> bytes | None:
     reply = None
     if what == DHCP4:
         req = dhcp_server.parse(frame)
@@ -48,8 +60,6 @@ def answer(state: NetworkState, dpid: int, port_no: int, what: str, frame: bytes
         src = ":".join(f"{b:02x}" for b in frame[6:12])
         ad = dhcp.solicited_advert(state, dpid, port_no, src)
         reply = advert(ad) if ad is not None else None
-    LOG.debug("%s from %016x port %d: %s", what, dpid, port_no,
-              "answered" if reply else "nothing to answer")
     return reply
 
 

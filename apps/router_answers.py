@@ -76,9 +76,10 @@ ND_OPT_MTU, ND_OPT_RDNSS, ND_OPT_DNSSL = 5, 25, 31
 
 def router_advert(ad: Advert) -> bytes:
     """A router advertisement to all nodes (sent out of one VM's port only): the router,
-    by its link-local address and MAC, as default router; the segment's prefix on-link
-    but not for autoconfiguration, addresses and other settings by DHCPv6 (M and O);
-    the segment's MTU and IPv6 resolvers (RFC 8106) and search domain where it has them."""
+    by its link-local address and MAC, as default router (for ``ad.lifetime`` seconds:
+    0 where no router joins the segment); the segment's prefix on-link but not for
+    autoconfiguration, addresses and other settings by DHCPv6 (M and O); the segment's
+    MTU and IPv6 resolvers (RFC 8106) and search domain where it has them."""
     net = ipaddress.IPv6Network(ad.prefix)
     opts: list = [icmpv6.nd_option_sla(hw_src=ad.router_mac),
                   icmpv6.nd_option_pi(pl=net.prefixlen, res1=ON_LINK, val_l=PREFIX_VALID,
@@ -98,7 +99,7 @@ def router_advert(ad: Advert) -> bytes:
                                        ethertype=ETH_TYPE_IPV6))
     out.add_protocol(ipv6.ipv6(src=ad.router_ip, dst=ALL_NODES, nxt=58, hop_limit=255))
     out.add_protocol(icmpv6.icmpv6(type_=icmpv6.ND_ROUTER_ADVERT, data=icmpv6.nd_router_advert(
-        ch_l=64, res=MANAGED | OTHER, rou_l=ROUTER_LIFETIME, options=opts)))
+        ch_l=64, res=MANAGED | OTHER, rou_l=ad.lifetime, options=opts)))
     out.serialize()
     return bytes(out.data)
 

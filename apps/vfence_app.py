@@ -32,7 +32,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 from vfence.controller import dhcp, external, records
 from vfence.controller.compiler import ETH_TYPE_ARP, ETH_TYPE_LLDP, ETH_TYPE_VLAN
 from vfence.controller.flows import Owner, cookie, cookie_owner
-from vfence.controller.model import Link, NetworkState, PortRef
+from vfence.controller.model import Binding, Link, NetworkState, PortRef
 from vfence.controller.pipeline import METERS, SPOOF_DROP_KINDS, Table
 from vfence.controller.reconcile import FlowDiff
 from vfence.controller.routing import answering_gateway
@@ -108,6 +108,7 @@ class VfenceApp(app_manager.OSKenApp):
         self.threads.append(hub.spawn(self._every, LLDP_INTERVAL, lambda: self.submit(
             self.service.housekeeping, time.monotonic())))
         self.threads.append(hub.spawn(self._every, ADVERT_INTERVAL, self._advertise))
+        self.advertised: dict[str, Binding] = {}  # the bindings told their router already
         self.announcer = bgp.Announcer(on_session=lambda peer, asn, up: self.submit(
             records.record, self.service.sessions, "bgp-session", peer=peer, asn=asn,
             state="established" if up else "down"))
@@ -436,11 +437,24 @@ class VfenceApp(app_manager.OSKenApp):
                 self._packet_out(dp, port_no, guest_config.advert(ad))
 
     def state_changed(self, state: NetworkState) -> None:
-        """The service swapped its state: BGP follows at once (moves, new VMs)."""
+        """The service swapped its state (called under its lock: the work is queued)."""
+        self.submit(self._follow, state)
+
+    def _follow(self, state: NetworkState) -> None:
+        """BGP follows at once (moves, new VMs), and a VM just bound gets its segment's
+        router advertisement now (it solicited before it was bound)."""
         try:
             self.announcer.sync(state)
         except Exception:
             LOG.exception("BGP announcements failed (retried in %s s)", BGP_SYNC_INTERVAL)
+        fresh = state.bindings.items() - self.advertised.items()  # (C speed)
+        self.advertised = state.bindings
+        for name, b in fresh:
+            vm = state.vms.get(name)
+            ad = None if vm is None else dhcp.advert_for(state, vm)
+            dp = self.datapaths.get(b.port.dpid)
+            if ad is not None and dp is not None:
+                self._packet_out(dp, b.port.port_no, guest_config.advert(ad))
 
     def _probe_gateways(self) -> None:
         """ARP for each host's external gateway out of its uplink (the reply, punted,

@@ -348,14 +348,14 @@ def local_vm_flows(vm: VM, port: int, slots: tuple[int, ...] = (), standby: bool
     v4 = [ip for ip in vm.ips if ":" not in ip]
     v6 = ipv6_addresses(vm)
     # a DHCP client, before it has an address (from 0.0.0.0, or its link-local) and
-    # renewing: the controller answers with the VM's own lease, metered (never on to
-    # other VMs); so it does a router solicitation where a router joins the segment
+    # renewing, and a router solicitation: the controller answers with the VM's own lease
+    # or its segment's advertisement (where the segment has subnet6), metered, never on
+    # to other VMs
     for eth_type, client, server in ((ETH_TYPE_IP, 68, 67), (ETH_TYPE_IPV6, 546, 547)):
         yield Flow(Table.CLASSIFY, PRIO_DHCP_CLIENT, match(
             **me, eth_type=eth_type, ip_proto=17, udp_src=client, udp_dst=server),
             TO_CONFIG, ck)
-    if routed is not None:
-        yield Flow(Table.CLASSIFY, PRIO_DHCP_CLIENT, _nd(ND_RS, **me), TO_CONFIG, ck)
+    yield Flow(Table.CLASSIFY, PRIO_DHCP_CLIENT, _nd(ND_RS, **me), TO_CONFIG, ck)
     for ip in v4:
         yield Flow(Table.CLASSIFY, PRIO_VM_ADDRESS, match(**me, eth_type=ETH_TYPE_IP, ipv4_src=ip),
                    classify, ck)
@@ -410,8 +410,7 @@ def _nd_security(vm: VM, port: int, me: dict, v6: tuple[str, ...], classify: tup
         yield Flow(Table.CLASSIFY, PRIO_ND_OWN, _nd(ND_NS, **me, ipv6_src="::",
                                                     ipv6_nd_sll=ZERO_MAC, ipv6_nd_target=target),
                    classify, ck)
-    # router solicitations the controller does not answer (no router joins the segment,
-    # or not from the VM's MAC): harmless, every guest sends them (not audited)
+    # router solicitations not from the VM's MAC: harmless, dropped (not audited)
     yield Flow(Table.CLASSIFY, PRIO_QUIET_DROP, _nd(ND_RS, in_port=port), DROP, ck)
     for t in (ND_NS, ND_NA):
         yield Flow(Table.CLASSIFY, PRIO_SPOOFED_ND, _nd(t, in_port=port), DROP, ck)

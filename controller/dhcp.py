@@ -22,9 +22,11 @@ DISCOVER, OFFER, REQUEST, DECLINE, ACK, NAK, RELEASE, INFORM = 1, 2, 3, 4, 5, 6,
 # DHCPv6 (RFC 8415) message types
 SOLICIT, ADVERTISE, REQUEST6, CONFIRM, RENEW, REBIND, REPLY, RELEASE6, DECLINE6 = range(1, 10)
 INFORMATION_REQUEST = 11
-ROUTER_LIFETIME = 1800  # seconds a guest keeps the router as its default (RFC 4861's
-# default: three times the longest interval between unsolicited advertisements)
-PREFIX_VALID, PREFIX_PREFERRED = 2592000, 604800  # RFC 4861 defaults, on-link prefix
+ROUTER_LIFETIME = 9000  # seconds a guest keeps the router as its default: RFC 4861's
+# longest, so a controller down for hours takes no guest's IPv6 default route away (the
+# datapath keeps routing); advertisements repeat every 200 s while it runs
+PREFIX_VALID, PREFIX_PREFERRED = 86400, 14400  # the on-link prefix: a day, four hours
+MIN_MTU6 = 1280  # an advertised MTU below IPv6's minimum is invalid: not advertised
 
 
 class Lease(NamedTuple):
@@ -49,7 +51,7 @@ class Lease6(NamedTuple):
 
 
 class Advert(NamedTuple):
-    """A router advertisement for a routed segment with an IPv6 subnet."""
+    """A router advertisement for a segment with an IPv6 subnet."""
 
     router_mac: str
     router_ip: str  # the router's link-local address: the guests' default router
@@ -57,6 +59,7 @@ class Advert(NamedTuple):
     mtu: int | None
     dns: tuple[str, ...]
     domain: str | None
+    lifetime: int  # as default router: ROUTER_LIFETIME, or 0 where no router joins
 
 
 def _sender(state: NetworkState, dpid: int, port_no: int, mac: str
@@ -70,10 +73,10 @@ def _sender(state: NetworkState, dpid: int, port_no: int, mac: str
     return None if spec is None else (vm, spec)
 
 
-def _server_mac(state: NetworkState, vm: VM) -> str:
+def _server_mac(state: NetworkState, segment: str, segment_id: int) -> str:
     """The router's MAC, where one joins the segment; else one of the segment's own."""
-    routed = routing.gateway_of(state, vm.segment_id)
-    return routed[0] if routed else addresses.router_mac(f"dhcp:{vm.segment}")
+    d = routing.domains(state).get(segment_id)
+    return d.routed.mac if d is not None else addresses.router_mac(f"dhcp:{segment}")
 
 
 def serves_v4(spec: SegmentSpec) -> bool:
@@ -94,7 +97,8 @@ def lease_for(state: NetworkState, dpid: int, port_no: int, mac: str) -> Lease |
         return None
     assert spec.subnet and spec.gateway
     net = ipaddress.IPv4Network(spec.subnet)
-    return Lease(v4, str(net.netmask), spec.gateway, _server_mac(state, vm), spec.gateway,
+    return Lease(v4, str(net.netmask), spec.gateway, _server_mac(state, vm.segment,
+                                                                 vm.segment_id), spec.gateway,
                  tuple(a for a in spec.dns_servers if ":" not in a), spec.domain, spec.mtu,
                  spec.lease_time)
 
@@ -109,38 +113,42 @@ def lease6_for(state: NetworkState, dpid: int, port_no: int, mac: str) -> Lease6
     vm, spec = found
     mine = tuple(ip for ip in vm.ips if ":" in ip
                  and not ipaddress.IPv6Address(ip).is_link_local)
-    server = _server_mac(state, vm)
+    server = _server_mac(state, vm.segment, vm.segment_id)
     return Lease6(mine, server, eui64_link_local(server),
                   tuple(a for a in spec.dns_servers if ":" in a), spec.domain, spec.lease_time)
 
 
-def advert_for(state: NetworkState, segment_id: int) -> Advert | None:
-    """The router advertisement of a routed segment with subnet6; None elsewhere (no
-    router: nobody to advertise)."""
-    d = routing.domains(state).get(segment_id)
-    spec = None if d is None else dict(d.specs)[segment_id]
-    if d is None or spec is None or not spec.subnet6:
+def advert_for(state: NetworkState, vm: VM) -> Advert | None:
+    """The router advertisement in the VM's segment, where it has a subnet6: from its
+    router (the guests' default router); where no router joins, from the DHCP server
+    with router lifetime 0 (a default router nobody is), for the prefix on-link and the
+    M and O flags that start the guests' DHCPv6. None without subnet6."""
+    spec = state.policy.specs.get(vm.segment)
+    if spec is None or not spec.subnet6:
         return None
-    mac = d.routed.mac
-    return Advert(mac, eui64_link_local(mac), spec.subnet6, spec.mtu,
-                  tuple(a for a in spec.dns_servers if ":" in a), spec.domain)
+    mac = _server_mac(state, vm.segment, vm.segment_id)
+    routed = routing.domains(state).get(vm.segment_id) is not None
+    return Advert(mac, eui64_link_local(mac), spec.subnet6,
+                  spec.mtu if spec.mtu and spec.mtu >= MIN_MTU6 else None,
+                  tuple(a for a in spec.dns_servers if ":" in a), spec.domain,
+                  ROUTER_LIFETIME if routed else 0)
 
 
 def solicited_advert(state: NetworkState, dpid: int, port_no: int, mac: str
                      ) -> Advert | None:
     """The advertisement answering a router solicitation from ``mac`` on that port."""
     found = _sender(state, dpid, port_no, mac)
-    return None if found is None else advert_for(state, found[0].segment_id)
+    return None if found is None else advert_for(state, found[0])
 
 
 def adverts(state: NetworkState) -> list[tuple[int, int, Advert]]:
-    """(dpid, port, advertisement) for every bound VM of a routed IPv6 segment: the
-    unsolicited advertisements a router sends now and then (a guest that solicited
-    while it was not yet bound learns its router too)."""
+    """(dpid, port, advertisement) for every bound VM of a segment with subnet6: the
+    unsolicited advertisements sent now and then, and to a port as soon as a VM is
+    bound there (a guest that solicited before it was bound learns its router too)."""
     out = []
     for name, b in state.bindings.items():
         vm = state.vms.get(name)
-        ad = None if vm is None else advert_for(state, vm.segment_id)
+        ad = None if vm is None else advert_for(state, vm)
         if ad is not None:
             out.append((b.port[0], b.port[1], ad))
     return out
@@ -165,15 +173,17 @@ def reply6_type(msg_type: int, server_id: bytes | None, ours: bytes, rapid: bool
     """(message type, whether it carries the addresses) a DHCPv6 server answers with
     (RFC 8415 section 16): a solicitation gets an advertisement, or the reply itself when
     the client asks for rapid commit; a request or renewal for this server, and a
-    rebinding for any, a reply with the addresses; a confirmation, an information
-    request, and a release or decline for this server, a reply without. A solicitation
-    or rebinding naming a server, or a request naming another, is not answered."""
+    rebinding for any, a reply with the addresses; a confirmation naming no server, an
+    information request naming none or this one, and a release or decline for this
+    server, a reply without. A solicitation, rebinding or confirmation naming a server,
+    or a request naming another, is not answered."""
     for_us = server_id == ours
     if msg_type == SOLICIT and server_id is None:
         return (REPLY if rapid else ADVERTISE), True
     if msg_type in (REQUEST6, RENEW) and for_us or msg_type == REBIND and server_id is None:
         return REPLY, True
-    if msg_type in (CONFIRM, INFORMATION_REQUEST) and server_id in (None, ours):
+    if msg_type == CONFIRM and server_id is None \
+            or msg_type == INFORMATION_REQUEST and server_id in (None, ours):
         return REPLY, False
     if msg_type in (RELEASE6, DECLINE6) and for_us:
         return REPLY, False

@@ -161,6 +161,8 @@ def announcements(state: NetworkState) -> dict[str, dict[str, str]]:
     is bound at, not a standby: BGP follows the move once it is confirmed)."""
     by_host = {u.host: u.address for u in state.policy.uplinks}
     out: dict[str, dict[str, str]] = {e.name: {} for e in state.policy.externals if e.bgp}
+    if not out:
+        return out
     routers = {r.name: r for r in state.policy.routers}
     for name, b in state.bindings.items():
         vm = state.vms.get(name)

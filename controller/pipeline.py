@@ -212,9 +212,9 @@ PRIO_MISS = 0
 PRIO_ROGUE_DHCP = 220
 PRIO_ROGUE_ND = 218
 PRIO_ND_OWN = 216
+PRIO_SPOOFED_ND = 214
 PRIO_DHCP_CLIENT = 212
 PRIO_QUIET_DROP = 211
-PRIO_SPOOFED_ND = 214
 PRIO_VM_ADDRESS = 210
 PRIO_SPOOFED_L3 = 205
 PRIO_VM_FRAME = 200
@@ -431,8 +431,8 @@ TABLES = (
          _at("spoofed_nd", PRIO_SPOOFED_ND, Owner.VM,
              "any other neighbour discovery from a VM: drop", "spoofed-nd"),
          _at("router_solicitation", PRIO_QUIET_DROP, Owner.VM,
-             "router solicitations nobody answers (no router joins the segment, or not "
-             "from the VM's MAC): harmless, dropped without an audit"),
+             "router solicitations not from the VM's MAC: harmless, dropped without an "
+             "audit"),
          _at("vm_nd", PRIO_ND_OWN, Owner.VM,
              "neighbour discovery about the VM's own addresses and MAC: classify"),
          _at("rogue_nd", PRIO_ROGUE_ND, Owner.VM,
@@ -440,10 +440,9 @@ TABLES = (
          _at("rogue_dhcp", PRIO_ROGUE_DHCP, Owner.VM, "DHCP server replies from a VM: drop",
              "dhcp-server"),
          _at("dhcp_client", PRIO_DHCP_CLIENT, Owner.VM,
-             "DHCP and DHCPv6 from the VM's MAC (any source address, 0.0.0.0 too), and its "
-             "router solicitations where a router joins its segment: to the controller "
-             "through the dhcp meter, which answers with the VM's lease or the router's "
-             "advertisement")),
+             "DHCP, DHCPv6 and router solicitations from the VM's MAC (any source address, "
+             "0.0.0.0 too): to the controller through the dhcp meter, which answers with "
+             "the VM's lease or its segment's router advertisement")),
         "Bound VM port + own MAC + own IP (IP, ARP sender, IPv6 incl. its EUI-64 link-local) "
         "+ untagged, and neighbour discovery only for its own addresses: write segment/VM tag "
         "to metadata, source groups to reg0-3 (slots), zone to reg5. Anything else from a VM port "

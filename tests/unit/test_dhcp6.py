@@ -23,6 +23,7 @@ from scapy.layers.dhcp6 import (
     DHCP6OptClientId,
     DHCP6OptDNSDomains,
     DHCP6OptDNSServers,
+    DHCP6OptElapsedTime,
     DHCP6OptIA_NA,
     DHCP6OptIAAddress,
     DHCP6OptRapidCommit,
@@ -144,6 +145,14 @@ def test_rapid_commit_renew_rebind_confirm_and_information_request(net):
     info = _ask(st, d1.mac, DHCP6_InfoRequest)
     assert info.haslayer(DHCP6_Reply) and not info.haslayer(DHCP6OptIA_NA)
     assert info[DHCP6OptDNSServers].dnsservers == ["fd00:10:2::53"]
+    anonymous = bytes(Ether(src=d1.mac) / IPv6(src=eui64_link_local(d1.mac), dst="ff02::1:2")
+                      / UDP(sport=546, dport=547) / DHCP6_InfoRequest(trid=9)
+                      / DHCP6OptElapsedTime())
+    got = Ether(guest_config.answer(st, HV2, 3, guest_config.DHCP6, anonymous))
+    assert got.haslayer(DHCP6_Reply) and not got.haslayer(DHCP6OptClientId)  # none asked
+    assert _ask(st, d1.mac, DHCP6_InfoRequest, _ia()) is None  # asks for addresses too
+    assert _ask(st, d1.mac, DHCP6_Confirm) is None  # nothing to confirm: silent
+    assert _ask(st, d1.mac, DHCP6_Confirm, _ia(D1_IP6), server=server) is None
     assert _ask(st, d1.mac, DHCP6_Solicit, _ia(), server=server) is None  # names a server
     assert _ask(st, d1.mac, DHCP6_Solicit, _ia(), port=(HV1, 4)) is None  # d2's port
 
@@ -167,9 +176,9 @@ def test_the_datapath_sends_dhcpv6_and_solicitations_to_the_controller_alone(net
     assert hv2.ports(rs) == [OFPP_CONTROLLER]
     assert hv2.trace[-1].instructions[0] == ("meter", 5)
     assert hv2.run(dict(rs, eth_src="00:00:00:00:99:99")) == []
-    # lab: no router, nobody answers, so the solicitation never reaches the controller
-    assert hv3.run(dict(rs, in_port=3, eth_src=l1.mac,
-                        ipv6_src=eui64_link_local(l1.mac))) == []
+    # lab: no router, but maybe a subnet6: the controller decides (metered all the same)
+    assert hv3.ports(dict(rs, in_port=3, eth_src=l1.mac,
+                          ipv6_src=eui64_link_local(l1.mac))) == [OFPP_CONTROLLER]
 
 
 def test_the_router_advertises_itself_managed_with_the_prefix_on_link(net):
@@ -181,7 +190,7 @@ def test_the_router_advertises_itself_managed_with_the_prefix_on_link(net):
     assert (ra.src, ra.dst, ra[IPv6].src, ra[IPv6].dst, ra[IPv6].hlim) == (
         R1, "33:33:00:00:00:01", R1_LLA, "ff02::1", 255)
     adv = ra[ICMPv6ND_RA]
-    assert (adv.M, adv.O, adv.routerlifetime, adv.chlim) == (1, 1, 1800, 64)
+    assert (adv.M, adv.O, adv.routerlifetime, adv.chlim) == (1, 1, 9000, 64)
     assert ra[ICMPv6NDOptSrcLLAddr].lladdr == R1
     pi = ra[ICMPv6NDOptPrefixInfo]
     assert (pi.prefix, pi.prefixlen, pi.L, pi.A) == ("fd00:10:2::", 64, 1, 0)
@@ -199,6 +208,37 @@ def test_the_router_advertises_itself_managed_with_the_prefix_on_link(net):
     # the unsolicited ones: every bound VM of a routed segment with subnet6
     assert sorted((d, p) for d, p, _ in dhcp.adverts(st)) == [(HV1, 4), (HV1, 6), (HV2, 3),
                                                                 (HV3, 4)]
+
+
+def test_many_identity_associations_get_a_small_answer_with_each_address_once(net):
+    """A solicitation asking for 90 identity associations (a hostile guest): the first
+    four distinct ones are answered, the addresses in the first only."""
+    st = net
+    d1 = st.vms["d1"]
+    many = [DHCP6OptIA_NA(iaid=i) for i in range(90)] + [DHCP6OptIA_NA(iaid=0)]
+    adv = _ask(st, d1.mac, DHCP6_Solicit, *many)
+    ias = [adv.getlayer(DHCP6OptIA_NA, i) for i in range(1, 10)
+           if adv.getlayer(DHCP6OptIA_NA, i) is not None]
+    assert [ia.iaid for ia in ias] == [0, 1, 2, 3] and len(bytes(adv)) < 400
+    assert [a.addr for a in ias[0].ianaopts if isinstance(a, DHCP6OptIAAddress)] == [D1_IP6]
+    assert all(ia[DHCP6OptStatusCode].statuscode == 2 for ia in ias[1:])  # NoAddrsAvail
+
+
+def test_a_segment_with_subnet6_and_no_router_advertises_no_default_router(net):
+    """The DHCP server (the segment's own MAC) advertises the prefix on-link and M/O (so
+    guests start DHCPv6) with router lifetime 0: nobody is their default router."""
+    st = copy.deepcopy(net)
+    doc = copy.deepcopy(st.policy.document)
+    doc["segments"][2].update(subnet6="fd00:20::/64", mtu=1000)  # lab, no router; an MTU
+    st.policy = policy.parse(doc)  # below IPv6's minimum is not advertised
+    l1 = st.vms["l1"]
+    rs = bytes(Ether(src=l1.mac, dst="33:33:00:00:00:02")
+               / IPv6(src=eui64_link_local(l1.mac), dst="ff02::2")) + bytes(8)
+    ra = Ether(guest_config.answer(st, HV3, 3, guest_config.SOLICITATION, rs))
+    assert ra[ICMPv6ND_RA].routerlifetime == 0 and ra[ICMPv6ND_RA].M == 1
+    assert ra.src != R1 and ra[ICMPv6NDOptPrefixInfo].prefix == "fd00:20::"
+    assert not ra.haslayer(ICMPv6NDOptMTU)
+    assert dhcp.lease6_for(st, HV3, 3, l1.mac).server_mac == ra.src  # one server
 
 
 def test_the_routers_link_local_address_is_resolved_in_the_datapath(net):

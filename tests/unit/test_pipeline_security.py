@@ -135,13 +135,15 @@ def test_neighbour_advertisement_only_for_own_address_and_mac():
 
 
 @pytest.mark.parametrize("icmp_type", [133, 134, 137])
-def test_router_messages_from_a_vm_are_dropped(icmp_type):
+def test_router_messages_from_a_vm_reach_no_other_vm(icmp_type):
+    """Advertisements and redirects are dropped; a solicitation goes to the controller
+    alone (metered: it answers with the segment's advertisement), never to the VMs."""
     vms, hv1, _ = _network()
     guest = vms["guest"]
     ra = {"in_port": 3, "eth_src": guest.mac, "eth_dst": "33:33:00:00:00:01",
           "eth_type": IP6, "ipv6_src": eui64_link_local(guest.mac), "ipv6_dst": "ff02::1",
           "ip_proto": 58, "icmpv6_type": icmp_type}
-    assert hv1.ports(ra) == []
+    assert hv1.ports(ra) == ([OFPP_CONTROLLER] if icmp_type == 133 else [])
     assert 5 in hv1.ports({**ra, "icmpv6_type": 128})  # control: an echo to all nodes
 
 
