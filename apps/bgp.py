@@ -11,6 +11,7 @@ peer, found by the kernel's route lookup (no packet is sent for it).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import threading
@@ -18,7 +19,7 @@ import time
 from typing import Any
 
 from vfence.controller import external
-from vfence.controller.model import Bgp, NetworkState
+from vfence.controller.model import Bgp, NetworkState, PortRef
 
 LOG = logging.getLogger("vfence.bgp")
 
@@ -48,14 +49,20 @@ class Announcer:
             return {"sessions": {p: dict(s) for p, s in self.sessions.items()},
                     "routes": {e: dict(r) for e, r in self.routes.items()}}
 
-    def sync(self, state: NetworkState) -> None:
-        """Peers, then routes: announce what is new or moved, withdraw what is gone."""
+    def sync(self, state: NetworkState, only: str | None = None) -> None:
+        """Peers, then routes: announce what is new or moved, withdraw what is gone
+        (``only``: that VM's routes, nothing else)."""
         wanted = {e.name: e.bgp for e in state.policy.externals if e.bgp is not None}
         with self.lock:
             self._peers(wanted)
             if self.speaker is None:
                 return
             announce = external.announcements(state)
+            if only is not None:
+                mine = {f"{ip}/32" for ip in state.vms[only].ips if ":" not in ip}
+                announce = {e: {p: nh for p, nh in self.routes.get(e, {}).items()
+                                if p not in mine} | {p: nh for p, nh in r.items() if p in mine}
+                            for e, r in announce.items()}
             for ext in set(self.routes) | set(announce):
                 have, want = self.routes.get(ext, {}), announce.get(ext, {})
                 for prefix in have.keys() - want.keys():
@@ -65,6 +72,17 @@ class Announcer:
                         self.speaker.prefix_add(prefix, next_hop=nh)
                         LOG.info("announced %s via %s", prefix, nh)
             self.routes = announce
+
+    def moved(self, state: NetworkState, vm: str, dpid: int) -> None:
+        """The VM's first frame at its standby port on ``dpid``: it runs there now (the
+        datapath switched over already). Its routes move at once, before the controller
+        has confirmed the move: the outside follows as fast as the inside does."""
+        moved = dict(state.bindings)
+        moved[vm] = dataclasses.replace(state.bindings[vm], port=PortRef(dpid, 0)) \
+            if vm in state.bindings else None
+        if moved[vm] is None:
+            return
+        self.sync(dataclasses.replace(state, bindings=moved), only=vm)
 
     def _peers(self, wanted: dict[str, Bgp]) -> None:
         asns = {b.local_asn for b in wanted.values()}
@@ -102,7 +120,10 @@ class Announcer:
                                            since=time.time())
         LOG.info("BGP session with %s (AS %s) %s", peer, asn, "up" if up else "down")
         if self.on_session is not None:
-            self.on_session(peer, asn, up)
+            try:  # (an exception here would reset the session: os-ken calls this inline)
+                self.on_session(peer, asn, up)
+            except Exception:
+                LOG.exception("recording the BGP session's change failed")
 
     def _up(self, remote_ip: str, remote_as: int) -> None:
         self._session(remote_ip, remote_as, True)

@@ -108,10 +108,11 @@ class VfenceApp(app_manager.OSKenApp):
         self.threads.append(hub.spawn(self._every, LLDP_INTERVAL, lambda: self.submit(
             self.service.housekeeping, time.monotonic())))
         self.threads.append(hub.spawn(self._every, ADVERT_INTERVAL, self._advertise))
+        self.moved_to: dict[str, int] = {}  # VM -> the host BGP was told it moved to
         self.advertised: dict[str, Binding] = {}  # the bindings told their router already
         self.announcer = bgp.Announcer(on_session=lambda peer, asn, up: self.submit(
-            records.record, self.service.sessions, "bgp-session", peer=peer, asn=asn,
-            state="established" if up else "down"))
+            lambda: records.record(self.service.sessions, "bgp-session", peer=peer, asn=asn,
+                                   state="established" if up else "down")))
         self.service.external_status = self.announcer.status
         self.threads.append(hub.spawn(self._every, GATEWAY_PROBE_INTERVAL, self._probe_gateways))
         self.threads.append(hub.spawn(self._every, BGP_SYNC_INTERVAL, lambda: self.announcer.sync(
@@ -392,8 +393,14 @@ class VfenceApp(app_manager.OSKenApp):
                 reply = guest_config.answer(self.service.state, dp.id, in_port, asks, msg.data)
                 if reply is not None:
                     self._packet_out(dp, in_port, reply)
-            if asks is None or any(b.port == (dp.id, in_port)
-                                   for b in self.service.state.standby.values()):
+            state = self.service.state
+            at = next((n for n, b in state.standby.items() if b.port == (dp.id, in_port)),
+                      None)
+            if at is not None and self.moved_to.get(at) != dp.id and state.vms.get(at) \
+                    and state.vms[at].mac == eth.src.lower():
+                self.moved_to[at] = dp.id  # once per move (standby frames are metered)
+                self.announcer.moved(state, at, dp.id)  # BGP follows the datapath now
+            if asks is None or at is not None:
                 # the first frame at a standby port (a DHCP request from one, too)
                 self.submit(self.service.vm_seen, dp.id, in_port, eth.src)
             return

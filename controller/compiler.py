@@ -105,6 +105,7 @@ from .pipeline import (
     PRIO_ND_OWN,
     PRIO_ND_UNICAST,
     PRIO_QUIET_DROP,
+    PRIO_REMOTE_OUTSIDE,
     PRIO_REMOTE_ROUTED,
     PRIO_REMOTE_STANDBY,
     PRIO_REMOTE_VM,
@@ -541,11 +542,17 @@ def router_flows(state: NetworkState) -> Iterable[Flow]:
     placed VM holds is dropped there, counted by this flow. A segment no VM was ever
     registered in has no tag yet: nobody there asks."""
     seen: set[int] = set()
+    outside = {r.name for r in state.policy.routers if r.external}
     for d in domains(state).values():
         if d.routed.router in seen:
             continue
         seen.add(d.routed.router)
         mac, ck = d.routed.mac, cookie(Owner.ROUTER, d.routed.router)
+        if d.name in outside:  # what another host took in on its uplink for a VM here
+            yield Flow(Table.REMOTE_CLASSIFY, PRIO_REMOTE_OUTSIDE, match(
+                eth_src=mac, eth_type=ETH_TYPE_IP), (
+                apply(("set", ZONE_REG, d.routed.zone)),
+                write_meta(meta_value(0, 0, from_fabric=True)), goto(Table.DST_LOOKUP)), ck)
         for tag, spec in d.specs:
             if spec.gateway:
                 yield _arp_answer(PRIO_ARP_GATEWAY, tag, spec.gateway, mac, ck)

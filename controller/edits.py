@@ -146,7 +146,8 @@ def host_listed(names: dict[int, str], fabric: dict[int, frozenset[int]],
                 registry.ensure_switch(s, dpid, name)
                 LOG.info("switch %016x is host %s", dpid, name)
         new.fabric = fabric
-        new.port_names = named
+        # this OVSDB's bridges: their interfaces now (other hosts' stay as they were)
+        new.port_names = {d: p for d, p in new.port_names.items() if d not in dpids} | named
         new.links = {lk for lk in new.links if hosts.on_fabric(lk, fabric)}
         return binding.HostListed(dpids, present)
     return edit

@@ -230,6 +230,7 @@ PRIO_LABEL = 100
 PRIO_REMOTE_STANDBY = 110  # a frame from a migrating VM's standby port (marked)
 PRIO_REMOTE_ROUTED = 105  # a routed frame: its source by router MAC and IP source
 PRIO_REMOTE_VM = 100
+PRIO_REMOTE_OUTSIDE = 90  # routed in from an external network at another host
 # ARP
 PRIO_ARP_OWN_ADDRESS = 110
 PRIO_ARP_GATEWAY_NO_SLL = 106
@@ -470,6 +471,10 @@ TABLES = (
              "source VM's tag and groups, marked as from the fabric"),
          _at("remote_routed", PRIO_REMOTE_ROUTED, Owner.VM,
              "a routed frame (source MAC the router's): source VM by its IP source"),
+         _at("remote_outside", PRIO_REMOTE_OUTSIDE, Owner.ROUTER,
+             "routed by a router that reaches an external network, from no VM: from "
+             "outside, taken in at another host's uplink (its VM moved here before BGP "
+             "said so): the router's zone, no groups"),
          _at("remote_standby", PRIO_REMOTE_STANDBY, Owner.VM,
              "a migrating VM's frame from its standby port (reg10 marked): learn() its "
              "delivery toward the target host, then as remote_vm")),

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import generate_latest
 
-from . import dhcp, registry, topology
+from . import dhcp, external, registry, topology
 from . import verify as verify_mod
 from .errors import NotFound
 from .flows import Owner, cookie_owner
@@ -144,6 +144,9 @@ class Queries:
         that reach it, the hosts' uplinks there, and its BGP session and routes."""
         st, status = self.service.state, self.service.external_status()
         sessions, routes = status.get("sessions", {}), status.get("routes", {})
+        dpid_of = {sw.name: d for d, sw in st.switches.items()}
+        ports = {u.host: (o.port if (o := external.host_out(st, dpid_of.get(u.host, -1)))
+                          else None) for u in st.policy.uplinks}
         out = []
         for e in st.policy.externals:
             net = ipaddress.IPv4Network(e.subnet)
@@ -155,7 +158,8 @@ class Queries:
             out.append({"name": e.name, "subnet": e.subnet, "gateway": e.gateway,
                         "gateway_mac": st.gateway_macs.get(e.gateway),
                         "routers": [r.name for r in st.policy.routers if r.external == e.name],
-                        "hosts": [{"name": u.host, "uplink": u.port, "address": u.address}
+                        "hosts": [{"name": u.host, "uplink": u.port, "address": u.address,
+                                   "ofport": ports[u.host]}
                                   for u in st.policy.uplinks
                                   if ipaddress.IPv4Address(u.address) in net],
                         "bgp": bgp})

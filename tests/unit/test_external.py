@@ -143,3 +143,23 @@ def test_bgp_announces_each_routed_vm_via_its_hosts_uplink_address():
 
     st.bindings["d1"] = Binding("d1", PortRef(0x103, 7))  # moved to hv3
     assert external.announcements(st)["dc"]["10.10.2.11/32"] == "198.18.10.13"
+
+
+def test_each_hosts_ovsdb_keeps_its_own_port_names():
+    """Every host's OVSDB reports its own bridges: one snapshot replaces that host's
+    interfaces only (an uplink found on hv1 stays found when hv2 reports)."""
+    from vfence.controller import edits
+    from vfence.controller.hosts import Interface
+
+    st = uplinked()
+    st.port_names = {}
+
+    def listed(dpid: int, names: dict[str, int]) -> None:
+        ifaces = [Interface(dpid, no, name) for name, no in names.items()]
+        edits.host_listed({}, {}, ifaces, frozenset({dpid}), lambda s: None)(st, None)
+
+    listed(0x101, {"up1": 9, "vnet1": 3})
+    listed(0x102, {"up2": 9})
+    listed(0x101, {"up1": 9})  # hv1 again: vnet1 went
+    assert st.port_names == {0x101: {"up1": 9}, 0x102: {"up2": 9}}
+    assert external.host_out(st, 0x101).port == 9

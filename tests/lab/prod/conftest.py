@@ -103,7 +103,8 @@ def lab(tmp_path_factory):
         yield lab
 
 
-ORDER = ("test_prodlab", "test_policy", "test_attacks", "test_routing", "test_migration")
+ORDER = ("test_prodlab", "test_policy", "test_attacks", "test_routing", "test_external",
+         "test_migration")
 
 
 def pytest_collection_modifyitems(config, items):
