@@ -35,7 +35,9 @@ class Announcer:
     """Keeps the speaker's peers and announcements equal to what the state asks for."""
 
     def __init__(self, on_session: Any = None) -> None:
-        self.lock = threading.Lock()
+        # re-entrant: os-ken calls the session handlers inline, from inside neighbor_del
+        self.lock = threading.RLock()
+        self.early: dict[str, int] = {}  # VM -> the host its first frame came from (moving)
         self.speaker: Any = None
         self.asn: int | None = None
         self.peers: dict[str, Bgp] = {}  # peer address -> its session's settings
@@ -49,20 +51,15 @@ class Announcer:
             return {"sessions": {p: dict(s) for p, s in self.sessions.items()},
                     "routes": {e: dict(r) for e, r in self.routes.items()}}
 
-    def sync(self, state: NetworkState, only: str | None = None) -> None:
-        """Peers, then routes: announce what is new or moved, withdraw what is gone
-        (``only``: that VM's routes, nothing else)."""
+    def sync(self, state: NetworkState) -> None:
+        """Peers, then routes: announce what is new or moved, withdraw what is gone. One
+        BGP network at most (the policy checks it), so routes compare by prefix alone."""
         wanted = {e.name: e.bgp for e in state.policy.externals if e.bgp is not None}
         with self.lock:
             self._peers(wanted)
             if self.speaker is None:
                 return
-            announce = external.announcements(state)
-            if only is not None:
-                mine = {f"{ip}/32" for ip in state.vms[only].ips if ":" not in ip}
-                announce = {e: {p: nh for p, nh in self.routes.get(e, {}).items()
-                                if p not in mine} | {p: nh for p, nh in r.items() if p in mine}
-                            for e, r in announce.items()}
+            announce = external.announcements(self._early(state))
             for ext in set(self.routes) | set(announce):
                 have, want = self.routes.get(ext, {}), announce.get(ext, {})
                 for prefix in have.keys() - want.keys():
@@ -76,13 +73,30 @@ class Announcer:
     def moved(self, state: NetworkState, vm: str, dpid: int) -> None:
         """The VM's first frame at its standby port on ``dpid``: it runs there now (the
         datapath switched over already). Its routes move at once, before the controller
-        has confirmed the move: the outside follows as fast as the inside does."""
-        moved = dict(state.bindings)
-        moved[vm] = dataclasses.replace(state.bindings[vm], port=PortRef(dpid, 0)) \
-            if vm in state.bindings else None
-        if moved[vm] is None:
-            return
-        self.sync(dataclasses.replace(state, bindings=moved), only=vm)
+        has confirmed the move (the outside follows as fast as the inside does), and stay
+        there until the move is confirmed or abandoned. Called from the OpenFlow thread:
+        never raises."""
+        with self.lock:
+            if self.early.get(vm) == dpid or vm not in state.bindings:
+                return  # once per move (a standby port's frames come metered, not once)
+            self.early[vm] = dpid
+        try:
+            self.sync(state)
+        except Exception:
+            LOG.exception("announcing %s's move failed", vm)
+
+    def _early(self, state: NetworkState) -> NetworkState:
+        """The state with each VM that moved before the controller confirmed it at the
+        host its frames come from; a move confirmed or abandoned is forgotten."""
+        moved = {}
+        for vm, dpid in list(self.early.items()):
+            b, sb = state.bindings.get(vm), state.standby.get(vm)
+            if b is None or b.port.dpid == dpid or sb is None or sb.port.dpid != dpid:
+                del self.early[vm]
+            else:
+                moved[vm] = dataclasses.replace(b, port=PortRef(dpid, 0))
+        return dataclasses.replace(state, bindings={**state.bindings, **moved}) if moved \
+            else state
 
     def _peers(self, wanted: dict[str, Bgp]) -> None:
         asns = {b.local_asn for b in wanted.values()}
@@ -114,10 +128,12 @@ class Announcer:
         self.peers = want
 
     def _session(self, peer: str, asn: int, up: bool) -> None:
+        """os-ken names the peer by its router id, which need not be its address: the
+        session is the one with that AS number (one BGP network per controller)."""
         with self.lock:
-            if peer in self.sessions:
-                self.sessions[peer].update(state="established" if up else "down",
-                                           since=time.time())
+            for s in self.sessions.values():
+                if s["peer_asn"] == asn:
+                    s.update(state="established" if up else "down", since=time.time())
         LOG.info("BGP session with %s (AS %s) %s", peer, asn, "up" if up else "down")
         if self.on_session is not None:
             try:  # (an exception here would reset the session: os-ken calls this inline)

@@ -48,6 +48,7 @@ AUDIT_INTERVAL = 2.0
 AUDIT_SHARE = 0.1  # of the controller's time, at most, for reading drop counters
 REPLY_TIMEOUT = 10.0
 GATEWAY_PROBE_INTERVAL = 5.0  # ARP for each uplink's external gateway (its MAC may move)
+PROBE_ANSWER_WINDOW = 2.0  # an ARP reply later than this after our probe is not believed
 BGP_SYNC_INTERVAL = 5.0  # announcements follow every change at once; this catches up
 ADVERT_INTERVAL = 200.0  # unsolicited router advertisements (RFC 4861's MinRtrAdvInterval
 # default; a guest keeps its router for ROUTER_LIFETIME, far longer)
@@ -108,7 +109,7 @@ class VfenceApp(app_manager.OSKenApp):
         self.threads.append(hub.spawn(self._every, LLDP_INTERVAL, lambda: self.submit(
             self.service.housekeeping, time.monotonic())))
         self.threads.append(hub.spawn(self._every, ADVERT_INTERVAL, self._advertise))
-        self.moved_to: dict[str, int] = {}  # VM -> the host BGP was told it moved to
+        self.probed: dict[int, float] = {}  # dpid -> when its uplink last asked the gateway
         self.advertised: dict[str, Binding] = {}  # the bindings told their router already
         self.announcer = bgp.Announcer(on_session=lambda peer, asn, up: self.submit(
             lambda: records.record(self.service.sessions, "bgp-session", peer=peer, asn=asn,
@@ -396,17 +397,18 @@ class VfenceApp(app_manager.OSKenApp):
             state = self.service.state
             at = next((n for n, b in state.standby.items() if b.port == (dp.id, in_port)),
                       None)
-            if at is not None and self.moved_to.get(at) != dp.id and state.vms.get(at) \
-                    and state.vms[at].mac == eth.src.lower():
-                self.moved_to[at] = dp.id  # once per move (standby frames are metered)
-                self.announcer.moved(state, at, dp.id)  # BGP follows the datapath now
             if asks is None or at is not None:
                 # the first frame at a standby port (a DHCP request from one, too)
                 self.submit(self.service.vm_seen, dp.id, in_port, eth.src)
+            if at is not None and state.vms.get(at) and state.vms[at].mac == eth.src.lower():
+                self.announcer.moved(state, at, dp.id)  # BGP follows the datapath now
             return
         if owner is not None and owner[0] == Owner.UPLINK and eth.ethertype == ETH_TYPE_ARP:
             a = pkt.get_protocol(arp.arp)  # an external gateway's reply (metered)
-            if a is not None:
+            asked = self.probed.get(dp.id, 0.0) > time.monotonic() - PROBE_ANSWER_WINDOW
+            # only the answer to our own recent probe, from a unicast MAC, the frame's own
+            if a is not None and asked and a.src_mac.lower() == eth.src.lower() \
+                    and not int(eth.src.split(":")[0], 16) & 1:
                 self.submit(self.service.gateway_seen, dp.id, in_port, a.src_ip, a.src_mac)
             return
         if owner is not None and owner[0] in (Owner.ROUTER, Owner.UPLINK) \
@@ -470,6 +472,7 @@ class VfenceApp(app_manager.OSKenApp):
         for dpid, dp in list(self.datapaths.items()):
             out = external.host_out(state, dpid)
             if out is not None:
+                self.probed[dpid] = time.monotonic()
                 self._packet_out(dp, out.port, router_answers.arp_request(
                     out.mac, out.address, out.gateway))
 

@@ -79,9 +79,26 @@ class World:
     def of(cls, state: NetworkState, ports: Mapping[int, Mapping[int, str]],
            interfaces: tuple[Interface, ...] | None, learn: bool | frozenset[str]) -> World:
         """The world as the service sees it; ``learn``: --learn-first-frame[-on HOST]."""
-        return cls(state.vms, ports, state.fabric, interfaces, lambda dpid: learn is True or (
+        return cls(state.vms, ports, _fabric_or_uplink(state, ports), interfaces,
+                   lambda dpid: learn is True or (
             isinstance(learn, frozenset) and state.switch_name(dpid) in learn),
             state.switch_name, time.monotonic())
+
+
+def _fabric_or_uplink(state: NetworkState, ports: Mapping[int, Mapping[int, str]]
+                      ) -> Mapping[int, frozenset[int]]:
+    """Ports no VM may be bound to: the fabric's, and each host's uplink (by the name the
+    policy gives it, in the switch's own port list: known before its OVSDB reports)."""
+    if not state.policy.uplinks:
+        return state.fabric
+    names = {u.host: u.port for u in state.policy.uplinks}
+    out = dict(state.fabric)
+    for dpid, sw in state.switches.items():
+        name = names.get(sw.name)
+        nos = frozenset(no for no, n in ports.get(dpid, {}).items() if n == name)
+        if name is not None and nos:
+            out[dpid] = out.get(dpid, frozenset()) | nos
+    return out
 
 
 # --- events ---------------------------------------------------------------------------------
@@ -415,7 +432,7 @@ class _Draft:
             return
         if on_fabric:
             self.audit("binding-refused", b.vm, host=host, port=b.port.port_no,
-                       reason="the port faces the fabric")
+                       reason="the port faces the fabric (or is a host's uplink)")
             return
         if b.port.dpid in w.ports and b.port.port_no not in w.ports[b.port.dpid]:
             return  # its switch says the port is gone or its link down: not yet (a standby

@@ -312,6 +312,7 @@ def _rebuild(prev: Desired, state: NetworkState) -> Desired | None:
     ix.owned.clear()
     frags = {d: dict(f) for d, f in prev.frags.items()}
     policy = _policy(prev, state, ix, changed)
+    uplinks = _uplinks_may_differ(prev.state, state)
     for d, keys in touched.items():
         own = frags[d]
         own[POLICY] = policy
@@ -321,13 +322,22 @@ def _rebuild(prev: Desired, state: NetworkState) -> Desired | None:
             _put(own, key, make(state, prev.hops, ix, d, what, own.get(key)))
         if policy is not prev.frags[d][POLICY]:
             keys.add(POLICY)
-        if external.host_out(state, d) != external.host_out(prev.state, d):
+        if uplinks and external.host_out(state, d) != external.host_out(prev.state, d):
             own[FABRIC] = _fabric(state, prev.hops, d)  # its uplink, a gateway's MAC
             keys.add(FABRIC)
     out = Desired(state, prev.hops, ix, frags, prev.slots)
     out.parent = prev.gen
     out.changes = {d: _delta(prev.frags[d], frags[d], keys) for d, keys in touched.items()}
     return out
+
+
+def _uplinks_may_differ(a: NetworkState, b: NetworkState) -> bool:
+    """Whether any switch's way out may have changed (else a VM event costs no look at
+    every switch's uplink): the policy, a host's OVSDB ports, a gateway's MAC."""
+    return bool(b.policy.uplinks or a.policy.uplinks) and (
+        a.policy is not b.policy or a.port_names != b.port_names
+        or a.gateway_macs != b.gateway_macs or a.segment_tags != b.segment_tags
+        or a.router_numbers != b.router_numbers)
 
 
 def _counted(c: Counter[int]) -> set[int]:

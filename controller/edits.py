@@ -154,14 +154,20 @@ def host_listed(names: dict[int, str], fabric: dict[int, frozenset[int]],
 
 
 def gateway_seen(dpid: int, port_no: int, ip: str, mac: str) -> Edit:
-    """An ARP reply from ``ip`` at ``mac`` on a switch's uplink: the MAC of that host's
-    external gateway when ``ip`` is it (anything else on an uplink is not believed)."""
+    """The reply to a switch's own ARP probe on its uplink, from ``ip`` at ``mac``: the
+    MAC of that host's external gateway when ``ip`` is it (the caller checked that it
+    answers a recent probe, and that the MAC is unicast and the frame's own). Each host
+    keeps its own: a reply seen by one host never redirects another's traffic."""
     def edit(new: NetworkState, s: Session) -> None:
         out = external.host_out(new, dpid)
-        if out is not None and out.port == port_no and out.gateway == ip \
-                and new.gateway_macs.get(ip) != mac.lower():
-            new.gateway_macs = {**new.gateway_macs, ip: mac.lower()}
-            LOG.info("external gateway %s is at %s", ip, mac.lower())
+        if out is None or out.port != port_no or out.gateway != ip \
+                or new.gateway_macs.get(dpid) == mac.lower():
+            return
+        was = new.gateway_macs.get(dpid)
+        new.gateway_macs = {**new.gateway_macs, dpid: mac.lower()}
+        LOG.info("external gateway %s is at %s for %s", ip, mac.lower(), new.switch_name(dpid))
+        registry.record_event(s, "gateway-mac", host=new.switch_name(dpid), gateway=ip,
+                              mac=mac.lower(), was=was)
     return edit
 
 

@@ -39,18 +39,29 @@ def check(doc: dict[str, Any], err: Err, routers: list[Router],
         if "bgp" in e:
             b = e["bgp"]
             peer = _inside(b["peer"], net, f"{where}.bgp.peer", err)
-            if asns and b["local_asn"] not in asns:
-                err(f"{where}.bgp.local_asn", f"{b['local_asn']} is not {min(asns)}: one "
-                                               "controller speaks BGP with one AS number")
+            if asns:
+                err(f"{where}.bgp", "one BGP session per controller (os-ken's speaker keeps "
+                                    "one table for every peer): set bgp on one network")
             asns.add(b["local_asn"])
             bgp = Bgp(b["local_asn"], peer or "", b["peer_asn"])
         if net is not None and gw is not None:
             externals.setdefault(e["name"], External(e["name"], str(net), gw, bgp))
+    reaching: dict[str, list[tuple[str, Any]]] = {}  # external -> (router, subnet)
     for i, r in enumerate(routers):
         if r.external is not None and r.external not in externals:
             err(f"routers[{i}].external", f"unknown external network {r.external!r}")
         elif r.external is not None:
             _no_overlap(r, externals[r.external], nets, f"routers[{i}].external", err)
+            # what comes in is routed by destination alone: one router per address
+            for seg in r.segments:
+                net = nets.get(seg, {}).get("subnet")
+                other = next((o for o, n in reaching.get(r.external, [])
+                              if net is not None and n.overlaps(net)), None)
+                if other is not None and other != r.name:
+                    err(f"routers[{i}].external", f"segment {seg!r}'s subnet {net} overlaps "
+                        f"router {other!r}'s, which reaches {r.external!r} too")
+                if net is not None:
+                    reaching.setdefault(r.external, []).append((r.name, net))
     return tuple(externals.values()), _uplinks(doc, externals, err)
 
 
@@ -128,8 +139,10 @@ class HostOut(NamedTuple):
     address: str
     mac: str  # the host's MAC there (derived from its name: stable, the same everywhere)
     gateway: str
-    gateway_mac: str | None  # None until the controller has resolved it
+    gateway_mac: str | None  # None until this host has resolved it (each host its own)
     routers: tuple[RouterOut, ...]  # the routers that reach that network
+    inside: tuple[str, ...]  # every segment's IPv4 subnet: never a source from outside
+    external: str = ""  # the network's name
 
 
 def uplink_mac(host: str) -> str:
@@ -151,28 +164,33 @@ def host_out(state: NetworkState, dpid: int) -> HostOut | None:
     routers = {d.routed.router: RouterOut(d.routed.router, d.routed.mac, d.routed.zone, tuple(
         s.subnet for _, s in d.specs if s.subnet)) for d in routing.domains(state).values()
         if d.name in reaching}
+    inside = tuple(sorted({s.subnet for s in state.policy.segment_specs if s.subnet}))
     return HostOut(port, up.address, uplink_mac(up.host), ext.gateway,
-                   state.gateway_macs.get(ext.gateway), tuple(routers[k] for k in sorted(routers)))
+                   state.gateway_macs.get(dpid), tuple(routers[k] for k in sorted(routers)),
+                   inside, ext.name)
 
 
 def announcements(state: NetworkState) -> dict[str, dict[str, str]]:
     """External network -> {VM address/32 -> its host's uplink address}: every address of
     every bound VM of a routed segment whose router reaches that network (the host it
     is bound at, not a standby: BGP follows the move once it is confirmed)."""
-    by_host = {u.host: u.address for u in state.policy.uplinks}
     out: dict[str, dict[str, str]] = {e.name: {} for e in state.policy.externals if e.bgp}
     if not out:
         return out
     routers = {r.name: r for r in state.policy.routers}
+    outs: dict[int, HostOut | None] = {}  # dpid -> its way out (each looked up once)
     for name, b in state.bindings.items():
         vm = state.vms.get(name)
         router = None if vm is None else routers.get(state.policy.router_of.get(vm.segment, ""))
         if vm is None or router is None or router.external not in out:
             continue
-        sw = state.switches.get(b.port.dpid)
-        nh = None if sw is None else by_host.get(sw.name)
-        if nh is None:
-            continue
+        d = b.port.dpid
+        if d not in outs:
+            outs[d] = host_out(state, d)
+        ho = outs[d]
+        if ho is None or ho.gateway_mac is None or ho.external != router.external:
+            continue  # the host has no way (yet) to the network the VM's router reaches
+        nh = ho.address
         for ip in vm.ips:
             if ":" not in ip:
                 out[router.external][f"{ip}/32"] = nh

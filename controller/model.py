@@ -246,7 +246,8 @@ class NetworkState:
     router_numbers: dict[str, int] = field(default_factory=dict)  # router -> its number
     # per switch: interface name -> OpenFlow port, as the host's OVSDB lists them
     port_names: dict[int, dict[str, int]] = field(default_factory=dict)
-    gateway_macs: dict[str, str] = field(default_factory=dict)  # external gateway IP -> MAC
+    # per switch: the MAC its uplink's external gateway answered its own ARP probe with
+    gateway_macs: dict[int, str] = field(default_factory=dict)
 
     def migrating(self) -> frozenset[int]:
         """Tags of the VMs with a standby port: what a switch learned for them in the

@@ -193,6 +193,7 @@ METER_LOG = 3
 METER_STANDBY = 4
 METER_DHCP = 5
 METER_TTL = 6
+METER_UPLINK = 7
 METERS = (
     Meter(METER_PUNT, "punt", 100, 10, "frames from unbound ports (binding detection)"),
     Meter(METER_LLDP, "lldp", 200, 20, "LLDP from fabric ports (link discovery)"),
@@ -201,6 +202,8 @@ METERS = (
           "a migration target's port until switch-over (not shared with punts)"),
     Meter(METER_DHCP, "dhcp", 100, 20, "DHCP, DHCPv6 and router solicitations from VMs, "
                                        "which the controller answers"),
+    Meter(METER_UPLINK, "uplink", 20, 5, "the external gateway's ARP replies on a host's "
+                                         "uplink (not shared with binding detection)"),
     Meter(METER_TTL, "ttl", 20, 5, "packets whose TTL expires at a router (the controller "
                                    "answers ICMP time exceeded): not shared with DHCP"),
 )
@@ -409,9 +412,9 @@ TABLES = (
         (_miss("unbound port: to the controller through the punt meter"),
          _at("uplink_arp", PRIO_UPLINK_ARP, Owner.UPLINK,
              "on a host's uplink: ARP for the host's uplink address answered; the external "
-             "gateway's ARP reply to the controller through the punt meter (its MAC)"),
+             "gateway's ARP reply to the controller through the uplink meter (its MAC)"),
          _at("uplink_spoof", PRIO_UPLINK_SPOOF, Owner.UPLINK,
-             "on an uplink: IPv4 from an address of a routed subnet (an inside address "
+             "on an uplink: IPv4 from any segment's address (an inside address "
              "from outside): drop", "spoofed-source"),
          _at("uplink_in", PRIO_UPLINK_IN, Owner.UPLINK,
              "on an uplink, to the host's MAC, IPv4 for a subnet of a router that reaches "

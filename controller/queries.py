@@ -156,7 +156,8 @@ class Queries:
                 "routes": [{"prefix": p, "next_hop": nh}
                            for p, nh in sorted(routes.get(e.name, {}).items())]}
             out.append({"name": e.name, "subnet": e.subnet, "gateway": e.gateway,
-                        "gateway_mac": st.gateway_macs.get(e.gateway),
+                        "gateway_macs": {st.switch_name(d): m for d, m in
+                                         sorted(st.gateway_macs.items())},
                         "routers": [r.name for r in st.policy.routers if r.external == e.name],
                         "hosts": [{"name": u.host, "uplink": u.port, "address": u.address,
                                    "ofport": ports[u.host]}

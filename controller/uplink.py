@@ -8,7 +8,7 @@ host's MAC, for an address of such a router's subnets: the router's zone and MAC
 ROUTE finds the VM as for any routed packet (the policy judges it with the VM's groups;
 its replies leave through this host again). The host's address is answered in the
 datapath; nothing else from the uplink is taken (never bound as a VM, never flooded),
-and an inside address as source from outside is dropped.
+and any segment's address as source from outside is dropped.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from .flows import (
 )
 from .pipeline import (
     DST_VM_REG,
-    METER_PUNT,
     METER_TTL,
+    METER_UPLINK,
     PRIO_DELIVER_UPLINK,
     PRIO_ROUTE_OUT,
     PRIO_ROUTE_OUT_TTL,
@@ -55,15 +55,15 @@ def uplink_flows(out: HostOut) -> Iterable[Flow]:
             out.address, out.mac),), ck)
     yield Flow(Table.CLASSIFY, PRIO_UPLINK_ARP, match(
         **port, eth_dst=out.mac, eth_type=ETH_TYPE_ARP, arp_op=2, arp_spa=out.gateway),
-        (meter(METER_PUNT), apply(("output", OFPP_CONTROLLER))), ck)
+        (meter(METER_UPLINK), apply(("output", OFPP_CONTROLLER))), ck)
     yield Flow(Table.FORWARD, PRIO_DELIVER_UPLINK, match(**{DST_VM_REG: UPLINK_DST}),
                (apply(("output", out.port)),), ck)
+    for subnet in out.inside:  # any segment's address as a source from outside
+        yield Flow(Table.CLASSIFY, PRIO_UPLINK_SPOOF, match(
+            **port, eth_type=ETH_TYPE_IP, ipv4_src=_prefix(subnet)), DROP, ck)
     for r in out.routers:
         for subnet in r.subnets:
-            n = ipaddress.IPv4Network(subnet)
-            inside = (str(n.network_address), str(n.netmask))
-            yield Flow(Table.CLASSIFY, PRIO_UPLINK_SPOOF, match(
-                **port, eth_type=ETH_TYPE_IP, ipv4_src=inside), DROP, ck)
+            inside = _prefix(subnet)
             yield Flow(Table.CLASSIFY, PRIO_UPLINK_IN, match(
                 **port, eth_dst=out.mac, eth_type=ETH_TYPE_IP, ipv4_dst=inside),
                 (apply(("set", ZONE_REG, r.zone), ("set", "eth_dst", r.mac)),
@@ -76,3 +76,8 @@ def uplink_flows(out: HostOut) -> Iterable[Flow]:
             yield Flow(Table.ROUTE, PRIO_ROUTE_OUT, match(**to_router), (apply(
                 ("dec_ttl",), ("set", "eth_src", out.mac), ("set", "eth_dst", out.gateway_mac),
                 ("set", DST_VM_REG, UPLINK_DST)), goto(Table.CONNTRACK)), ck)
+
+
+def _prefix(subnet: str) -> tuple[str, str]:
+    n = ipaddress.IPv4Network(subnet)
+    return str(n.network_address), str(n.netmask)

@@ -39,7 +39,7 @@ def uplinked(gateway_mac: str | None = GW_MAC):
     st = _network()
     st.policy = policy.parse(DOC)
     st.port_names = {d: {f"up{d - 0x100}": UPLINK} for d in (0x101, 0x102, 0x103)}
-    st.gateway_macs = {"198.18.10.1": gateway_mac} if gateway_mac else {}
+    st.gateway_macs = {d: gateway_mac for d in (0x101, 0x102, 0x103)} if gateway_mac else {}
     return st
 
 
@@ -83,8 +83,13 @@ def test_the_contract_parses_and_bad_parts_are_refused_naming_the_field():
                                          "gateway": "198.18.20.1", "bgp": {
                                              "local_asn": 65011, "peer": "198.18.20.1",
                                              "peer_asn": 65000}}),
-         "external[1].bgp.local_asn", "65011 is not 65010: one controller speaks BGP with "
-                                      "one AS number"),
+         "external[1].bgp", "one BGP session per controller (os-ken's speaker keeps one "
+                            "table for every peer): set bgp on one network"),
+        (lambda d: (d["segments"].append({"name": "web2", "subnet": "10.10.1.0/25",
+                                          "gateway": "10.10.1.1"}),
+                    d["routers"].append({"name": "r2", "segments": ["web2"], "external": "dc"})),
+         "routers[1].external", "segment 'web2''s subnet 10.10.1.0/25 overlaps router 'r1''s, "
+                                "which reaches 'dc' too"),
     ]
     for change, field, reason in cases:
         doc = copy.deepcopy(DOC)
@@ -118,6 +123,7 @@ def test_the_outside_reaches_a_vm_through_the_uplink_of_its_host_and_nothing_els
         R1, st.vms["w1"].mac, 59)
     assert hv1.run(_in(st, "w1", port=22)) == []  # not allowed in
     assert hv1.run(_in(st, "w1", src="10.10.2.11")) == []  # an inside source from outside
+    assert hv1.run(_in(st, "w1", src="10.20.0.11")) == []  # any segment's, routed or not
     assert hv1.run(dict(_in(st, "w1"), eth_dst="02:00:00:00:00:01")) == []  # not our MAC
     assert hv1.run(_in(st, "w1", host=HV2)) == []  # another host's MAC
     assert hv2.ports(_in(st, "d1", port=5432, host=HV2)) == []  # db: no rule lets it in
@@ -131,6 +137,28 @@ def test_the_outside_reaches_a_vm_through_the_uplink_of_its_host_and_nothing_els
     assert hv1.run(dict(arp, arp_tpa="198.18.10.12")) == []  # hv2's: not here
     gw_reply = dict(arp, eth_dst=external.uplink_mac("hv1"), arp_op=2, arp_tpa="198.18.10.11")
     assert [p for p, _ in hv1.run(gw_reply)] == [OFPP_CONTROLLER]  # its MAC, learned
+
+
+def test_each_host_keeps_its_own_gateway_mac_and_a_vm_is_announced_once_it_can_leave():
+    """A gateway MAC one host learned redirects no other host's traffic; a host whose
+    uplink has no gateway MAC yet (no way out) announces none of its VMs."""
+    st = uplinked()
+    st.gateway_macs = {0x101: GW_MAC, 0x102: "02:66:66:66:66:66"}  # hv2 poisoned, say
+    flows = desired.compile_network(st)
+    ((_, pkt),) = Pipeline(flows[HV1]).run(_out(st, "w1"))
+    assert pkt["eth_dst"] == GW_MAC  # hv1's own
+    routes = external.announcements(st)["dc"]
+    assert routes["10.10.1.11/32"] == "198.18.10.11" and "10.10.2.22/32" not in routes  # hv3
+
+
+def test_a_hosts_uplink_port_is_never_bound_to_a_vm():
+    """The uplink is refused as a VM port like a fabric port, by the name the policy
+    gives it in the switch's own port list (before its OVSDB has said anything)."""
+    from vfence.controller import binding
+
+    st = uplinked()
+    world = binding.World.of(st, {0x101: {9: "up1", 3: "vnet1"}}, None, True)
+    assert 9 in world.fabric[0x101] and 3 not in world.fabric[0x101]
 
 
 def test_bgp_announces_each_routed_vm_via_its_hosts_uplink_address():

@@ -61,9 +61,9 @@ def outside(lab):
             lab.wait_for(lambda name=name: bound(lab, name), 20, f"{name} bound")
             if seg in GATEWAY:
                 lab.host(name).cmd(f"ip route replace default via {GATEWAY[seg]}")
-        lab.wait_for(lambda: external(lab)["gateway_mac"] and all(
-            h["ofport"] for h in external(lab)["hosts"]), 15,
-            "every uplink found and the gateway's MAC resolved")
+        lab.wait_for(lambda: len(external(lab)["gateway_macs"]) == len(HOSTS) and all(
+            h["ofport"] for h in external(lab)["hosts"]), 20,
+            "every uplink found, each host's gateway MAC resolved")
         lab.wait_for(lambda: external(lab)["bgp"]["session"]["state"] == "established", 40,
                      "the BGP session")
         lab.wait_for(lambda: net.route_via(IP["rweb-1"]) is not None, 15, "FRR's route")
