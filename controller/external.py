@@ -130,6 +130,7 @@ class RouterOut(NamedTuple):
     mac: str
     zone: int
     subnets: tuple[str, ...]  # its segments' IPv4 subnets
+    gateways: tuple[str, ...] = ()  # their gateways: answered inside, never from outside
 
 
 class HostOut(NamedTuple):
@@ -162,8 +163,9 @@ def host_out(state: NetworkState, dpid: int) -> HostOut | None:
     ext = next(e for e in state.policy.externals if addr in ipaddress.IPv4Network(e.subnet))
     reaching = {r.name for r in state.policy.routers if r.external == ext.name}
     routers = {d.routed.router: RouterOut(d.routed.router, d.routed.mac, d.routed.zone, tuple(
-        s.subnet for _, s in d.specs if s.subnet)) for d in routing.domains(state).values()
-        if d.name in reaching}
+        s.subnet for _, s in d.specs if s.subnet), tuple(s.gateway for _, s in d.specs
+                                                         if s.gateway))
+        for d in routing.domains(state).values() if d.name in reaching}
     inside = tuple(sorted({s.subnet for s in state.policy.segment_specs if s.subnet}))
     return HostOut(port, up.address, uplink_mac(up.host), ext.gateway,
                    state.gateway_macs.get(dpid), tuple(routers[k] for k in sorted(routers)),

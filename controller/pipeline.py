@@ -415,7 +415,8 @@ TABLES = (
              "gateway's ARP reply to the controller through the uplink meter (its MAC)"),
          _at("uplink_spoof", PRIO_UPLINK_SPOOF, Owner.UPLINK,
              "on an uplink: IPv4 from any segment's address (an inside address "
-             "from outside): drop", "spoofed-source"),
+             "from outside), or to a router's gateway (it answers inside only): drop",
+             "spoofed-source"),
          _at("uplink_in", PRIO_UPLINK_IN, Owner.UPLINK,
              "on an uplink, to the host's MAC, IPv4 for a subnet of a router that reaches "
              "that external network: the router's zone, its MAC as destination, to ROUTE"),

@@ -62,6 +62,11 @@ def uplink_flows(out: HostOut) -> Iterable[Flow]:
         yield Flow(Table.CLASSIFY, PRIO_UPLINK_SPOOF, match(
             **port, eth_type=ETH_TYPE_IP, ipv4_src=_prefix(subnet)), DROP, ck)
     for r in out.routers:
+        # a gateway answers inside only: its answer would leave the uplink with the
+        # router's MAC, which every host shares, and the physical switch would see it move
+        for gw in r.gateways:
+            yield Flow(Table.CLASSIFY, PRIO_UPLINK_SPOOF, match(
+                **port, eth_type=ETH_TYPE_IP, ipv4_dst=gw), DROP, ck)
         for subnet in r.subnets:
             inside = _prefix(subnet)
             yield Flow(Table.CLASSIFY, PRIO_UPLINK_IN, match(

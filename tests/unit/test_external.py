@@ -124,6 +124,8 @@ def test_the_outside_reaches_a_vm_through_the_uplink_of_its_host_and_nothing_els
     assert hv1.run(_in(st, "w1", port=22)) == []  # not allowed in
     assert hv1.run(_in(st, "w1", src="10.10.2.11")) == []  # an inside source from outside
     assert hv1.run(_in(st, "w1", src="10.20.0.11")) == []  # any segment's, routed or not
+    gw_ping = dict(_in(st, "w1"), ipv4_dst="10.10.1.1", ip_proto=1, icmpv4_type=8)
+    assert hv1.run(gw_ping) == []  # the gateways answer inside only
     assert hv1.run(dict(_in(st, "w1"), eth_dst="02:00:00:00:00:01")) == []  # not our MAC
     assert hv1.run(_in(st, "w1", host=HV2)) == []  # another host's MAC
     assert hv2.ports(_in(st, "d1", port=5432, host=HV2)) == []  # db: no rule lets it in

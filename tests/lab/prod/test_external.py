@@ -92,6 +92,7 @@ def test_the_outside_reaches_a_routed_vm_through_its_host_and_frr_routes_it_ther
     assert delivered(out), out
     assert re.search(r"ttl=6[23]", out), out  # routed at the host on the way back
     assert not delivered(client_ping(net, IP["rdb-1"], 3))  # routed there, the policy says no
+    assert not delivered(client_ping(net, GATEWAY["rweb"], 2))  # gateways answer inside only
     assert delivered(ping(lab, "rweb-1", ext.CLIENT_IP, 2))  # a VM starts it: allowed
     assert not delivered(ping(lab, "rdb-1", ext.CLIENT_IP, 2))  # rdb may not
     dc = external(lab)
