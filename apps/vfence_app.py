@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from os_ken.base import app_manager
@@ -389,12 +389,12 @@ class VfenceApp(app_manager.OSKenApp):
             return
         owner = cookie_owner(msg.cookie)
         if owner is not None and owner[0] == Owner.VM:
+            state = self.service.state  # (swapped whole, never edited in place)
             asks = guest_config.kind(pkt)
             if asks is not None:  # metered by the dhcp meter, answered here
-                reply = guest_config.answer(self.service.state, dp.id, in_port, asks, msg.data)
+                reply = guest_config.answer(state, dp.id, in_port, asks, msg.data)
                 if reply is not None:
                     self._packet_out(dp, in_port, reply)
-            state = self.service.state
             at = next((n for n, b in state.standby.items() if b.port == (dp.id, in_port)),
                       None)
             if asks is None or at is not None:
@@ -437,10 +437,11 @@ class VfenceApp(app_manager.OSKenApp):
         dp.send_msg(parser.OFPPacketOut(dp, ofp.OFP_NO_BUFFER, ofp.OFPP_CONTROLLER,
                                         [parser.OFPActionOutput(port, 0)], data))
 
-    def _advertise(self) -> None:
-        """Unsolicited router advertisements, out of every bound port of a routed IPv6
-        segment (a guest that solicited before it was bound learns its router too)."""
-        for dpid, port_no, ad in dhcp.adverts(self.service.state):
+    def _advertise(self, state: NetworkState | None = None,
+                   bindings: Iterable[tuple[str, Binding]] | None = None) -> None:
+        """Unsolicited router advertisements, out of every bound port of a segment with
+        subnet6 (or of those ``bindings``)."""
+        for dpid, port_no, ad in dhcp.adverts(state or self.service.state, bindings):
             dp = self.datapaths.get(dpid)
             if dp is not None:
                 self._packet_out(dp, port_no, guest_config.advert(ad))
@@ -458,12 +459,7 @@ class VfenceApp(app_manager.OSKenApp):
             LOG.exception("BGP announcements failed (retried in %s s)", BGP_SYNC_INTERVAL)
         fresh = state.bindings.items() - self.advertised.items()  # (C speed)
         self.advertised = state.bindings
-        for name, b in fresh:
-            vm = state.vms.get(name)
-            ad = None if vm is None else dhcp.advert_for(state, vm)
-            dp = self.datapaths.get(b.port.dpid)
-            if ad is not None and dp is not None:
-                self._packet_out(dp, b.port.port_no, guest_config.advert(ad))
+        self._advertise(state, fresh)
 
     def _probe_gateways(self) -> None:
         """ARP for each host's external gateway out of its uplink (the reply, punted,

@@ -13,10 +13,11 @@ and the client's MAC must be that VM's.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from typing import NamedTuple
 
 from . import addresses, routing
-from .model import VM, NetworkState, SegmentSpec, eui64_link_local
+from .model import VM, Binding, NetworkState, SegmentSpec, eui64_link_local
 
 DISCOVER, OFFER, REQUEST, DECLINE, ACK, NAK, RELEASE, INFORM = 1, 2, 3, 4, 5, 6, 7, 8
 # DHCPv6 (RFC 8415) message types
@@ -141,12 +142,14 @@ def solicited_advert(state: NetworkState, dpid: int, port_no: int, mac: str
     return None if found is None else advert_for(state, found[0])
 
 
-def adverts(state: NetworkState) -> list[tuple[int, int, Advert]]:
-    """(dpid, port, advertisement) for every bound VM of a segment with subnet6: the
-    unsolicited advertisements sent now and then, and to a port as soon as a VM is
-    bound there (a guest that solicited before it was bound learns its router too)."""
+def adverts(state: NetworkState, bindings: Iterable[tuple[str, Binding]] | None = None
+            ) -> list[tuple[int, int, Advert]]:
+    """(dpid, port, advertisement) for every bound VM of a segment with subnet6 (or for
+    those of ``bindings``): the unsolicited advertisements sent now and then, and to a
+    port as soon as a VM is bound there (a guest that solicited before it was bound
+    learns its router too)."""
     out = []
-    for name, b in state.bindings.items():
+    for name, b in state.bindings.items() if bindings is None else bindings:
         vm = state.vms.get(name)
         ad = None if vm is None else advert_for(state, vm)
         if ad is not None:

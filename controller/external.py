@@ -25,10 +25,11 @@ def check(doc: dict[str, Any], err: Err, routers: list[Router],
           nets: dict[str, dict[str, Any]]) -> tuple[tuple[External, ...], tuple[Uplink, ...]]:
     """The document's ``external`` and ``hosts``, every problem reported through ``err``
     with its field: prefixes and addresses that parse and sit where they must, names
-    that exist and repeat nowhere, one local AS number (one BGP speaker per controller),
-    and no routed segment overlapping the network its router reaches out through."""
+    that exist and repeat nowhere, one network with BGP at most (one BGP speaker per
+    controller), no routed segment overlapping the network its router reaches out
+    through, and no two routers reaching one network with overlapping subnets."""
     externals: dict[str, External] = {}
-    asns: set[int] = set()
+    bgp_seen = False
     for i, e in enumerate(doc.get("external", [])):
         where = f"external[{i}]"
         if e["name"] in externals:
@@ -39,10 +40,10 @@ def check(doc: dict[str, Any], err: Err, routers: list[Router],
         if "bgp" in e:
             b = e["bgp"]
             peer = _inside(b["peer"], net, f"{where}.bgp.peer", err)
-            if asns:
+            if bgp_seen:
                 err(f"{where}.bgp", "one BGP session per controller (os-ken's speaker keeps "
                                     "one table for every peer): set bgp on one network")
-            asns.add(b["local_asn"])
+            bgp_seen = True
             bgp = Bgp(b["local_asn"], peer or "", b["peer_asn"])
         if net is not None and gw is not None:
             externals.setdefault(e["name"], External(e["name"], str(net), gw, bgp))
