@@ -417,8 +417,10 @@ class VfenceApp(app_manager.OSKenApp):
             return
         if owner is not None and owner[0] == Owner.RULE:  # deny-and-log sample
             proto, port = _l4(pkt)
-            self.submit(self.service.denied_sample, owner[1], dp.id, eth.src, eth.dst, proto,
-                        port)
+            s = self.service
+            self.submit(lambda: records.denied(  # the sample goes to the audit trail
+                s.sessions, s.state, owner[1], s.switch_name(dp.id), eth.src, eth.dst,
+                proto, port))
             return
         if eth.ethertype == ETH_TYPE_LLDP:
             src = lldp.parse(msg.data)
@@ -546,4 +548,6 @@ class VfenceApp(app_manager.OSKenApp):
                 grew.append((st.cookie & 0xFFFF, st.priority, st.match.get("in_port", 0),
                              st.packet_count - before))
         if grew:
-            self.submit(self.service.spoof_drops, dp.id, grew)
+            s = self.service
+            self.submit(lambda: records.spoofed(s.sessions, s.state, s.switch_name(dp.id),
+                                                grew))

@@ -33,6 +33,7 @@ from .api_schemas import (
     VerdictOut,
     VMIn,
     VMOut,
+    VMPatch,
 )
 from .service import Invalid, Service, VfenceError, VMSpec, field_path
 
@@ -152,6 +153,14 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
     @app.get("/v1/vms/{name}", responses=errors)
     def get_vm(name: str) -> VMOut:
         return VMOut(**service.queries.vm(name))
+
+    @app.patch("/v1/vms/{name}", responses=errors)
+    def readdress_vm(name: str, body: VMPatch) -> VMOut:
+        """New addresses and/or segment (a move across subnets): flows, DNS records and BGP
+        routes follow; a VM of the policy document changes in the stored document."""
+        service.readdress_vm(name, None if body.ips is None else tuple(body.ips),
+                             body.segment)
+        return get_vm(name)
 
     @app.delete("/v1/vms/{name}", status_code=204, responses=errors)
     def delete_vm(name: str) -> Response:

@@ -5,7 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from .addresses import vm_address, vm_mac
 from .pipeline import GROUP_SLOTS
@@ -21,6 +28,12 @@ VMAddress = Annotated[str, AfterValidator(vm_address), Field(
     description="unicast IPv4/IPv6 address without a zone index; not loopback, multicast, "
                 "unspecified or broadcast", json_schema_extra={"anyOf": [
                     {"format": "ipv4"}, {"format": "ipv6"}]})]
+
+
+def _unique_addresses(cls: Any, v: list[str] | None) -> list[str] | None:
+    if v is not None and len(set(v)) != len(v):
+        raise ValueError("addresses repeat")
+    return v
 
 
 class VMIn(BaseModel):
@@ -40,12 +53,7 @@ class VMIn(BaseModel):
     def _mac(cls, v: str) -> str:
         return vm_mac(v)
 
-    @field_validator("ips")
-    @classmethod
-    def _ips(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
-            raise ValueError("addresses repeat")
-        return v
+    _ips = field_validator("ips")(_unique_addresses)
 
     @field_validator("groups")
     @classmethod
@@ -53,6 +61,24 @@ class VMIn(BaseModel):
         if len(set(v)) != len(v):
             raise ValueError("groups repeat")
         return v
+
+
+class VMPatch(BaseModel):
+    """A VM re-addressed, in its segment or moved to another (a recovery site): its
+    flows, DNS records and BGP route follow. Fields left out stay as they are."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
+    ips: list[VMAddress] | None = Field(None, max_length=64,
+                                        json_schema_extra={"uniqueItems": True})
+    segment: Name | None = None
+
+    _ips = field_validator("ips")(_unique_addresses)
+
+    @model_validator(mode="after")
+    def _something(self) -> VMPatch:
+        if self.ips is None and self.segment is None:
+            raise ValueError("give ips, segment or both")
+        return self
 
 
 class Host(BaseModel):

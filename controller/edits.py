@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from . import binding, external, hosts, records, registry
+from . import binding, dns, external, hosts, records, registry
 from . import policy as policy_mod
 from .errors import Conflict, Invalid
 from .model import (
@@ -38,6 +38,12 @@ def apply_policy(policy: Policy, changes: dict[str, list[str]]) -> Edit:
     """The registry follows the document (``changes`` gets what it added, removed,
     changed); the rules replace the old ones."""
     def edit(new: NetworkState, s: Session) -> binding.Event:
+        if policy.dns is not None and policy.dns.tsig is not None:
+            try:
+                dns.secret(policy.dns.tsig)  # now, not at the first update: named in the answer
+            except ValueError as e:
+                raise policy_mod.PolicyError([{"field": "dns.tsig.secret_file",
+                                               "reason": str(e)}]) from None
         # each rule keeps the priority it had (new ones go between): O(1) flows per edit
         new.policy = policy_mod.keep_priorities(policy, {
             r.name: r.priority for r in new.policy.rules})
@@ -101,6 +107,34 @@ def add_vm(spec: VMSpec) -> Edit:
         new.group_bits = registry.group_bits(s)
         return binding.Rebind()
     return edit
+
+
+def readdress_vm(name: str, ips: tuple[str, ...] | None, segment: str | None) -> Edit:
+    """New addresses and/or segment for a VM the API registered (a VM of the policy
+    document changes with the document: :func:`readdressed_document`)."""
+    def edit(new: NetworkState, s: Session) -> binding.Event:
+        before, vm = registry.readdress_vm(s, name, ips, segment)
+        new.vms[name] = vm
+        _clear_of_routers(new, [name])
+        registry.record_event(s, "vm-readdressed", vm=name, ips=list(vm.ips),
+                              segment=vm.segment, was={"ips": list(before.ips),
+                                                       "segment": before.segment})
+        new.segment_tags = registry.segment_tags(s)
+        return binding.Rebind()
+    return edit
+
+
+def readdressed_document(policy: Policy, name: str, ips: tuple[str, ...] | None,
+                         segment: str | None) -> tuple[dict[str, Any], str] | None:
+    """The stored document with VM ``name``'s ``ips``/``segment`` replaced, and the field
+    prefix its errors will carry; None when the document does not define the VM."""
+    vms = policy.document.get("vms", [])
+    i = next((i for i, v in enumerate(vms) if v.get("name") == name), None)
+    if i is None:
+        return None
+    entry = dict(vms[i]) | ({} if ips is None else {"ips": list(ips)}) | (
+        {} if segment is None else {"segment": segment})
+    return dict(policy.document) | {"vms": vms[:i] + [entry] + vms[i + 1:]}, f"vms[{i}]."
 
 
 def remove_vm(name: str) -> Edit:

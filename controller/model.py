@@ -176,6 +176,27 @@ class Uplink:
 
 
 @dataclass(frozen=True)
+class Tsig:
+    """The key that signs vfence's DNS updates (the secret is read from ``secret_file``)."""
+
+    name: str
+    algorithm: str = "hmac-sha256"
+    secret_file: str = ""
+
+
+@dataclass(frozen=True)
+class Dns:
+    """The authoritative server that RFC 2136 updates keep each VM's names current in."""
+
+    server: str
+    zone: str  # absolute, lower case
+    port: int = 53
+    reverse: bool = False
+    ttl: int = 30
+    tsig: Tsig | None = None
+
+
+@dataclass(frozen=True)
 class SegmentSpec:
     """A segment as the policy document defines it (prefixes and gateways normalised)."""
 
@@ -204,6 +225,7 @@ class Policy:
     segment_specs: tuple[SegmentSpec, ...] = ()
     externals: tuple[External, ...] = ()
     uplinks: tuple[Uplink, ...] = ()
+    dns: Dns | None = None
     document: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @functools.cached_property

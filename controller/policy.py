@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from . import addresses, external
+from . import addresses, dns, external
 from .errors import Invalid, field_path
 from .flows import MAX_RULES, MAX_SEGMENT_TAG, MAX_VM_TAG
 from .model import ANY, Endpoint, Policy, Router, Rule, SegmentSpec, VMSpec, router_addresses
@@ -41,6 +42,17 @@ class PolicyError(Invalid):
         return "\n".join(f"{e['field']}: {e['reason']}" for e in self.errors)
 
 
+
+
+@contextmanager
+def fields_under(prefix: str) -> Iterator[None]:
+    """A document's errors as the fields of one of its parts (``vms[3].ips[0]`` is the
+    PATCH body's ``ips[0]`` when ``prefix`` is ``vms[3].``)."""
+    try:
+        yield
+    except PolicyError as e:
+        raise PolicyError([f | {"field": f["field"].removeprefix(prefix)}
+                           for f in e.errors]) from None
 
 
 # --- loading --------------------------------------------------------------------------------
@@ -136,6 +148,7 @@ class _Checker:
         groups = self._unique("groups")
         routers = self._routers()
         externals, uplinks = external.check(self.doc, self.err, routers, self.nets)
+        dns_config = dns.check(self.doc, self.err)
         vms = self._vms(segments, set(groups))
         self._router_macs(routers)
         isolation = self._isolation(set(groups), vms)
@@ -148,7 +161,7 @@ class _Checker:
             rules=tuple(rules), isolation=tuple(isolation),
             intra_group=d.get("intra_group", "allow"), inter_group=d.get("inter_group", "deny"),
             routers=tuple(routers), segment_specs=tuple(self.specs.values()),
-            externals=externals, uplinks=uplinks, document=self.doc,
+            externals=externals, uplinks=uplinks, dns=dns_config, document=self.doc,
         )
 
     def _segments(self) -> dict[str, str | None]:
@@ -199,6 +212,7 @@ class _Checker:
         self._unique("vms")
         macs: dict[str, str] = {}
         ips: dict[tuple, str] = {}  # (segment or router, address) -> VM
+        first: dict[tuple, str] = {}  # (segment or router, address) -> its first field
         out = []
         for i, v in enumerate(self.doc.get("vms", [])):
             where = f"vms[{i}]"
@@ -230,11 +244,12 @@ class _Checker:
                 key = (("router", router) if router and not _link_local(addr)
                        else ("segment", v["segment"]), addr)
                 if key in ips:
-                    self.err(f"{where}.ips[{j}]", f"{addr} is also VM {ips[key]!r}'s"
-                             + (f" (router {router!r} joins both segments)" if router
-                                and ips[key] not in self.in_segment.get(v["segment"], ())
-                                else ""))
+                    why = (f" (router {router!r} joins both segments)" if router
+                           and ips[key] not in self.in_segment.get(v["segment"], ()) else "")
+                    self.err(f"{where}.ips[{j}]", f"{addr} is also VM {ips[key]!r}'s{why}")
+                    self.err(first[key], f"{addr} is also VM {v['name']!r}'s{why}")
                 ips.setdefault(key, v["name"])
+                first.setdefault(key, f"{where}.ips[{j}]")
                 self.in_segment.setdefault(v["segment"], set()).add(v["name"])
                 if router and spec is not None and not _link_local(addr) and (
                         spec.subnet if ":" not in addr else spec.subnet6) is None:

@@ -137,6 +137,19 @@ def create_vm(session: Session, spec: VMSpec) -> m.VM:
     if other is not None:
         raise Conflict(f"MAC {spec.mac} belongs to VM {other.name!r}", "mac")
     segment = _get_or_create(session, m.Segment, spec.segment, "segment")
+    _check_ips(session, segment, spec)
+    row = m.VM(name=spec.name, mac=spec.mac, segment=segment,
+                tag=_allocate(session, m.VM.tag, f"VM {spec.name!r}", "name"))
+    row.groups = [_get_or_create(session, m.Group, g, f"groups[{j}]")
+                  for j, g in enumerate(spec.groups)]
+    row.ips = [m.VMAddress(segment_id=segment.id, ip=ip) for ip in spec.ips]
+    session.add(row)
+    session.flush()
+    return row
+
+
+def _check_ips(session: Session, segment: m.Segment, spec: VMSpec) -> None:
+    """Each address parses, sits in the segment's subnet and is no other VM's there."""
     subnet = [ipaddress.ip_network(segment.subnet)] if segment.subnet else []
     for i, ip in enumerate(spec.ips):
         try:
@@ -148,21 +161,28 @@ def create_vm(session: Session, spec: VMSpec) -> m.VM:
                 m.VMAddress.segment_id == segment.id, m.VMAddress.ip == ip
             )
         )
-        if taken is not None:
-            owner = session.get(m.VM, taken.vm_id)
+        owner = session.get(m.VM, taken.vm_id) if taken is not None else None
+        if taken is not None and (owner is None or owner.name != spec.name):
             raise Conflict(
                 f"IP {ip} belongs to VM {owner.name if owner else '?'!r} in segment "
                 f"{spec.segment!r}", f"ips[{i}]",
             )
     _check_link_locals(session, segment.id, spec)
-    row = m.VM(name=spec.name, mac=spec.mac, segment=segment,
-                tag=_allocate(session, m.VM.tag, f"VM {spec.name!r}", "name"))
-    row.groups = [_get_or_create(session, m.Group, g, f"groups[{j}]")
-                  for j, g in enumerate(spec.groups)]
-    row.ips = [m.VMAddress(segment_id=segment.id, ip=ip) for ip in spec.ips]
-    session.add(row)
-    session.flush()
-    return row
+
+
+def readdress_vm(session: Session, name: str, ips: tuple[str, ...] | None,
+                 segment: str | None) -> tuple[model.VM, model.VM]:
+    """New addresses and/or segment for a registered VM, checked like a new VM's (a
+    segment named for the first time is created). Returns the VM before and after."""
+    row = get_vm(session, name)
+    before = to_model(row)
+    spec = VMSpec(name, before.mac, before.ips if ips is None else ips,
+                  before.segment if segment is None else segment, before.groups)
+    if len(set(spec.ips)) != len(spec.ips):
+        raise Invalid("an address is listed twice", "ips")
+    _check_ips(session, _get_or_create(session, m.Segment, spec.segment, "segment"), spec)
+    update_vm(session, row, spec)
+    return before, to_model(row)
 
 
 def _eui64_mac(ip: str) -> str | None:

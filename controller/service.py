@@ -111,6 +111,17 @@ class Service:
     def add_vm(self, spec: VMSpec) -> None:
         self._change(edits.add_vm(spec))
 
+    def readdress_vm(self, name: str, ips: tuple[str, ...] | None, seg: str | None) -> None:
+        """PATCH: a VM of the policy document changes in the stored document, any other in
+        the registry."""
+        with self.lock:
+            found = edits.readdressed_document(self.state.policy, name, ips, seg)
+            if found is None:
+                self._change(edits.readdress_vm(name, ips, seg))
+            else:
+                with policy_mod.fields_under(found[1]):
+                    self.apply_policy(found[0])
+
     def remove_vm(self, name: str) -> None:
         self._change(edits.remove_vm(name))
 
@@ -154,8 +165,8 @@ class Service:
                 self._change(edits.nothing, force=True)
 
     def switch_disconnected(self, dpid: int) -> None:
-        with self.lock:
-            self.switches.detach(dpid)  # its flows stay (fail-secure); we stop programming it
+        with self.lock:  # its flows stay (fail-secure); we stop programming it
+            self.switches.detach(dpid)
 
     def ports_changed(self, dpid: int, ports: dict[int, str]) -> None:
         """New port list of a switch: bindings and links on vanished ports end."""
@@ -195,8 +206,7 @@ class Service:
             return True
 
     def housekeeping(self, now: float | None = None) -> None:
-        """Periodic: forget links LLDP has not confirmed for LINK_LIFETIME seconds and
-        announcements that were never completed; name switches no OVSDB named in time."""
+        """Periodic: expire links LLDP stopped confirming and stale announcements."""
         now = time.monotonic() if now is None else now
         with self.lock:
             old = self.hosts.expired(self.state.links, now)
@@ -223,16 +233,6 @@ class Service:
     def gateway_seen(self, dpid: int, port_no: int, ip: str, mac: str) -> None:
         """An external gateway's ARP reply on a host's uplink: its MAC, for the way out."""
         self._change(edits.gateway_seen(dpid, port_no, ip, mac))
-
-    def denied_sample(self, rule_id: int, dpid: int, *sample: Any) -> None:
-        """A deny-and-log rule sent a (metered) sample: src/dst MAC, protocol, port."""
-        with self.lock:
-            records.denied(self.sessions, self.state, rule_id, self.switch_name(dpid), *sample)
-
-    def spoof_drops(self, dpid: int, drops: list[tuple[int, int, int, int]]) -> None:
-        """Anti-spoofing drop counters grew: (vm id, priority, in_port, new packets)."""
-        with self.lock:
-            records.spoofed(self.sessions, self.state, self.switch_name(dpid), drops)
 
     def fabric_ports(self, dpid: int) -> frozenset[int]:
         """Ports of ``dpid`` the operator marked as facing the fabric (LLDP goes there)."""

@@ -53,6 +53,21 @@ vm_groups = Table(
 )
 
 
+class DnsRecord(Base):
+    """A record the DNS server took from vfence (its answer to an update was NOERROR):
+    what the server holds, as far as vfence knows. What VMs ask for and is not here (or
+    is here and no VM asks for) is a pending update, retried until the server takes it."""
+
+    __tablename__ = "dns_records"
+    __table_args__ = (UniqueConstraint("server", "owner", "rtype", "value"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    server: Mapped[str] = mapped_column(String(64))  # address:port
+    zone: Mapped[str] = mapped_column(String(255))
+    owner: Mapped[str] = mapped_column(String(255))
+    rtype: Mapped[str] = mapped_column(String(8))
+    value: Mapped[str] = mapped_column(String(255))
+
+
 class RouterNumber(Base):
     """A router's number (0..MAX_ROUTERS-1, the lowest free one when the policy first
     names it; free again once no policy does): its conntrack zone is ROUTER_ZONE_BASE +

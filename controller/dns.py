@@ -1,0 +1,194 @@
+"""DNS follows the VMs: each VM's addresses as A/AAAA records at ``<name>.<zone>`` (and
+PTR records when ``reverse``), kept current on an authoritative server by RFC 2136
+dynamic updates signed with TSIG (dnspython builds them).
+
+Level-based, like the switches: :func:`wanted` is what the VMs ask for, the database
+holds what the server took (``dns_records``), and :func:`plan` is the difference as
+update messages, each replacing whole RRsets (so a lost answer or a record changed by
+hand is mended by the next round, never doubled). What the server has not taken yet is
+the pending work: it survives restarts because both sides are in the database.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import dns.exception
+import dns.name
+import dns.tsig
+import dns.update
+
+from .model import Dns, NetworkState, Tsig
+
+Err = Callable[[str, str], None]
+BATCH = 100  # RRsets per update message: one message stays far below TCP's 64 KB
+
+
+class Rec(NamedTuple):
+    zone: str
+    owner: str
+    rtype: str
+    value: str
+
+
+class Change(NamedTuple):
+    """One update message: in ``zone``, each (owner, type) RRset becomes ``values``
+    (nothing: the RRset is deleted)."""
+
+    zone: str
+    rrsets: tuple[tuple[str, str, frozenset[str]], ...]
+
+
+def _absolute(text: str) -> str:
+    """A domain name as vfence stores it: absolute, lower case (raises on a bad name)."""
+    return dns.name.from_text(text).to_text().lower()
+
+
+def check(doc: dict[str, Any], err: Err) -> Dns | None:
+    """The document's ``dns``, problems reported with their field (the secret file is
+    read when the document is applied: :func:`secret`)."""
+    d = doc.get("dns")
+    if d is None:
+        return None
+    ok = True
+    try:
+        server = str(ipaddress.ip_address(d["server"]))
+    except ValueError:
+        err("dns.server", f"{d['server']!r} is not an IP address")
+        server, ok = "", False
+    zone = ""
+    try:
+        zone = _absolute(d["zone"])
+    except dns.exception.DNSException as e:
+        err("dns.zone", f"{d['zone']!r} is not a domain name: {e}")
+        ok = False
+    tsig = None
+    if "tsig" in d:
+        t = d["tsig"]
+        try:
+            tsig = Tsig(_absolute(t["name"]), t.get("algorithm", "hmac-sha256"),
+                        t["secret_file"])
+        except dns.exception.DNSException as e:
+            err("dns.tsig.name", f"{t['name']!r} is not a domain name: {e}")
+            ok = False
+    if not ok:
+        return None
+    return Dns(server, zone, d.get("port", 53), d.get("reverse", False), d.get("ttl", 30),
+               tsig)
+
+
+_CLAUSE = re.compile(r'secret\s+"([^"]+)"')
+
+
+def secret(tsig: Tsig) -> str:
+    """The base64 secret in ``tsig.secret_file``: the secret alone, or a key clause as
+    ``tsig-keygen`` writes it. ValueError with the reason when it cannot be used."""
+    try:
+        text = Path(tsig.secret_file).read_text()
+    except OSError as e:
+        raise ValueError(f"cannot read {tsig.secret_file}: {e.strerror}") from None
+    found = _CLAUSE.search(text)
+    value = (found.group(1) if found else text).strip()
+    try:
+        if not base64.b64decode(value, validate=True):
+            raise ValueError(f"{tsig.secret_file} holds an empty secret")
+    except binascii.Error:
+        raise ValueError(f"{tsig.secret_file}: the secret is not base64 (write the secret "
+                         "alone, or the key clause tsig-keygen prints)") from None
+    return value
+
+
+def reverse_zone(addr: ipaddress.IPv4Address | ipaddress.IPv6Address,
+                 prefixlen: int | None) -> str:
+    """The reverse zone holding ``addr``'s PTR: its segment's prefix rounded down to an
+    octet (IPv4) or a nibble (IPv6); /24 or /64 when the segment has no prefix."""
+    labels = addr.reverse_pointer.split(".")
+    step, default = (8, 24) if addr.version == 4 else (4, 64)
+    keep = max(1, (default if prefixlen is None else prefixlen) // step)
+    return ".".join(labels[len(labels) - 2 - keep:]) + "."
+
+
+def fqdn(vm: str, zone: str) -> str | None:
+    """``vm``'s name in ``zone``, or None if the VM's name is not a domain name's label
+    (the policy allows names DNS does not: such VMs get no records)."""
+    try:
+        return _absolute(f"{vm}.{zone}")
+    except dns.exception.DNSException:
+        return None
+
+
+def wanted(state: NetworkState) -> set[Rec]:
+    """Every record the registered VMs ask for (link-local addresses have none)."""
+    cfg = state.policy.dns
+    if cfg is None:
+        return set()
+    out: set[Rec] = set()
+    specs = state.policy.specs
+    for vm in state.vms.values():
+        name = fqdn(vm.name, cfg.zone)
+        if name is None:
+            continue
+        spec = specs.get(vm.segment)
+        for ip in vm.ips:
+            addr = ipaddress.ip_address(ip)
+            if addr.is_link_local:
+                continue
+            out.add(Rec(cfg.zone, name, "A" if addr.version == 4 else "AAAA", str(addr)))
+            if cfg.reverse:
+                prefix = spec and (spec.subnet if addr.version == 4 else spec.subnet6)
+                plen = ipaddress.ip_network(prefix).prefixlen if prefix else None
+                out.add(Rec(reverse_zone(addr, plen), addr.reverse_pointer + ".", "PTR",
+                            name))
+    return out
+
+
+def plan(want: Iterable[Rec], have: Iterable[Rec], batch: int = BATCH) -> list[Change]:
+    """The update messages that make the server's records ``want`` when it holds
+    ``have``: every (owner, type) whose values differ is replaced whole, per zone (a
+    record that moved zone is deleted in the old one and added in the new)."""
+    sets: dict[tuple[str, str, str], tuple[set[str], set[str]]] = {}
+    for i, recs in enumerate((want, have)):
+        for r in recs:
+            sets.setdefault((r.zone, r.owner, r.rtype), (set(), set()))[i].add(r.value)
+    by_zone: dict[str, list[tuple[str, str, frozenset[str]]]] = {}
+    for (zone, owner, rtype), (w, h) in sorted(sets.items()):
+        if w != h:
+            by_zone.setdefault(zone, []).append((owner, rtype, frozenset(w)))
+    return [Change(zone, tuple(rrs[i:i + batch]))
+            for zone, rrs in by_zone.items() for i in range(0, len(rrs), batch)]
+
+
+def pending(want: Iterable[Rec], have: Iterable[Rec]) -> int:
+    """How many RRsets the server still has to take."""
+    return sum(len(c.rrsets) for c in plan(want, have, batch=1 << 30))
+
+
+def message(cfg: Dns, change: Change, key: dns.tsig.Key | None) -> dns.update.UpdateMessage:
+    """The RFC 2136 update for ``change``: delete each RRset, then add its values (one
+    message: the server applies it whole or not at all)."""
+    update = dns.update.UpdateMessage(change.zone, keyring=key)
+    for owner, rtype, values in change.rrsets:
+        update.delete(owner, rtype)
+        for value in sorted(values):
+            update.add(owner, cfg.ttl, rtype, value)
+    return update
+
+
+def key(cfg: Dns) -> dns.tsig.Key | None:
+    """The TSIG key (reads the secret file: ValueError when it cannot be used)."""
+    if cfg.tsig is None:
+        return None
+    return dns.tsig.Key(cfg.tsig.name, secret(cfg.tsig), cfg.tsig.algorithm)
+
+
+def applied(have: set[Rec], change: Change) -> set[Rec]:
+    """What the server holds after it took ``change``."""
+    touched = {(change.zone, o, t) for o, t, _ in change.rrsets}
+    kept = {r for r in have if (r.zone, r.owner, r.rtype) not in touched}
+    return kept | {Rec(change.zone, o, t, v) for o, t, vs in change.rrsets for v in vs}
