@@ -29,7 +29,7 @@ from os_ken.lib.packet import arp, ethernet, icmp, ipv4, packet, tcp, udp
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from vfence.controller import dhcp, external, records
+from vfence.controller import dhcp, dns_updates, external, records
 from vfence.controller.compiler import ETH_TYPE_ARP, ETH_TYPE_LLDP, ETH_TYPE_VLAN
 from vfence.controller.flows import Owner, cookie, cookie_owner
 from vfence.controller.model import Binding, Link, NetworkState, PortRef
@@ -114,7 +114,11 @@ class VfenceApp(app_manager.OSKenApp):
         self.announcer = bgp.Announcer(on_session=lambda peer, asn, up: self.submit(
             lambda: records.record(self.service.sessions, "bgp-session", peer=peer, asn=asn,
                                    state="established" if up else "down")))
-        self.service.external_status = self.announcer.status
+        self.dns = dns_updates.Updater(self.service.sessions, lambda: self.service.state,
+                                       self.service.metrics)
+        self.dns.start()
+        self.service.external_status = lambda: self.announcer.status() | {
+            "dns": self.dns.status()}
         self.threads.append(hub.spawn(self._every, GATEWAY_PROBE_INTERVAL, self._probe_gateways))
         self.threads.append(hub.spawn(self._every, BGP_SYNC_INTERVAL, lambda: self.announcer.sync(
             self.service.state)))
@@ -138,6 +142,7 @@ class VfenceApp(app_manager.OSKenApp):
 
     def close(self) -> None:
         self.work.put(None)
+        self.dns.close()
 
     # --- request/reply ----------------------------------------------------------------
 
@@ -450,6 +455,7 @@ class VfenceApp(app_manager.OSKenApp):
 
     def state_changed(self, state: NetworkState) -> None:
         """The service swapped its state (called under its lock: the work is queued)."""
+        self.dns.kick()  # its own thread: a dead DNS server holds nothing up
         self.submit(self._follow, state)
 
     def _follow(self, state: NetworkState) -> None:

@@ -255,6 +255,13 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
         address of its host)."""
         return service.queries.external()
 
+    @app.get("/v1/dns")
+    def dns_status() -> dict[str, Any]:
+        """The DNS server that RFC 2136 updates keep each VM's names current in: state
+        (current, pending, failing), the RRsets it has not taken yet (the first names),
+        the last error and when the next retry is."""
+        return service.queries.dns()
+
     @app.get("/v1/groups")
     def groups() -> list[dict[str, Any]]:
         """Isolation groups and their numbers (field `bit`, its old name)."""

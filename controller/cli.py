@@ -315,6 +315,21 @@ def vm_add(
     console.print(f"registered {name}")
 
 
+@vm_app.command("readdress")
+def vm_readdress(
+    name: str,
+    ip: Annotated[list[str] | None, typer.Option(
+        help="the VM's new IPs (repeatable; all of them: they replace the old ones)")] = None,
+    segment: Annotated[str | None, typer.Option(help="the VM's new segment")] = None,
+    api: ApiOpt = "http://127.0.0.1:8080",
+) -> None:
+    """New addresses and/or segment (a move across subnets): flows, DNS and BGP follow."""
+    body = ({} if ip is None else {"ips": ip}) | ({} if segment is None else
+                                                   {"segment": segment})
+    row = _call(api, "PATCH", f"/v1/vms/{name}", json=body)
+    console.print(_vm_table([row]))
+
+
 @vm_app.command("rm")
 def vm_rm(name: str, api: ApiOpt = "http://127.0.0.1:8080") -> None:
     """Remove a VM (its flows go from every switch)."""

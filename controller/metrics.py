@@ -31,6 +31,10 @@ class Metrics:
                             "is established", ["peer"], registry=r)
         self.bgp_routes = Gauge("vfence_bgp_routes", "VM host routes announced to an external "
                                 "network", ["external"], registry=r)
+        self.dns_pending = Gauge("vfence_dns_pending", "DNS RRsets the server has not taken "
+                                 "yet (retried with backoff)", registry=r)
+        self.dns_updates = Counter("vfence_dns_updates_total", "RFC 2136 updates sent, by the "
+                                   "server's answer", ["rcode"], registry=r)
         self.unused_drops = Gauge("vfence_routed_unused_drops", "packets a router dropped "
                                   "for addresses of its subnets that no VM holds, summed "
                                   "over switches", ["router"], registry=r)

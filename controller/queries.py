@@ -166,6 +166,10 @@ class Queries:
                         "bgp": bgp})
         return out
 
+    def dns(self) -> dict[str, Any]:
+        """The DNS server kept current, and how far it is behind."""
+        return dict(self.service.external_status().get("dns", {"configured": False}))
+
     def groups(self) -> list[dict[str, Any]]:
         with self.service.sessions() as s:
             return [{"name": r.name, "bit": r.bit} for r in registry.groups(s)]

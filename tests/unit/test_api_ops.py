@@ -175,6 +175,11 @@ def test_cli_vm_lifecycle_json_and_exit_codes(live_api):
     assert r.returncode == 0 and all(f["table"] == 0 for f in json.loads(r.stdout))
     r = cli("events", "--type", "vm-bound", "--json", "--api", url)
     assert json.loads(r.stdout.splitlines()[0])["vm"] == "pay-1"
+    r = cli("vm", "readdress", "pay-1", "--ip", "10.0.0.31", "--ip", "fd00::31", "--api", url)
+    assert r.returncode == 0 and "10.0.0.31" in r.stdout, r.stderr
+    assert service.state.vms["pay-1"].ips == ("10.0.0.31", "fd00::31")
+    r = cli("vm", "readdress", "pay-1", "--api", url)  # nothing to change: refused
+    assert r.returncode == 1 and "give ips, segment or both" in r.stderr
     assert cli("vm", "rm", "pay-1", "--api", url).returncode == 0
     assert cli("vm", "show", "pay-1", "--api", url).returncode == 1
     assert cli("vm", "list", "--api", "http://127.0.0.1:1").returncode == 1  # unreachable

@@ -1,0 +1,211 @@
+"""The DNS updater: sends what :mod:`controller.dns` plans to the server, on a thread of
+its own, so a slow or dead DNS server never holds up programming a switch.
+
+Each round compares what the VMs ask for with what the server took (``dns_records``)
+and sends the difference; a record is written to the database only after the server
+answered NOERROR. A round runs when the state changes (:meth:`Updater.kick`), and after
+a failure again in 1, 2, 4 ... 60 s. The first failure of a run and the catching up
+afterwards are events; pending RRsets and sent messages are metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import dns.exception
+import dns.query
+import dns.rcode
+import dns.tsig
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from . import dns as plan_mod
+from . import records
+from .metrics import Metrics
+from .model import Dns, NetworkState
+from .store import models as m
+
+LOG = logging.getLogger("vfence.dns")
+TIMEOUT = 2.0  # seconds for one update's answer
+FIRST_RETRY, LAST_RETRY = 1.0, 60.0
+RESYNC = 300.0  # a round now and then even without a change (the key file may be fixed)
+
+
+class Refused(Exception):
+    """The server answered, but not NOERROR (a wrong key, a zone it does not serve)."""
+
+
+def _server(cfg: Dns) -> str:
+    return f"{cfg.server}:{cfg.port}" if ":" not in cfg.server else f"[{cfg.server}]:{cfg.port}"
+
+
+def published(s: Session, cfg: Dns) -> set[plan_mod.Rec]:
+    """What this server took from vfence (rows of other servers are forgotten: the
+    document moved to a new server, which gets everything)."""
+    s.execute(delete(m.DnsRecord).where(m.DnsRecord.server != _server(cfg)))
+    return {plan_mod.Rec(r.zone, r.owner, r.rtype, r.value)
+            for r in s.scalars(select(m.DnsRecord))}
+
+
+def _write(s: Session, cfg: Dns, change: plan_mod.Change) -> None:
+    """The server took ``change``: its RRsets are now exactly what it carried."""
+    for owner, rtype, values in change.rrsets:
+        s.execute(delete(m.DnsRecord).where(m.DnsRecord.owner == owner,
+                                            m.DnsRecord.rtype == rtype))
+        s.add_all(m.DnsRecord(server=_server(cfg), zone=change.zone, owner=owner,
+                              rtype=rtype, value=v) for v in values)
+
+
+class Updater:
+    def __init__(self, sessions: sessionmaker[Session], state: Callable[[], NetworkState],
+                 metrics: Metrics) -> None:
+        self.sessions, self.state, self.metrics = sessions, state, metrics
+        self.wake = threading.Event()
+        self.stopped = False
+        self.lock = threading.Lock()  # one round at a time
+        self.delay = RESYNC
+        self.failing_since: float | None = None
+        self.last_error: str | None = None
+        self.last_success: float | None = None  # wall clock
+        self.next_round: float | None = None  # monotonic, while failing
+        self.waiting: list[str] = []  # owners of the pending RRsets (the first few)
+        self.pending = 0
+        self.thread = threading.Thread(target=self._run, name="dns-updates", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def kick(self) -> None:
+        """The state changed: a round now (never blocks the caller)."""
+        self.wake.set()
+
+    def close(self) -> None:
+        self.stopped = True
+        self.wake.set()
+
+    def _run(self) -> None:
+        while not self.stopped:
+            self.wake.wait(self.delay)
+            self.wake.clear()
+            if self.stopped:
+                return
+            try:
+                ok = self.round()
+            except Exception:  # a bug must not end the thread: log it, retry later
+                LOG.exception("DNS round failed")
+                ok = False
+            if ok:
+                self.delay = RESYNC
+            else:  # 1, 2, 4 ... 60 s
+                self.delay = FIRST_RETRY if self.delay == RESYNC else min(LAST_RETRY,
+                                                                          self.delay * 2)
+            self.next_round = None if ok else time.monotonic() + self.delay
+
+    def round(self) -> bool:
+        """Send what the server lacks. True when it holds everything (or there is no
+        server); False after a failure (the rest waits for the next round)."""
+        with self.lock:
+            state = self.state()
+            with self.sessions() as s:
+                sent, error = self._round(s, state)
+            return self._failed(error) if error else self._succeeded(sent)
+
+    def _round(self, s: Session, state: NetworkState) -> tuple[int, str | None]:
+        """(RRsets the server took, the error that stopped the rest or None)."""
+        cfg = state.policy.dns
+        if cfg is None:
+            s.execute(delete(m.DnsRecord))  # no server to keep current
+            s.commit()
+            self._count(set(), set())
+            return 0, None
+        have, want = published(s, cfg), plan_mod.wanted(state)
+        s.commit()
+        self._count(want, have)
+        changes = plan_mod.plan(want, have)
+        if not changes:
+            return 0, None
+        try:
+            key = plan_mod.key(cfg)
+        except ValueError as e:  # the key file changed since it was applied
+            return 0, f"TSIG key: {e}"
+        sent, refused = 0, None
+        for change in changes:
+            try:
+                self._send(cfg, change, key)
+            except Refused as e:  # this zone's; the others may still go
+                refused = f"{e}"
+                continue
+            except (OSError, dns.exception.DNSException) as e:  # the server's: stop
+                refused = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                break
+            _write(s, cfg, change)
+            s.commit()
+            have = plan_mod.applied(have, change)
+            sent += len(change.rrsets)
+        self._count(want, have)
+        return sent, refused
+
+    def _send(self, cfg: Dns, change: plan_mod.Change, key: Any) -> None:
+        try:
+            answer = dns.query.tcp(plan_mod.message(cfg, change, key), cfg.server,
+                                   timeout=TIMEOUT, port=cfg.port)
+        except dns.tsig.PeerError as e:
+            self.metrics.dns_updates.labels("BADSIG").inc()
+            raise Refused(f"the server refused the TSIG signature for zone {change.zone} "
+                          f"({e}): the key's name, secret or algorithm differ from its "
+                          "own") from None
+        rcode = answer.rcode()
+        self.metrics.dns_updates.labels(dns.rcode.to_text(rcode)).inc()
+        if rcode != dns.rcode.NOERROR:
+            raise Refused(f"the server answered {dns.rcode.to_text(rcode)} for zone "
+                          f"{change.zone}")
+
+    def _count(self, want: set[plan_mod.Rec], have: set[plan_mod.Rec]) -> None:
+        todo = plan_mod.plan(want, have, batch=1 << 30)
+        self.pending = sum(len(c.rrsets) for c in todo)
+        self.waiting = sorted({o for c in todo for o, _, _ in c.rrsets})[:20]
+        self.metrics.dns_pending.set(self.pending)
+
+    def _failed(self, error: str) -> bool:
+        if self.failing_since is None or error != self.last_error:
+            LOG.warning("DNS updates failing (%s pending): %s", self.pending, error)
+            records.record(self.sessions, "dns-failed", error=error, pending=self.pending)
+        self.failing_since = self.failing_since or time.monotonic()
+        self.last_error = error
+        return False
+
+    def _succeeded(self, sent: int) -> bool:
+        if self.failing_since is not None:
+            took = time.monotonic() - self.failing_since
+            LOG.info("DNS updates caught up after %.1f s", took)
+            records.record(self.sessions, "dns-caught-up", rrsets=sent,
+                           failing_for_s=round(took, 1))
+        elif sent:
+            records.record(self.sessions, "dns-updated", rrsets=sent)
+        self.failing_since, self.last_error = None, None
+        self.last_success = time.time()
+        return True
+
+    def status(self) -> dict[str, Any]:
+        """What GET /v1/dns shows."""
+        cfg = self.state().policy.dns
+        if cfg is None:
+            return {"configured": False}
+        now = time.monotonic()
+        return {"configured": True, "server": cfg.server, "port": cfg.port, "zone": cfg.zone,
+                "reverse": cfg.reverse, "ttl": cfg.ttl,
+                "key": cfg.tsig.name if cfg.tsig else None,
+                "state": "failing" if self.failing_since is not None else (
+                    "pending" if self.pending else "current"),
+                "pending": self.pending, "pending_names": list(self.waiting),
+                "last_error": self.last_error, "last_success": None if self.last_success is
+                None else datetime.fromtimestamp(self.last_success, UTC).isoformat(),
+                "failing_for_s": None if self.failing_since is None else round(
+                    now - self.failing_since, 1),
+                "next_retry_in_s": None if self.next_round is None else round(
+                    max(0.0, self.next_round - now), 1)}

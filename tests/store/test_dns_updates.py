@@ -1,0 +1,177 @@
+"""DNS follows the VMs, against a real BIND 9 on loopback with TSIG: records appear,
+change and go with the VMs; with the server killed nothing else waits, the pending
+updates are kept in the database and land when it is back; a wrong key is an error
+that names the zone."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from vfence.controller.api import create_app
+from vfence.controller.dns_updates import Updater
+from vfence.controller.store import models as m
+from vfence.mininet_topos.named import Named
+
+from ..unit.test_api import make_service
+
+ZONE, REV, REV6 = "vms.example", "0.30.10.in-addr.arpa", \
+    "0.0.0.0.0.0.0.0.0.3.0.0.0.0.d.f.ip6.arpa"
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def named(tmp_path: Path) -> Iterator[Named]:
+    server = Named(tmp_path / "named", "127.0.0.1", _port(), [ZONE, REV, REV6]).start()
+    yield server
+    server.kill()
+
+
+def _doc(named: Named, **dns: object) -> dict:
+    return {
+        "segments": [{"name": "web", "subnet": "10.30.0.0/24", "subnet6": "fd00:30::/64"},
+                     {"name": "dr", "subnet": "10.31.0.0/24"}],
+        "vms": [{"name": "web-1", "mac": "02:00:00:00:30:01", "segment": "web",
+                 "ips": ["10.30.0.5", "fd00:30::5", "fe80::1"]},
+                {"name": "web-2", "mac": "02:00:00:00:30:02", "segment": "web",
+                 "ips": ["10.30.0.6"]}],
+        "dns": {"server": "127.0.0.1", "port": named.port, "zone": ZONE + ".",
+                "reverse": True, "ttl": 30,
+                "tsig": {"name": KEY, "secret_file": str(named.key_file)}} | dns,
+    }
+
+
+KEY = "vfence-key"
+
+
+@pytest.fixture
+def env(sqlite_url, named):
+    service, _ = make_service(sqlite_url)
+    client = TestClient(create_app(service))
+    updater = Updater(service.sessions, lambda: service.state, service.metrics)
+    service.external_status = lambda: {"dns": updater.status()}
+    r = client.put("/v1/policy", json=_doc(named))
+    assert r.status_code == 200, r.text
+    return client, service, updater, named
+
+
+def _rows(service) -> set[tuple[str, str, str]]:
+    with service.sessions() as s:
+        return {(r.owner, r.rtype, r.value) for r in s.scalars(select(m.DnsRecord))}
+
+
+def test_records_follow_create_readdress_and_delete(env):
+    client, service, updater, named = env
+    assert updater.round() is True
+    assert named.query(f"web-1.{ZONE}", "A") == ["10.30.0.5"]
+    assert named.query(f"web-1.{ZONE}", "AAAA") == ["fd00:30::5"]  # no link-local
+    assert named.query("5.0.30.10.in-addr.arpa", "PTR") == [f"web-1.{ZONE}."]
+    assert named.query("5.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0." + REV6, "PTR") == [f"web-1.{ZONE}."]
+    assert (f"web-2.{ZONE}.", "A", "10.30.0.6") in _rows(service)
+    st = client.get("/v1/dns").json()
+    assert st["state"] == "current" and st["pending"] == 0 and st["key"] == KEY + "."
+    assert st["zone"] == ZONE + "." and st["last_success"] is not None
+    # a move across subnets: the new address, the old PTR gone
+    r = client.patch("/v1/vms/web-1", json={"segment": "dr", "ips": ["10.31.0.9"]})
+    assert r.status_code == 200, r.text
+    assert updater.round() is False  # one zone is missing on the server (below)
+    assert named.query(f"web-1.{ZONE}", "A") == ["10.31.0.9"]
+    assert named.query(f"web-1.{ZONE}", "AAAA") == []
+    assert named.query("5.0.30.10.in-addr.arpa", "PTR") == []
+    st = updater.status()  # the server has no zone for 10.31.0.0/24: the rest landed,
+    # that zone is reported and retried
+    assert st["state"] == "failing" and "NOTAUTH" in st["last_error"] and "31.10" in \
+        st["last_error"] and st["pending"] == 1
+    # deleting a VM removes its names
+    assert client.delete("/v1/vms/web-2").status_code == 204
+    updater.round()
+    assert named.query(f"web-2.{ZONE}", "A") == []
+    assert named.query("6.0.30.10.in-addr.arpa", "PTR") == []
+    assert not any(o.startswith("web-2") for o, _, _ in _rows(service))
+
+
+def test_a_dead_server_blocks_nothing_and_catches_up(env):
+    client, service, updater, named = env
+    updater.round()
+    named.kill()
+    t0 = time.monotonic()
+    r = client.patch("/v1/vms/web-2", json={"ips": ["10.30.0.7"]})
+    assert r.status_code == 200 and time.monotonic() - t0 < 5, r.text  # no DNS on this path
+    assert updater.round() is False
+    st = updater.status()
+    # web-2's A, the old PTR's removal and the new PTR
+    assert st["state"] == "failing" and st["pending"] == 3, st
+    assert set(st["pending_names"]) == {f"web-2.{ZONE}.", "6.0.30.10.in-addr.arpa.",
+                                        "7.0.30.10.in-addr.arpa."}
+    assert ("web-2.vms.example.", "A", "10.30.0.6") in _rows(service)  # not taken: kept
+    (e,) = client.get("/v1/events", params={"type": "dns-failed"}).json()
+    assert e["detail"]["pending"] == 3 and "Connection refused" in e["detail"]["error"]
+    assert "vfence_dns_pending 3.0" in client.get("/metrics").text
+    # the pending work is in the database: a new updater (a restart) finds it
+    fresh = Updater(service.sessions, lambda: service.state, service.metrics)
+    named.start()
+    assert fresh.round() is True
+    assert named.query(f"web-2.{ZONE}", "A") == ["10.30.0.7"]
+    assert named.query("6.0.30.10.in-addr.arpa", "PTR") == []
+    assert named.query("7.0.30.10.in-addr.arpa", "PTR") == [f"web-2.{ZONE}."]
+    assert named.query(f"web-1.{ZONE}", "A") == ["10.30.0.5"]  # survived the kill
+
+
+def test_the_thread_retries_with_backoff_until_the_server_is_back(env):
+    _, service, updater, named = env
+    named.kill()
+    updater.start()
+    try:
+        updater.kick()
+        deadline = time.monotonic() + 10
+        while updater.status()["state"] != "failing" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert updater.status()["next_retry_in_s"] is not None
+        named.start()
+        deadline = time.monotonic() + 15  # retries at 1, 2, 4 s ...
+        while named.query(f"web-1.{ZONE}", "A") == [] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert named.query(f"web-1.{ZONE}", "A") == ["10.30.0.5"]
+    finally:
+        updater.close()
+
+
+def test_a_wrong_key_is_refused_by_the_server_and_reported(env, tmp_path):
+    client, service, updater, named = env
+    wrong = tmp_path / "wrong.key"
+    wrong.write_text("c2VjcmV0LXRoYXQtdGhlLXNlcnZlci1kb2VzLW5vdC1rbm93Cg==\n")
+    doc = _doc(named, tsig={"name": KEY, "secret_file": str(wrong)})
+    assert client.put("/v1/policy", json=doc).status_code == 200
+    assert updater.round() is False
+    assert "TSIG signature" in updater.status()["last_error"]
+    assert named.query(f"web-1.{ZONE}", "A") == []
+
+
+@pytest.mark.parametrize("content, words", [
+    (None, "cannot read"),
+    ("not base64 at all!\n", "not base64"),
+    ('key "k" { algorithm hmac-sha256; secret "%%%"; };', "not base64"),
+])
+def test_an_unusable_key_file_is_refused_naming_the_field(env, tmp_path, content, words):
+    client, service, _, named = env
+    path = tmp_path / "bad.key"
+    if content is not None:
+        path.write_text(content)
+    before = client.get("/v1/policy").json()
+    r = client.put("/v1/policy", json=_doc(named, tsig={"name": KEY,
+                                                        "secret_file": str(path)}))
+    assert r.status_code == 422
+    (err,) = r.json()["errors"]
+    assert err["field"] == "dns.tsig.secret_file" and words in err["reason"], err
+    assert client.get("/v1/policy").json() == before

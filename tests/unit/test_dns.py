@@ -1,0 +1,119 @@
+"""controller/dns.py: which records the VMs ask for, in which zones, and the update
+messages that make a server's records that (whole RRsets replaced, per zone)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from vfence.controller import dns, policy
+from vfence.controller.model import VM, NetworkState
+from vfence.controller.policy import PolicyError
+
+DOC = {"segments": [{"name": "web", "subnet": "10.30.0.0/20", "subnet6": "fd00:30::/62"},
+                    {"name": "flat"}],
+       "dns": {"server": "192.0.2.53", "zone": "VMs.Example", "reverse": True}}
+
+
+def _state(doc=DOC, vms=()) -> NetworkState:
+    return NetworkState(policy=policy.parse(doc), vms={v.name: v for v in vms})
+
+
+def _vm(name, *ips, segment="web"):
+    return VM(1, name, "02:00:00:00:00:01", tuple(ips), 1, segment)
+
+
+@pytest.mark.parametrize("addr, plen, zone", [
+    ("10.30.1.5", 24, "1.30.10.in-addr.arpa."),
+    ("10.30.1.5", 20, "30.10.in-addr.arpa."),  # rounded down to an octet
+    ("10.30.1.5", 8, "10.in-addr.arpa."),
+    ("10.30.1.5", 30, "1.30.10.in-addr.arpa."),
+    ("10.30.1.5", None, "1.30.10.in-addr.arpa."),
+    ("fd00:30::5", 64, "0.0.0.0.0.0.0.0.0.3.0.0.0.0.d.f.ip6.arpa."),
+    ("fd00:30::5", 62, "0.0.0.0.0.0.0.0.3.0.0.0.0.d.f.ip6.arpa."),  # to a nibble
+    ("fd00:30::5", 48, "0.0.0.0.0.3.0.0.0.0.d.f.ip6.arpa."),
+])
+def test_reverse_zone_is_the_prefix_rounded_down(addr, plen, zone):
+    assert dns.reverse_zone(ipaddress.ip_address(addr), plen) == zone
+
+
+def test_wanted_records_per_vm_and_family():
+    state = _state(vms=[_vm("web-1", "10.30.1.5", "fd00:30::5", "fe80::5"),
+                        _vm("flat-1", "172.16.0.9", segment="flat"),
+                        _vm("a..b", "10.30.1.6")])  # no domain name: no records
+    got = dns.wanted(state)
+    assert dns.Rec("vms.example.", "web-1.vms.example.", "A", "10.30.1.5") in got
+    assert dns.Rec("vms.example.", "web-1.vms.example.", "AAAA", "fd00:30::5") in got
+    assert dns.Rec("30.10.in-addr.arpa.", "5.1.30.10.in-addr.arpa.", "PTR",
+                   "web-1.vms.example.") in got
+    assert dns.Rec("0.16.172.in-addr.arpa.", "9.0.16.172.in-addr.arpa.", "PTR",
+                   "flat-1.vms.example.") in got  # no subnet: /24
+    assert not any("fe80" in r.value or "a..b" in r.owner for r in got)
+    assert len(got) == 6
+
+
+def test_no_reverse_no_ptr_and_no_dns_nothing():
+    doc = DOC | {"dns": DOC["dns"] | {"reverse": False}}
+    assert {r.rtype for r in dns.wanted(_state(doc, [_vm("w", "10.30.1.5")]))} == {"A"}
+    assert dns.wanted(_state({"segments": DOC["segments"]}, [_vm("w", "10.30.1.5")])) == set()
+
+
+def test_plan_replaces_only_the_rrsets_that_differ():
+    z = "vms.example."
+    have = {dns.Rec(z, "a." + z, "A", "10.0.0.1"), dns.Rec(z, "b." + z, "A", "10.0.0.2"),
+            dns.Rec(z, "c." + z, "A", "10.0.0.3")}
+    want = {dns.Rec(z, "a." + z, "A", "10.0.0.1"), dns.Rec(z, "b." + z, "A", "10.0.0.9"),
+            dns.Rec(z, "b." + z, "A", "10.0.0.8"), dns.Rec(z, "d." + z, "A", "10.0.0.4")}
+    (change,) = dns.plan(want, have)
+    assert change.zone == z and change.rrsets == (
+        ("b." + z, "A", frozenset({"10.0.0.8", "10.0.0.9"})),
+        ("c." + z, "A", frozenset()),  # deleted
+        ("d." + z, "A", frozenset({"10.0.0.4"})))
+    assert dns.applied(have, change) == want
+    assert dns.plan(want, want) == [] and dns.pending(want, have) == 3
+
+
+def test_plan_batches_per_zone():
+    want = {dns.Rec("z1.", f"h{i}.z1.", "A", f"10.0.0.{i}") for i in range(1, 6)} | {
+        dns.Rec("z2.", "x.z2.", "A", "10.0.1.1")}
+    changes = dns.plan(want, set(), batch=2)
+    assert [(c.zone, len(c.rrsets)) for c in changes] == [("z1.", 2), ("z1.", 2),
+                                                          ("z1.", 1), ("z2.", 1)]
+
+
+def test_message_deletes_then_adds_with_the_ttl():
+    cfg = _state().policy.dns
+    change = dns.Change("vms.example.", (("a.vms.example.", "A", frozenset({"10.0.0.1"})),
+                                         ("b.vms.example.", "A", frozenset())))
+    text = dns.message(cfg, change, None).to_text()
+    assert "a.vms.example. ANY A" in text and "a.vms.example. 30 IN A 10.0.0.1" in text
+    assert "b.vms.example. ANY A" in text and "b.vms.example. 30 IN A" not in text
+
+
+@pytest.mark.parametrize("dns_doc, field, words", [
+    ({"server": "dns.example", "zone": "z."}, "dns.server", "not an IP address"),
+    ({"server": "192.0.2.53", "zone": "a..b"}, "dns.zone", "not a domain name"),
+    ({"server": "192.0.2.53", "zone": "z", "tsig": {"name": "k..", "secret_file": "/x"}},
+     "dns.tsig.name", "not a domain name"),
+    ({"server": "192.0.2.53", "zone": "z", "ttl": -1}, "dns.ttl", "minimum"),
+    ({"server": "192.0.2.53", "zone": "z", "tsig": {"name": "k", "secret_file": "/x",
+                                                    "algorithm": "rot13"}},
+     "dns.tsig.algorithm", "rot13"),
+    ({"zone": "z"}, "dns", "server"),
+])
+def test_a_bad_dns_section_names_the_field(dns_doc, field, words):
+    with pytest.raises(PolicyError) as e:
+        policy.parse({"dns": dns_doc})
+    (err,) = e.value.errors
+    assert err["field"] == field and words in err["reason"], err
+
+
+def test_the_secret_file_takes_a_tsig_keygen_clause_or_the_secret_alone(tmp_path):
+    from vfence.controller.model import Tsig
+    clause = tmp_path / "k1"
+    clause.write_text('key "vfence" {\n\talgorithm hmac-sha256;\n\tsecret "c2VjcmV0";\n};\n')
+    alone = tmp_path / "k2"
+    alone.write_text("c2VjcmV0\n")
+    assert dns.secret(Tsig("vfence.", secret_file=str(clause))) == "c2VjcmV0"
+    assert dns.secret(Tsig("vfence.", secret_file=str(alone))) == "c2VjcmV0"
