@@ -6,6 +6,8 @@ client behind it, all on this machine.
     vf-xr    FRR (zebra + bgpd) at 198.18.10.1, peering with vfence; it routes to
              198.51.100.0/24, where
     vf-xc    the external client 198.51.100.7 sits
+    vf-xdns  BIND 9 at 198.18.10.53, authoritative for the VMs' zones (TSIG-keyed
+             updates), started with :meth:`ExternalNet.start_dns`
     vfx-ctl  the controller's own interface on the uplink network (198.18.10.2), in the
              root namespace: BGP leaves through it, never through the default route
 
@@ -21,13 +23,17 @@ import subprocess
 import time
 from pathlib import Path
 
-SW, ROUTER, CLIENT = "vf-xsw", "vf-xr", "vf-xc"
+from .named import Named
+
+SW, ROUTER, CLIENT, DNS = "vf-xsw", "vf-xr", "vf-xc", "vf-xdns"
 CTL = "vfx-ctl"
 SUBNET, GATEWAY, CTL_IP = "198.18.10.0/24", "198.18.10.1", "198.18.10.2"
 CLIENT_NET, CLIENT_GW, CLIENT_IP = "198.51.100.0/24", "198.51.100.1", "198.51.100.7"
+DNS_IP = "198.18.10.53"
 ROUTER_ASN, LOCAL_ASN = 65000, 65010
 FRR = Path("/usr/lib/frr")
 RUNDIR = Path("/run/vfence-extnet")
+DNS_DIR = Path("/run/vfence-extnet-dns")
 
 
 def host_address(h: int) -> str:
@@ -55,6 +61,7 @@ class ExternalNet:
 
     def __init__(self, rundir: Path = RUNDIR) -> None:
         self.dir = rundir  # FRR's: owned by frr, every parent reachable by it (/run is)
+        self.named: Named | None = None
 
     def start(self) -> ExternalNet:
         remove_leftovers()
@@ -78,6 +85,15 @@ class ExternalNet:
         _in(CLIENT, "ip", "route", "add", "default", "via", CLIENT_GW)
         self._start_frr()
         return self
+
+    def start_dns(self, zones: list[str]) -> Named:
+        """BIND 9 in its own namespace on the uplink network, for ``zones``."""
+        _sh("ip", "netns", "add", DNS)
+        _in(DNS, "ip", "link", "set", "lo", "up")
+        self._wire(DNS, "dns0", f"{DNS_IP}/24")
+        shutil.rmtree(DNS_DIR, ignore_errors=True)
+        self.named = Named(DNS_DIR, DNS_IP, 53, zones, netns=DNS).start()
+        return self.named
 
     def _wire(self, ns: str, dev: str, address: str) -> None:
         """A veth from ``ns`` (``dev``, with ``address``) into the bridge."""
@@ -138,6 +154,8 @@ class ExternalNet:
                                 stdout=out.open("w"), stderr=subprocess.STDOUT)
 
     def stop(self) -> None:
+        if self.named is not None:
+            self.named.kill()
         for daemon in ("bgpd", "zebra"):
             pidfile = self.dir / f"{daemon}.pid"
             if pidfile.exists():
@@ -148,7 +166,7 @@ class ExternalNet:
 
 def remove_leftovers() -> None:
     """Namespaces, the controller's veth and FRR daemons a previous run left."""
-    for ns in (CLIENT, ROUTER, SW):
+    for ns in (DNS, CLIENT, ROUTER, SW):
         pids = _sh("ip", "netns", "pids", ns, check=False).split()
         if pids:
             subprocess.run(["kill", "-9", *pids], capture_output=True)

@@ -11,21 +11,28 @@ rpay-2); it moves rweb-1 hv1 -> hv2 last.
 from __future__ import annotations
 
 import re
+import subprocess
 import threading
 import time
 
 import httpx
 import pytest
 
+from vfence.controller import dns, policy
+from vfence.controller.model import VM, NetworkState
 from vfence.mininet_topos import external as ext
 from vfence.mininet_topos.lab import ping_stream_result, start_ping_stream
+from vfence.mininet_topos.named import KEY_NAME
 from vfence.mininet_topos.prodlab import migrate
 
-from .conftest import DOC, ROUTED_VMS
+from .conftest import DOC, ROUTED_VMS, nic
 from .test_routing import GATEWAY, bound, delivered, ping, routed_doc
 
 IP = {n: ip for n, _, _, ip, _ in ROUTED_VMS}
 HOSTS = (1, 2, 3)
+ZONE = "vms.lab.example."
+ALLOWED = "198.51.100.0/25"  # the part of the client's network the rules let in
+OUTSIDER = "198.51.100.200"  # a second address of the client, outside it
 
 
 def external_doc() -> dict:
@@ -36,8 +43,9 @@ def external_doc() -> dict:
                                 "peer_asn": ext.ROUTER_ASN}}]
     doc["hosts"] = [{"name": f"hv{h}", "uplink": f"up{h}", "address": ext.host_address(h)}
                     for h in HOSTS]
-    doc["rules"] = [{"name": "client-in", "from": ext.CLIENT_NET, "to": "rweb",
-                     "action": "allow"},
+    doc["dns"] = {"server": ext.DNS_IP, "zone": ZONE, "reverse": True, "ttl": 30,
+                  "tsig": {"name": KEY_NAME, "secret_file": str(ext.DNS_DIR / "vfence.key")}}
+    doc["rules"] = [{"name": "client-in", "from": ALLOWED, "to": "rweb", "action": "allow"},
                     {"name": "rweb-out-icmp", "from": "rweb", "to": ext.CLIENT_NET,
                      "protocol": "icmp", "action": "allow"}] + doc["rules"]
     return doc
@@ -48,10 +56,28 @@ def external(lab) -> dict:
     return dc
 
 
+def zones(doc: dict) -> list[str]:
+    """Every zone the document's VMs have records in (forward and reverse)."""
+    pol = policy.parse(doc)
+    vms = {v.name: VM(i, v.name, v.mac, v.ips, 1, v.segment)
+           for i, v in enumerate(pol.vms, start=1)}
+    return sorted({r.zone for r in dns.wanted(NetworkState(policy=pol, vms=vms))})
+
+
+def dig(name: str, rtype: str = "A") -> list[str]:
+    """The real server's answer, asked with dig (+short) from the root namespace."""
+    args = ["-x", name] if rtype == "PTR" else [name, rtype]
+    r = subprocess.run(["dig", f"@{ext.DNS_IP}", "+short", "+time=1", "+tries=1", *args],
+                       capture_output=True, text=True)
+    return sorted(r.stdout.split())
+
+
 @pytest.fixture(scope="module")
 def outside(lab):
     net = ext.ExternalNet().start()
     try:
+        net.start_dns(zones(external_doc()))
+        net.client("ip", "addr", "add", f"{OUTSIDER}/24", "dev", "eth0", check=True)
         for h in HOSTS:
             sw = lab.switch(f"hv{h}")
             net.attach(sw.netns, h, sw.attach)
@@ -101,6 +127,89 @@ def test_the_outside_reaches_a_routed_vm_through_its_host_and_frr_routes_it_ther
     assert f"{IP['rlab-1']}/32" not in routes
     text = httpx.get(lab.api + "/metrics", timeout=30).text
     assert re.search(rf'^vfence_bgp_session_up{{peer="{ext.GATEWAY}"}} 1\.0$', text, re.M)
+
+
+def test_north_south_policy_sources_state_and_isolation(outside):
+    """Only the allowed part of the outside gets in; a VM that only connects out gets no
+    unsolicited traffic from outside; the rfront/rpay isolation pair holds while both
+    are reachable from outside by their rules. Each refusal beside its control."""
+    lab, net = outside
+    assert delivered(client_ping(net, IP["rweb-1"]))
+    refused = net.client("ping", "-n", "-c", "2", "-i", "0.2", "-W", "1", "-I", OUTSIDER,
+                         IP["rweb-1"])
+    assert "2 packets transmitted" in refused and not delivered(refused), refused
+    # rdb-1 connects out by no rule and nobody may call in: the VM starts nothing
+    assert delivered(ping(lab, "rweb-1", ext.CLIENT_IP))  # rweb may ping out
+    assert not delivered(client_ping(net, IP["rdb-1"]))  # unsolicited inbound: dropped
+    assert net.route_via(IP["rdb-1"]) is not None  # though the outside has its route
+    # isolation: rfront is reachable from outside (client-in) and reaches out, rpay-2 is
+    # announced too, and still rfront and rpay-2 never meet (through the router or out)
+    assert delivered(client_ping(net, IP["rfront"]))
+    assert delivered(ping(lab, "rfront", ext.CLIENT_IP))
+    assert net.route_via(IP["rpay-2"]) is not None
+    assert not delivered(ping(lab, "rfront", IP["rpay-2"], 2))
+    assert not delivered(ping(lab, "rpay-2", IP["rfront"], 2))
+    assert delivered(ping(lab, "rweb-1", IP["rdb-1"]))  # the router itself routes
+
+
+def readdress_guest(lab, vm: str, ip: str, gateway: str) -> None:
+    """What the guest's own DHCP would do after a re-IP: its new address and route."""
+    dev = nic(lab, vm)
+    lab.host(vm).cmd(f"ip addr flush dev {dev}; ip addr add {ip}/24 dev {dev}; "
+                     f"ip route replace default via {gateway}")
+
+
+def test_dns_and_bgp_follow_a_vm_readdressed_across_subnets(outside):
+    """rlab-1 (unrouted rlab) is re-addressed into rweb (routed) with PATCH: the real
+    server answers its new A and PTR at once and the old PTR is gone; BGP announces the
+    new /32. Then the DNS server is killed: a second PATCH is programmed as usual (the
+    guest's traffic flows), the update is pending, and lands once the server is back.
+    Deleting the VM withdraws its route and its names."""
+    lab, net = outside
+    fqdn, old, new, newer = f"rlab-1.{ZONE}", IP["rlab-1"], "10.30.1.99", "10.30.1.98"
+    lab.wait_for(lambda: dig(fqdn) == [old] and dig(f"rweb-1.{ZONE}") == [IP["rweb-1"]],
+                 15, "the VMs' names on the server")
+    assert dig(old, "PTR") == [fqdn]
+    r = httpx.patch(lab.api + "/v1/vms/rlab-1", json={"segment": "rweb", "ips": [new]},
+                    timeout=30)
+    t0 = time.monotonic()
+    assert r.status_code == 200 and r.json()["segment"] == "rweb", r.text
+    while dig(fqdn) != [new] and time.monotonic() - t0 < 10:
+        time.sleep(0.01)
+    took = time.monotonic() - t0
+    print(f"the server answered rlab-1's new address {took * 1000:.0f} ms after the PATCH "
+          "(goal < 1 s)")
+    assert dig(fqdn) == [new] and dig(new, "PTR") == [fqdn] and dig(old, "PTR") == []
+    stored = {v["name"]: v for v in httpx.get(lab.api + "/v1/policy", timeout=30).json()["vms"]}
+    assert stored["rlab-1"]["segment"] == "rweb" and stored["rlab-1"]["ips"] == [new]
+    lab.wait_for(lambda: net.route_via(new) == ext.host_address(3), 10, "the new /32")
+    readdress_guest(lab, "rlab-1", new, GATEWAY["rweb"])
+    assert delivered(ping(lab, "rlab-1", ext.CLIENT_IP))  # rlab-out: it connects out
+    assert not delivered(client_ping(net, new))  # and nothing calls in
+    lab.wait_for(lambda: lab.get("/v1/dns")["state"] == "current", 10, "DNS current")
+    # the DNS server dies: programming goes on, the update waits in the database
+    net.named.kill()
+    r = httpx.patch(lab.api + "/v1/vms/rlab-1", json={"ips": [newer]}, timeout=30)
+    assert r.status_code == 200, r.text
+    readdress_guest(lab, "rlab-1", newer, GATEWAY["rweb"])
+    lab.wait_for(lambda: net.route_via(newer) == ext.host_address(3), 10, "BGP, DNS or not")
+    assert delivered(ping(lab, "rlab-1", ext.CLIENT_IP))  # the answer comes by that route
+    lab.wait_for(lambda: lab.get("/v1/dns")["state"] == "failing", 10, "DNS failing")
+    status = lab.get("/v1/dns")
+    assert status["pending"] == 3 and fqdn in status["pending_names"], status
+    assert lab.get("/v1/events?type=dns-failed")
+    assert "vfence_dns_pending 3.0" in httpx.get(lab.api + "/metrics", timeout=30).text
+    net.named.start()
+    lab.wait_for(lambda: dig(fqdn) == [newer], 30, "the update after the server's restart")
+    assert dig(newer, "PTR") == [fqdn] and dig(new, "PTR") == []
+    lab.wait_for(lambda: lab.get("/v1/dns")["state"] == "current", 10, "DNS current")
+    assert lab.get("/v1/events?type=dns-caught-up")
+    # deleting the VM withdraws its route and its names
+    assert httpx.delete(lab.api + "/v1/vms/rlab-1", timeout=30).status_code == 204
+    lab.wait_for(lambda: net.route_via(newer) is None and dig(fqdn) == [], 10,
+                 "route and name withdrawn")
+    assert dig(newer, "PTR") == [] and net.route_via(IP["rweb-1"]) is not None
+    readdress_guest(lab, "rlab-1", old, "10.30.9.1")
 
 
 def test_a_moved_vm_is_announced_via_its_new_host_and_the_outside_barely_notices(outside,
