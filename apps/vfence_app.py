@@ -29,6 +29,7 @@ from os_ken.lib.packet import arp, ethernet, icmp, ipv4, packet, tcp, udp
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
+from vfence.controller import bridged as controller_bridged
 from vfence.controller import dhcp, dns_updates, external, records
 from vfence.controller.compiler import ETH_TYPE_ARP, ETH_TYPE_LLDP, ETH_TYPE_VLAN
 from vfence.controller.flows import Owner, cookie, cookie_owner
@@ -38,7 +39,7 @@ from vfence.controller.reconcile import FlowDiff
 from vfence.controller.routing import answering_gateway
 from vfence.controller.service import Service
 
-from . import bgp, guest_config, lldp, ofcodec, router_answers
+from . import bgp, bridged, guest_config, lldp, ofcodec, router_answers
 
 LOG = logging.getLogger("vfence.app")
 
@@ -111,6 +112,7 @@ class VfenceApp(app_manager.OSKenApp):
         self.threads.append(hub.spawn(self._every, ADVERT_INTERVAL, self._advertise))
         self.probed: dict[int, float] = {}  # dpid -> when its uplink last asked the gateway
         self.advertised: dict[str, Binding] = {}  # the bindings told their router already
+        self.bridged_at: dict[str, int] = {}  # VM -> the host that announced it last
         self.announcer = bgp.Announcer(on_session=lambda peer, asn, up: self.submit(
             lambda: records.record(self.service.sessions, "bgp-session", peer=peer, asn=asn,
                                    state="established" if up else "down")))
@@ -407,6 +409,7 @@ class VfenceApp(app_manager.OSKenApp):
                 self.submit(self.service.vm_seen, dp.id, in_port, eth.src)
             if at is not None and state.vms.get(at) and state.vms[at].mac == eth.src.lower():
                 self.announcer.moved(state, at, dp.id)  # BGP follows the datapath now
+                self._announce_bridged(state, [(at, state.standby[at])])  # and the switches
             return
         if owner is not None and owner[0] == Owner.UPLINK and eth.ethertype == ETH_TYPE_ARP:
             a = pkt.get_protocol(arp.arp)  # an external gateway's reply (metered)
@@ -468,6 +471,18 @@ class VfenceApp(app_manager.OSKenApp):
         fresh = state.bindings.items() - self.advertised.items()  # (C speed)
         self.advertised = state.bindings
         self._advertise(state, fresh)
+        self._announce_bridged(state, fresh)
+
+    def _announce_bridged(self, state: NetworkState,
+                          bindings: Iterable[tuple[str, Binding]]) -> None:
+        """A VM of a bridged segment that just arrived at a host: announced out of that
+        host's uplink (once per arrival: the first frame at its standby port, or the
+        binding, whichever comes first)."""
+        for dpid, port, vm, vid in controller_bridged.announcements(state, bindings):
+            dp = self.datapaths.get(dpid)
+            if dp is not None and self.bridged_at.get(vm.name) != dpid:
+                self.bridged_at[vm.name] = dpid
+                self._packet_out(dp, port, bridged.announcement(vm, vid))
 
     def _probe_gateways(self) -> None:
         """ARP for each host's external gateway out of its uplink (the reply, punted,

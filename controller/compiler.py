@@ -698,16 +698,18 @@ def nd_resolver_flows(vm: VM) -> Iterable[Flow]:
 @_memo
 def segment_flood_flows(
     segment_id: int, receivers: tuple[tuple[int, tuple[int, ...]], ...],
-    remote: tuple[tuple[int, int], ...]
+    remote: tuple[tuple[int, int], ...], uplink: tuple[tuple, ...] = ()
 ) -> Iterable[Flow]:
     """Broadcast/multicast stays in the segment, and reaches only the receivers the
     policy lets the sender reach: each local receiver's copy is judged in FLOOD_POLICY
     (its groups in reg6-9, its tag in reg4, then resubmit), plus one labelled copy per other host
-    that has a VM of the segment, judged there. Frames from the fabric stay local.
-    ``reg4=0`` in the match: a receiver's lookup never lands here again."""
+    that has a VM of the segment, judged there (and, for a bridged segment, the ``uplink``
+    actions: a tagged copy out of this host's uplink). Frames from the fabric (or in from
+    the uplink) stay local. ``reg4=0`` in the match: a receiver's lookup never lands here
+    again."""
     ck = cookie(Owner.SEGMENT, segment_id)
     local = list(itertools.chain.from_iterable(map(_receiver, receivers)))
-    far: list[tuple] = []
+    far: list[tuple] = list(uplink)
     for i, (label, hop) in enumerate(remote):
         far.extend(_label_and_send(label, hop, push=(i == 0)))
     unjudged = {DST_VM_REG: 0}

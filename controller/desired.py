@@ -26,13 +26,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import compiler, external, routing, topology, uplink
+from . import bridged, compiler, external, routing, topology, uplink
 from .flows import Flow
 from .model import NetworkState
 from .reconcile import FlowDiff, diff, split_changes
 
 Receiver = tuple[int, tuple[int, ...]]
 Key = tuple  # ("base",) ("fabric",) ("policy",) ("vm", name) ("seg", segment id)
+# ("bridge", segment id): a bridged segment's uplink flows
 BASE, FABRIC, POLICY = ("base",), ("fabric",), ("policy",)
 
 
@@ -236,6 +237,8 @@ def _build(state: NetworkState) -> Desired:
         for d in f.here:
             here.setdefault(d, set()).add(name)
     policy = Fragment((), _policy_flows(state, k, ix.populated()))
+    vlans = _bridged_vlans(state)
+    members = _members(state, vlans)
     frags = {}
     for dpid in state.switches:
         own = {BASE: Fragment((), compiler.base_flows()), POLICY: policy,
@@ -246,6 +249,8 @@ def _build(state: NetworkState) -> Desired:
             _put(own, ("vm", n), _vm(state, hops, ix, dpid, n, None, share=True))
         for s in segs:
             _put(own, ("seg", s), _segment(state, hops, ix, dpid, s, None))
+            if s in vlans:
+                _put(own, ("bridge", s), _bridge(state, ix, dpid, s, None, members))
         frags[dpid] = own
     ix.owned.clear()
     ix.shared.clear()
@@ -313,18 +318,29 @@ def _rebuild(prev: Desired, state: NetworkState) -> Desired | None:
     frags = {d: dict(f) for d, f in prev.frags.items()}
     policy = _policy(prev, state, ix, changed)
     uplinks = _uplinks_may_differ(prev.state, state)
+    vlans = _bridged_vlans(state)
+    for d, keys in touched.items():
+        if uplinks and external.host_out(state, d) != external.host_out(prev.state, d):
+            frags[d][FABRIC] = _fabric(state, prev.hops, d)  # its uplink, a gateway's MAC
+            keys.add(FABRIC)
+            keys.update(k for s in vlans for k in (("seg", s), ("bridge", s)))
+        keys.update(("bridge", s) for s in segs if s in vlans)  # a VM of it changed
+    members = _members(state, vlans) if any(k[0] == "bridge" for keys in touched.values()
+                                            for k in keys) else {}
     for d, keys in touched.items():
         own = frags[d]
         own[POLICY] = policy
         for key in keys:
+            if key in (FABRIC, POLICY):
+                continue
             kind, what = key
+            if kind == "bridge":
+                _put(own, key, _bridge(state, ix, d, what, own.get(key), members))
+                continue
             make = _vm if kind == "vm" else _segment
             _put(own, key, make(state, prev.hops, ix, d, what, own.get(key)))
         if policy is not prev.frags[d][POLICY]:
             keys.add(POLICY)
-        if uplinks and external.host_out(state, d) != external.host_out(prev.state, d):
-            own[FABRIC] = _fabric(state, prev.hops, d)  # its uplink, a gateway's MAC
-            keys.add(FABRIC)
     out = Desired(state, prev.hops, ix, frags, prev.slots)
     out.parent = prev.gen
     out.changes = {d: _delta(prev.frags[d], frags[d], keys) for d, keys in touched.items()}
@@ -369,7 +385,45 @@ def _delta(old: dict[Key, Fragment], new: dict[Key, Fragment], keys: Iterable[Ke
 def _global_change(a: NetworkState, b: NetworkState) -> bool:
     """A change every switch must see in full (the per-VM fragments depend on these)."""
     return (a.switches != b.switches or a.links != b.links or a.fabric != b.fabric
-            or a.group_bits != b.group_bits or routing.domains(a) != routing.domains(b))
+            or a.group_bits != b.group_bits or routing.domains(a) != routing.domains(b)
+            or _bridged_vlans(a) != _bridged_vlans(b))
+
+
+def _bridged_vlans(state: NetworkState) -> dict[int, int]:
+    """Segment tag -> uplink VLAN of each bridged segment."""
+    tags = state.segment_tags
+    return {tags[n]: v for n, v in state.policy.bridged.items() if n in tags}
+
+
+def _members(state: NetworkState, vlans: dict[int, int]) -> dict[int, tuple]:
+    """Each bridged segment's VMs, as its uplinks' anti-spoofing needs them (one pass
+    over the VMs, only where a bridged segment exists)."""
+    if not vlans:
+        return {}
+    by_seg: dict[int, list] = {s: [] for s in vlans}
+    for vm in state.vms.values():
+        if vm.segment_id in by_seg:
+            by_seg[vm.segment_id].append(vm)
+    return {s: bridged.members(vms) for s, vms in by_seg.items()}
+
+
+def _uplink_port(state: NetworkState, dpid: int) -> int | None:
+    out = external.host_out(state, dpid)
+    return None if out is None else out.port
+
+
+def _bridge(state: NetworkState, ix: _Index, dpid: int, seg: int, old: Fragment | None,
+            members: dict[int, tuple]) -> Fragment:
+    """A bridged segment's uplink flows on ``dpid`` (where it is present and the host has
+    an uplink)."""
+    vlan = _bridged_vlans(state).get(seg)
+    port = _uplink_port(state, dpid) if vlan is not None and ix.holds(dpid, seg) else None
+    if vlan is None or port is None:
+        return _EMPTY
+    inputs = (vlan, port, members.get(seg, ()))
+    if old is not None and old.inputs == inputs:
+        return old
+    return Fragment(inputs, tuple(bridged.bridged_flows(seg, *inputs)))
 
 
 def _changed_vms(a: NetworkState, b: NetworkState) -> set[str]:
@@ -514,7 +568,10 @@ def _segment(state: NetworkState, hops: dict[int, dict[int, int]], ix: _Index, d
     mine = hops.get(dpid, {})
     far = sorted(d for d in ix.hosting(seg) if d != dpid and d in mine)
     targets = tuple((state.switches[d].label, mine[d]) for d in far)
-    inputs = (receivers, targets)
+    vlan = _bridged_vlans(state).get(seg) if state.policy.bridged else None
+    port = _uplink_port(state, dpid) if vlan is not None else None
+    out = bridged.uplink_copy(port, vlan) if port is not None and vlan is not None else ()
+    inputs = (receivers, targets, out)
     if old is not None and old.inputs == inputs:
         return old
-    return Fragment(inputs, compiler.segment_flood_flows(seg, receivers, targets))
+    return Fragment(inputs, compiler.segment_flood_flows(seg, receivers, targets, out))

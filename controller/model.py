@@ -210,6 +210,7 @@ class SegmentSpec:
     domain: str | None = None
     mtu: int | None = None
     lease_time: int = 3600
+    uplink_vlan: int | None = None  # bridged: carried on the hosts' uplinks with this VLAN
 
 
 @dataclass(frozen=True)
@@ -232,6 +233,11 @@ class Policy:
     def specs(self) -> dict[str, SegmentSpec]:
         """Segment name -> its spec (what the API, the edits and DHCP look up)."""
         return {s.name: s for s in self.segment_specs}
+
+    @functools.cached_property
+    def bridged(self) -> dict[str, int]:
+        """Segment name -> its uplink VLAN (bridged segments only)."""
+        return {s.name: s.uplink_vlan for s in self.segment_specs if s.uplink_vlan}
 
     @functools.cached_property
     def router_of(self) -> dict[str, str]:

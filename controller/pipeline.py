@@ -226,7 +226,10 @@ PRIO_FABRIC_LLDP = 180
 PRIO_UPLINK_ARP = 179
 PRIO_UPLINK_SPOOF = 178
 PRIO_UPLINK_IN = 177
-PRIO_UPLINK_OTHER = 175
+PRIO_BRIDGED_SPOOF = 176
+PRIO_BRIDGED_IN_FLOOD = 175
+PRIO_BRIDGED_IN = 174
+PRIO_UPLINK_OTHER = 173
 PRIO_FABRIC_PORT = 170
 # FABRIC, REMOTE_CLASSIFY
 PRIO_LABEL = 100
@@ -239,6 +242,7 @@ PRIO_ARP_OWN_ADDRESS = 110
 PRIO_ARP_GATEWAY_NO_SLL = 106
 PRIO_ARP_GATEWAY = 105
 PRIO_ARP_ANSWER = 100
+PRIO_ARP_BRIDGED = 60
 PRIO_ARP_UNKNOWN = 50
 # DST_LOOKUP
 PRIO_DST_ROUTED_GATE = 110
@@ -260,6 +264,7 @@ PRIO_CT_TRACK = 100
 # POLICY plumbing, above every rule
 PRIO_ISOLATION = 65500
 PRIO_ND_UNICAST = 65400
+PRIO_BRIDGED_ARP = 65350
 PRIO_MULTICAST = 65300
 PRIO_ESTABLISHED = 65000
 PRIO_INVALID = 64900
@@ -278,6 +283,7 @@ PRIO_LEARNED = 110  # installed by learn(): above the delivery it switches over
 PRIO_DELIVER = 100
 PRIO_DELIVER_UPLINK = 90
 PRIO_FLOOD = 50
+PRIO_BRIDGED_OUT = 45
 
 
 RULE_GAP = 1024  # widest spacing of two rules' priorities: room to insert rules between
@@ -381,6 +387,12 @@ _JUDGED = (
     Band("default", PRIO_DEFAULT - 1, PRIO_DEFAULT, Owner.POLICY,
          "between groups: the policy's default"),
 )
+_BRIDGED_ARP = _at(
+    "bridged_arp", PRIO_BRIDGED_ARP, Owner.SEGMENT,
+    "ARP in a bridged segment (between its VMs and the physical hosts on its VLAN): to "
+    "FORWARD, as address resolution inside is answered whatever the rules (senders are "
+    "checked at both ends; isolation pairs still hold)")
+
 _ISOLATION = _at("isolation", PRIO_ISOLATION, Owner.ISOLATION,
                  "isolation pairs: drop, above everything")
 
@@ -408,7 +420,7 @@ class TableSpec:
 TABLES = (
     TableSpec(
         Table.CLASSIFY, "port -> source identity; anti-spoofing",
-        (Table.FABRIC, Table.ARP, Table.ROUTE),
+        (Table.FABRIC, Table.ARP, Table.DST_LOOKUP, Table.ROUTE),
         (_miss("unbound port: to the controller through the punt meter"),
          _at("uplink_arp", PRIO_UPLINK_ARP, Owner.UPLINK,
              "on a host's uplink: ARP for the host's uplink address answered; the external "
@@ -420,6 +432,17 @@ TABLES = (
          _at("uplink_in", PRIO_UPLINK_IN, Owner.UPLINK,
              "on an uplink, to the host's MAC, IPv4 for a subnet of a router that reaches "
              "that external network: the router's zone, its MAC as destination, to ROUTE"),
+         _at("bridged_spoof", PRIO_BRIDGED_SPOOF, Owner.SEGMENT,
+             "on an uplink, in a bridged segment's VLAN: a frame from a MAC or an IPv4 "
+             "address (source, ARP sender) of one of its VMs: drop (the VM is inside)"),
+         _at("bridged_in_flood", PRIO_BRIDGED_IN_FLOOD, Owner.SEGMENT,
+             "on an uplink, in a bridged segment's VLAN, broadcast/multicast: untagged, "
+             "marked as from the fabric (each host takes the physical network's copy for "
+             "its own receivers), to DST_LOOKUP"),
+         _at("bridged_in", PRIO_BRIDGED_IN, Owner.SEGMENT,
+             "on an uplink, in a bridged segment's VLAN: untagged, the segment and its zone, "
+             "from no VM and no group, to DST_LOOKUP (skipping ARP: the VM itself answers "
+             "the outside, from its own host) and on to the policy"),
          _at("uplink_other", PRIO_UPLINK_OTHER, Owner.UPLINK,
              "anything else from an uplink: drop (never bound, never flooded)"),
          _at("fabric_port", PRIO_FABRIC_PORT, Owner.FABRIC,
@@ -489,6 +512,9 @@ TABLES = (
         Table.ARP, "address resolution in the datapath",
         (Table.ARP, Table.DST_LOOKUP),
         (_miss("not a request: on to DST_LOOKUP"),
+         _at("bridged_request", PRIO_ARP_BRIDGED, Owner.SEGMENT,
+             "a local VM of a bridged segment asking for an address no VM has: on to "
+             "DST_LOOKUP, flooded (and out of the uplink, to the physical hosts)"),
          _at("unknown_request", PRIO_ARP_UNKNOWN, Owner.BASE,
              "ARP request or neighbour solicitation for nobody we know: drop"),
          _at("answer", PRIO_ARP_ANSWER, Owner.VM,
@@ -583,7 +609,7 @@ TABLES = (
              "broadcast/multicast: to FORWARD, judged per receiver there"),
          _at("nd_unicast", PRIO_ND_UNICAST, Owner.POLICY,
              "unicast neighbour discovery from a local VM: to ND_REACH"),
-         _ISOLATION),
+         _BRIDGED_ARP, _ISOLATION),
         "Isolation pairs above everything; broadcast/multicast to FORWARD (judged per "
         "receiver); established pass, related is judged like new, invalid drop; frames from "
         "the fabric are committed and pass; then the rules in order on group slots "
@@ -607,7 +633,7 @@ TABLES = (
     TableSpec(
         Table.FLOOD_POLICY, "one receiver's copy of a broadcast, judged statelessly",
         (Table.FORWARD,),
-        (_miss("drop"), *_JUDGED, _ISOLATION),
+        (_miss("drop"), *_JUDGED, _BRIDGED_ARP, _ISOLATION),
         "The receiver is in reg6-9 and reg4 (set by FORWARD before the resubmit). A rule's "
         "destination CIDR cannot be judged on a broadcast: its deny holds for every "
         "receiver, its allow for none.",
@@ -618,9 +644,13 @@ TABLES = (
         (_miss("unknown unicast: drop"),
          _at("flood", PRIO_FLOOD, Owner.SEGMENT,
              "broadcast/multicast: each local receiver judged in FLOOD_POLICY (resubmit), "
-             "one labelled copy per other host of the segment"),
+             "one labelled copy per other host of the segment; from a local VM of a "
+             "bridged segment, one tagged copy out of the uplink too"),
          _at("deliver", PRIO_DELIVER, Owner.VM,
              "to a local VM's port, or labelled toward a remote VM's host"),
+         _at("bridged_out", PRIO_BRIDGED_OUT, Owner.SEGMENT,
+             "unicast from a local VM of a bridged segment to no VM: tagged with its VLAN, "
+             "out of this host's uplink (the policy judged it by CIDR)"),
          _at("deliver_uplink", PRIO_DELIVER_UPLINK, Owner.UPLINK,
              "reg4 = the uplink (routed out): out of this host's uplink"),
          _at("learned", PRIO_LEARNED, Owner.LEARNED,

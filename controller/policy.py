@@ -192,10 +192,26 @@ class _Checker:
                 s["name"], str(v4) if v4 else None, str(v6) if v6 else None,
                 gws["gateway"], gws["gateway6"], self._resolvers(where, s),
                 s.get("domain", "").rstrip(".").lower() or None, s.get("mtu"),
-                s.get("lease_time", 3600))
+                s.get("lease_time", 3600), s.get("bridged", {}).get("uplink_vlan"))
+            self._bridged(where, s, nets)
             out[s["name"]] = str(nets["subnet"]) if nets["subnet"] else None
             self.prefixes[s["name"]] = [n for n in nets.values() if n is not None]
         return out
+
+    def _bridged(self, where: str, s: dict[str, Any], nets: dict[str, Any]) -> None:
+        """A bridged segment: IPv4 (IPv6 neighbour discovery is not carried out yet), one
+        VLAN of its own on the uplinks."""
+        if "bridged" not in s:
+            return
+        vlan = s["bridged"]["uplink_vlan"]
+        other = next((o.name for o in self.specs.values()
+                      if o.uplink_vlan == vlan and o.name != s["name"]), None)
+        if other is not None:
+            self.err(f"{where}.bridged.uplink_vlan", f"VLAN {vlan} already carries segment "
+                                                     f"{other!r}")
+        if nets.get("subnet6") is not None:
+            self.err(f"{where}.subnet6", "a bridged segment is IPv4 only for now (its "
+                                         "neighbour discovery is not carried out)")
 
     def _resolvers(self, where: str, s: dict[str, Any]) -> tuple[str, ...]:
         """A segment's resolvers for its guests: IPv4 ones go out by DHCPv4, IPv6 ones
@@ -282,6 +298,9 @@ class _Checker:
                     self.err(where, f"segment {name!r} is already joined by router "
                                     f"{joined[name]!r} (a segment has one gateway)")
                 joined.setdefault(name, r["name"])
+                if spec.uplink_vlan is not None:
+                    self.err(where, f"segment {name!r} is bridged: its gateway is outside, "
+                                    "on its uplink VLAN (no router may join it)")
                 if spec.subnet is None and spec.subnet6 is None:
                     self.err(where, f"segment {name!r} has no subnet: nothing to route")
                 for net_key, gw in (("subnet", spec.gateway), ("subnet6", spec.gateway6)):

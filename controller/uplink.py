@@ -21,6 +21,7 @@ from .external import HostOut
 from .flows import (
     DROP,
     OFPP_CONTROLLER,
+    OFPVID_NONE,
     Flow,
     apply,
     cookie,
@@ -48,8 +49,8 @@ from .pipeline import (
 
 def uplink_flows(out: HostOut) -> Iterable[Flow]:
     ck = cookie(Owner.UPLINK, out.port)
-    port = {"in_port": out.port}
-    yield Flow(Table.CLASSIFY, PRIO_UPLINK_OTHER, match(**port), DROP, ck)
+    yield Flow(Table.CLASSIFY, PRIO_UPLINK_OTHER, match(in_port=out.port), DROP, ck)
+    port = {"in_port": out.port, "vlan_vid": OFPVID_NONE}  # tagged: bridged segments
     yield Flow(Table.CLASSIFY, PRIO_UPLINK_ARP, match(
         **port, eth_type=ETH_TYPE_ARP, arp_op=1, arp_tpa=out.address), (arp_reply(
             out.address, out.mac),), ck)

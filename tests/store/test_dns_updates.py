@@ -116,7 +116,7 @@ def test_a_dead_server_blocks_nothing_and_catches_up(env):
                                         "7.0.30.10.in-addr.arpa."}
     assert ("web-2.vms.example.", "A", "10.30.0.6") in _rows(service)  # not taken: kept
     (e,) = client.get("/v1/events", params={"type": "dns-failed"}).json()
-    assert e["detail"]["pending"] == 3 and "Connection refused" in e["detail"]["error"]
+    assert e["detail"]["pending"] == 3 and "ConnectionRefused" in e["detail"]["error"]
     assert "vfence_dns_pending 3.0" in client.get("/metrics").text
     # the pending work is in the database: a new updater (a restart) finds it
     fresh = Updater(service.sessions, lambda: service.state, service.metrics)

@@ -132,9 +132,16 @@ def uplinked() -> NetworkState:
     return build()
 
 
+def bridged() -> NetworkState:
+    from .test_bridged import bridged_net
+
+    return bridged_net()
+
+
 NETWORKS = {
     "routed": routed,
     "uplinked": uplinked,
+    "bridged": bridged,
     "finance-3-hosts": lambda: finance(leaf_spine(3, 2), FINANCE_ON_3),
     "finance-plus": finance_plus,
     "finance-plus-open": lambda: finance_plus(intra="deny", inter="allow"),
