@@ -462,16 +462,17 @@ class VfenceApp(app_manager.OSKenApp):
         self.submit(self._follow, state)
 
     def _follow(self, state: NetworkState) -> None:
-        """BGP follows at once (moves, new VMs), and a VM just bound gets its segment's
-        router advertisement now (it solicited before it was bound)."""
+        """A VM just bound in a bridged segment is announced on its uplink, BGP follows
+        (moves, new VMs), and a VM just bound gets its segment's router advertisement
+        (it solicited before it was bound)."""
+        fresh = state.bindings.items() - self.advertised.items()  # (C speed)
+        self.advertised = state.bindings
+        self._announce_bridged(state, fresh)  # first: one packet-out, the switches wait
         try:
             self.announcer.sync(state)
         except Exception:
             LOG.exception("BGP announcements failed (retried in %s s)", BGP_SYNC_INTERVAL)
-        fresh = state.bindings.items() - self.advertised.items()  # (C speed)
-        self.advertised = state.bindings
         self._advertise(state, fresh)
-        self._announce_bridged(state, fresh)
 
     def _announce_bridged(self, state: NetworkState,
                           bindings: Iterable[tuple[str, Binding]]) -> None:

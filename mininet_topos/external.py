@@ -8,6 +8,13 @@ client behind it, all on this machine.
     vf-xc    the external client 198.51.100.7 sits
     vf-xdns  BIND 9 at 198.18.10.53, authoritative for the VMs' zones (TSIG-keyed
              updates), started with :meth:`ExternalNet.start_dns`
+    vf-xphy  a standalone Open vSwitch (NORMAL: a plain learning switch, VLAN-aware), its
+             trunk port in the uplink bridge, an access port in a bridged segment's VLAN to
+    vf-xl    a physical host of that segment (:meth:`ExternalNet.start_legacy`). The uplink
+             bridge carries the VLAN's frames between the hypervisors and it, and learns
+             the VMs' MACs from them: it is the switch that must relearn after a move
+             (there is no 802.1Q module here for VLAN sub-interfaces or a VLAN-aware Linux
+             bridge)
     vfx-ctl  the controller's own interface on the uplink network (198.18.10.2), in the
              root namespace: BGP leaves through it, never through the default route
 
@@ -26,6 +33,7 @@ from pathlib import Path
 from .named import Named
 
 SW, ROUTER, CLIENT, DNS = "vf-xsw", "vf-xr", "vf-xc", "vf-xdns"
+PHY, LEGACY = "vf-xphy", "vf-xl"
 CTL = "vfx-ctl"
 SUBNET, GATEWAY, CTL_IP = "198.18.10.0/24", "198.18.10.1", "198.18.10.2"
 CLIENT_NET, CLIENT_GW, CLIENT_IP = "198.51.100.0/24", "198.51.100.1", "198.51.100.7"
@@ -34,6 +42,8 @@ ROUTER_ASN, LOCAL_ASN = 65000, 65010
 FRR = Path("/usr/lib/frr")
 RUNDIR = Path("/run/vfence-extnet")
 DNS_DIR = Path("/run/vfence-extnet-dns")
+PHY_DIR = Path("/run/vfence-extnet-phy")
+OVS_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 
 
 def host_address(h: int) -> str:
@@ -94,6 +104,54 @@ class ExternalNet:
         shutil.rmtree(DNS_DIR, ignore_errors=True)
         self.named = Named(DNS_DIR, DNS_IP, 53, zones, netns=DNS).start()
         return self.named
+
+    def start_legacy(self, vlan: int, addresses: list[str]) -> None:
+        """A physical host (``addresses``, CIDR) in a bridged segment's ``vlan``, behind a
+        standalone OVS whose trunk port sits in the uplink bridge."""
+        for ns in (PHY, LEGACY):
+            _sh("ip", "netns", "add", ns)
+            _in(ns, "ip", "link", "set", "lo", "up")
+        shutil.rmtree(PHY_DIR, ignore_errors=True)
+        PHY_DIR.mkdir(parents=True)
+        d, env = PHY_DIR, f"OVS_RUNDIR={PHY_DIR}"
+        daemon = f"--pidfile={d}/{{0}}.pid --log-file={d}/{{0}}.log --detach --no-chdir"
+        db = f"unix:{d}/db.sock"
+        _in(PHY, "sh", "-c", " && ".join([
+            f"ovsdb-tool create {d}/conf.db {OVS_SCHEMA}",
+            f"{env} ovsdb-server {d}/conf.db --remote=punix:{d}/db.sock "
+            + daemon.format("ovsdb-server"),
+            f"ovs-vsctl --db={db} --no-wait init",
+            f"{env} ovs-vswitchd {db} " + daemon.format("ovs-vswitchd"),
+            f"ovs-vsctl --db={db} --timeout=20 add-br phy -- set Bridge phy "
+            "datapath_type=netdev fail_mode=standalone"]))
+        _sh("ip", "link", "add", "trunk", "netns", PHY, "type", "veth", "peer", "name",
+            "phy-trunk", "netns", SW)
+        _sh("ip", "link", "add", "eth0", "netns", LEGACY, "type", "veth", "peer", "name",
+            "leg0", "netns", PHY)
+        for ns, dev in ((PHY, "trunk"), (SW, "phy-trunk"), (LEGACY, "eth0"), (PHY, "leg0")):
+            _no_offload(ns, dev)
+            _in(ns, "ip", "link", "set", dev, "up")
+        self._bridge_port("phy-trunk")
+        _in(PHY, "ovs-vsctl", f"--db={db}", "add-port", "phy", "trunk", "--", "add-port",
+            "phy", "leg0", f"tag={vlan}")
+        for a in addresses:
+            _in(LEGACY, "ip", "addr", "add", a, "dev", "eth0")
+
+    def legacy(self, *cmd: str, check: bool = False) -> str:
+        return _in(LEGACY, *cmd, check=check)
+
+    def legacy_popen(self, cmd: str, out: Path) -> subprocess.Popen:
+        return subprocess.Popen(["ip", "netns", "exec", LEGACY, "sh", "-c", cmd],
+                                stdout=out.open("w"), stderr=subprocess.STDOUT)
+
+    def learned_port(self, mac: str) -> str | None:
+        """The uplink bridge's port it learned ``mac`` on (the physical switch's MAC
+        table), or None."""
+        for line in _in(SW, "bridge", "fdb", "show", "br", "br0", check=False).splitlines():
+            parts = line.split()
+            if parts and parts[0] == mac.lower() and "dev" in parts:
+                return parts[parts.index("dev") + 1]
+        return None
 
     def _wire(self, ns: str, dev: str, address: str) -> None:
         """A veth from ``ns`` (``dev``, with ``address``) into the bridge."""
@@ -156,6 +214,10 @@ class ExternalNet:
     def stop(self) -> None:
         if self.named is not None:
             self.named.kill()
+        for daemon in ("ovs-vswitchd", "ovsdb-server"):  # the standalone switch's
+            pidfile = PHY_DIR / f"{daemon}.pid"
+            if pidfile.exists():
+                subprocess.run(["kill", pidfile.read_text().strip()], capture_output=True)
         for daemon in ("bgpd", "zebra"):
             pidfile = self.dir / f"{daemon}.pid"
             if pidfile.exists():
@@ -166,7 +228,7 @@ class ExternalNet:
 
 def remove_leftovers() -> None:
     """Namespaces, the controller's veth and FRR daemons a previous run left."""
-    for ns in (DNS, CLIENT, ROUTER, SW):
+    for ns in (LEGACY, PHY, DNS, CLIENT, ROUTER, SW):
         pids = _sh("ip", "netns", "pids", ns, check=False).split()
         if pids:
             subprocess.run(["kill", "-9", *pids], capture_output=True)

@@ -14,6 +14,7 @@ import re
 import subprocess
 import threading
 import time
+from datetime import datetime
 
 import httpx
 import pytest
@@ -25,7 +26,7 @@ from vfence.mininet_topos.lab import ping_stream_result, start_ping_stream
 from vfence.mininet_topos.named import KEY_NAME
 from vfence.mininet_topos.prodlab import migrate
 
-from .conftest import DOC, ROUTED_VMS, nic
+from .conftest import DOC, MAC, ROUTED_VMS, nic
 from .test_routing import GATEWAY, bound, delivered, ping, routed_doc
 
 IP = {n: ip for n, _, _, ip, _ in ROUTED_VMS}
@@ -33,6 +34,8 @@ HOSTS = (1, 2, 3)
 ZONE = "vms.lab.example."
 ALLOWED = "198.51.100.0/25"  # the part of the client's network the rules let in
 OUTSIDER = "198.51.100.200"  # a second address of the client, outside it
+VLAN = 100  # rlab (10.30.9.0/24) is bridged on it, out to a physical host:
+LEGACY_IP, LEGACY_OUTSIDER = "10.30.9.200", "10.30.9.50"  # the rules let the first in
 
 
 def external_doc() -> dict:
@@ -43,9 +46,12 @@ def external_doc() -> dict:
                                 "peer_asn": ext.ROUTER_ASN}}]
     doc["hosts"] = [{"name": f"hv{h}", "uplink": f"up{h}", "address": ext.host_address(h)}
                     for h in HOSTS]
+    next(s for s in doc["segments"] if s["name"] == "rlab")["bridged"] = {"uplink_vlan": VLAN}
     doc["dns"] = {"server": ext.DNS_IP, "zone": ZONE, "reverse": True, "ttl": 30,
                   "tsig": {"name": KEY_NAME, "secret_file": str(ext.DNS_DIR / "vfence.key")}}
     doc["rules"] = [{"name": "client-in", "from": ALLOWED, "to": "rweb", "action": "allow"},
+                    {"name": "legacy-in", "from": "10.30.9.128/25", "to": "rlab",
+                     "protocol": "icmp", "action": "allow"},
                     {"name": "rweb-out-icmp", "from": "rweb", "to": ext.CLIENT_NET,
                      "protocol": "icmp", "action": "allow"}] + doc["rules"]
     return doc
@@ -77,6 +83,7 @@ def outside(lab):
     net = ext.ExternalNet().start()
     try:
         net.start_dns(zones(external_doc()))
+        net.start_legacy(VLAN, [f"{LEGACY_IP}/24", f"{LEGACY_OUTSIDER}/24"])
         net.client("ip", "addr", "add", f"{OUTSIDER}/24", "dev", "eth0", check=True)
         for h in HOSTS:
             sw = lab.switch(f"hv{h}")
@@ -150,6 +157,106 @@ def test_north_south_policy_sources_state_and_isolation(outside):
     assert not delivered(ping(lab, "rfront", IP["rpay-2"], 2))
     assert not delivered(ping(lab, "rpay-2", IP["rfront"], 2))
     assert delivered(ping(lab, "rweb-1", IP["rdb-1"]))  # the router itself routes
+
+
+def legacy_ping(net, ip: str, source: str = LEGACY_IP) -> str:
+    return net.legacy("ping", "-n", "-c", "2", "-i", "0.2", "-W", "1", "-I", source, ip)
+
+
+def _relearned(net, mac: str, port: str, seen: list[float], deadline: float) -> None:
+    """Watch the uplink bridge's MAC table until ``mac`` is on ``port`` (the time, in
+    ``seen``)."""
+    while time.monotonic() < deadline and not seen:
+        if net.learned_port(mac) == port:
+            seen.append(time.monotonic())
+        time.sleep(0.001)
+
+
+def _arrivals(pcap, mac: str) -> dict[str, float]:
+    """First arrival (wall clock), at the physical switch's port, of any frame from the
+    VM's MAC (what the switch relearns from), of vfence's announcement (a gratuitous ARP)
+    and of QEMU's RARP."""
+    out = subprocess.run(["tcpdump", "-r", str(pcap), "-tt", "-e", "-n"],
+                         capture_output=True, text=True).stdout
+    first: dict[str, float] = {}
+    for line in out.splitlines():
+        at = float(line.split()[0])
+        first.setdefault("any", at)
+        if re.search(r"who-has (\S+) tell \1,", line):
+            first.setdefault("garp", at)
+        if "Reverse ARP" in line or "0x8035" in line:
+            first.setdefault("rarp", at)
+    return first
+
+
+def _move_under_stream(lab, net, tmp_path, target: str, announce: bool, name: str):
+    """rlab-1 to ``target`` under a 10 ms ping stream from the physical host; returns
+    (switch relearn delay after the switch-over, stream sent/received, arrivals of the
+    announcements at the new uplink's bridge port relative to the switch-over)."""
+    vm, mac = "rlab-1", MAC["rlab-1"]
+    port = f"hv{target.removeprefix('hv')}-up"
+    pcap = tmp_path / f"{name}.pcap"
+    dump = subprocess.Popen(["ip", "netns", "exec", ext.SW, "tcpdump", "-i", port,
+                             "--immediate-mode", "-U", "-w", str(pcap), "ether", "src", mac],
+                            stderr=subprocess.DEVNULL)
+    out = tmp_path / f"{name}.txt"
+    stream = net.legacy_popen(f"ping -n -i 0.01 -W 1 -c 400 {IP[vm]}", out)
+    time.sleep(1)
+    seen: list[float] = []
+    watcher = threading.Thread(target=_relearned,
+                               args=(net, mac, port, seen, time.monotonic() + 20))
+    watcher.start()
+    wall = time.time() - time.monotonic()
+    migrate(lab, vm, target, announce=announce)
+    watcher.join()
+    stream.wait(timeout=30)
+    time.sleep(0.3)
+    dump.terminate()
+    dump.wait(timeout=5)
+    assert seen, f"the physical switch never learned {vm} on {port}"
+    since = lab.get(f"/v1/vms/{vm}/location")["since"]  # vfence's switch-over (wall clock)
+    moved = datetime.fromisoformat(since).timestamp() - wall  # as monotonic time
+    at = {k: round((v - wall - moved) * 1000) for k, v in _arrivals(pcap, mac).items()}
+    return seen[0] - moved, ping_stream_result(out), at
+
+
+def test_a_bridged_segment_meets_the_physical_network_which_relearns_a_move(outside,
+                                                                            tmp_path):
+    """rlab is bridged on VLAN 100: a physical host behind a plain learning switch
+    reaches rlab-1 (only from the allowed half of the subnet) and back. rlab-1 moves
+    hv3 -> hv1 as usual (its own frames, QEMU's RARPs, teach a plain learning network),
+    then back with a guest that sends nothing (no IPv6, no RARP): vfence's announcement
+    alone makes the switch relearn, at once after vfence's switch-over."""
+    lab, net = outside
+    vm, mac = "rlab-1", MAC["rlab-1"]
+    assert host_of(lab, vm) == 3
+    assert delivered(legacy_ping(net, IP[vm]))
+    assert net.learned_port(mac) == "hv3-up"
+    assert delivered(ping(lab, vm, LEGACY_IP))
+    refused = legacy_ping(net, IP[vm], LEGACY_OUTSIDER)  # outside legacy-in's /25
+    assert "2 packets transmitted" in refused and not delivered(refused), refused
+    relearn, (sent, got), at = _move_under_stream(lab, net, tmp_path, "hv1", True, "qemu")
+    print(f"bridged move, guest and QEMU announcing: at the new uplink's switch port its "
+          f"first frame came {at.get('any')} ms, QEMU's RARP {at.get('rarp')} ms, vfence's "
+          f"announcement {at.get('garp')} ms after vfence's switch-over (polled relearn "
+          f"{relearn * 1000:.0f} ms); the physical host lost {sent - got}/{sent}")
+    assert "garp" in at and at["garp"] < 1000, at
+    assert got > 300, (sent, got)
+    guest = lab.host(vm)
+    guest.cmd("sysctl -qw net.ipv6.conf.all.disable_ipv6=1")  # no MLD, no solicitation
+    try:
+        relearn2, (sent2, got2), at2 = _move_under_stream(lab, net, tmp_path, "hv3", False,
+                                                          "silent")
+    finally:
+        guest.cmd("sysctl -qw net.ipv6.conf.all.disable_ipv6=0")
+    print(f"bridged move, guest silent: vfence's announcement reached the switch "
+          f"{at2.get('garp')} ms after its switch-over, the first frame from the VM's MAC "
+          f"{at2.get('any')} ms (polled relearn {relearn2 * 1000:.0f} ms); the physical host "
+          f"lost {sent2 - got2}/{sent2}")
+    assert "rarp" not in at2 and at2.get("any") == at2.get("garp"), at2  # nothing else
+    assert at2["garp"] < 1000, at2
+    assert got2 > 100, (sent2, got2)  # it came back without a word from the guest
+    assert delivered(legacy_ping(net, IP[vm]))
 
 
 def readdress_guest(lab, vm: str, ip: str, gateway: str) -> None:
