@@ -90,6 +90,7 @@ bench: deps ovs
 	$(BIN)/python -m bench.incremental
 	$(BIN)/python -m bench.routing
 	$(BIN)/python -m bench.external
+	$(BIN)/python -m bench.dns
 	$(BIN)/python -m bench.scale
 
 clean:

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import ipaddress
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -24,7 +25,7 @@ import dns.name
 import dns.tsig
 import dns.update
 
-from .model import Dns, NetworkState, Tsig
+from .model import VM, Dns, NetworkState, Tsig
 
 Err = Callable[[str, str], None]
 BATCH = 100  # RRsets per update message: one message stays far below TCP's 64 KB
@@ -124,47 +125,59 @@ def fqdn(vm: str, zone: str) -> str | None:
 
 
 def wanted(state: NetworkState) -> set[Rec]:
-    """Every record the registered VMs ask for (link-local addresses have none)."""
+    """Every record the registered VMs ask for (link-local addresses have none). Each
+    VM's records are memoised: a round after one VM changed costs O(VMs) lookups."""
     cfg = state.policy.dns
     if cfg is None:
         return set()
+    plens = {s.name: tuple(ipaddress.ip_network(p).prefixlen if p else None
+                           for p in (s.subnet, s.subnet6))
+             for s in state.policy.segment_specs}
     out: set[Rec] = set()
-    specs = state.policy.specs
     for vm in state.vms.values():
-        name = fqdn(vm.name, cfg.zone)
-        if name is None:
-            continue
-        spec = specs.get(vm.segment)
-        for ip in vm.ips:
-            addr = ipaddress.ip_address(ip)
-            if addr.is_link_local:
-                continue
-            out.add(Rec(cfg.zone, name, "A" if addr.version == 4 else "AAAA", str(addr)))
-            if cfg.reverse:
-                prefix = spec and (spec.subnet if addr.version == 4 else spec.subnet6)
-                plen = ipaddress.ip_network(prefix).prefixlen if prefix else None
-                out.add(Rec(reverse_zone(addr, plen), addr.reverse_pointer + ".", "PTR",
-                            name))
+        out.update(_records(vm, cfg, plens.get(vm.segment, (None, None))))
     return out
 
 
-def plan(want: Iterable[Rec], have: Iterable[Rec], batch: int = BATCH) -> list[Change]:
+@functools.lru_cache(maxsize=1 << 17)
+def _records(vm: VM, cfg: Dns, plens: tuple[int | None, int | None]) -> tuple[Rec, ...]:
+    name = fqdn(vm.name, cfg.zone)
+    if name is None:
+        return ()
+    out = []
+    for ip in vm.ips:
+        addr = ipaddress.ip_address(ip)
+        if addr.is_link_local:
+            continue
+        out.append(Rec(cfg.zone, name, "A" if addr.version == 4 else "AAAA", str(addr)))
+        if cfg.reverse:
+            out.append(Rec(reverse_zone(addr, plens[addr.version == 6]),
+                           addr.reverse_pointer + ".", "PTR", name))
+    return tuple(out)
+
+
+def plan(want: set[Rec], have: set[Rec], batch: int = BATCH) -> list[Change]:
     """The update messages that make the server's records ``want`` when it holds
     ``have``: every (owner, type) whose values differ is replaced whole, per zone (a
-    record that moved zone is deleted in the old one and added in the new)."""
-    sets: dict[tuple[str, str, str], tuple[set[str], set[str]]] = {}
+    record that moved zone is deleted in the old one and added in the new). Only the
+    records in the difference are looked at twice (the common case: one VM changed)."""
+    touched = {(r.zone, r.owner, r.rtype) for r in want ^ have}
+    if not touched:
+        return []
+    sets: dict[tuple[str, str, str], tuple[set[str], set[str]]] = {
+        k: (set(), set()) for k in touched}
     for i, recs in enumerate((want, have)):
         for r in recs:
-            sets.setdefault((r.zone, r.owner, r.rtype), (set(), set()))[i].add(r.value)
+            if (got := sets.get((r.zone, r.owner, r.rtype))) is not None:
+                got[i].add(r.value)
     by_zone: dict[str, list[tuple[str, str, frozenset[str]]]] = {}
-    for (zone, owner, rtype), (w, h) in sorted(sets.items()):
-        if w != h:
-            by_zone.setdefault(zone, []).append((owner, rtype, frozenset(w)))
+    for (zone, owner, rtype), (w, _) in sorted(sets.items()):
+        by_zone.setdefault(zone, []).append((owner, rtype, frozenset(w)))
     return [Change(zone, tuple(rrs[i:i + batch]))
             for zone, rrs in by_zone.items() for i in range(0, len(rrs), batch)]
 
 
-def pending(want: Iterable[Rec], have: Iterable[Rec]) -> int:
+def pending(want: set[Rec], have: set[Rec]) -> int:
     """How many RRsets the server still has to take."""
     return sum(len(c.rrsets) for c in plan(want, have, batch=1 << 30))
 

@@ -75,6 +75,7 @@ class Updater:
         self.next_round: float | None = None  # monotonic, while failing
         self.waiting: list[str] = []  # owners of the pending RRsets (the first few)
         self.pending = 0
+        self.have: tuple[str | None, set[plan_mod.Rec]] | None = None  # server, its records
         self.thread = threading.Thread(target=self._run, name="dns-updates", daemon=True)
 
     def start(self) -> None:
@@ -116,39 +117,48 @@ class Updater:
             return self._failed(error) if error else self._succeeded(sent)
 
     def _round(self, s: Session, state: NetworkState) -> tuple[int, str | None]:
-        """(RRsets the server took, the error that stopped the rest or None)."""
+        """(RRsets the server took, the error that stopped the rest or None). What the
+        server holds is read from the database once (and when the server changes), then
+        kept here: this thread is its only writer."""
         cfg = state.policy.dns
         if cfg is None:
-            s.execute(delete(m.DnsRecord))  # no server to keep current
-            s.commit()
-            self._count(set(), set())
+            if self.have is None or self.have[0] is not None:
+                s.execute(delete(m.DnsRecord))  # no server to keep current
+                s.commit()
+            self.have = (None, set())
+            self._count([])
             return 0, None
-        have, want = published(s, cfg), plan_mod.wanted(state)
-        s.commit()
-        self._count(want, have)
-        changes = plan_mod.plan(want, have)
+        if self.have is None or self.have[0] != _server(cfg):
+            self.have = (_server(cfg), published(s, cfg))
+            s.commit()
+        have = self.have[1]
+        changes = plan_mod.plan(plan_mod.wanted(state), have)
+        self._count(changes)
         if not changes:
             return 0, None
         try:
             key = plan_mod.key(cfg)
         except ValueError as e:  # the key file changed since it was applied
             return 0, f"TSIG key: {e}"
-        sent, refused = 0, None
-        for change in changes:
+        sent, error, left = 0, None, []
+        for i, change in enumerate(changes):
             try:
                 self._send(cfg, change, key)
             except Refused as e:  # this zone's; the others may still go
-                refused = f"{e}"
+                error = f"{e}"
+                left.append(change)
                 continue
             except (OSError, dns.exception.DNSException) as e:  # the server's: stop
-                refused = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                left.extend(changes[i:])
                 break
             _write(s, cfg, change)
             s.commit()
             have = plan_mod.applied(have, change)
+            self.have = (self.have[0], have)
             sent += len(change.rrsets)
-        self._count(want, have)
-        return sent, refused
+        self._count(left)
+        return sent, error
 
     def _send(self, cfg: Dns, change: plan_mod.Change, key: Any) -> None:
         try:
@@ -165,8 +175,7 @@ class Updater:
             raise Refused(f"the server answered {dns.rcode.to_text(rcode)} for zone "
                           f"{change.zone}")
 
-    def _count(self, want: set[plan_mod.Rec], have: set[plan_mod.Rec]) -> None:
-        todo = plan_mod.plan(want, have, batch=1 << 30)
+    def _count(self, todo: list[plan_mod.Change]) -> None:
         self.pending = sum(len(c.rrsets) for c in todo)
         self.waiting = sorted({o for c in todo for o, _, _ in c.rrsets})[:20]
         self.metrics.dns_pending.set(self.pending)
