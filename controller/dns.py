@@ -4,9 +4,11 @@ dynamic updates signed with TSIG (dnspython builds them).
 
 Level-based, like the switches: :func:`wanted` is what the VMs ask for, the database
 holds what the server took (``dns_records``), and :func:`plan` is the difference as
-update messages, each replacing whole RRsets (so a lost answer or a record changed by
-hand is mended by the next round, never doubled). What the server has not taken yet is
-the pending work: it survives restarts because both sides are in the database.
+update messages that delete vfence's old values and add its new ones (a lost answer is
+mended by the next round: deleting what is gone or adding what is there changes
+nothing). Records vfence did not create are never deleted. What the server has not
+taken yet is the pending work: it survives restarts because both sides are in the
+database.
 """
 
 from __future__ import annotations
@@ -39,11 +41,14 @@ class Rec(NamedTuple):
 
 
 class Change(NamedTuple):
-    """One update message: in ``zone``, each (owner, type) RRset becomes ``values``
-    (nothing: the RRset is deleted)."""
+    """One update message: in ``zone``, each (owner, type) RRset gets the values vfence
+    wants and loses those it had put there and no longer wants. Records vfence did not
+    put there are never touched (a VM named like a host the zone already has adds its
+    address beside the host's, it does not replace it)."""
 
     zone: str
-    rrsets: tuple[tuple[str, str, frozenset[str]], ...]
+    rrsets: tuple[tuple[str, str, frozenset[str], frozenset[str]], ...]  # owner, type,
+    # wanted values, values vfence had there
 
 
 def _absolute(text: str) -> str:
@@ -170,9 +175,9 @@ def plan(want: set[Rec], have: set[Rec], batch: int = BATCH) -> list[Change]:
         for r in recs:
             if (got := sets.get((r.zone, r.owner, r.rtype))) is not None:
                 got[i].add(r.value)
-    by_zone: dict[str, list[tuple[str, str, frozenset[str]]]] = {}
-    for (zone, owner, rtype), (w, _) in sorted(sets.items()):
-        by_zone.setdefault(zone, []).append((owner, rtype, frozenset(w)))
+    by_zone: dict[str, list[tuple[str, str, frozenset[str], frozenset[str]]]] = {}
+    for (zone, owner, rtype), (w, h) in sorted(sets.items()):
+        by_zone.setdefault(zone, []).append((owner, rtype, frozenset(w), frozenset(h)))
     return [Change(zone, tuple(rrs[i:i + batch]))
             for zone, rrs in by_zone.items() for i in range(0, len(rrs), batch)]
 
@@ -183,12 +188,13 @@ def pending(want: set[Rec], have: set[Rec]) -> int:
 
 
 def message(cfg: Dns, change: Change, key: dns.tsig.Key | None) -> dns.update.UpdateMessage:
-    """The RFC 2136 update for ``change``: delete each RRset, then add its values (one
-    message: the server applies it whole or not at all)."""
+    """The RFC 2136 update for ``change``: vfence's old values deleted one by one, the
+    new ones added (one message: the server applies it whole or not at all)."""
     update = dns.update.UpdateMessage(change.zone, keyring=key)
-    for owner, rtype, values in change.rrsets:
-        update.delete(owner, rtype)
-        for value in sorted(values):
+    for owner, rtype, want, had in change.rrsets:
+        for value in sorted(had - want):
+            update.delete(owner, rtype, value)
+        for value in sorted(want - had):
             update.add(owner, cfg.ttl, rtype, value)
     return update
 
@@ -202,6 +208,6 @@ def key(cfg: Dns) -> dns.tsig.Key | None:
 
 def applied(have: set[Rec], change: Change) -> set[Rec]:
     """What the server holds after it took ``change``."""
-    touched = {(change.zone, o, t) for o, t, _ in change.rrsets}
+    touched = {(change.zone, o, t) for o, t, _, _ in change.rrsets}
     kept = {r for r in have if (r.zone, r.owner, r.rtype) not in touched}
-    return kept | {Rec(change.zone, o, t, v) for o, t, vs in change.rrsets for v in vs}
+    return kept | {Rec(change.zone, o, t, v) for o, t, vs, _ in change.rrsets for v in vs}

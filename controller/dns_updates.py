@@ -54,7 +54,7 @@ def published(s: Session, cfg: Dns) -> set[plan_mod.Rec]:
 
 def _write(s: Session, cfg: Dns, change: plan_mod.Change) -> None:
     """The server took ``change``: its RRsets are now exactly what it carried."""
-    for owner, rtype, values in change.rrsets:
+    for owner, rtype, values, _ in change.rrsets:
         s.execute(delete(m.DnsRecord).where(m.DnsRecord.owner == owner,
                                             m.DnsRecord.rtype == rtype))
         s.add_all(m.DnsRecord(server=_server(cfg), zone=change.zone, owner=owner,
@@ -177,7 +177,7 @@ class Updater:
 
     def _count(self, todo: list[plan_mod.Change]) -> None:
         self.pending = sum(len(c.rrsets) for c in todo)
-        self.waiting = sorted({o for c in todo for o, _, _ in c.rrsets})[:20]
+        self.waiting = sorted({o for c in todo for o, *_ in c.rrsets})[:20]
         self.metrics.dns_pending.set(self.pending)
 
     def _failed(self, error: str) -> bool:

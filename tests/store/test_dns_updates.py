@@ -175,3 +175,23 @@ def test_an_unusable_key_file_is_refused_naming_the_field(env, tmp_path, content
     (err,) = r.json()["errors"]
     assert err["field"] == "dns.tsig.secret_file" and words in err["reason"], err
     assert client.get("/v1/policy").json() == before
+
+
+def test_records_vfence_did_not_create_are_never_deleted(env):
+    """The zone's own host 'ns' and a VM named 'ns': the VM's address goes beside the
+    host's, and leaves without taking the host's along."""
+    import dns.query
+    import dns.tsig
+    import dns.update
+
+    client, service, updater, named = env
+    own = dns.update.UpdateMessage(ZONE, keyring=dns.tsig.Key(KEY, named.secret))
+    own.add(f"ns.{ZONE}.", 60, "A", "10.30.0.53")
+    dns.query.tcp(own, "127.0.0.1", port=named.port, timeout=2)
+    vm = {"name": "ns", "mac": "02:00:00:00:30:09", "segment": "web", "ips": ["10.30.0.9"]}
+    assert client.post("/v1/vms", json=vm).status_code == 201
+    assert updater.round() is True
+    assert named.query(f"ns.{ZONE}", "A") == ["10.30.0.53", "10.30.0.9"]
+    assert client.delete("/v1/vms/ns").status_code == 204
+    assert updater.round() is True
+    assert named.query(f"ns.{ZONE}", "A") == ["10.30.0.53"]  # the zone's own host stays

@@ -67,9 +67,9 @@ def test_plan_replaces_only_the_rrsets_that_differ():
             dns.Rec(z, "b." + z, "A", "10.0.0.8"), dns.Rec(z, "d." + z, "A", "10.0.0.4")}
     (change,) = dns.plan(want, have)
     assert change.zone == z and change.rrsets == (
-        ("b." + z, "A", frozenset({"10.0.0.8", "10.0.0.9"})),
-        ("c." + z, "A", frozenset()),  # deleted
-        ("d." + z, "A", frozenset({"10.0.0.4"})))
+        ("b." + z, "A", frozenset({"10.0.0.8", "10.0.0.9"}), frozenset({"10.0.0.2"})),
+        ("c." + z, "A", frozenset(), frozenset({"10.0.0.3"})),  # deleted
+        ("d." + z, "A", frozenset({"10.0.0.4"}), frozenset()))
     assert dns.applied(have, change) == want
     assert dns.plan(want, want) == [] and dns.pending(want, have) == 3
 
@@ -82,13 +82,15 @@ def test_plan_batches_per_zone():
                                                           ("z1.", 1), ("z2.", 1)]
 
 
-def test_message_deletes_then_adds_with_the_ttl():
+def test_message_deletes_only_vfences_old_values_and_adds_the_new_with_the_ttl():
     cfg = _state().policy.dns
-    change = dns.Change("vms.example.", (("a.vms.example.", "A", frozenset({"10.0.0.1"})),
-                                         ("b.vms.example.", "A", frozenset())))
+    change = dns.Change("vms.example.", (
+        ("a.vms.example.", "A", frozenset({"10.0.0.1", "10.0.0.2"}), frozenset({"10.0.0.2"})),
+        ("b.vms.example.", "A", frozenset(), frozenset({"10.0.0.3"}))))
     text = dns.message(cfg, change, None).to_text()
-    assert "a.vms.example. ANY A" in text and "a.vms.example. 30 IN A 10.0.0.1" in text
-    assert "b.vms.example. ANY A" in text and "b.vms.example. 30 IN A" not in text
+    assert "a.vms.example. 30 IN A 10.0.0.1" in text and "10.0.0.2" not in text
+    assert "b.vms.example. 0 NONE A 10.0.0.3" in text  # RFC 2136: delete this RR only
+    assert "ANY" not in text  # never a whole RRset: what vfence did not put there stays
 
 
 @pytest.mark.parametrize("dns_doc, field, words", [
