@@ -143,8 +143,11 @@ class VfenceApp(app_manager.OSKenApp):
         self.work.put(lambda: fn(*args))
 
     def close(self) -> None:
+        """os-ken's teardown (AppManager.close): the worker, the DNS thread, the BGP
+        session (a NOTIFICATION, rather than the peer noticing the process gone)."""
         self.work.put(None)
         self.dns.close()
+        self.announcer.close()
 
     # --- request/reply ----------------------------------------------------------------
 
