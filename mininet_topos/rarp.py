@@ -13,7 +13,7 @@ import struct
 import sys
 import time
 
-from scapy.all import ARP, Ether, conf
+from scapy.all import ARP, Ether
 
 SIOCGIFFLAGS, IFF_UP = 0x8913, 0x1
 
@@ -28,7 +28,11 @@ def is_up(iface: str) -> bool:
 iface, mac = sys.argv[1], sys.argv[2]
 frame = bytes(Ether(src=mac, dst="ff:ff:ff:ff:ff:ff", type=0x8035) / ARP(
     op=3, hwsrc=mac, hwdst=mac, psrc="0.0.0.0", pdst="0.0.0.0"))
-sock = conf.L2socket(iface=iface)
+# a plain packet socket, bound while the link is still down (scapy's L2socket reads the
+# socket empty when it opens, which fails with ENETDOWN on a link that is down: every
+# announcement was lost that way)
+sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+sock.bind((iface, 0))
 deadline = time.monotonic() + 30
 while not is_up(iface) and time.monotonic() < deadline:
     time.sleep(0.001)
