@@ -17,9 +17,10 @@ import base64
 import binascii
 import functools
 import ipaddress
+import os
 import re
+import stat
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import dns.exception
@@ -30,6 +31,7 @@ import dns.update
 from .model import VM, Dns, NetworkState, Tsig
 
 Err = Callable[[str, str], None]
+MAX_KEY_FILE = 4096
 BATCH = 100  # RRsets per update message: one message stays far below TCP's 64 KB
 
 
@@ -95,10 +97,19 @@ _CLAUSE = re.compile(r'secret\s+"([^"]+)"')
 def secret(tsig: Tsig) -> str:
     """The base64 secret in ``tsig.secret_file``: the secret alone, or a key clause as
     ``tsig-keygen`` writes it. ValueError with the reason when it cannot be used."""
-    try:
-        text = Path(tsig.secret_file).read_text()
+    try:  # never blocks (a FIFO) nor reads without end (/dev/zero): a small regular file
+        fd = os.open(tsig.secret_file, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ValueError(f"{tsig.secret_file} is not a regular file")
+            text = os.read(fd, MAX_KEY_FILE + 1).decode("utf-8", "replace")
+        finally:
+            os.close(fd)
     except OSError as e:
         raise ValueError(f"cannot read {tsig.secret_file}: {e.strerror}") from None
+    if len(text) > MAX_KEY_FILE:
+        raise ValueError(f"{tsig.secret_file} is larger than a key file ({MAX_KEY_FILE} "
+                         "bytes at most)")
     found = _CLAUSE.search(text)
     value = (found.group(1) if found else text).strip()
     try:
@@ -121,8 +132,11 @@ def reverse_zone(addr: ipaddress.IPv4Address | ipaddress.IPv6Address,
 
 
 def fqdn(vm: str, zone: str) -> str | None:
-    """``vm``'s name in ``zone``, or None if the VM's name is not a domain name's label
-    (the policy allows names DNS does not: such VMs get no records)."""
+    """``vm``'s name in ``zone``, or None if the VM's name is not one domain name label
+    (the policy allows names DNS does not, and a dotted name would put records under
+    another name of the zone, a delegation's glue say: such VMs get no records)."""
+    if "." in vm or len(vm) > 63:
+        return None
     try:
         return _absolute(f"{vm}.{zone}")
     except dns.exception.DNSException:

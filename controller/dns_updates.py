@@ -80,6 +80,7 @@ class Updater:
 
     def start(self) -> None:
         self.thread.start()
+        self.kick()  # work a previous run left in the database goes now
 
     def kick(self) -> None:
         """The state changed: a round now (never blocks the caller)."""
@@ -97,9 +98,12 @@ class Updater:
                 return
             try:
                 ok = self.round()
-            except Exception:  # a bug must not end the thread: log it, retry later
+            except Exception as e:  # (a locked database too): log, report, retry later
                 LOG.exception("DNS round failed")
-                ok = False
+                try:
+                    ok = self._failed(f"{type(e).__name__}: {e}")
+                except Exception:
+                    ok = False
             if ok:
                 self.delay = RESYNC
             else:  # 1, 2, 4 ... 60 s

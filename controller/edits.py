@@ -34,11 +34,14 @@ def nothing(new: NetworkState, s: Session) -> None:
     """Recompile and reprogram as things are (a switch became ready)."""
 
 
-def apply_policy(policy: Policy, changes: dict[str, list[str]]) -> Edit:
+def apply_policy(policy: Policy, changes: dict[str, list[str]], only: str | None = None
+                 ) -> Edit:
     """The registry follows the document (``changes`` gets what it added, removed,
-    changed); the rules replace the old ones."""
+    changed); the rules replace the old ones. ``only``: the document differs from the
+    stored one in that VM alone (PATCH), and no other VM is touched."""
     def edit(new: NetworkState, s: Session) -> binding.Event:
-        if policy.dns is not None and policy.dns.tsig is not None:
+        before = new.vms.get(only) if only else None
+        if only is None and policy.dns is not None and policy.dns.tsig is not None:
             try:
                 dns.secret(policy.dns.tsig)  # now, not at the first update: named in the answer
             except ValueError as e:
@@ -47,8 +50,13 @@ def apply_policy(policy: Policy, changes: dict[str, list[str]]) -> Edit:
         # each rule keeps the priority it had (new ones go between): O(1) flows per edit
         new.policy = policy_mod.keep_priorities(policy, {
             r.name: r.priority for r in new.policy.rules})
-        changes.update(registry.sync_policy(s, new.policy))
+        changes.update(registry.sync_policy(s, new.policy, only))
         records.refresh_registry(s, new)
+        if only is not None and before is not None and only in new.vms:
+            vm = new.vms[only]
+            registry.record_event(s, "vm-readdressed", vm=only, ips=list(vm.ips),
+                                  segment=vm.segment, was={"ips": list(before.ips),
+                                                           "segment": before.segment})
         registry.record_event(s, "policy-applied", rules=len(policy.rules),
                               vms=len(policy.vms),
                               changes={k: len(v) for k, v in changes.items()})
@@ -68,7 +76,11 @@ def _clear_of_routers(new: NetworkState, names: list[str]) -> None:
         vm = new.vms[name]
         if vm.mac in macs:
             raise Conflict(f"{vm.mac} is router {macs[vm.mac]!r}'s MAC", "mac")
+        outside = new.policy.specs.get(vm.segment)
         for j, ip in enumerate(vm.ips):
+            if outside is not None and outside.uplink_vlan and ip == outside.gateway:
+                raise Conflict(f"{ip} is the gateway of bridged segment {vm.segment!r} (a "
+                               "physical router on its VLAN)", f"ips[{j}]")
             if (vm.segment, ip) in gateways:
                 raise Conflict(f"{ip} is router {router[vm.segment]!r}'s address in "
                                f"segment {vm.segment!r}", f"ips[{j}]")

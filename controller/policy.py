@@ -251,6 +251,9 @@ class _Checker:
                     self.err(f"{where}.ips[{j}]", str(e))
                     continue
                 spec = self.specs.get(v["segment"])
+                if spec is not None and spec.uplink_vlan and addr == spec.gateway:
+                    self.err(f"{where}.ips[{j}]", f"{addr} is the gateway of bridged segment "
+                                                  f"{v['segment']!r} (a physical router)")
                 # a router finds VMs by address alone: unique across all its segments
                 router = self.joined.get(v["segment"])
                 if spec is not None and router and addr in router_addresses(

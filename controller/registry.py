@@ -235,8 +235,11 @@ def update_vm(session: Session, row: m.VM, spec: VMSpec) -> bool:
     return True
 
 
-def sync_policy(session: Session, policy: Policy) -> dict[str, list[str]]:
-    """Make the registry what ``policy`` says and store the document.
+def sync_policy(session: Session, policy: Policy, only: str | None = None
+                ) -> dict[str, list[str]]:
+    """Make the registry what ``policy`` says and store the document. ``only``: change
+    that VM alone (checked against every registered VM, the API's too) and leave the
+    VMs the document does not list.
 
     Returns the VM names added, removed and changed. Raises (and the caller rolls
     back) on any conflict.
@@ -249,6 +252,11 @@ def sync_policy(session: Session, policy: Policy) -> dict[str, list[str]]:
     wanted = {v.name: v for v in policy.vms}
     existing = {r.name: r for r in list_vms(session)}
     report: dict[str, list[str]] = {"added": [], "removed": [], "changed": []}
+    if only is not None:
+        spec = wanted[only]
+        _check_ips(session, _get_or_create(session, m.Segment, spec.segment, "segment"), spec)
+        wanted = {only: spec}
+        existing = {only: existing[only]} if only in existing else {}
     for name in sorted(set(existing) - set(wanted)):
         delete_vm(session, name)
         report["removed"].append(name)

@@ -112,15 +112,15 @@ class Service:
         self._change(edits.add_vm(spec))
 
     def readdress_vm(self, name: str, ips: tuple[str, ...] | None, seg: str | None) -> None:
-        """PATCH: a VM of the policy document changes in the stored document, any other in
-        the registry."""
+        """PATCH: a document's VM changes in the stored document, any other in the registry."""
         with self.lock:
             found = edits.readdressed_document(self.state.policy, name, ips, seg)
             if found is None:
                 self._change(edits.readdress_vm(name, ips, seg))
-            else:
+            else:  # only this VM: the API's VMs, which the document does not list, stay
                 with policy_mod.fields_under(found[1]):
-                    self.apply_policy(found[0])
+                    policy = policy_mod.parse(found[0])
+                self._change(edits.apply_policy(policy, {}, only=name), force=True)
 
     def remove_vm(self, name: str) -> None:
         self._change(edits.remove_vm(name))

@@ -173,3 +173,15 @@ def test_a_vm_arriving_at_a_host_is_announced_out_of_that_hosts_uplink():
     no_uplink = st.copy()
     no_uplink.port_names = {}
     assert list(bridged.announcements(no_uplink, moved)) == []
+
+
+def test_no_vm_may_hold_a_bridged_segments_gateway():
+    """Found by review: the uplink would drop the real router's frames as spoofed."""
+    doc = _doc()
+    doc["segments"][2]["gateway"] = "10.20.0.1"
+    doc["vms"] = [{"name": "x", "mac": "02:00:00:00:00:99", "segment": "lab",
+                   "ips": ["10.20.0.1"]}]
+    with pytest.raises(PolicyError) as e:
+        policy.parse(doc)
+    assert any(err["field"] == "vms[0].ips[0]" and "gateway of bridged" in err["reason"]
+               for err in e.value.errors), e.value.errors

@@ -119,3 +119,23 @@ def test_the_secret_file_takes_a_tsig_keygen_clause_or_the_secret_alone(tmp_path
     alone.write_text("c2VjcmV0\n")
     assert dns.secret(Tsig("vfence.", secret_file=str(clause))) == "c2VjcmV0"
     assert dns.secret(Tsig("vfence.", secret_file=str(alone))) == "c2VjcmV0"
+
+
+def test_found_by_review_dotted_names_fifos_and_md5(tmp_path):
+    import os
+
+    from vfence.controller.model import Tsig
+    # a dotted VM name would put records under another name (a delegation's glue)
+    assert dns.fqdn("ns.sub", "vms.example.") is None and dns.fqdn("web-1", "z.") == "web-1.z."
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # reading it would block the controller: refused at once
+    with pytest.raises(ValueError, match="not a regular file"):
+        dns.secret(Tsig("k.", secret_file=str(fifo)))
+    big = tmp_path / "big"
+    big.write_text("A" * 5000)
+    with pytest.raises(ValueError, match="larger than a key file"):
+        dns.secret(Tsig("k.", secret_file=str(big)))
+    with pytest.raises(PolicyError) as e:  # dnspython cannot sign with it
+        policy.parse({"dns": {"server": "192.0.2.53", "zone": "z", "tsig": {
+            "name": "k", "secret_file": "/x", "algorithm": "hmac-md5"}}})
+    assert e.value.errors[0]["field"] == "dns.tsig.algorithm"

@@ -119,3 +119,22 @@ def test_a_bad_patch_of_a_document_vm_names_the_body_field(env, body, field, wor
     (err,) = [e for e in r.json()["errors"] if e["field"] == field] or [r.json()]
     assert words in err["reason"], err
     assert client.get("/v1/policy").json() == DOC and service.state is before
+
+
+def test_patching_a_document_vm_leaves_the_apis_vms_alone(env):
+    """Found by review: the PATCH used to apply the whole document, which removes every
+    VM the document does not list (the API's)."""
+    client, service, _ = env
+    client.put("/v1/policy", json=DOC)
+    api = {"name": "api-1", "mac": "00:00:00:00:01:09", "segment": "prod",
+           "ips": ["10.0.0.30"]}
+    assert client.post("/v1/vms", json=api).status_code == 201
+    r = client.patch("/v1/vms/pay-1", json={"ips": ["10.0.0.21"]})
+    assert r.status_code == 200, r.text
+    assert {v["name"] for v in client.get("/v1/vms").json()} == {"api-1", "pay-1", "web-1"}
+    (e,) = _events(client, "vm-readdressed")
+    assert e["vm"] == "pay-1" and e["detail"]["was"]["ips"] == ["10.0.0.11"]
+    # and the API VM's address is taken: refused, nothing changes
+    r = client.patch("/v1/vms/pay-1", json={"ips": ["10.0.0.30"]})
+    assert r.status_code == 409 and r.json()["errors"][0]["field"] == "ips[0]", r.text
+    assert service.state.vms["pay-1"].ips == ("10.0.0.21",)
