@@ -196,11 +196,6 @@ def plan(want: set[Rec], have: set[Rec], batch: int = BATCH) -> list[Change]:
             for zone, rrs in by_zone.items() for i in range(0, len(rrs), batch)]
 
 
-def pending(want: set[Rec], have: set[Rec]) -> int:
-    """How many RRsets the server still has to take."""
-    return sum(len(c.rrsets) for c in plan(want, have, batch=1 << 30))
-
-
 def message(cfg: Dns, change: Change, key: dns.tsig.Key | None) -> dns.update.UpdateMessage:
     """The RFC 2136 update for ``change``: vfence's old values deleted one by one, the
     new ones added (one message: the server applies it whole or not at all)."""
