@@ -1,5 +1,6 @@
-"""BGP host routes: every routed VM's /32 announced to its external network's router
-with the uplink address of the host it is on as next hop, re-announced the moment it
+"""BGP host routes: every routed VM's /32 (and /128, over the same session: IPv6 unicast
+is negotiated with it) announced to its external network's router with the uplink
+address (address6) of the host it is on as next hop, re-announced the moment it
 moves (one UPDATE: the new next hop replaces the old, an implicit withdrawal). The
 speaker is os-ken's (os_ken.services.protocols.bgp, as neutron-dynamic-routing uses
 it); what to announce is controller/external.py's, from the state alone.
@@ -122,7 +123,8 @@ class Announcer:
                 if peer in self.peers:
                     self.speaker.neighbor_del(peer)
                 self.speaker.neighbor_add(peer, b.peer_asn, connect_mode="active",
-                                          local_address=local_address(peer))
+                                          local_address=local_address(peer),
+                                          enable_ipv6=True)
                 self.sessions[peer] = {"state": "connecting", "since": time.time(),
                                        "peer_asn": b.peer_asn}
         self.peers = want

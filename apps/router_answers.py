@@ -112,3 +112,38 @@ def arp_request(src_mac: str, src_ip: str, target: str) -> bytes:
                              dst_mac="00:00:00:00:00:00", dst_ip=target))
     out.serialize()
     return bytes(out.data)
+
+
+def neighbor_solicitation(src_mac: str, src_ip: str, target: str) -> bytes:
+    """A host asking, on its uplink, where ``target`` (its external gateway6) is: to the
+    target's solicited-node group, with the host's MAC as source link-layer address."""
+    group = ipaddress.IPv6Address(int(ipaddress.IPv6Address("ff02::1:ff00:0"))
+                                  | int(ipaddress.IPv6Address(target)) & 0xFFFFFF)
+    mac = "33:33:" + ":".join(f"{b:02x}" for b in group.packed[-4:])
+    out = packet.Packet()
+    out.add_protocol(ethernet.ethernet(dst=mac, src=src_mac, ethertype=ETH_TYPE_IPV6))
+    out.add_protocol(ipv6.ipv6(src=src_ip, dst=str(group), nxt=58, hop_limit=255))
+    out.add_protocol(icmpv6.icmpv6(type_=icmpv6.ND_NEIGHBOR_SOLICIT, data=icmpv6.nd_neighbor(
+        dst=target, option=icmpv6.nd_option_sla(hw_src=src_mac))))
+    out.serialize()
+    return bytes(out.data)
+
+
+def gateway_answer(pkt: packet.Packet) -> tuple[str, str] | None:
+    """(address, MAC) in an external gateway's answer to a probe: an ARP reply, or a
+    neighbour advertisement, whose link-layer address is the frame's own unicast
+    source. None for anything else."""
+    eth = pkt.get_protocol(ethernet.ethernet)
+    a, icmp6 = pkt.get_protocol(arp.arp), pkt.get_protocol(icmpv6.icmpv6)
+    if eth is None or int(eth.src.split(":")[0], 16) & 1:
+        return None
+    if a is not None and a.opcode == arp.ARP_REPLY:
+        ip, mac = a.src_ip, a.src_mac
+    elif icmp6 is not None and icmp6.type_ == icmpv6.ND_NEIGHBOR_ADVERT \
+            and isinstance(icmp6.data, icmpv6.nd_neighbor):
+        opt = icmp6.data.option
+        ip = icmp6.data.dst
+        mac = opt.hw_src if isinstance(opt, icmpv6.nd_option_tla) else eth.src
+    else:
+        return None
+    return (str(ip), str(mac).lower()) if str(mac).lower() == eth.src.lower() else None

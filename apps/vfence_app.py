@@ -25,13 +25,13 @@ from os_ken.controller.handler import (
     set_ev_cls,
 )
 from os_ken.lib import hub
-from os_ken.lib.packet import arp, ethernet, icmp, ipv4, packet, tcp, udp
+from os_ken.lib.packet import ethernet, icmp, ipv4, packet, tcp, udp
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from vfence.controller import bridged as controller_bridged
 from vfence.controller import dhcp, dns_updates, external, records
-from vfence.controller.compiler import ETH_TYPE_ARP, ETH_TYPE_LLDP, ETH_TYPE_VLAN
+from vfence.controller.compiler import ETH_TYPE_LLDP, ETH_TYPE_VLAN
 from vfence.controller.flows import Owner, cookie, cookie_owner
 from vfence.controller.model import Binding, Link, NetworkState, PortRef
 from vfence.controller.pipeline import METERS, SPOOF_DROP_KINDS, Table
@@ -414,13 +414,13 @@ class VfenceApp(app_manager.OSKenApp):
                 self.announcer.moved(state, at, dp.id)  # BGP follows the datapath now
                 self._announce_bridged(state, [(at, state.standby[at])])  # and the switches
             return
-        if owner is not None and owner[0] == Owner.UPLINK and eth.ethertype == ETH_TYPE_ARP:
-            a = pkt.get_protocol(arp.arp)  # an external gateway's reply (metered)
-            asked = self.probed.get(dp.id, 0.0) > time.monotonic() - PROBE_ANSWER_WINDOW
-            # only the answer to our own recent probe, from a unicast MAC, the frame's own
-            if a is not None and asked and a.src_mac.lower() == eth.src.lower() \
-                    and not int(eth.src.split(":")[0], 16) & 1:
-                self.submit(self.service.gateway_seen, dp.id, in_port, a.src_ip, a.src_mac)
+        if owner is not None and owner[0] == Owner.UPLINK and msg.table_id == Table.CLASSIFY:
+            # an external gateway's reply (metered): only the answer to our own recent
+            # probe, from a unicast MAC, the frame's own
+            seen = router_answers.gateway_answer(pkt)
+            if seen is not None and self.probed.get(dp.id, 0.0) > \
+                    time.monotonic() - PROBE_ANSWER_WINDOW:
+                self.submit(self.service.gateway_seen, dp.id, in_port, *seen)
             return
         if owner is not None and owner[0] in (Owner.ROUTER, Owner.UPLINK) \
                 and msg.table_id == Table.ROUTE:
@@ -489,8 +489,8 @@ class VfenceApp(app_manager.OSKenApp):
                 self._packet_out(dp, port, bridged.announcement(vm, vid))
 
     def _probe_gateways(self) -> None:
-        """ARP for each host's external gateway out of its uplink (the reply, punted,
-        gives the MAC the way out needs)."""
+        """ARP for each host's external gateway (and solicit its gateway6) out of its
+        uplink (the answer, punted, gives the MAC the way out needs)."""
         state = self.service.state
         for dpid, dp in list(self.datapaths.items()):
             out = external.host_out(state, dpid)
@@ -498,6 +498,9 @@ class VfenceApp(app_manager.OSKenApp):
                 self.probed[dpid] = time.monotonic()
                 self._packet_out(dp, out.port, router_answers.arp_request(
                     out.mac, out.address, out.gateway))
+                if out.address6 is not None and out.gateway6 is not None:
+                    self._packet_out(dp, out.port, router_answers.neighbor_solicitation(
+                        out.mac, out.address6, out.gateway6))
 
     def _time_exceeded(self, dp: Any, in_port: int, frame: bytes) -> None:
         """Answer in the router's name from the sender's gateway, out of its port. The

@@ -62,9 +62,9 @@ def _host(text: str) -> IPAddress:
     return addr
 
 
-def _inside(addr: IPAddress, net: IPNetwork, name: str) -> None:
+def _inside(addr: IPAddress, net: IPNetwork, name: str, whose: str = "the segment's") -> None:
     if addr not in net:
-        raise ValueError(f"{addr} is outside the segment's {name} {net}")
+        raise ValueError(f"{addr} is outside {whose} {name} {net}")
     if net.max_prefixlen - net.prefixlen < 2:
         return  # /31, /32, /127, /128: every address is a host address
     if addr == net.network_address:
@@ -83,15 +83,16 @@ def vm_address(text: str, prefixes: Iterable[IPNetwork] = ()) -> str:
     return str(addr)
 
 
-def gateway(text: str, net: IPNetwork | None, name: str) -> str:
+def gateway(text: str, net: IPNetwork | None, name: str, whose: str = "the segment's") -> str:
     """A segment's gateway, normalised: a host address inside ``net`` (the segment's
-    prefix called ``name``: subnet or subnet6), which it needs."""
+    prefix called ``name``: subnet or subnet6), which it needs. (An external network's
+    addresses too, ``whose`` saying so.)"""
     if net is None:
-        raise ValueError(f"a gateway needs the segment's {name}")
+        raise ValueError(f"a gateway needs {whose} {name}")
     addr = _host(text)
     if addr.version != net.version:
         raise ValueError(f"{addr} is not an IPv{net.version} address (the {name} is {net})")
-    _inside(addr, net, name)
+    _inside(addr, net, name, whose)
     return str(addr)
 
 

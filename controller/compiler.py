@@ -265,7 +265,7 @@ def base_flows() -> Iterable[Flow]:
     yield Flow(Table.ARP, PRIO_MISS, (), (goto(Table.DST_LOOKUP),), base)
     yield Flow(Table.ARP, PRIO_ARP_UNKNOWN, match(eth_type=ETH_TYPE_ARP, arp_op=1), DROP, base)
     # a solicitation for nobody we know
-    yield Flow(Table.ARP, PRIO_ARP_UNKNOWN, _nd(ND_NS), DROP, base)
+    yield Flow(Table.ARP, PRIO_ARP_UNKNOWN, nd(ND_NS), DROP, base)
     yield Flow(Table.DST_LOOKUP, PRIO_MISS, (), (goto(Table.CONNTRACK),), base)
     yield Flow(Table.ROUTE, PRIO_MISS, (), DROP, base)
     for ttl in (0, 1):  # (dec_ttl would send these to the controller unmetered)
@@ -275,7 +275,7 @@ def base_flows() -> Iterable[Flow]:
         yield Flow(Table.CONNTRACK, PRIO_CT_TRACK, match(eth_type=eth_type),
                    (apply(("ct", 0, *CT_ZONE, int(Table.POLICY))),), base)
     for t in (ND_NS, ND_NA):  # userspace conntrack calls these invalid: not connections
-        yield Flow(Table.CONNTRACK, PRIO_CT_SKIP_ND, _nd(t), (goto(Table.POLICY),), base)
+        yield Flow(Table.CONNTRACK, PRIO_CT_SKIP_ND, nd(t), (goto(Table.POLICY),), base)
     yield Flow(Table.CONNTRACK, PRIO_MISS, (), (goto(Table.POLICY),), base)
     yield Flow(Table.POLICY, PRIO_MISS, (), DROP, base)
     yield Flow(Table.ND_REACH, PRIO_MISS, (), (goto(Table.ND_REACH_REV),), base)
@@ -356,7 +356,7 @@ def local_vm_flows(vm: VM, port: int, slots: tuple[int, ...] = (), standby: bool
         yield Flow(Table.CLASSIFY, PRIO_DHCP_CLIENT, match(
             **me, eth_type=eth_type, ip_proto=17, udp_src=client, udp_dst=server),
             TO_CONFIG, ck)
-    yield Flow(Table.CLASSIFY, PRIO_DHCP_CLIENT, _nd(ND_RS, **me), TO_CONFIG, ck)
+    yield Flow(Table.CLASSIFY, PRIO_DHCP_CLIENT, nd(ND_RS, **me), TO_CONFIG, ck)
     for ip in v4:
         yield Flow(Table.CLASSIFY, PRIO_VM_ADDRESS, match(**me, eth_type=ETH_TYPE_IP, ipv4_src=ip),
                    classify, ck)
@@ -381,7 +381,7 @@ def local_vm_flows(vm: VM, port: int, slots: tuple[int, ...] = (), standby: bool
             match(eth_type=ETH_TYPE_ARP, arp_op=1, in_port=port, arp_tpa=ip), DROP, ck,
         )
     for ip in v6:  # nor its duplicate address detection (so it succeeds)
-        yield Flow(Table.ARP, PRIO_ARP_OWN_ADDRESS, _nd(ND_NS, in_port=port, ipv6_nd_target=ip),
+        yield Flow(Table.ARP, PRIO_ARP_OWN_ADDRESS, nd(ND_NS, in_port=port, ipv6_nd_target=ip),
                    DROP, ck)
     if routed is not None:
         yield from _routed_arrival(vm, slots, routed, ck)
@@ -398,23 +398,23 @@ def _nd_security(vm: VM, port: int, me: dict, v6: tuple[str, ...], classify: tup
     for its own addresses, with its own MAC or none as target link-layer address. Router
     advertisements and redirects never (a VM is not a router); anything else is a spoof."""
     for t in (ND_RA, ND_REDIRECT):
-        yield Flow(Table.CLASSIFY, PRIO_ROGUE_ND, _nd(t, in_port=port), DROP, ck)
+        yield Flow(Table.CLASSIFY, PRIO_ROGUE_ND, nd(t, in_port=port), DROP, ck)
     for lladdr in (vm.mac, ZERO_MAC):
         for src in v6:
-            yield Flow(Table.CLASSIFY, PRIO_ND_OWN, _nd(ND_NS, **me, ipv6_src=src,
+            yield Flow(Table.CLASSIFY, PRIO_ND_OWN, nd(ND_NS, **me, ipv6_src=src,
                                                         ipv6_nd_sll=lladdr), classify, ck)
             for target in v6:
-                yield Flow(Table.CLASSIFY, PRIO_ND_OWN, _nd(
+                yield Flow(Table.CLASSIFY, PRIO_ND_OWN, nd(
                     ND_NA, **me, ipv6_src=src, ipv6_nd_target=target, ipv6_nd_tll=lladdr),
                     classify, ck)
     for target in v6:  # duplicate address detection: from ::, about its own address only
-        yield Flow(Table.CLASSIFY, PRIO_ND_OWN, _nd(ND_NS, **me, ipv6_src="::",
+        yield Flow(Table.CLASSIFY, PRIO_ND_OWN, nd(ND_NS, **me, ipv6_src="::",
                                                     ipv6_nd_sll=ZERO_MAC, ipv6_nd_target=target),
                    classify, ck)
     # router solicitations not from the VM's MAC: harmless, dropped (not audited)
-    yield Flow(Table.CLASSIFY, PRIO_QUIET_DROP, _nd(ND_RS, in_port=port), DROP, ck)
+    yield Flow(Table.CLASSIFY, PRIO_QUIET_DROP, nd(ND_RS, in_port=port), DROP, ck)
     for t in (ND_NS, ND_NA):
-        yield Flow(Table.CLASSIFY, PRIO_SPOOFED_ND, _nd(t, in_port=port), DROP, ck)
+        yield Flow(Table.CLASSIFY, PRIO_SPOOFED_ND, nd(t, in_port=port), DROP, ck)
 
 
 TO_CONFIG = (meter(METER_DHCP), apply(("output", OFPP_CONTROLLER)))  # address configuration
@@ -425,7 +425,7 @@ def _slot_sets(regs: tuple[str, ...], slots: tuple[int, ...]) -> list[tuple]:
     return [("set", reg, v) for reg, v in zip(regs, packed(slots), strict=False) if v]
 
 
-def _nd(icmp_type: int, **fields: object) -> tuple:
+def nd(icmp_type: int, **fields: object) -> tuple:
     return match(**fields, eth_type=ETH_TYPE_IPV6, ip_proto=ICMPV6, icmpv6_type=icmp_type)
 
 
@@ -548,9 +548,10 @@ def router_flows(state: NetworkState) -> Iterable[Flow]:
             continue
         seen.add(d.routed.router)
         mac, ck = d.routed.mac, cookie(Owner.ROUTER, d.routed.router)
-        if d.name in outside:  # what another host took in on its uplink for a VM here
+        for eth_type in (ETH_TYPE_IP, ETH_TYPE_IPV6) if d.name in outside else ():
+            # what another host took in on its uplink for a VM here
             yield Flow(Table.REMOTE_CLASSIFY, PRIO_REMOTE_OUTSIDE, match(
-                eth_src=mac, eth_type=ETH_TYPE_IP), (
+                eth_src=mac, eth_type=eth_type), (
                 apply(("set", ZONE_REG, d.routed.zone)),
                 write_meta(meta_value(0, 0, from_fabric=True)), goto(Table.DST_LOOKUP)), ck)
         for tag, spec in d.specs:
@@ -667,9 +668,9 @@ def _na_answer(segment_id: int, ip: str, mac: str, ck: int) -> Iterable[Flow]:
     send an advertisement for a gateway: port security drops it.) A solicitation without
     that option (DAD, from ::) gets no answer."""
     ns = {"metadata": (segment_id, META_SEGMENT_MASK), "ipv6_nd_target": ip}
-    yield Flow(Table.ARP, PRIO_ARP_GATEWAY_NO_SLL, _nd(ND_NS, **ns, ipv6_nd_sll=ZERO_MAC),
+    yield Flow(Table.ARP, PRIO_ARP_GATEWAY_NO_SLL, nd(ND_NS, **ns, ipv6_nd_sll=ZERO_MAC),
                DROP, ck)
-    yield Flow(Table.ARP, PRIO_ARP_GATEWAY, _nd(ND_NS, **ns), (apply(
+    yield Flow(Table.ARP, PRIO_ARP_GATEWAY, nd(ND_NS, **ns), (apply(
         ("move", "eth_src", "eth_dst", 48),
         ("set", "eth_src", mac),
         ("move", "ipv6_src", "ipv6_dst", 128),
@@ -679,7 +680,7 @@ def _na_answer(segment_id: int, ip: str, mac: str, ck: int) -> Iterable[Flow]:
         ("set", "nd_options_type", 2),
         resubmit(Table.ARP),
     ),), ck)
-    yield Flow(Table.ARP, PRIO_ARP_GATEWAY, _nd(ND_NA, **ns), (apply(
+    yield Flow(Table.ARP, PRIO_ARP_GATEWAY, nd(ND_NA, **ns), (apply(
         ("set", "ipv6_nd_tll", mac), ("output", OFPP_IN_PORT)),), ck)
 
 
@@ -691,7 +692,7 @@ def nd_resolver_flows(vm: VM) -> Iterable[Flow]:
     ck = cookie(Owner.VM, vm.id)
     for ip in ipv6_addresses(vm):
         yield Flow(Table.ARP, PRIO_ARP_ANSWER,
-                   _nd(ND_NS, metadata=(vm.segment_id, META_SEGMENT_MASK), ipv6_nd_target=ip),
+                   nd(ND_NS, metadata=(vm.segment_id, META_SEGMENT_MASK), ipv6_nd_target=ip),
                    (apply(("set", "eth_dst", vm.mac)), goto(Table.DST_LOOKUP)), ck)
 
 
@@ -786,7 +787,7 @@ def policy_flows(state: NetworkState, slots: int | None = None,
     yield from _isolation_flows(pol, state.group_bits, k)
     done = (goto(Table.FORWARD),)
     for t in (ND_NS, ND_NA):  # unicast; multicast advertisements are judged per receiver
-        yield Flow(Table.POLICY, PRIO_ND_UNICAST, _nd(t, metadata=FROM_LOCAL, eth_dst=UNICAST),
+        yield Flow(Table.POLICY, PRIO_ND_UNICAST, nd(t, metadata=FROM_LOCAL, eth_dst=UNICAST),
                    (goto(Table.ND_REACH),), plumbing)
     # Broadcast and multicast are judged per receiver in FORWARD/FLOOD_POLICY, above the
     # conntrack checks: a packet of an established connection sent to a broadcast MAC

@@ -352,7 +352,8 @@ def _uplinks_may_differ(a: NetworkState, b: NetworkState) -> bool:
     every switch's uplink): the policy, a host's OVSDB ports, a gateway's MAC."""
     return bool(b.policy.uplinks or a.policy.uplinks) and (
         a.policy is not b.policy or a.port_names != b.port_names
-        or a.gateway_macs != b.gateway_macs or a.segment_tags != b.segment_tags
+        or a.gateway_macs != b.gateway_macs
+        or a.gateway6_macs != b.gateway6_macs or a.segment_tags != b.segment_tags
         or a.router_numbers != b.router_numbers)
 
 

@@ -200,17 +200,24 @@ def host_listed(names: dict[int, str], fabric: dict[int, frozenset[int]],
 
 
 def gateway_seen(dpid: int, port_no: int, ip: str, mac: str) -> Edit:
-    """The reply to a switch's own ARP probe on its uplink, from ``ip`` at ``mac``: the
-    MAC of that host's external gateway when ``ip`` is it (the caller checked that it
-    answers a recent probe, and that the MAC is unicast and the frame's own). Each host
-    keeps its own: a reply seen by one host never redirects another's traffic."""
+    """The reply to a switch's own ARP probe (neighbour solicitation) on its uplink, from
+    ``ip`` at ``mac``: the MAC of that host's external gateway (gateway6) when ``ip`` is
+    it (the caller checked that it answers a recent probe, and that the MAC is unicast
+    and the frame's own). Each host keeps its own: a reply seen by one host never
+    redirects another's traffic."""
     def edit(new: NetworkState, s: Session) -> None:
         out = external.host_out(new, dpid)
-        if out is None or out.port != port_no or out.gateway != ip \
-                or new.gateway_macs.get(dpid) == mac.lower():
+        v6 = out is not None and out.gateway6 is not None and ":" in ip \
+            and ipaddress.IPv6Address(ip) == ipaddress.IPv6Address(out.gateway6)
+        macs = new.gateway6_macs if v6 else new.gateway_macs
+        if out is None or out.port != port_no or not (v6 or out.gateway == ip) \
+                or macs.get(dpid) == mac.lower():
             return
-        was = new.gateway_macs.get(dpid)
-        new.gateway_macs = {**new.gateway_macs, dpid: mac.lower()}
+        was = macs.get(dpid)
+        if v6:
+            new.gateway6_macs = {**macs, dpid: mac.lower()}
+        else:
+            new.gateway_macs = {**macs, dpid: mac.lower()}
         LOG.info("external gateway %s is at %s for %s", ip, mac.lower(), new.switch_name(dpid))
         registry.record_event(s, "gateway-mac", host=new.switch_name(dpid), gateway=ip,
                               mac=mac.lower(), was=was)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from . import addresses, routing
-from .model import Bgp, External, NetworkState, Router, Uplink
+from .model import Bgp, External, NetworkState, Router, SegmentSpec, Uplink
 
 Err = Callable[[str, str], None]
 
@@ -45,33 +45,65 @@ def check(doc: dict[str, Any], err: Err, routers: list[Router],
                                     "one table for every peer): set bgp on one network")
             bgp_seen = True
             bgp = Bgp(b["local_asn"], peer or "", b["peer_asn"])
+        net6, gw6 = _v6(e, where, err)
         if net is not None and gw is not None:
-            externals.setdefault(e["name"], External(e["name"], str(net), gw, bgp))
-    reaching: dict[str, list[tuple[str, Any]]] = {}  # external -> (router, subnet)
+            externals.setdefault(e["name"], External(e["name"], str(net), gw, bgp, net6, gw6))
+    reaching: dict[str, list[tuple[str, Any]]] = {}  # external -> (router, prefix)
     for i, r in enumerate(routers):
         if r.external is not None and r.external not in externals:
             err(f"routers[{i}].external", f"unknown external network {r.external!r}")
         elif r.external is not None:
             _no_overlap(r, externals[r.external], nets, f"routers[{i}].external", err)
-            # what comes in is routed by destination alone: one router per address
-            for seg in r.segments:
-                net = nets.get(seg, {}).get("subnet")
-                other = next((o for o, n in reaching.get(r.external, [])
-                              if net is not None and n.overlaps(net)), None)
-                if other is not None and other != r.name:
-                    err(f"routers[{i}].external", f"segment {seg!r}'s subnet {net} overlaps "
-                        f"router {other!r}'s, which reaches {r.external!r} too")
-                if net is not None:
-                    reaching.setdefault(r.external, []).append((r.name, net))
+            _one_router_per_address(r, nets, reaching.setdefault(r.external, []),
+                                    f"routers[{i}].external", err)
     return tuple(externals.values()), _uplinks(doc, externals, err)
+
+
+def _one_router_per_address(r: Router, nets: dict[str, dict[str, Any]],
+                            reaching: list[tuple[str, Any]], field: str, err: Err) -> None:
+    """What comes in is routed by destination alone: no prefix of ``r`` may overlap one
+    of another router that reaches the same network (``reaching``, extended here)."""
+    for seg in r.segments:
+        for key in ("subnet", "subnet6"):
+            net = nets.get(seg, {}).get(key)
+            if net is None:
+                continue
+            other = next((o for o, n in reaching
+                          if n.version == net.version and n.overlaps(net)), None)
+            if other is not None and other != r.name:
+                err(field, f"segment {seg!r}'s {key} {net} overlaps router {other!r}'s, "
+                           f"which reaches {r.external!r} too")
+            reaching.append((r.name, net))
+
+
+def _v6(e: dict[str, Any], where: str, err: Err) -> tuple[str | None, str | None]:
+    """The network's IPv6 prefix and gateway6: both or neither."""
+    if ("subnet6" in e) != ("gateway6" in e):
+        missing = "gateway6" if "subnet6" in e else "subnet6"
+        err(f"{where}.{missing}", "subnet6 and gateway6 go together (IPv6 leaves through "
+                                  "the gateway6, which is in the subnet6)")
+        return None, None
+    if "subnet6" not in e:
+        return None, None
+    try:
+        net = addresses.prefix(e["subnet6"], 6)
+    except ValueError as x:
+        err(f"{where}.subnet6", str(x))
+        return None, None
+    try:
+        return str(net), addresses.gateway(e["gateway6"], net, "subnet6", "the network's")
+    except ValueError as x:
+        err(f"{where}.gateway6", str(x))
+        return None, None
 
 
 def _uplinks(doc: dict[str, Any], externals: dict[str, External], err: Err
              ) -> tuple[Uplink, ...]:
     out: list[Uplink] = []
     taken = {a: f"external {e.name!r}'s gateway" for e in externals.values()
-             for a in (e.gateway, e.bgp.peer if e.bgp else None) if a}
+             for a in (e.gateway, e.gateway6, e.bgp.peer if e.bgp else None) if a}
     hosts: set[str] = set()
+    declared6 = {e["name"] for e in doc.get("external", []) if "subnet6" in e}
     for i, h in enumerate(doc.get("hosts", [])):
         where = f"hosts[{i}]"
         if h["name"] in hosts:
@@ -82,13 +114,37 @@ def _uplinks(doc: dict[str, Any], externals: dict[str, External], err: Err
         except ValueError:
             err(f"{where}.address", f"{h['address']!r} is not an IPv4 address")
             continue
-        if not any(addr in ipaddress.IPv4Network(e.subnet) for e in externals.values()):
+        ext = next((e for e in externals.values() if addr in ipaddress.IPv4Network(e.subnet)),
+                   None)
+        if ext is None:
             err(f"{where}.address", f"{addr} is in no external network's subnet")
         elif str(addr) in taken:
             err(f"{where}.address", f"{addr} is {taken[str(addr)]}")
         taken.setdefault(str(addr), f"host {h['name']!r}'s")
-        out.append(Uplink(h["name"], h["uplink"], str(addr)))
+        out.append(Uplink(h["name"], h["uplink"], str(addr),
+                          _address6(h, ext, taken, declared6, where, err)))
     return tuple(out)
+
+
+def _address6(h: dict[str, Any], ext: External | None, taken: dict[str, str],
+              declared6: set[str], where: str, err: Err) -> str | None:
+    """The host's IPv6 address on its external network: in that network's subnet6."""
+    if "address6" not in h or ext is None:
+        return None  # (without a network, its address is the error)
+    if ext.subnet6 is None:
+        if ext.name not in declared6:  # (else the subnet6's own error says it)
+            err(f"{where}.address6", f"external network {ext.name!r} has no subnet6")
+        return None
+    try:
+        addr = addresses.gateway(h["address6"], ipaddress.IPv6Network(ext.subnet6),
+                                 "subnet6", "the network's")
+    except ValueError as x:
+        err(f"{where}.address6", str(x))
+        return None
+    if addr in taken:
+        err(f"{where}.address6", f"{addr} is {taken[addr]}")
+    taken.setdefault(addr, f"host {h['name']!r}'s")
+    return addr
 
 
 def _network(text: str, field: str, err: Err) -> ipaddress.IPv4Network | None:
@@ -115,12 +171,13 @@ def _inside(text: str, net: ipaddress.IPv4Network | None, field: str, err: Err) 
 
 def _no_overlap(r: Router, e: External, nets: dict[str, dict[str, Any]], field: str,
                 err: Err) -> None:
-    outside = ipaddress.IPv4Network(e.subnet)
-    for seg in r.segments:
-        net = nets.get(seg, {}).get("subnet")
-        if net is not None and net.overlaps(outside):
-            err(field, f"segment {seg!r}'s subnet {net} overlaps external network "
-                       f"{e.name!r} ({outside})")
+    for key, prefix in (("subnet", e.subnet), ("subnet6", e.subnet6)):
+        outside = None if prefix is None else ipaddress.ip_network(prefix)
+        for seg in r.segments:
+            net = nets.get(seg, {}).get(key)
+            if net is not None and outside is not None and net.overlaps(outside):
+                err(field, f"segment {seg!r}'s {key} {net} overlaps external network "
+                           f"{e.name!r} ({outside})")
 
 
 # --- what the compiler and the announcer read ----------------------------------------------
@@ -132,6 +189,8 @@ class RouterOut(NamedTuple):
     zone: int
     subnets: tuple[str, ...]  # its segments' IPv4 subnets
     gateways: tuple[str, ...] = ()  # their gateways: answered inside, never from outside
+    subnets6: tuple[str, ...] = ()  # (IPv6: where the host has an address6)
+    gateways6: tuple[str, ...] = ()
 
 
 class HostOut(NamedTuple):
@@ -145,6 +204,11 @@ class HostOut(NamedTuple):
     routers: tuple[RouterOut, ...]  # the routers that reach that network
     inside: tuple[str, ...]  # every segment's IPv4 subnet: never a source from outside
     external: str = ""  # the network's name
+    # IPv6, where the host has an address6 (None: no IPv6 in or out of this uplink)
+    address6: str | None = None
+    gateway6: str | None = None
+    gateway6_mac: str | None = None
+    inside6: tuple[str, ...] = ()
 
 
 def uplink_mac(host: str) -> str:
@@ -163,20 +227,27 @@ def host_out(state: NetworkState, dpid: int) -> HostOut | None:
     addr = ipaddress.IPv4Address(up.address)
     ext = next(e for e in state.policy.externals if addr in ipaddress.IPv4Network(e.subnet))
     reaching = {r.name for r in state.policy.routers if r.external == ext.name}
-    routers = {d.routed.router: RouterOut(d.routed.router, d.routed.mac, d.routed.zone, tuple(
-        s.subnet for _, s in d.specs if s.subnet), tuple(s.gateway for _, s in d.specs
-                                                         if s.gateway))
+    v6 = up.address6 is not None
+    routers = {d.routed.router: RouterOut(
+        d.routed.router, d.routed.mac, d.routed.zone,
+        *(tuple(p for _, s in d.specs if (p := getattr(s, f)) and (v6 or f[-1] != "6"))
+          for f in ("subnet", "gateway", "subnet6", "gateway6")))
         for d in routing.domains(state).values() if d.name in reaching}
-    inside = tuple(sorted({s.subnet for s in state.policy.segment_specs if s.subnet}))
-    return HostOut(port, up.address, uplink_mac(up.host), ext.gateway,
-                   state.gateway_macs.get(dpid), tuple(routers[k] for k in sorted(routers)),
-                   inside, ext.name)
+    specs = state.policy.segment_specs
+    return HostOut(
+        port, up.address, uplink_mac(up.host), ext.gateway, state.gateway_macs.get(dpid),
+        tuple(routers[k] for k in sorted(routers)),
+        tuple(sorted({s.subnet for s in specs if s.subnet})), ext.name,
+        up.address6, ext.gateway6 if v6 else None,
+        state.gateway6_macs.get(dpid) if v6 else None,
+        tuple(sorted({s.subnet6 for s in specs if s.subnet6})) if v6 else ())
 
 
 def announcements(state: NetworkState) -> dict[str, dict[str, str]]:
-    """External network -> {VM address/32 -> its host's uplink address}: every address of
-    every bound VM of a routed segment whose router reaches that network (the host it
-    is bound at, not a standby: BGP follows the move once it is confirmed)."""
+    """External network -> {VM address/32 (/128) -> its host's uplink address (address6)}:
+    every address of every bound VM of a routed segment whose router reaches that
+    network (the host it is bound at, not a standby: BGP follows the move once it is
+    confirmed), where that host's way out of its version is resolved."""
     out: dict[str, dict[str, str]] = {e.name: {} for e in state.policy.externals if e.bgp}
     if not out:
         return out
@@ -191,10 +262,18 @@ def announcements(state: NetworkState) -> dict[str, dict[str, str]]:
         if d not in outs:
             outs[d] = host_out(state, d)
         ho = outs[d]
-        if ho is None or ho.gateway_mac is None or ho.external != router.external:
-            continue  # the host has no way (yet) to the network the VM's router reaches
-        nh = ho.address
+        if ho is None or ho.external != router.external:
+            continue  # the host has no way to the network the VM's router reaches
         for ip in vm.ips:
-            if ":" not in ip:
-                out[router.external][f"{ip}/32"] = nh
+            if ":" not in ip and ho.gateway_mac is not None:
+                out[router.external][f"{ip}/32"] = ho.address
+            elif ":" in ip and ho.gateway6_mac is not None and ho.address6 is not None \
+                    and _routed6(ip, state.policy.specs.get(vm.segment)):
+                out[router.external][f"{ip}/128"] = ho.address6
     return out
+
+
+def _routed6(ip: str, spec: SegmentSpec | None) -> bool:
+    """Whether the address is in its segment's subnet6 (what comes in is routed there)."""
+    return spec is not None and spec.subnet6 is not None \
+        and ipaddress.IPv6Address(ip) in ipaddress.IPv6Network(spec.subnet6)

@@ -163,6 +163,8 @@ class External:
     subnet: str
     gateway: str
     bgp: Bgp | None = None
+    subnet6: str | None = None  # its IPv6 prefix, where the hosts route IPv6 out too
+    gateway6: str | None = None
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,7 @@ class Uplink:
     host: str
     port: str
     address: str
+    address6: str | None = None  # its IPv6 address there (BGP's next hop for /128s)
 
 
 @dataclass(frozen=True)
@@ -276,6 +279,8 @@ class NetworkState:
     port_names: dict[int, dict[str, int]] = field(default_factory=dict)
     # per switch: the MAC its uplink's external gateway answered its own ARP probe with
     gateway_macs: dict[int, str] = field(default_factory=dict)
+    # per switch: the MAC its uplink's gateway6 advertised to its own solicitation
+    gateway6_macs: dict[int, str] = field(default_factory=dict)
 
     def migrating(self) -> frozenset[int]:
         """Tags of the VMs with a standby port: what a switch learned for them in the
@@ -294,4 +299,5 @@ class NetworkState:
                             dict(self.bindings), self.policy, dict(self.group_bits),
                             dict(self.standby), dict(self.expected), dict(self.fabric),
                             dict(self.segment_tags), dict(self.router_numbers),
-                            dict(self.port_names), dict(self.gateway_macs))
+                            dict(self.port_names), dict(self.gateway_macs),
+                            dict(self.gateway6_macs))

@@ -202,8 +202,9 @@ METERS = (
           "a migration target's port until switch-over (not shared with punts)"),
     Meter(METER_DHCP, "dhcp", 100, 20, "DHCP, DHCPv6 and router solicitations from VMs, "
                                        "which the controller answers"),
-    Meter(METER_UPLINK, "uplink", 20, 5, "the external gateway's ARP replies on a host's "
-                                         "uplink (not shared with binding detection)"),
+    Meter(METER_UPLINK, "uplink", 20, 5, "the external gateway's ARP replies (and "
+                                         "gateway6's advertisements) on a host's uplink "
+                                         "(not shared with binding detection)"),
     Meter(METER_TTL, "ttl", 20, 5, "packets whose TTL expires at a router (the controller "
                                    "answers ICMP time exceeded): not shared with DHCP"),
 )
@@ -222,6 +223,7 @@ PRIO_VM_ADDRESS = 210
 PRIO_SPOOFED_L3 = 205
 PRIO_VM_FRAME = 200
 PRIO_SPOOFED_L2 = 190
+PRIO_UPLINK_NO_SLL = 181
 PRIO_FABRIC_LLDP = 180
 PRIO_UPLINK_ARP = 179
 PRIO_UPLINK_SPOOF = 178
@@ -257,6 +259,7 @@ PRIO_ROUTE_TTL6 = 199
 PRIO_ROUTE = 100
 PRIO_ROUTE_UNUSED = 50
 PRIO_ROUTE_OUT_TTL = 30
+PRIO_ROUTE_OUT_SCOPE = 25
 PRIO_ROUTE_OUT = 20
 # CONNTRACK
 PRIO_CT_SKIP_ND = 110
@@ -420,18 +423,24 @@ class TableSpec:
 TABLES = (
     TableSpec(
         Table.CLASSIFY, "port -> source identity; anti-spoofing",
-        (Table.FABRIC, Table.ARP, Table.DST_LOOKUP, Table.ROUTE),
+        (Table.CLASSIFY, Table.FABRIC, Table.ARP, Table.DST_LOOKUP, Table.ROUTE),
         (_miss("unbound port: to the controller through the punt meter"),
+         _at("uplink_no_sll", PRIO_UPLINK_NO_SLL, Owner.UPLINK,
+             "on an uplink: a neighbour solicitation for the host's address6 without a "
+             "source link-layer address (duplicate address detection): drop (no answer)"),
          _at("uplink_arp", PRIO_UPLINK_ARP, Owner.UPLINK,
-             "on a host's uplink: ARP for the host's uplink address answered; the external "
-             "gateway's ARP reply to the controller through the uplink meter (its MAC)"),
+             "on a host's uplink: ARP for the host's uplink address, and neighbour "
+             "solicitation for its address6, answered in place (the advertisement's "
+             "second step is marked reg4 = the uplink); the external gateway's ARP reply "
+             "and gateway6's advertisement to the controller through the uplink meter"),
          _at("uplink_spoof", PRIO_UPLINK_SPOOF, Owner.UPLINK,
-             "on an uplink: IPv4 from any segment's address (an inside address "
-             "from outside), or to a router's gateway (it answers inside only): drop",
-             "spoofed-source"),
+             "on an uplink: IPv4 (IPv6) from any segment's subnet (subnet6): an inside "
+             "address from outside, or to a router's gateway (gateway6), which answers "
+             "inside only: drop", "spoofed-source"),
          _at("uplink_in", PRIO_UPLINK_IN, Owner.UPLINK,
-             "on an uplink, to the host's MAC, IPv4 for a subnet of a router that reaches "
-             "that external network: the router's zone, its MAC as destination, to ROUTE"),
+             "on an uplink, to the host's MAC, IPv4 (IPv6) for a subnet (subnet6) of a "
+             "router that reaches that external network: the router's zone, its MAC as "
+             "destination, to ROUTE"),
          _at("bridged_spoof", PRIO_BRIDGED_SPOOF, Owner.SEGMENT,
              "on an uplink, in a bridged segment's VLAN: a frame from a MAC or an IPv4 "
              "address (source, ARP sender) of one of its VMs: drop (the VM is inside)"),
@@ -568,13 +577,17 @@ TABLES = (
              "controller through the ttl meter, which answers ICMP (ICMPv6) time exceeded "
              "from the gateway (gateway6)"),
          _at("out_ttl", PRIO_ROUTE_OUT_TTL, Owner.UPLINK,
-             "to the outside with TTL 0 or 1: to the controller through the ttl meter "
-             "(ICMP time exceeded from the sender's gateway)"),
+             "IPv4 to the outside with TTL 0 or 1: to the controller through the ttl meter "
+             "(ICMP time exceeded from the sender's gateway; IPv6's hop limit: "
+             "hop_limit_expired)"),
+         _at("out_scope", PRIO_ROUTE_OUT_SCOPE, Owner.UPLINK,
+             "IPv6 to a link-local or multicast address, or from a link-local one, to the "
+             "outside: drop (a router never forwards them)"),
          _at("out", PRIO_ROUTE_OUT, Owner.UPLINK,
              "to any other address, from a router that reaches an external network through "
              "this host's uplink: TTL - 1, source MAC the host's uplink MAC, destination "
-             "the external gateway's, reg4 = the uplink; on to CONNTRACK (the policy "
-             "judges it by CIDR)"),
+             "the external gateway's (gateway6's for IPv6), reg4 = the uplink; on to "
+             "CONNTRACK (the policy judges it by CIDR)"),
          _at("gateway_echo", PRIO_ROUTE_ECHO, Owner.ROUTER,
              "an echo request (ping) to a gateway (gateway6) of the router: turned into "
              "the reply in place, back out of its port")),

@@ -156,11 +156,14 @@ class Queries:
                 "routes": [{"prefix": p, "next_hop": nh}
                            for p, nh in sorted(routes.get(e.name, {}).items())]}
             out.append({"name": e.name, "subnet": e.subnet, "gateway": e.gateway,
+                        "subnet6": e.subnet6, "gateway6": e.gateway6,
                         "gateway_macs": {st.switch_name(d): m for d, m in
                                          sorted(st.gateway_macs.items())},
+                        "gateway6_macs": {st.switch_name(d): m for d, m in
+                                          sorted(st.gateway6_macs.items())},
                         "routers": [r.name for r in st.policy.routers if r.external == e.name],
                         "hosts": [{"name": u.host, "uplink": u.port, "address": u.address,
-                                   "ofport": ports[u.host]}
+                                   "address6": u.address6, "ofport": ports[u.host]}
                                   for u in st.policy.uplinks
                                   if ipaddress.IPv4Address(u.address) in net],
                         "bgp": bgp})

@@ -16,11 +16,22 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from .compiler import ETH_TYPE_ARP, ETH_TYPE_IP, arp_reply
-from .external import HostOut
+from .compiler import (
+    ETH_TYPE_ARP,
+    ETH_TYPE_IP,
+    ETH_TYPE_IPV6,
+    ND_FLAGS_RSO,
+    ND_NA,
+    ND_NS,
+    ZERO_MAC,
+    arp_reply,
+    nd,
+)
+from .external import HostOut, RouterOut
 from .flows import (
     DROP,
     OFPP_CONTROLLER,
+    OFPP_IN_PORT,
     OFPVID_NONE,
     Flow,
     apply,
@@ -28,6 +39,7 @@ from .flows import (
     goto,
     match,
     meter,
+    resubmit,
 )
 from .pipeline import (
     DST_VM_REG,
@@ -35,9 +47,11 @@ from .pipeline import (
     METER_UPLINK,
     PRIO_DELIVER_UPLINK,
     PRIO_ROUTE_OUT,
+    PRIO_ROUTE_OUT_SCOPE,
     PRIO_ROUTE_OUT_TTL,
     PRIO_UPLINK_ARP,
     PRIO_UPLINK_IN,
+    PRIO_UPLINK_NO_SLL,
     PRIO_UPLINK_OTHER,
     PRIO_UPLINK_SPOOF,
     UPLINK_DST,
@@ -45,6 +59,8 @@ from .pipeline import (
     Owner,
     Table,
 )
+
+LINK_LOCAL6, MULTICAST6 = "fe80::/10", "ff00::/8"
 
 
 def uplink_flows(out: HostOut) -> Iterable[Flow]:
@@ -79,11 +95,62 @@ def uplink_flows(out: HostOut) -> Iterable[Flow]:
             yield Flow(Table.ROUTE, PRIO_ROUTE_OUT_TTL, match(**to_router, nw_ttl=ttl),
                        (meter(METER_TTL), apply(("output", OFPP_CONTROLLER))), ck)
         if out.gateway_mac is not None:  # resolved: the way out
-            yield Flow(Table.ROUTE, PRIO_ROUTE_OUT, match(**to_router), (apply(
-                ("dec_ttl",), ("set", "eth_src", out.mac), ("set", "eth_dst", out.gateway_mac),
-                ("set", DST_VM_REG, UPLINK_DST)), goto(Table.CONNTRACK)), ck)
+            yield _route_out(r, ETH_TYPE_IP, out.mac, out.gateway_mac, ck)
+    if out.address6 is not None:
+        yield from _uplink6(out, port, ck)
+
+
+def _route_out(r: RouterOut, eth_type: int, mac: str, gateway_mac: str, ck: int) -> Flow:
+    return Flow(Table.ROUTE, PRIO_ROUTE_OUT, match(eth_dst=r.mac, eth_type=eth_type), (apply(
+        ("dec_ttl",), ("set", "eth_src", mac), ("set", "eth_dst", gateway_mac),
+        ("set", DST_VM_REG, UPLINK_DST)), goto(Table.CONNTRACK)), ck)
+
+
+def _uplink6(out: HostOut, port: dict, ck: int) -> Iterable[Flow]:
+    """IPv6 on the uplink, as IPv4 above: the host's address6 answered (a solicitation
+    turned into the advertisement in place, in two steps as for a gateway6 inside: the
+    second marked reg4 = UPLINK_DST, so no advertisement from outside takes it), the
+    gateway6's advertisement to the controller, spoofed sources dropped, the routers'
+    subnets6 taken in, and out through gateway6 once resolved. Link-local and multicast
+    scopes never cross the router. (A hop limit expiring on the way out is dropped by the
+    base pipeline, not answered.)"""
+    target = {"ipv6_nd_target": out.address6}
+    yield Flow(Table.CLASSIFY, PRIO_UPLINK_NO_SLL, nd(ND_NS, **port, **target,
+                                                       ipv6_nd_sll=ZERO_MAC), DROP, ck)
+    yield Flow(Table.CLASSIFY, PRIO_UPLINK_ARP, nd(ND_NS, **port, **target), (apply(
+        ("move", "eth_src", "eth_dst", 48), ("set", "eth_src", out.mac),
+        ("move", "ipv6_src", "ipv6_dst", 128), ("set", "ipv6_src", out.address6),
+        ("set", "icmpv6_type", ND_NA), ("set", "nd_reserved", ND_FLAGS_RSO),
+        ("set", "nd_options_type", 2), ("set", DST_VM_REG, UPLINK_DST),
+        resubmit(Table.CLASSIFY)),), ck)
+    yield Flow(Table.CLASSIFY, PRIO_UPLINK_ARP, nd(ND_NA, **port, **target, **{
+        DST_VM_REG: UPLINK_DST}), (apply(("set", "ipv6_nd_tll", out.mac),
+                                         ("output", OFPP_IN_PORT)),), ck)
+    if out.gateway6 is not None:
+        yield Flow(Table.CLASSIFY, PRIO_UPLINK_ARP, nd(
+            ND_NA, **port, eth_dst=out.mac, ipv6_nd_target=out.gateway6),
+            (meter(METER_UPLINK), apply(("output", OFPP_CONTROLLER))), ck)
+    v6 = {**port, "eth_type": ETH_TYPE_IPV6}
+    for subnet in out.inside6:
+        yield Flow(Table.CLASSIFY, PRIO_UPLINK_SPOOF, match(**v6, ipv6_src=_prefix(subnet)),
+                   DROP, ck)
+    for r in out.routers:
+        for gw in r.gateways6:
+            yield Flow(Table.CLASSIFY, PRIO_UPLINK_SPOOF, match(**v6, ipv6_dst=gw), DROP, ck)
+        for subnet in r.subnets6:
+            yield Flow(Table.CLASSIFY, PRIO_UPLINK_IN, match(
+                **v6, eth_dst=out.mac, ipv6_dst=_prefix(subnet)),
+                (apply(("set", ZONE_REG, r.zone), ("set", "eth_dst", r.mac)),
+                 goto(Table.ROUTE)), ck)
+        to_router = {"eth_dst": r.mac, "eth_type": ETH_TYPE_IPV6}
+        for field, scope in (("ipv6_dst", LINK_LOCAL6), ("ipv6_dst", MULTICAST6),
+                             ("ipv6_src", LINK_LOCAL6)):
+            yield Flow(Table.ROUTE, PRIO_ROUTE_OUT_SCOPE, match(**to_router, **{
+                field: _prefix(scope)}), DROP, ck)
+        if out.gateway6_mac is not None:
+            yield _route_out(r, ETH_TYPE_IPV6, out.mac, out.gateway6_mac, ck)
 
 
 def _prefix(subnet: str) -> tuple[str, str]:
-    n = ipaddress.IPv4Network(subnet)
+    n = ipaddress.ip_network(subnet)
     return str(n.network_address), str(n.netmask)

@@ -7,11 +7,13 @@ datapath; BGP announces each routed VM's /32 via its host's uplink address."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 
 from vfence.controller import desired, external, policy
 from vfence.controller.flows import OFPP_CONTROLLER
+from vfence.controller.model import PortRef
 
 from .netfixtures import HV1, HV2
 from .pipeline import Pipeline
@@ -24,13 +26,23 @@ DOC = copy.deepcopy(ROUTED)
 DOC["routers"][0]["external"] = "dc"
 DOC["external"] = [{"name": "dc", "subnet": "198.18.10.0/24", "gateway": "198.18.10.1",
                     "bgp": {"local_asn": 65010, "peer": "198.18.10.1", "peer_asn": 65000}}]
-DOC["hosts"] = [{"name": f"hv{i}", "uplink": f"up{i}", "address": f"198.18.10.1{i}"}
-                for i in (1, 2, 3)]
+DOC["external"][0].update(subnet6="2001:db8:10::/64", gateway6="2001:db8:10::1")
+DOC["hosts"] = [{"name": f"hv{i}", "uplink": f"up{i}", "address": f"198.18.10.1{i}",
+                 "address6": f"2001:db8:10::1{i}"} for i in (1, 2, 3)]
+DOC["segments"] = [{**s, "subnet6": f"fd00:1{i}::/64", "gateway6": f"fd00:1{i}::1"}
+                   if s["name"] in ("web", "db") else s
+                   for i, s in enumerate(DOC["segments"], start=1)]
 DOC["rules"] = [*DOC["rules"],
                 {"name": "web-out", "from": "web", "to": "198.51.100.0/24", "protocol": "tcp",
                  "ports": "443", "action": "allow"},
                 {"name": "in-web", "from": "198.51.100.0/24", "to": "web", "protocol": "tcp",
+                 "ports": "80", "action": "allow"},
+                {"name": "web-out6", "from": "web", "to": "2001:db8:51::/64",
+                 "protocol": "tcp", "ports": "443", "action": "allow"},
+                {"name": "in-web6", "from": "2001:db8:51::/64", "to": "web", "protocol": "tcp",
                  "ports": "80", "action": "allow"}]
+IP6 = {"w1": "fd00:11::11", "d1": "fd00:12::11", "f1": "fd00:11::21"}  # (f1: hv1, w1's)
+GW6_MAC = "00:00:5e:00:02:01"  # (VRRPv3's for IPv6: not IPv4's)
 
 
 def uplinked(gateway_mac: str | None = GW_MAC):
@@ -40,6 +52,9 @@ def uplinked(gateway_mac: str | None = GW_MAC):
     st.policy = policy.parse(DOC)
     st.port_names = {d: {f"up{d - 0x100}": UPLINK} for d in (0x101, 0x102, 0x103)}
     st.gateway_macs = {d: gateway_mac for d in (0x101, 0x102, 0x103)} if gateway_mac else {}
+    st.gateway6_macs = {d: GW6_MAC for d in (0x101, 0x102, 0x103)} if gateway_mac else {}
+    for name, ip6 in IP6.items():
+        st.vms[name] = dataclasses.replace(st.vms[name], ips=(*st.vms[name].ips, ip6))
     return st
 
 
@@ -76,6 +91,22 @@ def test_the_contract_parses_and_bad_parts_are_refused_naming_the_field():
          "10.9.9.9 is in no external network's subnet"),
         (lambda d: d["hosts"][0].update(address="198.18.10.1"), "hosts[0].address",
          "198.18.10.1 is external 'dc''s gateway"),
+        (lambda d: d["external"][0].pop("gateway6"), "external[0].gateway6",
+         "subnet6 and gateway6 go together (IPv6 leaves through the gateway6, which is in "
+         "the subnet6)"),
+        (lambda d: d["external"][0].update(gateway6="2001:db8:11::1"), "external[0].gateway6",
+         "2001:db8:11::1 is outside the network's subnet6 2001:db8:10::/64"),
+        (lambda d: d["hosts"][2].update(address6="2001:db8:10::11"), "hosts[2].address6",
+         "2001:db8:10::11 is host 'hv1''s"),
+        (lambda d: d["hosts"][2].update(address6="2001:db8:10::1"), "hosts[2].address6",
+         "2001:db8:10::1 is external 'dc''s gateway"),
+        (lambda d: d["hosts"][0].update(address6="198.18.10.99"), "hosts[0].address6",
+         "198.18.10.99 is not an IPv6 address (the subnet6 is 2001:db8:10::/64)"),
+        (lambda d: [d["external"][0].pop(k) for k in ("subnet6", "gateway6")],
+         "hosts[0].address6", "external network 'dc' has no subnet6"),
+        (lambda d: d["external"][0].update(subnet6="fd00:10::/28", gateway6="fd00:10::1"),
+         "routers[0].external", "segment 'web''s subnet6 fd00:11::/64 overlaps external "
+         "network 'dc' (fd00:10::/28)"),
         (lambda d: d["external"][0].update(subnet="10.10.0.0/16", gateway="10.10.9.1"),
          "routers[0].external", "segment 'web''s subnet 10.10.1.0/24 overlaps external "
          "network 'dc' (10.10.0.0/16)"),
@@ -168,7 +199,9 @@ def test_bgp_announces_each_routed_vm_via_its_hosts_uplink_address():
     assert external.announcements(st) == {"dc": {
         "10.10.1.11/32": "198.18.10.11", "10.10.2.11/32": "198.18.10.12",
         "10.10.2.12/32": "198.18.10.11", "10.10.1.21/32": "198.18.10.11",
-        "10.10.2.21/32": "198.18.10.11", "10.10.2.22/32": "198.18.10.13"}}
+        "10.10.2.21/32": "198.18.10.11", "10.10.2.22/32": "198.18.10.13",
+        "fd00:11::11/128": "2001:db8:10::11", "fd00:12::11/128": "2001:db8:10::12",
+        "fd00:11::21/128": "2001:db8:10::11"}}
     from vfence.controller.model import Binding, PortRef
 
     st.bindings["d1"] = Binding("d1", PortRef(0x103, 7))  # moved to hv3
@@ -193,3 +226,134 @@ def test_each_hosts_ovsdb_keeps_its_own_port_names():
     listed(0x101, {"up1": 9})  # hv1 again: vnet1 went
     assert st.port_names == {0x101: {"up1": 9}, 0x102: {"up2": 9}}
     assert external.host_out(st, 0x101).port == 9
+
+
+def _out6(st, src, dst="2001:db8:51::7", port=443, **more):
+    from .test_routing import PLACES
+    vm = st.vms[src]
+    return {"in_port": PLACES[src][4], "eth_src": vm.mac, "eth_dst": R1, "eth_type": 0x86DD,
+            "ipv6_src": IP6[src], "ipv6_dst": dst, "ip_proto": 6, "tcp_dst": port,
+            "tcp_src": 40000, "nw_ttl": 64, **more}
+
+
+def _in6(st, dst, src="2001:db8:51::7", port=80, host=HV1):
+    return {"in_port": UPLINK, "eth_src": GW6_MAC,
+            "eth_dst": external.uplink_mac(f"hv{host - 0x100}"), "eth_type": 0x86DD,
+            "ipv6_src": src, "ipv6_dst": IP6[dst], "ip_proto": 6, "tcp_dst": port,
+            "tcp_src": 40000, "nw_ttl": 60}
+
+
+def test_ipv6_leaves_through_gateway6_and_comes_in_under_the_policy():
+    """The same north-south routing over IPv6: out through the host's uplink to gateway6's
+    own MAC (resolved apart from the IPv4 gateway's), in for the routers' subnet6s, by
+    the rules' IPv6 CIDRs; link-local and multicast scopes never cross; inside sources
+    from outside and gateway6 from outside are dropped."""
+    st = uplinked()
+    flows = desired.compile_network(st)
+    hv1 = Pipeline(flows[HV1])
+    ((port, pkt),) = hv1.run(_out6(st, "w1"))
+    assert port == UPLINK and (pkt["eth_src"], pkt["eth_dst"], pkt["nw_ttl"]) == (
+        external.uplink_mac("hv1"), GW6_MAC, 63)
+    assert hv1.run(_out6(st, "w1", port=22)) == []  # no rule: the default denies
+    assert hv1.run(_out6(st, "w1", nw_ttl=1)) == []  # hop limit expires: dropped
+    for scope in ({"ipv6_dst": "fe80::1"}, {"ipv6_dst": "ff0e::1"},
+                  {"ipv6_src": "fe80::200:ff:fe00:1"}):  # (the VM's own link-local)
+        assert hv1.run(_out6(st, "w1", **scope)) == [], scope
+    ((port, pkt),) = hv1.run(_in6(st, "w1"))
+    assert port == 3 and (pkt["eth_src"], pkt["eth_dst"], pkt["nw_ttl"]) == (
+        R1, st.vms["w1"].mac, 59)
+    assert hv1.run(_in6(st, "w1", port=22)) == []  # not allowed in
+    assert hv1.run(_in6(st, "w1", src="fd00:12::99")) == []  # an inside source
+    assert hv1.run(dict(_in6(st, "w1"), ipv6_dst="fd00:11::1", ip_proto=58,
+                        icmpv6_type=128)) == []  # gateway6 answers inside only
+    assert hv1.run(_in6(st, "w1", host=HV2)) == []  # another host's MAC
+    # d1 (hv2) from outside at hv1 (BGP not yet moved, say): over the fabric to hv2
+    st.bindings["w1"] = dataclasses.replace(st.bindings["w1"], port=PortRef(HV2, 7))
+    moved = desired.compile_network(st)
+    assert [p for p, _ in Pipeline(moved[HV1]).run(_in6(st, "w1"))] != []
+    # without gateway6's MAC there is no way out, and no /128 is announced
+    st = uplinked()
+    st.gateway6_macs = {}
+    assert Pipeline(desired.compile_network(st)[HV1]).run(_out6(st, "w1")) == []
+    assert not any(p.endswith("/128") for p in external.announcements(st)["dc"])
+    assert "10.10.1.11/32" in external.announcements(st)["dc"]  # IPv4 unaffected
+
+
+def test_a_host_answers_for_its_address6_on_the_uplink_and_hears_gateway6():
+    st = uplinked()
+    hv1 = Pipeline(desired.compile_network(st)[HV1])
+    me = external.uplink_mac("hv1")
+    ns = {"in_port": UPLINK, "eth_src": GW6_MAC, "eth_dst": "33:33:ff:00:00:11",
+          "eth_type": 0x86DD, "ip_proto": 58, "icmpv6_type": 135,
+          "ipv6_src": "2001:db8:10::1", "ipv6_dst": "ff02::1:ff00:11", "nw_ttl": 255,
+          "ipv6_nd_target": "2001:db8:10::11", "ipv6_nd_sll": GW6_MAC}
+    ((port, na),) = hv1.run(ns)
+    assert port == UPLINK
+    assert (na["icmpv6_type"], na["eth_src"], na["eth_dst"], na["ipv6_src"], na["ipv6_dst"],
+            na["ipv6_nd_tll"]) == (136, me, GW6_MAC, "2001:db8:10::11", "2001:db8:10::1", me)
+    assert hv1.run(dict(ns, ipv6_nd_target="2001:db8:10::12")) == []  # hv2's
+    assert hv1.run(dict(ns, ipv6_src="::", ipv6_nd_sll="00:00:00:00:00:00")) == []  # DAD
+    # an advertisement from outside for the host's address is no answer of ours
+    assert hv1.run(dict(ns, icmpv6_type=136, eth_dst=me, ipv6_nd_tll=GW6_MAC)) == []
+    na_gw = dict(ns, icmpv6_type=136, eth_dst=me, ipv6_dst="2001:db8:10::11",
+                 ipv6_nd_target="2001:db8:10::1", ipv6_nd_tll=GW6_MAC)
+    assert [p for p, _ in hv1.run(na_gw)] == [OFPP_CONTROLLER]  # gateway6's MAC, learned
+
+
+def test_a_host_without_address6_routes_no_ipv6_out_or_in():
+    doc = copy.deepcopy(DOC)
+    doc["hosts"][0].pop("address6")
+    st = uplinked()
+    st.policy = policy.parse(doc)
+    hv1 = Pipeline(desired.compile_network(st)[HV1])
+    assert hv1.run(_out6(st, "w1")) == [] and hv1.run(_in6(st, "w1")) == []
+    assert [p for p, _ in hv1.run(_out(st, "w1"))] == [UPLINK]  # IPv4 still leaves
+    assert "fd00:11::11/128" not in external.announcements(st)["dc"]
+
+
+def test_gateway6s_advertisement_is_kept_apart_from_the_ipv4_gateways_mac():
+    from vfence.controller import edits
+
+    st = uplinked()
+    st.gateway6_macs = {}
+    edits.gateway_seen(HV1, UPLINK, "2001:db8:10::1", "00:00:5E:00:02:09")(st, _NoSession())
+    edits.gateway_seen(HV1, UPLINK, "2001:db8:10::99", "02:00:00:00:00:99")(st, _NoSession())
+    edits.gateway_seen(HV1, 4, "2001:db8:10::1", "02:00:00:00:00:98")(st, _NoSession())
+    assert st.gateway6_macs == {HV1: "00:00:5e:00:02:09"} and st.gateway_macs[HV1] == GW_MAC
+
+
+class _NoSession:
+    def add(self, row) -> None:
+        pass
+
+
+def test_the_probe_and_the_answer_are_real_neighbour_discovery():
+    """The host's solicitation for gateway6 as os-ken parses it, and the gateway's answer
+    read back (only with the frame's own unicast MAC)."""
+    from os_ken.lib.packet import ethernet, icmpv6, ipv6, packet
+
+    from vfence.apps import router_answers
+
+    probe = packet.Packet(router_answers.neighbor_solicitation(
+        "0a:00:00:00:00:01", "2001:db8:10::11", "2001:db8:10::1"))
+    eth, ip, icmp = (probe.get_protocol(c) for c in (ethernet.ethernet, ipv6.ipv6,
+                                                     icmpv6.icmpv6))
+    assert (eth.dst, ip.dst, ip.hop_limit, icmp.type_, icmp.data.dst,
+            icmp.data.option.hw_src) == ("33:33:ff:00:00:01", "ff02::1:ff00:1", 255, 135,
+                                         "2001:db8:10::1", "0a:00:00:00:00:01")
+
+    def answer(eth_src: str, tll: str) -> packet.Packet:
+        out = packet.Packet()
+        out.add_protocol(ethernet.ethernet(dst="0a:00:00:00:00:01", src=eth_src,
+                                           ethertype=0x86DD))
+        out.add_protocol(ipv6.ipv6(src="2001:db8:10::1", dst="2001:db8:10::11", nxt=58))
+        out.add_protocol(icmpv6.icmpv6(type_=136, data=icmpv6.nd_neighbor(
+            res=7, dst="2001:db8:10::1", option=icmpv6.nd_option_tla(hw_src=tll))))
+        out.serialize()
+        return packet.Packet(bytes(out.data))
+
+    assert router_answers.gateway_answer(answer(GW6_MAC, GW6_MAC)) == (
+        "2001:db8:10::1", GW6_MAC)
+    assert router_answers.gateway_answer(answer(GW6_MAC, "02:00:00:00:00:07")) is None
+    assert router_answers.gateway_answer(answer("33:33:00:00:00:01", "33:33:00:00:00:01")) \
+        is None
