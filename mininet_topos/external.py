@@ -2,10 +2,12 @@
 client behind it, all on this machine.
 
     vf-xsw   a Linux bridge: the physical switch of the uplink network 198.18.10.0/24
-             (RFC 2544's benchmarking range: never this machine's own network)
-    vf-xr    FRR (zebra + bgpd) at 198.18.10.1, peering with vfence; it routes to
-             198.51.100.0/24, where
-    vf-xc    the external client 198.51.100.7 sits
+             and 2001:db8:10::/64 (RFC 2544's benchmarking range and the documentation
+             prefix: never this machine's own network)
+    vf-xr    FRR (zebra + bgpd) at 198.18.10.1 and 2001:db8:10::1, peering with vfence
+             (IPv4 and IPv6 unicast over one session); it routes to 198.51.100.0/24 and
+             2001:db8:51::/64, where
+    vf-xc    the external client 198.51.100.7 (2001:db8:51::7) sits
     vf-xdns  BIND 9 at 198.18.10.53, authoritative for the VMs' zones (TSIG-keyed
              updates), started with :meth:`ExternalNet.start_dns`
     vf-xphy  a standalone Open vSwitch (NORMAL: a plain learning switch, VLAN-aware), its
@@ -37,6 +39,8 @@ PHY, LEGACY = "vf-xphy", "vf-xl"
 CTL = "vfx-ctl"
 SUBNET, GATEWAY, CTL_IP = "198.18.10.0/24", "198.18.10.1", "198.18.10.2"
 CLIENT_NET, CLIENT_GW, CLIENT_IP = "198.51.100.0/24", "198.51.100.1", "198.51.100.7"
+SUBNET6, GATEWAY6 = "2001:db8:10::/64", "2001:db8:10::1"
+CLIENT_NET6, CLIENT_GW6, CLIENT_IP6 = "2001:db8:51::/64", "2001:db8:51::1", "2001:db8:51::7"
 DNS_IP = "198.18.10.53"
 ROUTER_ASN, LOCAL_ASN = 65000, 65010
 FRR = Path("/usr/lib/frr")
@@ -48,6 +52,10 @@ OVS_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 
 def host_address(h: int) -> str:
     return f"198.18.10.{10 + h}"
+
+
+def host_address6(h: int) -> str:
+    return f"2001:db8:10::{10 + h}"
 
 
 def _sh(*cmd: str, check: bool = True) -> str:
@@ -78,9 +86,10 @@ class ExternalNet:
         for ns in (SW, ROUTER, CLIENT):
             _sh("ip", "netns", "add", ns)
             _in(ns, "ip", "link", "set", "lo", "up")
-        _in(SW, "ip", "link", "add", "br0", "type", "bridge")
+        # (no MLD snooping: nothing here is a querier, and vfence's hosts send no reports)
+        _in(SW, "ip", "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
         _in(SW, "ip", "link", "set", "br0", "up")
-        self._wire(ROUTER, "ext0", f"{GATEWAY}/24")
+        self._wire(ROUTER, "ext0", f"{GATEWAY}/24", f"{GATEWAY6}/64")
         _sh("ip", "link", "add", CTL, "type", "veth", "peer", "name", "ctl", "netns", SW)
         _sh("ip", "addr", "add", f"{CTL_IP}/24", "dev", CTL)
         _sh("ip", "link", "set", CTL, "up")
@@ -88,11 +97,15 @@ class ExternalNet:
         _sh("ip", "link", "add", "cli0", "netns", ROUTER, "type", "veth", "peer", "name",
             "eth0", "netns", CLIENT)
         _in(ROUTER, "ip", "addr", "add", f"{CLIENT_GW}/24", "dev", "cli0")
+        _in(ROUTER, "ip", "addr", "add", f"{CLIENT_GW6}/64", "dev", "cli0", "nodad")
         _in(ROUTER, "ip", "link", "set", "cli0", "up")
-        _in(ROUTER, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        _in(ROUTER, "sysctl", "-qw", "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1")
         _in(CLIENT, "ip", "addr", "add", f"{CLIENT_IP}/24", "dev", "eth0")
+        _in(CLIENT, "ip", "addr", "add", f"{CLIENT_IP6}/64", "dev", "eth0", "nodad")
         _in(CLIENT, "ip", "link", "set", "eth0", "up")
         _in(CLIENT, "ip", "route", "add", "default", "via", CLIENT_GW)
+        _in(CLIENT, "ip", "-6", "route", "add", "default", "via", CLIENT_GW6)
         self._start_frr()
         return self
 
@@ -153,12 +166,14 @@ class ExternalNet:
                 return parts[parts.index("dev") + 1]
         return None
 
-    def _wire(self, ns: str, dev: str, address: str) -> None:
-        """A veth from ``ns`` (``dev``, with ``address``) into the bridge."""
+    def _wire(self, ns: str, dev: str, *addresses: str) -> None:
+        """A veth from ``ns`` (``dev``, with ``addresses``) into the bridge."""
         peer = f"{ns[-2:]}-{dev}"
         _sh("ip", "link", "add", dev, "netns", ns, "type", "veth", "peer", "name", peer,
             "netns", SW)
-        _in(ns, "ip", "addr", "add", address, "dev", dev)
+        for address in addresses:
+            _in(ns, "ip", "addr", "add", address, "dev", dev,
+                *(("nodad",) if ":" in address else ()))
         _in(ns, "ip", "link", "set", dev, "up")
         self._bridge_port(peer)
 
@@ -186,7 +201,9 @@ class ExternalNet:
         (d / "bgpd.conf").write_text(
             f"router bgp {ROUTER_ASN}\n bgp router-id {GATEWAY}\n no bgp ebgp-requires-policy\n"
             f" neighbor {CTL_IP} remote-as {LOCAL_ASN}\n neighbor {CTL_IP} timers connect 1\n"
-            f" neighbor {CTL_IP} timers 3 9\n")
+            f" neighbor {CTL_IP} timers 3 9\n"
+            f" address-family ipv6 unicast\n  neighbor {CTL_IP} activate\n"
+            " exit-address-family\n")
         shutil.chown(d, "frr", "frr")
         for f in d.iterdir():
             shutil.chown(f, "frr", "frr")
@@ -199,8 +216,10 @@ class ExternalNet:
         return _sh("vtysh", "--vty_socket", str(self.dir), "-c", command, check=False)
 
     def route_via(self, prefix: str) -> str | None:
-        """The next hop FRR installed in the router's kernel for ``prefix``, or None."""
-        out = _in(ROUTER, "ip", "route", "show", prefix, check=False)
+        """The next hop FRR installed in the router's kernel for ``prefix`` (IPv4 or
+        IPv6), or None."""
+        out = _in(ROUTER, "ip", "-6" if ":" in prefix else "-4", "route", "show", prefix,
+                  check=False)
         parts = out.split()
         return parts[parts.index("via") + 1] if "via" in parts else None
 

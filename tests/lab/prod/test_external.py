@@ -27,7 +27,7 @@ from vfence.mininet_topos.named import KEY_NAME
 from vfence.mininet_topos.prodlab import migrate
 
 from .conftest import DOC, MAC, ROUTED_VMS, nic
-from .test_routing import GATEWAY, bound, delivered, ping, routed_doc
+from .test_routing import GATEWAY, GATEWAY6, IP6, bound, delivered, ping, routed_doc
 
 IP = {n: ip for n, _, _, ip, _ in ROUTED_VMS}
 HOSTS = (1, 2, 3)
@@ -42,10 +42,11 @@ def external_doc() -> dict:
     doc = routed_doc()
     doc["routers"][0]["external"] = "dc"
     doc["external"] = [{"name": "dc", "subnet": ext.SUBNET, "gateway": ext.GATEWAY,
+                        "subnet6": ext.SUBNET6, "gateway6": ext.GATEWAY6,
                         "bgp": {"local_asn": ext.LOCAL_ASN, "peer": ext.GATEWAY,
                                 "peer_asn": ext.ROUTER_ASN}}]
-    doc["hosts"] = [{"name": f"hv{h}", "uplink": f"up{h}", "address": ext.host_address(h)}
-                    for h in HOSTS]
+    doc["hosts"] = [{"name": f"hv{h}", "uplink": f"up{h}", "address": ext.host_address(h),
+                     "address6": ext.host_address6(h)} for h in HOSTS]
     next(s for s in doc["segments"] if s["name"] == "rlab")["bridged"] = {"uplink_vlan": VLAN}
     doc["dns"] = {"server": ext.DNS_IP, "zone": ZONE, "reverse": True, "ttl": 30,
                   "tsig": {"name": KEY_NAME, "secret_file": str(ext.DNS_DIR / "vfence.key")}}
@@ -53,7 +54,11 @@ def external_doc() -> dict:
                     {"name": "legacy-in", "from": "10.30.9.128/25", "to": "rlab",
                      "protocol": "icmp", "action": "allow"},
                     {"name": "rweb-out-icmp", "from": "rweb", "to": ext.CLIENT_NET,
-                     "protocol": "icmp", "action": "allow"}] + doc["rules"]
+                     "protocol": "icmp", "action": "allow"},
+                    {"name": "client-in6", "from": ext.CLIENT_NET6, "to": "rweb",
+                     "action": "allow"},
+                    {"name": "rweb-out-icmpv6", "from": "rweb", "to": ext.CLIENT_NET6,
+                     "protocol": "icmpv6", "action": "allow"}] + doc["rules"]
     return doc
 
 
@@ -94,12 +99,17 @@ def outside(lab):
             lab.wait_for(lambda name=name: bound(lab, name), 20, f"{name} bound")
             if seg in GATEWAY:
                 lab.host(name).cmd(f"ip route replace default via {GATEWAY[seg]}")
-        lab.wait_for(lambda: len(external(lab)["gateway_macs"]) == len(HOSTS) and all(
+            if name in IP6:  # (as test_routing's guests have them, when it ran first)
+                lab.host(name).cmd(f"ip -6 addr replace {IP6[name]}/64 dev {nic(lab, name)} "
+                                   f"nodad; ip -6 route replace default via {GATEWAY6[seg]}")
+        lab.wait_for(lambda: len(external(lab)["gateway_macs"]) == len(HOSTS) and len(
+            external(lab)["gateway6_macs"]) == len(HOSTS) and all(
             h["ofport"] for h in external(lab)["hosts"]), 20,
-            "every uplink found, each host's gateway MAC resolved")
+            "every uplink found, each host's gateway and gateway6 MAC resolved")
         lab.wait_for(lambda: external(lab)["bgp"]["session"]["state"] == "established", 40,
                      "the BGP session")
-        lab.wait_for(lambda: net.route_via(IP["rweb-1"]) is not None, 15, "FRR's route")
+        lab.wait_for(lambda: net.route_via(IP["rweb-1"]) is not None
+                     and net.route_via(IP6["rweb-1"]) is not None, 15, "FRR's routes")
         yield lab, net
     finally:
         httpx.put(lab.api + "/v1/policy", json=DOC, timeout=60).raise_for_status()
@@ -134,6 +144,27 @@ def test_the_outside_reaches_a_routed_vm_through_its_host_and_frr_routes_it_ther
     assert f"{IP['rlab-1']}/32" not in routes
     text = httpx.get(lab.api + "/metrics", timeout=30).text
     assert re.search(rf'^vfence_bgp_session_up{{peer="{ext.GATEWAY}"}} 1\.0$', text, re.M)
+
+
+def test_ipv6_north_south_the_same_way_with_each_vms_128_via_its_hosts_address6(outside):
+    """IPv6 over the same uplinks: FRR has each routed VM's /128 via the address6 of the
+    host it is on (one BGP session carries both families); the client reaches rweb-1
+    and back, rweb-1 reaches the client, rdb-1 (no rule) is refused beside it."""
+    lab, net = outside
+    for vm in ("rweb-1", "rdb-1", "rpay-2"):
+        assert net.route_via(IP6[vm]) == ext.host_address6(host_of(lab, vm)), vm
+    out = client_ping(net, IP6["rweb-1"], 3)
+    assert delivered(out), out
+    assert re.search(r"ttl=6[23]", out), out  # routed at the host on the way back
+    assert not delivered(client_ping(net, IP6["rdb-1"], 2))  # no rule lets it in
+    assert delivered(ping(lab, "rweb-1", ext.CLIENT_IP6, 2))  # a VM starts it: allowed
+    assert not delivered(ping(lab, "rdb-1", ext.CLIENT_IP6, 2))  # rdb may not
+    assert not delivered(client_ping(net, GATEWAY6["rweb"], 2))  # gateway6: inside only
+    dc = external(lab)
+    routes = {r["prefix"]: r["next_hop"] for r in dc["bgp"]["routes"]}
+    assert routes[f"{IP6['rweb-1']}/128"] == ext.host_address6(host_of(lab, "rweb-1"))
+    assert dc["subnet6"] == ext.SUBNET6 and len(dc["gateway6_macs"]) == len(HOSTS)
+    assert {h["address6"] for h in dc["hosts"]} == {ext.host_address6(h) for h in HOSTS}
 
 
 def test_north_south_policy_sources_state_and_isolation(outside):
@@ -362,3 +393,6 @@ def test_a_moved_vm_is_announced_via_its_new_host_and_the_outside_barely_notices
     allowed = (ew_sent - ew_got) + int(bgp_s / 0.01) + 10
     assert ns_sent - ns_got <= allowed, (ns_sent, ns_got, ew_sent, ew_got, bgp_s)
     assert delivered(client_ping(net, target, 2))  # and through hv2's uplink now
+    lab.wait_for(lambda: net.route_via(IP6["rweb-1"]) == ext.host_address6(2), 10,
+                 "the /128 via hv2's address6 (in the same moment's UPDATEs)")
+    assert delivered(client_ping(net, IP6["rweb-1"], 2))
