@@ -45,12 +45,27 @@ class Rec(NamedTuple):
 class Change(NamedTuple):
     """One update message: in ``zone``, each (owner, type) RRset gets the values vfence
     wants and loses those it had put there and no longer wants. Records vfence did not
-    put there are never touched (a VM named like a host the zone already has adds its
-    address beside the host's, it does not replace it)."""
+    put there are never touched. ``claims`` are the owners vfence has nothing at yet:
+    the message adds to them only if the name is not in use on the server (or carries
+    vfence's marker already, the answer to an earlier claim having been lost), so a VM
+    named like a host the zone already has gets no records rather than joining the
+    host's."""
 
     zone: str
     rrsets: tuple[tuple[str, str, frozenset[str], frozenset[str]], ...]  # owner, type,
     # wanted values, values vfence had there
+    claims: frozenset[str] = frozenset()
+
+    def owners(self) -> list[Change]:
+        """This change as one message per owner (to find which one the server refused)."""
+        by: dict[str, list[tuple[str, str, frozenset[str], frozenset[str]]]] = {}
+        for rr in self.rrsets:
+            by.setdefault(rr[0], []).append(rr)
+        return [Change(self.zone, tuple(rrs), self.claims & {o}) for o, rrs in by.items()]
+
+
+# every name vfence keeps records at carries this TXT record: what it may change there
+MARKER = '"heritage=vfence"'
 
 
 def _absolute(text: str) -> str:
@@ -155,7 +170,18 @@ def wanted(state: NetworkState) -> set[Rec]:
     out: set[Rec] = set()
     for vm in state.vms.values():
         out.update(_records(vm, cfg, plens.get(vm.segment, (None, None))))
-    return out
+    return _unshared(out)
+
+
+def _unshared(recs: set[Rec]) -> set[Rec]:
+    """Without the PTRs of an address two VMs hold (unrouted segments may share one):
+    neither is its name."""
+    seen: dict[str, str] = {}
+    shared = set()
+    for r in recs:
+        if r.rtype == "PTR" and seen.setdefault(r.owner, r.value) != r.value:
+            shared.add(r.owner)
+    return {r for r in recs if r.owner not in shared} if shared else recs
 
 
 @functools.lru_cache(maxsize=1 << 17)
@@ -170,36 +196,54 @@ def _records(vm: VM, cfg: Dns, plens: tuple[int | None, int | None]) -> tuple[Re
             continue
         out.append(Rec(cfg.zone, name, "A" if addr.version == 4 else "AAAA", str(addr)))
         if cfg.reverse:
-            out.append(Rec(reverse_zone(addr, plens[addr.version == 6]),
-                           addr.reverse_pointer + ".", "PTR", name))
+            zone, owner = reverse_zone(addr, plens[addr.version == 6]), addr.reverse_pointer
+            out += [Rec(zone, owner + ".", "PTR", name), Rec(zone, owner + ".", "TXT", MARKER)]
+    if out:
+        out.append(Rec(cfg.zone, name, "TXT", MARKER))
     return tuple(out)
 
 
 def plan(want: set[Rec], have: set[Rec], batch: int = BATCH) -> list[Change]:
     """The update messages that make the server's records ``want`` when it holds
     ``have``: every (owner, type) whose values differ is replaced whole, per zone (a
-    record that moved zone is deleted in the old one and added in the new). Only the
+    record that moved zone is deleted in the old one and added in the new), an owner's
+    RRsets in one message, claiming the owners vfence holds nothing at. Only the
     records in the difference are looked at twice (the common case: one VM changed)."""
     touched = {(r.zone, r.owner, r.rtype) for r in want ^ have}
     if not touched:
         return []
+    held = {(r.zone, r.owner) for r in have}  # names vfence has records at
     sets: dict[tuple[str, str, str], tuple[set[str], set[str]]] = {
         k: (set(), set()) for k in touched}
     for i, recs in enumerate((want, have)):
         for r in recs:
             if (got := sets.get((r.zone, r.owner, r.rtype))) is not None:
                 got[i].add(r.value)
-    by_zone: dict[str, list[tuple[str, str, frozenset[str], frozenset[str]]]] = {}
+    by_owner: dict[tuple[str, str], list[tuple[str, str, frozenset[str], frozenset[str]]]] = {}
     for (zone, owner, rtype), (w, h) in sorted(sets.items()):
-        by_zone.setdefault(zone, []).append((owner, rtype, frozenset(w), frozenset(h)))
-    return [Change(zone, tuple(rrs[i:i + batch]))
-            for zone, rrs in by_zone.items() for i in range(0, len(rrs), batch)]
+        by_owner.setdefault((zone, owner), []).append((owner, rtype, frozenset(w),
+                                                       frozenset(h)))
+    out: list[Change] = []
+    for (zone, owner), rrs in by_owner.items():  # an owner's RRsets go in one message
+        if not out or out[-1].zone != zone or len(out[-1].rrsets) + len(rrs) > batch:
+            out.append(Change(zone, ()))
+        claim = frozenset() if (zone, owner) in held else frozenset({owner})
+        out[-1] = Change(zone, out[-1].rrsets + tuple(rrs), out[-1].claims | claim)
+    return out
 
 
-def message(cfg: Dns, change: Change, key: dns.tsig.Key | None) -> dns.update.UpdateMessage:
+def message(cfg: Dns, change: Change, key: dns.tsig.Key | None, reclaim: bool = False
+            ) -> dns.update.UpdateMessage:
     """The RFC 2136 update for ``change``: vfence's old values deleted one by one, the
-    new ones added (one message: the server applies it whole or not at all)."""
+    new ones added (one message: the server applies it whole or not at all). Each owner
+    it claims must not be in use on the server (RFC 2136 prerequisite), or, ``reclaim``,
+    must carry vfence's marker (a claim whose answer was lost)."""
     update = dns.update.UpdateMessage(change.zone, keyring=key)
+    for owner in sorted(change.claims):
+        if reclaim:
+            update.present(owner, "TXT", MARKER)
+        else:
+            update.absent(owner)
     for owner, rtype, want, had in change.rrsets:
         for value in sorted(had - want):
             update.delete(owner, rtype, value)

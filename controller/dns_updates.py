@@ -37,7 +37,17 @@ RESYNC = 300.0  # a round now and then even without a change (the key file may b
 
 
 class Refused(Exception):
-    """The server answered, but not NOERROR (a wrong key, a zone it does not serve)."""
+    """The server answered, but not NOERROR (a wrong key, a zone it does not serve, a
+    name in use, a name the key may not change)."""
+
+    def __init__(self, text: str, rcode: int | None = None) -> None:
+        super().__init__(text)
+        self.rcode = rcode
+
+
+# answers about some name of the message (a prerequisite, the key's policy for a name):
+# each owner is sent alone then, so one name holds back no other
+PER_NAME = {dns.rcode.YXDOMAIN, dns.rcode.NXRRSET, dns.rcode.YXRRSET, dns.rcode.REFUSED}
 
 
 def _server(cfg: Dns) -> str:
@@ -147,26 +157,60 @@ class Updater:
         sent, error, left = 0, None, []
         for i, change in enumerate(changes):
             try:
-                self._send(cfg, change, key)
-            except Refused as e:  # this zone's; the others may still go
-                error = f"{e}"
-                left.append(change)
-                continue
+                taken, refused = self._deliver(cfg, change, key)
             except (OSError, dns.exception.DNSException) as e:  # the server's: stop
                 error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
                 left.extend(changes[i:])
                 break
-            _write(s, cfg, change)
-            s.commit()
-            have = plan_mod.applied(have, change)
-            self.have = (self.have[0], have)
-            sent += len(change.rrsets)
+            for part in taken:
+                _write(s, cfg, part)
+                s.commit()
+                have = plan_mod.applied(have, part)
+                self.have = (self.have[0], have)
+                sent += len(part.rrsets)
+            for part, why in refused:  # this zone's or this name's: the others still go
+                error = error or why
+                left.append(part)
         self._count(left)
         return sent, error
 
-    def _send(self, cfg: Dns, change: plan_mod.Change, key: Any) -> None:
+    def _deliver(self, cfg: Dns, change: plan_mod.Change, key: Any
+                 ) -> tuple[list[plan_mod.Change], list[tuple[plan_mod.Change, str]]]:
+        """(the parts the server took, the parts it refused and why). Refused about a
+        name, each owner goes alone (the answer names no culprit); a claim refused
+        because the name is in use goes again as a reclaim, which succeeds only where
+        vfence's marker is (its earlier claim landed, the answer was lost)."""
         try:
-            answer = dns.query.tcp(plan_mod.message(cfg, change, key), cfg.server,
+            self._send(cfg, change, key)
+            return [change], []
+        except Refused as e:
+            if e.rcode not in PER_NAME:
+                return [], [(change, str(e))]
+            parts = change.owners()
+            if len(parts) > 1:
+                out: tuple[list[plan_mod.Change], list[tuple[plan_mod.Change, str]]] = [], []
+                for part in parts:
+                    taken, refused = self._deliver(cfg, part, key)
+                    out[0].extend(taken)
+                    out[1].extend(refused)
+                return out
+            if e.rcode != dns.rcode.YXDOMAIN or not change.claims:
+                return [], [(change, str(e))]
+        (owner,) = change.claims
+        try:
+            self._send(cfg, change, key, reclaim=True)
+            return [change], []
+        except Refused as e:
+            if e.rcode != dns.rcode.NXRRSET:
+                return [], [(change, str(e))]
+            return [], [(change, f"{owner} is in use on the server and not vfence's (no "
+                                 f"TXT {plan_mod.MARKER} there): vfence leaves it alone; "
+                                 "rename the VM or remove that name")]
+
+    def _send(self, cfg: Dns, change: plan_mod.Change, key: Any, reclaim: bool = False
+              ) -> None:
+        try:
+            answer = dns.query.tcp(plan_mod.message(cfg, change, key, reclaim), cfg.server,
                                    timeout=TIMEOUT, port=cfg.port)
         except dns.tsig.PeerError as e:
             self.metrics.dns_updates.labels("BADSIG").inc()
@@ -176,8 +220,9 @@ class Updater:
         rcode = answer.rcode()
         self.metrics.dns_updates.labels(dns.rcode.to_text(rcode)).inc()
         if rcode != dns.rcode.NOERROR:
+            names = f" ({change.rrsets[0][0]})" if len(change.owners()) == 1 else ""
             raise Refused(f"the server answered {dns.rcode.to_text(rcode)} for zone "
-                          f"{change.zone}")
+                          f"{change.zone}{names}", rcode)
 
     def _count(self, todo: list[plan_mod.Change]) -> None:
         self.pending = sum(len(c.rrsets) for c in todo)

@@ -92,7 +92,7 @@ def test_records_follow_create_readdress_and_delete(env):
     st = updater.status()  # the server has no zone for 10.31.0.0/24: the rest landed,
     # that zone is reported and retried
     assert st["state"] == "failing" and "NOTAUTH" in st["last_error"] and "31.10" in \
-        st["last_error"] and st["pending"] == 1
+        st["last_error"] and st["pending"] == 2  # the PTR and vfence's marker there
     # deleting a VM removes its names
     assert client.delete("/v1/vms/web-2").status_code == 204
     updater.round()
@@ -110,14 +110,14 @@ def test_a_dead_server_blocks_nothing_and_catches_up(env):
     assert r.status_code == 200 and time.monotonic() - t0 < 5, r.text  # no DNS on this path
     assert updater.round() is False
     st = updater.status()
-    # web-2's A, the old PTR's removal and the new PTR
-    assert st["state"] == "failing" and st["pending"] == 3, st
+    # web-2's A, the old PTR's removal and the new PTR (each PTR with its marker)
+    assert st["state"] == "failing" and st["pending"] == 5, st
     assert set(st["pending_names"]) == {f"web-2.{ZONE}.", "6.0.30.10.in-addr.arpa.",
                                         "7.0.30.10.in-addr.arpa."}
     assert ("web-2.vms.example.", "A", "10.30.0.6") in _rows(service)  # not taken: kept
     (e,) = client.get("/v1/events", params={"type": "dns-failed"}).json()
-    assert e["detail"]["pending"] == 3 and "ConnectionRefused" in e["detail"]["error"]
-    assert "vfence_dns_pending 3.0" in client.get("/metrics").text
+    assert e["detail"]["pending"] == 5 and "ConnectionRefused" in e["detail"]["error"]
+    assert "vfence_dns_pending 5.0" in client.get("/metrics").text
     # the pending work is in the database: a new updater (a restart) finds it
     fresh = Updater(service.sessions, lambda: service.state, service.metrics)
     named.start()
@@ -177,21 +177,57 @@ def test_an_unusable_key_file_is_refused_naming_the_field(env, tmp_path, content
     assert client.get("/v1/policy").json() == before
 
 
-def test_records_vfence_did_not_create_are_never_deleted(env):
-    """The zone's own host 'ns' and a VM named 'ns': the VM's address goes beside the
-    host's, and leaves without taking the host's along."""
+def _server_add(named: Named, owner: str, *records: tuple[str, str]) -> None:
+    """Records put on the server by someone else (or by vfence, its answer lost)."""
     import dns.query
     import dns.tsig
     import dns.update
 
-    client, service, updater, named = env
     own = dns.update.UpdateMessage(ZONE, keyring=dns.tsig.Key(KEY, named.secret))
-    own.add(f"ns.{ZONE}.", 60, "A", "10.30.0.53")
+    for rtype, value in records:
+        own.add(owner, 60, rtype, value)
     dns.query.tcp(own, "127.0.0.1", port=named.port, timeout=2)
-    vm = {"name": "ns", "mac": "02:00:00:00:30:09", "segment": "web", "ips": ["10.30.0.9"]}
-    assert client.post("/v1/vms", json=vm).status_code == 201
-    assert updater.round() is True
-    assert named.query(f"ns.{ZONE}", "A") == ["10.30.0.53", "10.30.0.9"]
+
+
+def test_a_name_in_use_on_the_server_is_never_joined_nor_deleted(env):
+    """The zone's own host 'ns', and a VM named 'ns': the VM gets no records there (its
+    address would have joined the host's, even the same address claimed and later
+    deleted), the error names it, the other VMs' records still go; deleting the VM
+    leaves the host's address."""
+    client, service, updater, named = env
+    _server_add(named, f"ns.{ZONE}.", ("A", "10.30.0.53"))
+    vms = [{"name": "ns", "mac": "02:00:00:00:30:09", "segment": "web", "ips": ["10.30.0.53"]},
+           {"name": "web-3", "mac": "02:00:00:00:30:0a", "segment": "web",
+            "ips": ["10.30.0.10"]}]
+    for vm in vms:
+        assert client.post("/v1/vms", json=vm).status_code == 201
+    assert updater.round() is False
+    status = client.get("/v1/dns").json()
+    assert status["state"] == "failing" and f"ns.{ZONE}. is in use on the server and not " \
+        "vfence's" in status["last_error"], status
+    assert status["pending"] == 2 and status["pending_names"] == [f"ns.{ZONE}."], status
+    assert named.query(f"ns.{ZONE}", "A") == ["10.30.0.53"]  # the host's, alone
+    assert named.query(f"ns.{ZONE}", "TXT") == []
+    assert named.query(f"web-3.{ZONE}", "A") == ["10.30.0.10"]  # the others went
+    assert named.query("10.0.30.10.in-addr.arpa", "PTR") == [f"web-3.{ZONE}."]
+    assert not {r for r in _rows(service) if r[0] == f"ns.{ZONE}."}
     assert client.delete("/v1/vms/ns").status_code == 204
     assert updater.round() is True
     assert named.query(f"ns.{ZONE}", "A") == ["10.30.0.53"]  # the zone's own host stays
+
+
+def test_a_claim_whose_answer_was_lost_is_taken_up_again(env):
+    """vfence's first records at a name landed but the answer was lost (the database
+    has nothing): the next round's claim finds the name in use, with vfence's marker,
+    and completes as a reclaim."""
+    from vfence.controller import dns as plan_mod
+
+    client, service, updater, named = env
+    assert updater.round() is True
+    _server_add(named, f"web-4.{ZONE}.", ("A", "10.30.0.12"), ("TXT", plan_mod.MARKER))
+    vm = {"name": "web-4", "mac": "02:00:00:00:30:0b", "segment": "web",
+          "ips": ["10.30.0.12"]}
+    assert client.post("/v1/vms", json=vm).status_code == 201
+    assert updater.round() is True, client.get("/v1/dns").json()
+    assert named.query(f"web-4.{ZONE}", "A") == ["10.30.0.12"]
+    assert (f"web-4.{ZONE}.", "A", "10.30.0.12") in _rows(service)

@@ -50,12 +50,48 @@ def test_wanted_records_per_vm_and_family():
     assert dns.Rec("0.16.172.in-addr.arpa.", "9.0.16.172.in-addr.arpa.", "PTR",
                    "flat-1.vms.example.") in got  # no subnet: /24
     assert not any("fe80" in r.value or "a..b" in r.owner for r in got)
-    assert len(got) == 6
+    # every name vfence keeps records at carries its marker: 6 records at 5 names
+    assert {(r.zone, r.owner) for r in got if r.rtype == "TXT"} == {
+        (r.zone, r.owner) for r in got} and all(r.value == dns.MARKER for r in got
+                                                if r.rtype == "TXT")
+    assert len(got) == 11
+
+
+def test_an_address_two_vms_hold_has_no_ptr():
+    """Unrouted segments may share an address: neither VM is its name (one PTR RRset
+    with both would be a lie for each), while both keep their own A records."""
+    got = dns.wanted(_state(vms=[_vm("x", "172.16.0.9", segment="flat"),
+                                 VM(2, "y", "02:00:00:00:00:02", ("172.16.0.9",), 2, "flat")]))
+    assert {(r.owner, r.rtype) for r in got} == {
+        ("x.vms.example.", "A"), ("x.vms.example.", "TXT"),
+        ("y.vms.example.", "A"), ("y.vms.example.", "TXT")}
+
+
+def test_a_name_is_claimed_only_if_not_in_use_or_already_vfences():
+    """The first records at a name go with the prerequisite "name not in use" (RFC 2136),
+    or, as a reclaim, "vfence's marker is there"; names vfence holds records at go
+    without (an upgrade from records without markers keeps them)."""
+    z = "vms.example."
+    want = dns.wanted(_state(doc={**DOC, "dns": {**DOC["dns"], "reverse": False}},
+                             vms=[_vm("new", "10.30.1.7")]))
+    old = {dns.Rec(z, "old." + z, "A", "10.30.1.8")}
+    want |= old | {dns.Rec(z, "old." + z, "TXT", dns.MARKER)}
+    (change,) = dns.plan(want, old)
+    assert change.claims == frozenset({"new." + z})
+    cfg = _state().policy.dns
+    text = dns.message(cfg, change, None).to_text()
+    assert "new.vms.example. NONE ANY" in text  # the prerequisite: not in use
+    assert 'old.vms.example. 30 IN TXT "heritage=vfence"' in text  # added, no prerequisite
+    assert "old.vms.example. 0 NONE" not in text and "old.vms.example. 0 ANY" not in text
+    again = dns.message(cfg, change, None, reclaim=True).to_text()
+    assert 'new.vms.example. 0 IN TXT "heritage=vfence"' in again  # present, with value
+    assert "NONE ANY" not in again
+    assert sorted(c.claims for c in change.owners()) == [frozenset(), frozenset({"new." + z})]
 
 
 def test_no_reverse_no_ptr_and_no_dns_nothing():
     doc = DOC | {"dns": DOC["dns"] | {"reverse": False}}
-    assert {r.rtype for r in dns.wanted(_state(doc, [_vm("w", "10.30.1.5")]))} == {"A"}
+    assert {r.rtype for r in dns.wanted(_state(doc, [_vm("w", "10.30.1.5")]))} == {"A", "TXT"}
     assert dns.wanted(_state({"segments": DOC["segments"]}, [_vm("w", "10.30.1.5")])) == set()
 
 
@@ -80,6 +116,11 @@ def test_plan_batches_per_zone():
     changes = dns.plan(want, set(), batch=2)
     assert [(c.zone, len(c.rrsets)) for c in changes] == [("z1.", 2), ("z1.", 2),
                                                           ("z1.", 1), ("z2.", 1)]
+    # an owner's RRsets are never split between messages (its claim covers them all)
+    two = want | {dns.Rec("z1.", f"h{i}.z1.", "TXT", dns.MARKER) for i in range(1, 6)}
+    changes = dns.plan(two, set(), batch=3)
+    assert [len(c.rrsets) for c in changes] == [2, 2, 2, 2, 2, 1]
+    assert all(len({o for o, *_ in c.rrsets}) == len(c.claims) for c in changes)
 
 
 def test_message_deletes_only_vfences_old_values_and_adds_the_new_with_the_ttl():
