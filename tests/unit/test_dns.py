@@ -67,6 +67,15 @@ def test_an_address_two_vms_hold_has_no_ptr():
         ("y.vms.example.", "A"), ("y.vms.example.", "TXT")}
 
 
+def test_names_that_differ_in_case_only_get_no_records():
+    """DNS names are case-insensitive: Web-1 and web-1 would share one RRset."""
+    got = dns.wanted(_state(vms=[_vm("Web-1", "10.30.1.5"),
+                                 VM(2, "web-1", "02:00:00:00:00:02", ("10.30.1.6",), 1, "web"),
+                                 VM(3, "web-2", "02:00:00:00:00:03", ("10.30.1.7",), 1, "web")]))
+    assert {r.owner for r in got if r.rtype == "A"} == {"web-2.vms.example."}
+    assert {r.value for r in got if r.rtype == "PTR"} == {"web-2.vms.example."}
+
+
 def test_a_name_is_claimed_only_if_not_in_use_or_already_vfences():
     """The first records at a name go with the prerequisite "name not in use" (RFC 2136),
     or, as a reclaim, "vfence's marker is there"; names vfence holds records at go
