@@ -86,6 +86,7 @@ class Updater:
         self.waiting: list[str] = []  # owners of the pending RRsets (the first few)
         self.pending = 0
         self.have: tuple[str | None, set[plan_mod.Rec]] | None = None  # server, its records
+        self.cfg: Dns | None = None  # the settings of the last round (to leave a server)
         self.thread = threading.Thread(target=self._run, name="dns-updates", daemon=True)
 
     def start(self) -> None:
@@ -135,6 +136,10 @@ class Updater:
         server holds is read from the database once (and when the server changes), then
         kept here: this thread is its only writer."""
         cfg = state.policy.dns
+        if self.cfg is not None and self.have is not None and self.have[1] and (
+                cfg is None or _server(cfg) != _server(self.cfg)):
+            self._leave(self.cfg, self.have[1])
+        self.cfg = cfg
         if cfg is None:
             if self.have is None or self.have[0] is not None:
                 s.execute(delete(m.DnsRecord))  # no server to keep current
@@ -173,6 +178,23 @@ class Updater:
                 left.append(part)
         self._count(left)
         return sent, error
+
+    def _leave(self, cfg: Dns, have: set[plan_mod.Rec]) -> None:
+        """The document dropped this server (or DNS): vfence's records there are deleted,
+        once, with the settings they were made with; what cannot be is an event."""
+        left, error = 0, None
+        try:
+            key = plan_mod.key(cfg)
+            for change in plan_mod.plan(set(), have):
+                try:
+                    self._send(cfg, change, key)
+                except Refused as e:
+                    left, error = left + len(change.rrsets), str(e)
+        except (ValueError, OSError, dns.exception.DNSException) as e:
+            left, error = len({(r.owner, r.rtype) for r in have}), f"{type(e).__name__}: {e}"
+        LOG.info("left DNS server %s (%s RRsets not removed: %s)", _server(cfg), left, error)
+        records.record(self.sessions, "dns-left", server=_server(cfg), not_removed=left,
+                       error=error)
 
     def _deliver(self, cfg: Dns, change: plan_mod.Change, key: Any
                  ) -> tuple[list[plan_mod.Change], list[tuple[plan_mod.Change, str]]]:

@@ -231,3 +231,23 @@ def test_a_claim_whose_answer_was_lost_is_taken_up_again(env):
     assert updater.round() is True, client.get("/v1/dns").json()
     assert named.query(f"web-4.{ZONE}", "A") == ["10.30.0.12"]
     assert (f"web-4.{ZONE}.", "A", "10.30.0.12") in _rows(service)
+
+
+def test_dropping_the_server_removes_vfences_records_from_it(env):
+    """The document drops its dns section: vfence's records on that server are deleted
+    with the settings they were made with (the zone's own host stays), an event says so;
+    the database forgets them."""
+    client, service, updater, named = env
+    _server_add(named, f"ns.{ZONE}.", ("A", "10.30.0.53"))
+    assert updater.round() is True
+    assert named.query(f"web-1.{ZONE}", "A") == ["10.30.0.5"]  # the control
+    doc = _doc(named)
+    del doc["dns"]
+    assert client.put("/v1/policy", json=doc).status_code == 200
+    assert updater.round() is True
+    assert named.query(f"web-1.{ZONE}", "A") == [] and named.query(f"web-1.{ZONE}", "TXT") == []
+    assert named.query("5.0.30.10.in-addr.arpa", "PTR") == []
+    assert named.query(f"ns.{ZONE}", "A") == ["10.30.0.53"]
+    (e,) = client.get("/v1/events", params={"type": "dns-left"}).json()
+    assert e["detail"]["not_removed"] == 0 and e["detail"]["error"] is None, e
+    assert _rows(service) == set()
