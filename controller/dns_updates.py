@@ -65,7 +65,8 @@ def published(s: Session, cfg: Dns) -> set[plan_mod.Rec]:
 def _write(s: Session, cfg: Dns, change: plan_mod.Change) -> None:
     """The server took ``change``: its RRsets are now exactly what it carried."""
     for owner, rtype, values, _ in change.rrsets:
-        s.execute(delete(m.DnsRecord).where(m.DnsRecord.owner == owner,
+        s.execute(delete(m.DnsRecord).where(m.DnsRecord.zone == change.zone,
+                                            m.DnsRecord.owner == owner,
                                             m.DnsRecord.rtype == rtype))
         s.add_all(m.DnsRecord(server=_server(cfg), zone=change.zone, owner=owner,
                               rtype=rtype, value=v) for v in values)

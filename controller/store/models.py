@@ -59,7 +59,7 @@ class DnsRecord(Base):
     is here and no VM asks for) is a pending update, retried until the server takes it."""
 
     __tablename__ = "dns_records"
-    __table_args__ = (UniqueConstraint("server", "owner", "rtype", "value"),)
+    __table_args__ = (UniqueConstraint("server", "zone", "owner", "rtype", "value"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     server: Mapped[str] = mapped_column(String(64))  # address:port
     zone: Mapped[str] = mapped_column(String(255))

@@ -27,7 +27,7 @@ def test_migration_creates_every_table_and_matches_models(engine):
 def test_upgrade_is_idempotent(engine):
     db.upgrade(engine)
     with engine.connect() as c:
-        assert MigrationContext.configure(c).get_current_revision() == "0006"
+        assert MigrationContext.configure(c).get_current_revision() == "0007"
 
 
 def test_vm_roundtrip_creates_segment_and_groups(engine):
@@ -128,3 +128,22 @@ def test_the_upgrade_numbers_the_stored_routers_as_they_were_numbered(tmp_path):
     db.upgrade(engine)
     with db.sessions(engine).begin() as s:
         assert registry.router_numbers(s) == {"r2": 0, "r1": 1}
+
+
+def test_dns_records_keep_their_rows_and_take_one_per_zone(engine):
+    """0007: the rows the server took survive the new key (records made before vfence
+    marked its names are still its own), and a PTR moving zone can be in both."""
+    from alembic import command
+    from sqlalchemy import text
+
+    command.downgrade(db.alembic_config(engine), "0006")
+    row = "('127.0.0.1:53', '{}', '5.0.30.10.in-addr.arpa.', 'PTR', 'web-1.vms.example.')"
+    insert = "INSERT INTO dns_records (server, zone, owner, rtype, value) VALUES "
+    with engine.begin() as c:
+        c.execute(text(insert + row.format("0.30.10.in-addr.arpa.")))
+    db.upgrade(engine)
+    with engine.begin() as c:
+        c.execute(text(insert + row.format("30.10.in-addr.arpa.")))
+    with db.sessions(engine)() as s:
+        assert sorted(r.zone for r in s.scalars(select(m.DnsRecord))) == [
+            "0.30.10.in-addr.arpa.", "30.10.in-addr.arpa."]

@@ -308,15 +308,15 @@ def test_dns_and_bgp_follow_a_vm_readdressed_across_subnets(outside):
     lab.wait_for(lambda: dig(fqdn) == [old] and dig(f"rweb-1.{ZONE}") == [IP["rweb-1"]],
                  15, "the VMs' names on the server")
     assert dig(old, "PTR") == [fqdn]
+    t0 = time.monotonic()  # from the request (its answer comes after the switches')
     r = httpx.patch(lab.api + "/v1/vms/rlab-1", json={"segment": "rweb", "ips": [new]},
                     timeout=30)
-    t0 = time.monotonic()
     assert r.status_code == 200 and r.json()["segment"] == "rweb", r.text
     while dig(fqdn) != [new] and time.monotonic() - t0 < 10:
         time.sleep(0.01)
     took = time.monotonic() - t0
     print(f"the server answered rlab-1's new address {took * 1000:.0f} ms after the PATCH "
-          "(goal < 1 s)")
+          "was sent (goal < 1 s)")
     assert dig(fqdn) == [new] and dig(new, "PTR") == [fqdn] and dig(old, "PTR") == []
     stored = {v["name"]: v for v in httpx.get(lab.api + "/v1/policy", timeout=30).json()["vms"]}
     assert stored["rlab-1"]["segment"] == "rweb" and stored["rlab-1"]["ips"] == [new]
