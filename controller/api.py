@@ -6,6 +6,7 @@ field (``body.mac``, ``path.name``) and the reason.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import re
 import time
@@ -25,11 +26,14 @@ from .api_schemas import (
     EventOut,
     FlowOut,
     HistoryOut,
+    HopOut,
     LocationOut,
     MigrationIn,
     MigrationOut,
     PolicyReport,
     Problem,
+    TraceIn,
+    TraceOut,
     VerdictOut,
     VMIn,
     VMOut,
@@ -208,6 +212,18 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
         return [VerdictOut(pair=list(v.pair), status=v.status, reason=v.reason or None,
                            isolated=v.isolated, complete=v.complete, witness=v.witness,
                            explored=v.explored) for v in service.queries.verify()]
+
+    @app.post("/v1/trace", responses=errors)
+    def trace(body: TraceIn) -> TraceOut:
+        """Why can (or can't) one VM reach another: one packet, as the source would send
+        it, walked through the flows read from the switches along the real links. The
+        verdict, every flow it met (switch, table, band, owner in words) and, for a
+        drop, the flow that dropped it (a flow vfence did not install is named so)."""
+        r = service.queries.trace(body.source, body.destination, body.protocol, body.port,
+                                  body.established)
+        return TraceOut(verdict=r.verdict, reason=r.reason, reached=r.reached, packet=r.packet,
+                        hops=[HopOut(**{**dataclasses.asdict(h), "cookie": f"{h.cookie:#018x}"})
+                              for h in r.hops])
 
     @app.get("/v1/events")
     def list_events(

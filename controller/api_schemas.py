@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -16,6 +16,7 @@ from pydantic import (
 
 from .addresses import vm_address, vm_mac
 from .pipeline import GROUP_SLOTS
+from .trace import Verdict
 from .verify import Status
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -106,6 +107,41 @@ class VMOut(BaseModel):
     segment: str
     groups: list[str]
     location: LocationOut | None = None
+
+
+class TraceIn(BaseModel):
+    """One packet to walk through the switches' flows: from a VM (its name or one of its
+    addresses) to a VM or an address."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str = Field(min_length=1, max_length=64, description="a VM: name or address")
+    destination: str = Field(min_length=1, max_length=64,
+                             description="a VM (name or address), or any address")
+    protocol: Literal["tcp", "udp", "icmp"] = "tcp"
+    port: int | None = Field(None, ge=1, le=65535, description="tcp/udp: the destination port")
+    established: bool = Field(False, description="walk it as part of an established "
+                              "connection (default: its first packet)")
+
+
+class HopOut(BaseModel):
+    switch: str
+    table: int
+    table_name: str
+    priority: int
+    owner: str = Field(description="in words: the rule, isolation pair, VM, router ... or "
+                       "'a flow vfence did not install'")
+    band: str = Field(description="the pipeline's name for that priority (docs/pipeline.md)")
+    job: str
+    cookie: str
+    match: dict[str, Any]
+
+
+class TraceOut(BaseModel):
+    verdict: Verdict
+    reason: str = Field(description="for a drop: the flow that dropped it, in words")
+    reached: list[str] = Field(description="the VMs (or switch ports) it came out at")
+    packet: dict[str, Any] = Field(description="the packet as the source sends it")
+    hops: list[HopOut] = Field(description="every flow it met, switch by switch")
 
 
 class VerdictOut(BaseModel):

@@ -483,6 +483,39 @@ def verify(api: ApiOpt = "http://127.0.0.1:8080", as_json: JsonOpt = False) -> N
 
 
 @app.command()
+def trace(
+    source: Annotated[str, typer.Argument(help="a VM: its name or an address")],
+    destination: Annotated[str, typer.Argument(help="a VM (name or address) or an address")],
+    protocol: Annotated[str, typer.Option("--proto", help="tcp, udp or icmp")] = "tcp",
+    port: Annotated[int | None, typer.Option(help="tcp/udp destination port")] = None,
+    established: Annotated[bool, typer.Option(
+        "--established", help="as part of an established connection")] = False,
+    api: ApiOpt = "http://127.0.0.1:8080", as_json: JsonOpt = False,
+) -> None:
+    """Why can (or can't) SOURCE reach DESTINATION: one packet walked through the flows
+    read from the switches, hop by hop. Exit 0 if delivered, 1 if dropped, 2 otherwise."""
+    body = {"source": source, "destination": destination, "protocol": protocol,
+            "port": port, "established": established}
+    with console.status("reading every switch's flows and walking the packet"):
+        r = _call(api, "POST", "/v1/trace", json=body)
+    if as_json:
+        console.print_json(json.dumps(r))
+    else:
+        t = Table("switch", "table", "prio", "owner", "band")
+        for h in r["hops"]:
+            t.add_row(h["switch"], h["table_name"], str(h["priority"]), escape(h["owner"]),
+                      h["band"] or "-")
+        console.print(t)
+        colour = "green" if r["verdict"] == "delivered" else "bold red"
+        reached = f" to {', '.join(r['reached'])}" if r["reached"] else ""
+        console.print(f"[{colour}]{r['verdict']}[/{colour}]{escape(reached)}")
+        if r["reason"]:
+            console.print(f"  by {escape(r['reason'])}")
+    raise typer.Exit(0 if r["verdict"] == "delivered" else 1 if r["verdict"] == "dropped"
+                     else 2)
+
+
+@app.command()
 def lab(
     hosts: Annotated[int, typer.Option(min=1, max=16, help="hypervisor bridges")] = 3,
     vms: Annotated[int, typer.Option(min=1, max=8, help="VMs per hypervisor")] = 2,

@@ -11,14 +11,15 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import generate_latest
 
 from . import dhcp, external, registry, topology
+from . import trace as trace_mod
 from . import verify as verify_mod
 from .errors import NotFound
-from .flows import Owner, cookie_owner
+from .flows import Flow, Owner, cookie_owner
 from .pipeline import Table, table_name
 from .store import models as m
 
 if TYPE_CHECKING:
-    from .model import SegmentSpec
+    from .model import NetworkState, SegmentSpec
     from .service import Service
 
 
@@ -248,15 +249,26 @@ class Queries:
             gauges.bgp_routes.labels(ext).set(len(routes))
         return generate_latest(gauges.registry)
 
-    def verify(self) -> list[verify_mod.Verdict]:
-        """Prove each isolation pair over the flows read from every switch now."""
+    def _read(self) -> tuple[NetworkState, dict[int, list[Flow]], dict[int, set[int]]]:
+        """The state, and the flows read from every switch now (and its ports)."""
         svc = self.service
         with svc.lock:
             state = svc.state  # swapped whole by the one path, never changed in place
             dpids = svc.switches.connected()
             ports = {d: set(svc.switches.ports.get(d, {})) for d in dpids}
-        flows = {d: [f for f, _, _ in svc.switches.read_flows(d)] for d in dpids}
-        return verify_mod.verify(state, flows, ports)
+        return state, {d: [f for f, _, _ in svc.switches.read_flows(d)] for d in dpids}, ports
+
+    def verify(self) -> list[verify_mod.Verdict]:
+        """Prove each isolation pair over the flows read from every switch now."""
+        return verify_mod.verify(*self._read())
+
+    def trace(self, src: str, dst: str, protocol: str, port: int | None,
+              established: bool) -> trace_mod.Result:
+        """One packet through the flows read from every switch now."""
+        with self.service.lock:  # a bad question is answered before any switch is read
+            trace_mod.packet(self.service.state, src, dst, protocol, port)
+        state, flows, _ = self._read()
+        return trace_mod.trace(state, flows, src, dst, protocol, port, established)
 
 
 def _dhcp(spec: SegmentSpec | None) -> dict[str, Any] | None:

@@ -3,6 +3,7 @@ the served OpenAPI spec; the CLI against a real HTTP server."""
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import socket
@@ -287,3 +288,28 @@ def test_cli_verify_exit_codes_and_the_api_status(live_api, hv1_flows, status, c
     if status == "unknown":
         out = " ".join(r.stdout.split())  # rich wraps long lines
         assert "UNKNOWN" in out and "'actions3' is not modelled" in out
+
+
+def test_trace_over_the_api_and_the_cli_names_the_isolation_pair(live_api):
+    """POST /v1/trace and `vfence trace` over the flows the (fake) switch holds: web-1 ->
+    pay-1 is dropped by the pair; a question about nobody is 404 naming the field."""
+    url, service = live_api
+    doc = copy.deepcopy(ISOLATED_PAIR)
+    for vm, ip in zip(doc["vms"], ("10.0.0.1", "10.0.0.2"), strict=True):
+        vm["ips"] = [ip]
+    service.apply_policy(doc)
+    service.ports_changed(0x101, {1: "hv1-eth1", 3: "hv1-eth3", 4: "hv1-eth4"})
+    service.ovsdb_snapshot([Interface(0x101, 3, "hv1-eth3", "00:00:00:00:01:01", None),
+                            Interface(0x101, 4, "hv1-eth4", "00:00:00:00:01:02", None)])
+    body = {"source": "web-1", "destination": "pay-1", "protocol": "icmp"}
+    r = httpx.post(url + "/v1/trace", json=body)
+    assert r.status_code == 200, r.text
+    t = r.json()
+    assert t["verdict"] == "dropped" and t["reason"].startswith("isolation pair payroll/frontend")
+    assert t["hops"][0]["switch"] == "hv1" and t["hops"][-1]["band"] == "isolation"
+    out = cli("trace", "web-1", "pay-1", "--proto", "icmp", "--api", url)
+    assert out.returncode == 1 and "isolation pair payroll/frontend" in out.stdout, out
+    r = httpx.post(url + "/v1/trace", json={**body, "source": "ghost"})
+    assert r.status_code == 404 and r.json()["errors"][0]["field"] == "source", r.text
+    r = httpx.post(url + "/v1/trace", json={**body, "protocol": "tcp"})  # tcp needs a port
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "port", r.text
