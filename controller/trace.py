@@ -171,8 +171,12 @@ def walk(state: NetworkState, flows: Mapping[int, list[Flow]], start: PortRef,
         try:
             outputs = pipe.run({**p, "in_port": at.port_no},
                                CT_ESTABLISHED if established else CT_NEW)
-        finally:
-            out.hops += [_hop(state, at.dpid, f) for f in pipe.trace]
+        except Unmodelled as e:  # the hops so far stay: they show where it stopped
+            outputs = []
+            _unknown(out, f"on {state.switch_name(at.dpid)}: {e}")
+        out.hops += [_hop(state, at.dpid, f) for f in pipe.trace]
+        if out.verdict == "unknown":
+            return out
         for port, q in outputs:
             ref = PortRef(at.dpid, port)
             if port == OFPP_CONTROLLER:
@@ -203,10 +207,7 @@ def trace(state: NetworkState, flows: Mapping[int, list[Flow]], src: str, dst: s
     """:func:`packet`, then :func:`walk` to the destination VM (if it is one)."""
     start, pkt = packet(state, src, dst, protocol, port)
     d = _vm(state, dst)
-    try:
-        return walk(state, flows, start, pkt, established, d.name if d else None)
-    except Unmodelled as e:
-        return Result("unknown", pkt, reason=str(e))
+    return walk(state, flows, start, pkt, established, d.name if d else None)
 
 
 def _hop(state: NetworkState, dpid: int, f: Flow) -> Hop:

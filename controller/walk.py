@@ -19,6 +19,7 @@ from typing import Any
 
 from vfence.controller.flows import OFPP_CONTROLLER, OFPP_IN_PORT, Flow, conjunctions, learned
 
+OFPP_MAX = 0xFFFFFF00  # ports from here on are reserved (OpenFlow 1.3)
 ENTRY_ZERO = ("metadata", *(f"reg{i}" for i in range(12)))
 
 
@@ -160,6 +161,8 @@ class Pipeline:
                 self._table(act[4], p, ct, depth + 1)
                 return True
         elif kind == "output":
+            if act[1] >= OFPP_MAX and act[1] not in (OFPP_IN_PORT, OFPP_CONTROLLER):
+                raise Unmodelled(f"output to reserved port {act[1]:#x} (NORMAL, FLOOD, ...)")
             port = p["in_port"] if act[1] == OFPP_IN_PORT else act[1]
             if act[1] == OFPP_CONTROLLER or port != p["in_port"] or act[1] == OFPP_IN_PORT:
                 self.outputs.append((port, dict(p)))

@@ -10,7 +10,7 @@ from vfence.controller.errors import Invalid, NotFound
 from vfence.controller.flows import DROP, Flow, match
 from vfence.controller.pipeline import Table
 
-from .netfixtures import HV2
+from .netfixtures import HV1, HV2
 from .test_routing import _network
 
 
@@ -75,3 +75,12 @@ def test_a_switch_whose_flows_were_not_read_makes_it_unknown(net):
     st, flows = net
     r = trace.trace(st, {d: f for d, f in flows.items() if d != HV2}, "w1", "d1", "tcp", 5432)
     assert r.verdict == "unknown" and "hv2" in r.reason
+
+
+def test_a_hand_added_normal_action_is_not_guessed_at(net):
+    st, flows = net
+    normal = Flow(Table.CLASSIFY, 65535, match(in_port=3),
+                  (("apply", (("output", 0xFFFFFFFA),)),), 0x99)  # w1's port: NORMAL
+    r = trace.trace(st, {**flows, HV1: [*flows[HV1], normal]}, "w1", "d1", "tcp", 5432)
+    assert r.verdict == "unknown" and "on hv1: output to reserved port 0xfffffffa" in r.reason
+    assert r.hops[-1].owner == "a flow vfence did not install (cookie 0x99)"
