@@ -184,6 +184,42 @@ def test_verify_proves_isolation_then_catches_a_hand_made_hole(lab):
     assert httpx.post(lab.api + "/v1/verify", timeout=120).json()[0]["isolated"]
 
 
+def _trace(lab, src: str, dst: str, port: int) -> dict:
+    r = httpx.post(lab.api + "/v1/trace", json={"source": src, "destination": dst,
+                                                "protocol": "tcp", "port": port}, timeout=120)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_trace_over_the_real_switches_explains_a_delivery_and_each_drop(lab):
+    """The finance scenario: frontend -> finance-api tcp/8443 is delivered, hop by hop
+    across the fabric; frontend -> payroll tcp/5432 is dropped by the isolation pair; a
+    flow added by hand on hv2 that drops 8443 is named as the culprit. Each answer next
+    to what real packets do."""
+    t = _trace(lab, "web-1", "api-1", 8443)
+    assert t["verdict"] == "delivered" and t["reached"] == ["api-1"], t
+    switches = [h["switch"] for h in t["hops"]]
+    assert switches[0] == "hv1" and switches[-1] == "hv2" and {"sp1", "sp2"} & set(switches)
+    assert "rule web-to-api (allow)" in {h["owner"] for h in t["hops"]}
+    assert reach(lab, "web-1", "api-1", "tcp", 8443)
+    r = subprocess.run([sys.executable, "-m", "vfence", "trace", "web-1", "pay-1", "--port",
+                        "5432", "--api", lab.api], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "isolation pair payroll/frontend" in " ".join(
+        r.stdout.split()), r.stdout + r.stderr
+    assert not reach(lab, "web-1", "pay-1", "tcp", 5432)
+    culprit = "table=0,priority=65000,tcp,tp_dst=8443,actions=drop"  # on hv2, api-1's
+    lab.switch("hv2").ofctl("add-flow", culprit)
+    try:
+        t = _trace(lab, "web-1", "api-1", 8443)
+        assert t["verdict"] == "dropped" and t["hops"][-1]["switch"] == "hv2", t
+        assert t["hops"][-1]["owner"] == "a flow vfence did not install (cookie 0x0)", t
+        assert t["hops"][-1]["match"].get("tcp_dst") == 8443, t["hops"][-1]
+        assert not reach(lab, "web-1", "api-1", "tcp", 8443)  # it really does
+    finally:
+        lab.switch("hv2").ofctl("del-flows", "--strict", "table=0,priority=65000,tcp,tp_dst=8443")
+    assert reach(lab, "web-1", "api-1", "tcp", 8443)
+
+
 def test_metrics_during_the_lab(lab):
     reach(lab, "web-1", "pay-1", "tcp", 5432)  # a denied attempt to count
     text = httpx.get(lab.api + "/metrics", timeout=30).text
