@@ -429,9 +429,9 @@ class VfenceApp(app_manager.OSKenApp):
         if owner is not None and owner[0] == Owner.RULE:  # deny-and-log sample
             proto, port = _l4(pkt)
             s = self.service
-            self.submit(lambda: records.denied(  # the sample goes to the audit trail
+            self.submit(lambda: s.metrics.denied.labels(records.denied(  # the audit trail
                 s.sessions, s.state, owner[1], s.switch_name(dp.id), eth.src, eth.dst,
-                proto, port))
+                proto, port)).inc())
             return
         if eth.ethertype == ETH_TYPE_LLDP:
             src = lldp.parse(msg.data)

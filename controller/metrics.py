@@ -38,5 +38,8 @@ class Metrics:
         self.unused_drops = Gauge("vfence_routed_unused_drops", "packets a router dropped "
                                   "for addresses of its subnets that no VM holds, summed "
                                   "over switches", ["router"], registry=r)
+        self.denied = Counter("vfence_denied_samples_total", "samples of packets a "
+                              "deny-and-log rule dropped (each also an audit event)",
+                              ["rule"], registry=r)
         self.rule_bytes = Gauge("vfence_rule_bytes", "bytes matched by a policy rule",
                                 ["rule"], registry=r)

@@ -209,7 +209,10 @@ class Queries:
             installed = svc.switches.installed.snapshot()
             names = {d: svc.switch_name(d) for d in installed}
             rules = {r.priority: r.name for r in svc.state.policy.rules}
+            logged = [r.name for r in svc.state.policy.rules if r.action == "deny-and-log"]
             routers = {n: name for name, n in svc.state.router_numbers.items()}
+        for rule in logged:  # at 0 before the first sample, so its rate sees the first
+            gauges.denied.labels(rule)
         gauges.switches.set(len(installed))
         for dpid in installed:
             for table, n in installed.count_by_table(dpid).items():

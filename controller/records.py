@@ -120,13 +120,15 @@ def record(sessions: sessionmaker[Session], kind: str, **detail: Any) -> None:
 
 
 def denied(sessions: sessionmaker[Session], state: NetworkState, rule_id: int, host: str,
-           src_mac: str, dst_mac: str, protocol: str, port: int | None) -> None:
-    """A deny-and-log rule (its cookie id: its priority) sent a sample of a dropped packet."""
+           src_mac: str, dst_mac: str, protocol: str, port: int | None) -> str:
+    """A deny-and-log rule (its cookie id: its priority) sent a sample of a dropped packet.
+    Returns the rule's name."""
     rule = next((r.name for r in state.policy.rules if r.priority == rule_id), f"#{rule_id}")
     by_mac = {v.mac: v.name for v in state.vms.values()}
     record(sessions, "denied", vm=by_mac.get(src_mac), host=host, rule=rule,
            src_vm=by_mac.get(src_mac), dst_vm=by_mac.get(dst_mac), src_mac=src_mac,
            dst_mac=dst_mac, protocol=protocol, port=port)
+    return rule
 
 
 def spoofed(sessions: sessionmaker[Session], state: NetworkState, host: str,

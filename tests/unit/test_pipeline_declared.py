@@ -239,3 +239,25 @@ def test_the_document_is_what_its_generator_writes():
     assert DOC.read_text() == render() + "\n", (
         "docs/pipeline.md is stale: PYTHONPATH=src python -m docs.gen_pipeline > "
         "docs/pipeline.md")
+
+
+def test_the_grafana_dashboard_is_what_its_generator_writes_and_names_real_metrics():
+    """docs/grafana/vfence.json is generated (the lab evaluates its queries against a
+    real Prometheus); every metric a panel names is one vfence exports."""
+    import json
+    import re
+
+    from docs.grafana.gen_dashboard import dashboard
+
+    from vfence.controller.metrics import Metrics
+
+    path = DOC.parent / "grafana" / "vfence.json"
+    assert json.loads(path.read_text()) == dashboard(), (
+        "docs/grafana/vfence.json is stale: python -m docs.grafana.gen_dashboard > "
+        "docs/grafana/vfence.json")
+    exported = {m.name for m in Metrics().registry.collect()}
+    for panel in dashboard()["panels"]:
+        for t in panel["targets"]:
+            for name in re.findall(r"\bvfence_\w+", t["expr"]):
+                base = re.sub(r"_(bucket|total|sum|count)$", "", name)
+                assert base in exported, (panel["title"], name)
