@@ -6,18 +6,22 @@ field (``body.mac``, ``path.name``) and the reason.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import functools
 import hmac
 import re
 import time
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import Body, FastAPI, Query, Request
+from fastapi import Body, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -42,6 +46,7 @@ from .api_schemas import (
 from .service import Invalid, Service, VfenceError, VMSpec, field_path
 
 OPEN_PATHS = {"/v1/health"}  # for load balancers and probes; says nothing sensitive
+STREAM_POLL, STREAM_KEEPALIVE = 0.2, 15.0  # seconds: new events looked for, idle comment
 
 
 def problem(status: int, title: str, detail: str, errors: list[dict[str, str]]) -> JSONResponse:
@@ -224,6 +229,46 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
         return TraceOut(verdict=r.verdict, reason=r.reason, reached=r.reached, packet=r.packet,
                         hops=[HopOut(**{**dataclasses.asdict(h), "cookie": f"{h.cookie:#018x}"})
                               for h in r.hops])
+
+    @app.get("/v1/events/stream", response_class=StreamingResponse, responses={
+        200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+              "description": "server-sent events, one per audit event"}, **errors})
+    async def stream_events(
+        request: Request,
+        type: Annotated[str | None, Query(description="e.g. vm-moved, denied")] = None,
+        vm: str | None = None,
+        host: str | None = None,
+        last_event_id: Annotated[int | None, Header(ge=0, le=2**62)] = None,
+    ) -> StreamingResponse:
+        """Server-sent events: each audit event as it is recorded (``id``: its id,
+        ``event``: its type, ``data``: the event as /v1/events gives it), filtered like
+        /v1/events. It starts with the next event; with ``Last-Event-ID`` (an
+        EventSource resends it when it reconnects) it resumes after that one. A comment
+        every 15 s keeps idle proxies from closing it."""
+        after = last_event_id if last_event_id is not None else \
+            await run_in_threadpool(service.queries.last_event_id)
+        return StreamingResponse(_events(request, type, vm, host, after),
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache",
+                                          "X-Accel-Buffering": "no"})
+
+    async def _events(request: Request, type_: str | None, vm: str | None, host: str | None,
+                      after: int) -> AsyncIterator[str]:
+        yield "retry: 1000\n\n"
+        quiet = 0.0
+        while not await request.is_disconnected():
+            rows = await run_in_threadpool(functools.partial(
+                service.queries.events, type_=type_, vm=vm, host=host, after=after, limit=100))
+            for e in rows:
+                after = e["id"]
+                yield f"id: {after}\nevent: {e['type']}\ndata: " \
+                      f"{EventOut(**e).model_dump_json()}\n\n"
+            quiet = 0.0 if rows else quiet + STREAM_POLL
+            if quiet >= STREAM_KEEPALIVE:
+                quiet = 0.0
+                yield ": keep-alive\n\n"
+            if len(rows) < 100:
+                await asyncio.sleep(STREAM_POLL)
 
     @app.get("/v1/events")
     def list_events(

@@ -109,13 +109,18 @@ class Queries:
                  "convergence_ms": b["convergence_ms"]}
                 for a, b in zip(hist, hist[1:], strict=False)]
 
-    def events(self, *, type_: str | None, vm: str | None, host: str | None,
-               since: datetime | None, limit: int, offset: int) -> list[dict[str, Any]]:
+    def events(self, *, type_: str | None = None, vm: str | None = None,
+               host: str | None = None, since: datetime | None = None, limit: int = 100,
+               offset: int = 0, after: int | None = None) -> list[dict[str, Any]]:
         with self.service.sessions() as s:
             rows = registry.events(s, type_=type_, vm=vm, host=host, since=since, limit=limit,
-                                   offset=offset)
+                                   offset=offset, after=after)
             return [{"id": e.id, "ts": e.ts, "type": e.type, "vm": e.vm, "host": e.host,
                      "detail": e.detail} for e in rows]
+
+    def last_event_id(self) -> int:
+        with self.service.sessions() as s:
+            return registry.last_event_id(s)
 
     def segments(self) -> list[dict[str, Any]]:
         """Every segment, with the prefixes and gateways the policy document gives it

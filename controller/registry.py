@@ -383,9 +383,11 @@ def record_event(
 
 def events(session: Session, *, type_: str | None = None, vm: str | None = None,
            host: str | None = None, since: datetime | None = None, limit: int = 100,
-           offset: int = 0) -> list[m.Event]:
-    """Audit events, oldest first, filtered and paginated."""
+           offset: int = 0, after: int | None = None) -> list[m.Event]:
+    """Audit events, oldest first, filtered and paginated (``after``: ids above it)."""
     q = select(m.Event)
+    if after is not None:
+        q = q.where(m.Event.id > after)
     if type_:
         q = q.where(m.Event.type == type_)
     if vm:
@@ -395,3 +397,8 @@ def events(session: Session, *, type_: str | None = None, vm: str | None = None,
     if since:
         q = q.where(m.Event.ts >= since)
     return list(session.scalars(q.order_by(m.Event.id).offset(offset).limit(limit)))
+
+
+def last_event_id(session: Session) -> int:
+    """The newest event's id (0 without any): where a live stream starts."""
+    return session.scalar(select(func.max(m.Event.id))) or 0
