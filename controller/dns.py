@@ -20,7 +20,6 @@ import ipaddress
 import os
 import re
 import stat
-from collections import Counter
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -160,21 +159,25 @@ def fqdn(vm: str, zone: str) -> str | None:
 
 
 def wanted(state: NetworkState) -> set[Rec]:
-    """Every record the registered VMs ask for (link-local addresses have none, nor VMs
-    whose names differ in case only). Each VM's records are memoised: a round after one
-    VM changed costs O(VMs) lookups."""
+    """Every record the registered VMs ask for (link-local addresses have none, nor a VM
+    whose name differs from an earlier one's in case only). Each VM's records are
+    memoised: a round after one VM changed costs O(VMs) lookups."""
     cfg = state.policy.dns
     if cfg is None:
         return set()
     plens = {s.name: tuple(ipaddress.ip_network(p).prefixlen if p else None
                            for p in (s.subnet, s.subnet6))
              for s in state.policy.segment_specs}
-    # names DNS cannot tell apart (Web-1, web-1): neither VM gets records there
-    twins = Counter(name.lower() for name in state.vms)
-    out: set[Rec] = set()
+    # names DNS cannot tell apart (Web-1, web-1): the first registered (lowest tag) keeps
+    # the name, so a later twin cannot take another VM's records away
+    first: dict[str, VM] = {}
     for vm in state.vms.values():
-        if twins[vm.name.lower()] == 1:
-            out.update(_records(vm, cfg, plens.get(vm.segment, (None, None))))
+        had = first.setdefault(vm.name.lower(), vm)
+        if vm.id < had.id:
+            first[vm.name.lower()] = vm
+    out: set[Rec] = set()
+    for vm in first.values():
+        out.update(_records(vm, cfg, plens.get(vm.segment, (None, None))))
     return _unshared(out)
 
 

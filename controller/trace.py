@@ -83,6 +83,9 @@ def packet(state: NetworkState, src: str, dst: str, protocol: str = "tcp",
     except ValueError:
         raise NotFound(f"no VM is named or addressed {dst!r}, and it is no address",
                        "destination") from None
+    if d is not None and dst_ip is None and not [i for i in d.ips if not _link_local(i)]:
+        raise Invalid(f"VM {d.name!r} has no routable IP address (name one of its "
+                      "link-local addresses instead)", "destination")
     src_ip = _address(s, dst_ip.version if dst_ip else None, d)
     if src_ip is None:
         raise Invalid(f"VM {s.name!r} has no IP address" if not s.ips else
@@ -103,10 +106,14 @@ def packet(state: NetworkState, src: str, dst: str, protocol: str = "tcp",
             raise Invalid(f"{protocol} needs a port, 1..65535", "port")
         name = "tcp" if proto == 6 else "udp"
         pkt |= {f"{name}_src": 40000, f"{name}_dst": port}
+        if proto == 6:
+            pkt["tcp_flags"] = 0x002  # the first packet: SYN
     elif port is not None:
         raise Invalid(f"{protocol} has no ports", "port")
-    else:
-        pkt["icmpv6_type" if v6 else "icmpv4_type"] = 128 if v6 else 8  # echo request
+    else:  # an echo request, code 0
+        icmp = "icmpv6" if v6 else "icmpv4"
+        pkt |= {f"{icmp}_type": 128 if v6 else 8, f"{icmp}_code": 0}
+    pkt |= {"ip_dscp": 0, "ip_ecn": 0}
     return b.port, pkt
 
 
@@ -123,7 +130,8 @@ def _address(vm: VM, version: int | None, peer: VM | None
         ips = [ipaddress.ip_address(i) for i in vm.ips if not _link_local(i)]
         mine = [i for i in ips if i.version == v]
         if mine and (peer is None or version or any(
-                ipaddress.ip_address(i).version == v for i in peer.ips)):
+                ipaddress.ip_address(i).version == v and not _link_local(i)
+                for i in peer.ips)):
             return mine[0]
     return None
 
@@ -185,8 +193,11 @@ def walk(state: NetworkState, flows: Mapping[int, list[Flow]], start: PortRef,
                 todo.append((peers[ref], {k: v for k, v in q.items() if k != "in_port"}))
             else:
                 out.reached.append(at_port.get(ref, f"{state.switch_name(at.dpid)} port {port}"))
-    if target is not None and target in out.reached or target is None and out.reached:
+    if target is not None and out.reached == [target] or target is None and out.reached:
         out.verdict = "delivered"
+    elif target is not None and target in out.reached:  # and elsewhere too: a leak
+        out.verdict = "misdelivered"
+        out.reason = f"reached {target} and also {', '.join(r for r in out.reached if r != target)}"
     elif ended and not out.reached:
         out.verdict = "to the controller"
     elif out.reached:

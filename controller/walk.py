@@ -13,6 +13,7 @@ never guesses.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
@@ -23,6 +24,9 @@ OFPP_MAX = 0xFFFFFF00  # ports from here on are reserved (OpenFlow 1.3)
 ENTRY_ZERO = ("metadata", *(f"reg{i}" for i in range(12)))
 
 
+MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+
+
 class Unmodelled(Exception):
     """The walk met something it does not model."""
 
@@ -30,7 +34,7 @@ class Unmodelled(Exception):
 def _int(v: Any) -> int:
     if isinstance(v, int):
         return v
-    if isinstance(v, str) and v.count(":") == 5 and len(v) == 17:
+    if isinstance(v, str) and MAC.match(v):  # (fd00:abcd::5:6:17 has 5 colons too)
         return int(v.replace(":", ""), 16)
     return int(ipaddress.ip_address(v))
 
@@ -115,6 +119,9 @@ class Pipeline:
                 for act in ins[1]:
                     if self._action(act, p, ct, depth):
                         return
+            elif ins[0] != "meter":  # write-actions, clear-actions: not vfence's
+                raise Unmodelled(f"instruction {ins[0]!r} (table {f.table}, priority "
+                                 f"{f.priority}) is not modelled")
         if nxt is not None:
             if nxt <= f.table:
                 raise Unmodelled(f"goto from table {f.table} back to {nxt}")

@@ -67,13 +67,16 @@ def test_an_address_two_vms_hold_has_no_ptr():
         ("y.vms.example.", "A"), ("y.vms.example.", "TXT")}
 
 
-def test_names_that_differ_in_case_only_get_no_records():
-    """DNS names are case-insensitive: Web-1 and web-1 would share one RRset."""
+def test_names_that_differ_in_case_only_leave_the_name_to_the_first():
+    """DNS names are case-insensitive: Web-1 and web-1 would share one RRset; the VM
+    registered first (the lower tag) keeps it, the twin gets none."""
     got = dns.wanted(_state(vms=[_vm("Web-1", "10.30.1.5"),
                                  VM(2, "web-1", "02:00:00:00:00:02", ("10.30.1.6",), 1, "web"),
                                  VM(3, "web-2", "02:00:00:00:00:03", ("10.30.1.7",), 1, "web")]))
-    assert {r.owner for r in got if r.rtype == "A"} == {"web-2.vms.example."}
-    assert {r.value for r in got if r.rtype == "PTR"} == {"web-2.vms.example."}
+    assert {(r.owner, r.value) for r in got if r.rtype == "A"} == {
+        ("web-1.vms.example.", "10.30.1.5"), ("web-2.vms.example.", "10.30.1.7")}
+    assert {r.owner for r in got if r.rtype == "PTR"} == {"5.1.30.10.in-addr.arpa.",
+                                                          "7.1.30.10.in-addr.arpa."}
 
 
 def test_a_name_is_claimed_only_if_not_in_use_or_already_vfences():

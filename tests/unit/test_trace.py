@@ -84,3 +84,44 @@ def test_a_hand_added_normal_action_is_not_guessed_at(net):
     r = trace.trace(st, {**flows, HV1: [*flows[HV1], normal]}, "w1", "d1", "tcp", 5432)
     assert r.verdict == "unknown" and "on hv1: output to reserved port 0xfffffffa" in r.reason
     assert r.hops[-1].owner == "a flow vfence did not install (cookie 0x99)"
+
+
+def test_found_by_review_the_packet_carries_what_rules_match_and_addresses_read_right():
+    """A rule with an ICMP code matches the traced ping (the packet carries code 0, and a
+    TCP SYN's flags); an IPv6 address that looks like a MAC to a careless parser
+    (fd00:abcd::5:6:17) matches its CIDR."""
+    import ipaddress
+
+    from vfence.controller import policy
+    from vfence.controller.walk import _int
+
+    from .test_routing import DOC
+
+    d = {**DOC, "rules": [{"name": "ping-code", "from": "web", "to": "db", "protocol": "icmp",
+                           "icmp_type": 8, "icmp_code": 0, "action": "allow"}]}
+    st = _network()
+    st.policy = policy.parse(d)
+    flows = {k: list(f) for k, f in desired.compile_network(st).items()}
+    assert trace.trace(st, flows, "w1", "d1", "icmp").verdict == "delivered"
+    assert _int("fd00:abcd::5:6:17") == int(ipaddress.ip_address("fd00:abcd::5:6:17"))
+    assert _int("00:00:5e:00:01:01") == 0x00005E000101
+
+
+def test_found_by_review_write_actions_a_leak_and_odd_destinations(net):
+    st, flows = net
+    wa = Flow(Table.CLASSIFY, 65535, match(in_port=3), (("actions3", (("output", 4),)),), 0x77)
+    r = trace.trace(st, {**flows, HV1: [*flows[HV1], wa]}, "w1", "d1", "tcp", 5432)
+    assert r.verdict == "unknown" and "'actions3'" in r.reason, r
+    # to d2 (hv1 port 4) and to p1 (port 6) as well: not "delivered"
+    leak = Flow(Table.CLASSIFY, 65535, match(in_port=3), (("apply", (
+        ("output", 4), ("output", 6))),), 0x78)
+    r = trace.trace(st, {**flows, HV1: [*flows[HV1], leak]}, "w1", "d2", "icmp")
+    assert r.verdict == "misdelivered" and r.reached == ["d2", "p1"], r
+    assert r.reason == "reached d2 and also p1"
+    import dataclasses
+
+    bare = dataclasses.replace(st.vms["d1"], ips=("fe80::11",))
+    odd = dataclasses.replace(st, vms={**st.vms, "d1": bare})
+    with pytest.raises(Invalid) as e:
+        trace.trace(odd, flows, "w1", "d1", "icmp")
+    assert e.value.field == "destination" and "no routable IP address" in e.value.reason
