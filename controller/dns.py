@@ -55,17 +55,23 @@ class Change(NamedTuple):
     rrsets: tuple[tuple[str, str, frozenset[str], frozenset[str]], ...]  # owner, type,
     # wanted values, values vfence had there
     claims: frozenset[str] = frozenset()
+    # owners whose last update's answer was lost: what the server holds there is not
+    # known, so their RRsets are replaced whole, on the condition that vfence's marker is
+    # there (the name is vfence's)
+    replace: frozenset[str] = frozenset()
 
     def owners(self) -> list[Change]:
         """This change as one message per owner (to find which one the server refused)."""
         by: dict[str, list[tuple[str, str, frozenset[str], frozenset[str]]]] = {}
         for rr in self.rrsets:
             by.setdefault(rr[0], []).append(rr)
-        return [Change(self.zone, tuple(rrs), self.claims & {o}) for o, rrs in by.items()]
+        return [Change(self.zone, tuple(rrs), self.claims & {o}, self.replace & {o})
+                for o, rrs in by.items()]
 
 
 # every name vfence keeps records at carries this TXT record: what it may change there
 MARKER = '"heritage=vfence"'
+MANAGED = ("A", "AAAA", "PTR", "TXT")  # the types vfence keeps at its names
 
 
 def _absolute(text: str) -> str:
@@ -211,13 +217,17 @@ def _records(vm: VM, cfg: Dns, plens: tuple[int | None, int | None]) -> tuple[Re
     return tuple(out)
 
 
-def plan(want: set[Rec], have: set[Rec], batch: int = BATCH) -> list[Change]:
+def plan(want: set[Rec], have: set[Rec], batch: int = BATCH,
+         dirty: frozenset[tuple[str, str]] = frozenset()) -> list[Change]:
     """The update messages that make the server's records ``want`` when it holds
     ``have``: every (owner, type) whose values differ is replaced whole, per zone (a
     record that moved zone is deleted in the old one and added in the new), an owner's
-    RRsets in one message, claiming the owners vfence holds nothing at. Only the
-    records in the difference are looked at twice (the common case: one VM changed)."""
-    touched = {(r.zone, r.owner, r.rtype) for r in want ^ have}
+    RRsets in one message, claiming the owners vfence holds nothing at. ``dirty``
+    owners (zone, owner) are sent whatever they hold, every managed type, to be
+    replaced whole. Only the records in the difference are looked at twice (the common
+    case: one VM changed)."""
+    touched = {(r.zone, r.owner, r.rtype) for r in want ^ have} | {
+        (z, o, t) for z, o in dirty for t in MANAGED}
     if not touched:
         return []
     held = {(r.zone, r.owner) for r in have}  # names vfence has records at
@@ -236,7 +246,10 @@ def plan(want: set[Rec], have: set[Rec], batch: int = BATCH) -> list[Change]:
         if not out or out[-1].zone != zone or len(out[-1].rrsets) + len(rrs) > batch:
             out.append(Change(zone, ()))
         claim = frozenset() if (zone, owner) in held else frozenset({owner})
-        out[-1] = Change(zone, out[-1].rrsets + tuple(rrs), out[-1].claims | claim)
+        again = frozenset({owner}) - claim if (zone, owner) in dirty else frozenset()
+        last = out[-1]
+        out[-1] = Change(zone, last.rrsets + tuple(rrs), last.claims | claim,
+                         last.replace | again)
     return out
 
 
@@ -244,15 +257,20 @@ def message(cfg: Dns, change: Change, key: dns.tsig.Key | None, reclaim: bool = 
             ) -> dns.update.UpdateMessage:
     """The RFC 2136 update for ``change``: vfence's old values deleted one by one, the
     new ones added (one message: the server applies it whole or not at all). Each owner
-    it claims must not be in use on the server (RFC 2136 prerequisite), or, ``reclaim``,
-    must carry vfence's marker (a claim whose answer was lost)."""
+    it claims must not be in use on the server (RFC 2136 prerequisite). With
+    ``reclaim``, and for the owners to ``replace``, the name must carry vfence's marker
+    instead (a claim or an update whose answer was lost): it is vfence's, so its RRsets
+    are replaced whole (what the lost update did or did not do is then moot)."""
     update = dns.update.UpdateMessage(change.zone, keyring=key)
-    for owner in sorted(change.claims):
-        if reclaim:
-            update.present(owner, "TXT", MARKER)
-        else:
-            update.absent(owner)
+    whole = change.replace | (change.claims if reclaim else frozenset())
+    for owner in sorted(whole):
+        update.present(owner, "TXT", MARKER)
+    for owner in sorted(change.claims - whole):
+        update.absent(owner)
     for owner, rtype, want, had in change.rrsets:
+        if owner in whole:
+            update.delete(owner, rtype)
+            had = frozenset()
         for value in sorted(had - want):
             update.delete(owner, rtype, value)
         for value in sorted(want - had):

@@ -88,6 +88,8 @@ class Updater:
         self.pending = 0
         self.have: tuple[str | None, set[plan_mod.Rec]] | None = None  # server, its records
         self.cfg: Dns | None = None  # the settings of the last round (to leave a server)
+        # (zone, owner) whose last update's answer was lost: replaced whole next time
+        self.dirty: set[tuple[str, str]] = set()
         self.thread = threading.Thread(target=self._run, name="dns-updates", daemon=True)
 
     def start(self) -> None:
@@ -152,7 +154,7 @@ class Updater:
             self.have = (_server(cfg), published(s, cfg))
             s.commit()
         have = self.have[1]
-        changes = plan_mod.plan(plan_mod.wanted(state), have)
+        changes = plan_mod.plan(plan_mod.wanted(state), have, dirty=frozenset(self.dirty))
         self._count(changes)
         if not changes:
             return 0, None
@@ -169,6 +171,7 @@ class Updater:
                 left.extend(changes[i:])
                 break
             for part in taken:
+                self.dirty -= {(part.zone, o) for o, *_ in part.rrsets}
                 _write(s, cfg, part)
                 s.commit()
                 have = plan_mod.applied(have, part)
@@ -217,6 +220,8 @@ class Updater:
                     out[0].extend(taken)
                     out[1].extend(refused)
                 return out
+            if e.rcode == dns.rcode.NXRRSET and change.replace:
+                return self._unmarked(cfg, change, key)
             if e.rcode != dns.rcode.YXDOMAIN or not change.claims:
                 return [], [(change, str(e))]
         (owner,) = change.claims
@@ -230,6 +235,23 @@ class Updater:
                                  f"TXT {plan_mod.MARKER} there): vfence leaves it alone; "
                                  "rename the VM or remove that name")]
 
+    def _unmarked(self, cfg: Dns, change: plan_mod.Change, key: Any
+                  ) -> tuple[list[plan_mod.Change], list[tuple[plan_mod.Change, str]]]:
+        """A name to replace whole lacks vfence's marker: the lost update was a delete
+        that landed (the name is gone: claimed afresh, everything wanted added), or the
+        name is from before vfence marked its names (in use: value by value, as then)."""
+        (owner,) = change.replace
+        self.dirty.discard((change.zone, owner))
+        fresh = change._replace(replace=frozenset(), claims=frozenset({owner}), rrsets=tuple(
+            (o, t, w, frozenset()) for o, t, w, _ in change.rrsets))
+        try:
+            self._send(cfg, fresh, key)
+            return [fresh], []
+        except Refused as e:
+            if e.rcode != dns.rcode.YXDOMAIN:
+                return [], [(change, str(e))]
+        return self._deliver(cfg, change._replace(replace=frozenset()), key)
+
     def _send(self, cfg: Dns, change: plan_mod.Change, key: Any, reclaim: bool = False
               ) -> None:
         try:
@@ -240,6 +262,10 @@ class Updater:
             raise Refused(f"the server refused the TSIG signature for zone {change.zone} "
                           f"({e}): the key's name, secret or algorithm differ from its "
                           "own") from None
+        except (OSError, dns.exception.DNSException):
+            # sent or not, applied or not: its owners are replaced whole next time
+            self.dirty |= {(change.zone, o) for o, *_ in change.rrsets}
+            raise
         rcode = answer.rcode()
         self.metrics.dns_updates.labels(dns.rcode.to_text(rcode)).inc()
         if rcode != dns.rcode.NOERROR:
@@ -248,8 +274,10 @@ class Updater:
                           f"{change.zone}{names}", rcode)
 
     def _count(self, todo: list[plan_mod.Change]) -> None:
-        self.pending = sum(len(c.rrsets) for c in todo)
-        self.waiting = sorted({o for c in todo for o, *_ in c.rrsets})[:20]
+        """Pending: the RRsets whose values differ (an owner re-sent only because its
+        last answer was lost counts for nothing)."""
+        self.pending = sum(w != h for c in todo for _, _, w, h in c.rrsets)
+        self.waiting = sorted({o for c in todo for o, _, w, h in c.rrsets if w != h})[:20]
         self.metrics.dns_pending.set(self.pending)
 
     def _failed(self, error: str) -> bool:

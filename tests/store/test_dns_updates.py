@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from vfence.controller import dns as plan_mod
 from vfence.controller.api import create_app
 from vfence.controller.dns_updates import Updater
 from vfence.controller.store import models as m
@@ -251,3 +252,60 @@ def test_dropping_the_server_removes_vfences_records_from_it(env):
     (e,) = client.get("/v1/events", params={"type": "dns-left"}).json()
     assert e["detail"]["not_removed"] == 0 and e["detail"]["error"] is None, e
     assert _rows(service) == set()
+
+
+def _lose_answer(monkeypatch, owner: str) -> dict:
+    """The next update of the forward zone naming ``owner`` reaches the server, which
+    applies it; its answer is lost (a timeout)."""
+    import dns.exception
+    import dns.query
+
+    real, state = dns.query.tcp, {"lost": 0}
+
+    def tcp(message, *args, **kw):
+        answer = real(message, *args, **kw)
+        text = message.to_text()
+        if not state["lost"] and owner in text and f";ZONE\n{ZONE}. IN SOA" in text:
+            state["lost"] += 1
+            raise dns.exception.Timeout()
+        return answer
+    monkeypatch.setattr(dns.query, "tcp", tcp)
+    return state
+
+
+@pytest.mark.parametrize("then", ["readdress", "delete"])
+def test_a_lost_answer_is_mended_whatever_comes_next(env, monkeypatch, then):
+    """Found by review: an update applied whose answer was lost, then the VM changes (or
+    goes) before the retry. The names it touched are replaced whole next time (vfence's
+    marker proves them its own), so nothing it added stays behind."""
+    client, service, updater, named = env
+    assert updater.round() is True
+    vm = {"name": "web-4", "mac": "02:00:00:00:30:0b", "segment": "web", "ips": ["10.30.0.12"]}
+    assert client.post("/v1/vms", json=vm).status_code == 201
+    lost = _lose_answer(monkeypatch, "web-4")
+    assert updater.round() is False and lost["lost"] == 1
+    assert named.query(f"web-4.{ZONE}", "A") == ["10.30.0.12"]  # it landed
+    if then == "readdress":
+        assert client.patch("/v1/vms/web-4", json={"ips": ["10.30.0.13"]}).status_code == 200
+    else:
+        assert client.delete("/v1/vms/web-4").status_code == 204
+    assert updater.round() is True
+    want = ["10.30.0.13"] if then == "readdress" else []
+    assert named.query(f"web-4.{ZONE}", "A") == want
+    assert named.query("12.0.30.10.in-addr.arpa", "PTR") == []
+    assert named.query(f"web-4.{ZONE}", "TXT") == ([plan_mod.MARKER] if want else [])
+    assert named.query(f"web-1.{ZONE}", "A") == ["10.30.0.5"]  # the others untouched
+    assert client.get("/v1/dns").json()["state"] == "current"
+
+
+def test_a_lost_delete_then_the_same_vm_again_is_put_back(env, monkeypatch):
+    client, service, updater, named = env
+    assert updater.round() is True
+    assert client.delete("/v1/vms/web-2").status_code == 204
+    _lose_answer(monkeypatch, "web-2")
+    assert updater.round() is False
+    vm = {"name": "web-2", "mac": "02:00:00:00:30:02", "segment": "web", "ips": ["10.30.0.6"]}
+    assert client.post("/v1/vms", json=vm).status_code == 201
+    assert updater.round() is True
+    assert named.query(f"web-2.{ZONE}", "A") == ["10.30.0.6"]
+    assert named.query("6.0.30.10.in-addr.arpa", "PTR") == [f"web-2.{ZONE}."]
