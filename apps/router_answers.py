@@ -16,6 +16,7 @@ from .dhcp_server import dns_name
 
 ETH_TYPE_IP, ETH_TYPE_IPV6 = 0x0800, 0x86DD
 QUOTED = 548  # of the expired datagram, at most (576 - IP and ICMP headers, as Linux)
+SOLICITED = 0b010  # os-ken's nd_neighbor.res: R, S, O
 QUOTED6 = 1184  # IPv6: the answer within the minimum MTU, 1280 (RFC 4443)
 
 
@@ -131,8 +132,9 @@ def neighbor_solicitation(src_mac: str, src_ip: str, target: str) -> bytes:
 
 def gateway_answer(pkt: packet.Packet) -> tuple[str, str] | None:
     """(address, MAC) in an external gateway's answer to a probe: an ARP reply, or a
-    neighbour advertisement, whose link-layer address is the frame's own unicast
-    source. None for anything else."""
+    solicited neighbour advertisement (S set: an answer, not an announcement anyone may
+    send), whose link-layer address is the frame's own unicast source. None for
+    anything else."""
     eth = pkt.get_protocol(ethernet.ethernet)
     a, icmp6 = pkt.get_protocol(arp.arp), pkt.get_protocol(icmpv6.icmpv6)
     if eth is None or int(eth.src.split(":")[0], 16) & 1:
@@ -140,7 +142,7 @@ def gateway_answer(pkt: packet.Packet) -> tuple[str, str] | None:
     if a is not None and a.opcode == arp.ARP_REPLY:
         ip, mac = a.src_ip, a.src_mac
     elif icmp6 is not None and icmp6.type_ == icmpv6.ND_NEIGHBOR_ADVERT \
-            and isinstance(icmp6.data, icmpv6.nd_neighbor):
+            and isinstance(icmp6.data, icmpv6.nd_neighbor) and icmp6.data.res & SOLICITED:
         opt = icmp6.data.option
         ip = icmp6.data.dst
         mac = opt.hw_src if isinstance(opt, icmpv6.nd_option_tla) else eth.src

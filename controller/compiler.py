@@ -113,6 +113,7 @@ from .pipeline import (
     PRIO_ROGUE_ND,
     PRIO_ROUTE,
     PRIO_ROUTE_ECHO,
+    PRIO_ROUTE_SCOPE,
     PRIO_ROUTE_TTL,
     PRIO_ROUTE_TTL6,
     PRIO_ROUTE_UNUSED,
@@ -143,6 +144,10 @@ SEG_LOCAL = META_SEGMENT_MASK | META_FROM_FABRIC
 ZERO_MAC = "00:00:00:00:00:00"
 ICMPV6 = 58
 ND_RS, ND_RA, ND_NS, ND_NA, ND_REDIRECT = 133, 134, 135, 136, 137
+# IPv6 a router does not route: from link-local or unspecified sources, to link-local,
+# multicast, loopback or unspecified destinations
+SCOPE6 = (("ipv6_src", "fe80::/10"), ("ipv6_src", "::/128"), ("ipv6_dst", "fe80::/10"),
+          ("ipv6_dst", "ff00::/8"), ("ipv6_dst", "::/127"))
 
 _P = ParamSpec("_P")
 
@@ -577,6 +582,11 @@ def router_flows(state: NetworkState) -> Iterable[Flow]:
                         eth_dst=mac, eth_type=eth_type, nw_ttl=ttl, **inside),
                         (meter(METER_TTL), apply(("output", OFPP_CONTROLLER))), ck)
             yield from _echo_answers(mac, spec, ck)
+        for field, scope in SCOPE6:  # a router never forwards these (RFC 4291)
+            n = ipaddress.ip_network(scope)
+            yield Flow(Table.ROUTE, PRIO_ROUTE_SCOPE, match(
+                eth_dst=mac, eth_type=ETH_TYPE_IPV6,
+                **{field: (str(n.network_address), str(n.netmask))}), DROP, ck)
 
 
 def _echo_answers(mac: str, spec: SegmentSpec, ck: int) -> Iterable[Flow]:

@@ -19,6 +19,9 @@ from . import addresses, routing
 from .model import Bgp, External, NetworkState, Router, SegmentSpec, Uplink
 
 Err = Callable[[str, str], None]
+NOT_GLOBAL6 = ((ipaddress.IPv6Network("fe80::/10"), "link-local"),
+               (ipaddress.IPv6Network("::ffff:0:0/96"), "IPv4-mapped"),
+               (ipaddress.IPv6Network("::/96"), "IPv4-compatible and unspecified"))
 
 
 def check(doc: dict[str, Any], err: Err, routers: list[Router],
@@ -87,6 +90,10 @@ def _v6(e: dict[str, Any], where: str, err: Err) -> tuple[str | None, str | None
         return None, None
     try:
         net = addresses.prefix(e["subnet6"], 6)
+        for scope, what in NOT_GLOBAL6:
+            if net.overlaps(scope):
+                raise ValueError(f"{net} overlaps {what} ({scope}): BGP's next hop must be "
+                                 "a global address")
     except ValueError as x:
         err(f"{where}.subnet6", str(x))
         return None, None

@@ -256,10 +256,10 @@ PRIO_DST_FRAME = 80
 PRIO_ROUTE_ECHO = 210
 PRIO_ROUTE_TTL = 200
 PRIO_ROUTE_TTL6 = 199
+PRIO_ROUTE_SCOPE = 150
 PRIO_ROUTE = 100
 PRIO_ROUTE_UNUSED = 50
 PRIO_ROUTE_OUT_TTL = 30
-PRIO_ROUTE_OUT_SCOPE = 25
 PRIO_ROUTE_OUT = 20
 # CONNTRACK
 PRIO_CT_SKIP_ND = 110
@@ -434,9 +434,10 @@ TABLES = (
              "second step is marked reg4 = the uplink); the external gateway's ARP reply "
              "and gateway6's advertisement to the controller through the uplink meter"),
          _at("uplink_spoof", PRIO_UPLINK_SPOOF, Owner.UPLINK,
-             "on an uplink: IPv4 (IPv6) from any segment's subnet (subnet6): an inside "
-             "address from outside, or to a router's gateway (gateway6), which answers "
-             "inside only: drop", "spoofed-source"),
+             "on an uplink: IPv4 (IPv6) from any segment's subnet (subnet6) or from a "
+             "martian (loopback, link-local, multicast, unspecified ...): an inside or "
+             "impossible address from outside; or to a router's gateway (gateway6), which "
+             "answers inside only: drop", "spoofed-source"),
          _at("uplink_in", PRIO_UPLINK_IN, Owner.UPLINK,
              "on an uplink, to the host's MAC, IPv4 (IPv6) for a subnet (subnet6) of a "
              "router that reaches that external network: the router's zone, its MAC as "
@@ -569,6 +570,9 @@ TABLES = (
          _at("route", PRIO_ROUTE, Owner.VM,
              "to a VM's address: its tag and groups, TTL - 1, source MAC the router's, "
              "destination MAC the VM's, on to CONNTRACK"),
+         _at("scope", PRIO_ROUTE_SCOPE, Owner.ROUTER,
+             "IPv6 from a link-local or unspecified source, or to a link-local, multicast, "
+             "loopback or unspecified address: drop (a router never forwards them)"),
          _at("hop_limit_expired", PRIO_ROUTE_TTL6, Owner.BASE,
              "IPv6 with hop limit 0 or 1 anywhere else: drop (dec_ttl would send it to the "
              "controller unmetered)"),
@@ -580,9 +584,6 @@ TABLES = (
              "IPv4 to the outside with TTL 0 or 1: to the controller through the ttl meter "
              "(ICMP time exceeded from the sender's gateway; IPv6's hop limit: "
              "hop_limit_expired)"),
-         _at("out_scope", PRIO_ROUTE_OUT_SCOPE, Owner.UPLINK,
-             "IPv6 to a link-local or multicast address, or from a link-local one, to the "
-             "outside: drop (a router never forwards them)"),
          _at("out", PRIO_ROUTE_OUT, Owner.UPLINK,
              "to any other address, from a router that reaches an external network through "
              "this host's uplink: TTL - 1, source MAC the host's uplink MAC, destination "

@@ -47,7 +47,6 @@ from .pipeline import (
     METER_UPLINK,
     PRIO_DELIVER_UPLINK,
     PRIO_ROUTE_OUT,
-    PRIO_ROUTE_OUT_SCOPE,
     PRIO_ROUTE_OUT_TTL,
     PRIO_UPLINK_ARP,
     PRIO_UPLINK_IN,
@@ -60,7 +59,11 @@ from .pipeline import (
     Table,
 )
 
-LINK_LOCAL6, MULTICAST6 = "fe80::/10", "ff00::/8"
+# sources no packet from outside may have: this network, loopback, link-local,
+# multicast, reserved (and broadcast); IPv6: unspecified, loopback, link-local, multicast,
+# IPv4-mapped
+MARTIANS = ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4")
+MARTIANS6 = ("::/128", "::1/128", "fe80::/10", "ff00::/8", "::ffff:0:0/96")
 
 
 def uplink_flows(out: HostOut) -> Iterable[Flow]:
@@ -75,7 +78,7 @@ def uplink_flows(out: HostOut) -> Iterable[Flow]:
         (meter(METER_UPLINK), apply(("output", OFPP_CONTROLLER))), ck)
     yield Flow(Table.FORWARD, PRIO_DELIVER_UPLINK, match(**{DST_VM_REG: UPLINK_DST}),
                (apply(("output", out.port)),), ck)
-    for subnet in out.inside:  # any segment's address as a source from outside
+    for subnet in (*out.inside, *MARTIANS):  # an inside (or impossible) source from outside
         yield Flow(Table.CLASSIFY, PRIO_UPLINK_SPOOF, match(
             **port, eth_type=ETH_TYPE_IP, ipv4_src=_prefix(subnet)), DROP, ck)
     for r in out.routers:
@@ -111,9 +114,9 @@ def _uplink6(out: HostOut, port: dict, ck: int) -> Iterable[Flow]:
     turned into the advertisement in place, in two steps as for a gateway6 inside: the
     second marked reg4 = UPLINK_DST, so no advertisement from outside takes it), the
     gateway6's advertisement to the controller, spoofed sources dropped, the routers'
-    subnets6 taken in, and out through gateway6 once resolved. Link-local and multicast
-    scopes never cross the router. (A hop limit expiring on the way out is dropped by the
-    base pipeline, not answered.)"""
+    subnets6 taken in, and out through gateway6 once resolved. (Link-local and multicast
+    scopes never cross a router: compiler's router flows. A hop limit expiring on the way
+    out is dropped by the base pipeline, not answered.)"""
     target = {"ipv6_nd_target": out.address6}
     yield Flow(Table.CLASSIFY, PRIO_UPLINK_NO_SLL, nd(ND_NS, **port, **target,
                                                        ipv6_nd_sll=ZERO_MAC), DROP, ck)
@@ -131,7 +134,7 @@ def _uplink6(out: HostOut, port: dict, ck: int) -> Iterable[Flow]:
             ND_NA, **port, eth_dst=out.mac, ipv6_nd_target=out.gateway6),
             (meter(METER_UPLINK), apply(("output", OFPP_CONTROLLER))), ck)
     v6 = {**port, "eth_type": ETH_TYPE_IPV6}
-    for subnet in out.inside6:
+    for subnet in (*out.inside6, *MARTIANS6):
         yield Flow(Table.CLASSIFY, PRIO_UPLINK_SPOOF, match(**v6, ipv6_src=_prefix(subnet)),
                    DROP, ck)
     for r in out.routers:
@@ -142,11 +145,6 @@ def _uplink6(out: HostOut, port: dict, ck: int) -> Iterable[Flow]:
                 **v6, eth_dst=out.mac, ipv6_dst=_prefix(subnet)),
                 (apply(("set", ZONE_REG, r.zone), ("set", "eth_dst", r.mac)),
                  goto(Table.ROUTE)), ck)
-        to_router = {"eth_dst": r.mac, "eth_type": ETH_TYPE_IPV6}
-        for field, scope in (("ipv6_dst", LINK_LOCAL6), ("ipv6_dst", MULTICAST6),
-                             ("ipv6_src", LINK_LOCAL6)):
-            yield Flow(Table.ROUTE, PRIO_ROUTE_OUT_SCOPE, match(**to_router, **{
-                field: _prefix(scope)}), DROP, ck)
         if out.gateway6_mac is not None:
             yield _route_out(r, ETH_TYPE_IPV6, out.mac, out.gateway6_mac, ck)
 

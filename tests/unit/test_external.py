@@ -104,6 +104,13 @@ def test_the_contract_parses_and_bad_parts_are_refused_naming_the_field():
          "198.18.10.99 is not an IPv6 address (the subnet6 is 2001:db8:10::/64)"),
         (lambda d: [d["external"][0].pop(k) for k in ("subnet6", "gateway6")],
          "hosts[0].address6", "external network 'dc' has no subnet6"),
+        (lambda d: d["external"][0].update(subnet6="fe80::/64", gateway6="fe80::1"),
+         "external[0].subnet6", "fe80::/64 overlaps link-local (fe80::/10): BGP's next hop "
+         "must be a global address"),
+        (lambda d: d["external"][0].update(subnet6="::ffff:198.18.10.0/120",
+                                           gateway6="::ffff:198.18.10.1"),
+         "external[0].subnet6", "::ffff:c612:a00/120 overlaps IPv4-mapped (::ffff:0:0/96): "
+         "BGP's next hop must be a global address"),
         (lambda d: d["external"][0].update(subnet6="fd00:10::/28", gateway6="fd00:10::1"),
          "routers[0].external", "segment 'web''s subnet6 fd00:11::/64 overlaps external "
          "network 'dc' (fd00:10::/28)"),
@@ -270,7 +277,8 @@ def test_ipv6_leaves_through_gateway6_and_comes_in_under_the_policy():
     # d1 (hv2) from outside at hv1 (BGP not yet moved, say): over the fabric to hv2
     st.bindings["w1"] = dataclasses.replace(st.bindings["w1"], port=PortRef(HV2, 7))
     moved = desired.compile_network(st)
-    assert [p for p, _ in Pipeline(moved[HV1]).run(_in6(st, "w1"))] != []
+    fabric = {lk.src.port_no for lk in st.links if lk.src.dpid == HV1}
+    assert [p for p, _ in Pipeline(moved[HV1]).run(_in6(st, "w1"))][0] in fabric
     # without gateway6's MAC there is no way out, and no /128 is announced
     st = uplinked()
     st.gateway6_macs = {}
@@ -342,18 +350,67 @@ def test_the_probe_and_the_answer_are_real_neighbour_discovery():
             icmp.data.option.hw_src) == ("33:33:ff:00:00:01", "ff02::1:ff00:1", 255, 135,
                                          "2001:db8:10::1", "0a:00:00:00:00:01")
 
-    def answer(eth_src: str, tll: str) -> packet.Packet:
+    def answer(eth_src: str, tll: str, flags: int = 7) -> packet.Packet:
         out = packet.Packet()
         out.add_protocol(ethernet.ethernet(dst="0a:00:00:00:00:01", src=eth_src,
                                            ethertype=0x86DD))
         out.add_protocol(ipv6.ipv6(src="2001:db8:10::1", dst="2001:db8:10::11", nxt=58))
         out.add_protocol(icmpv6.icmpv6(type_=136, data=icmpv6.nd_neighbor(
-            res=7, dst="2001:db8:10::1", option=icmpv6.nd_option_tla(hw_src=tll))))
+            res=flags, dst="2001:db8:10::1", option=icmpv6.nd_option_tla(hw_src=tll))))
         out.serialize()
         return packet.Packet(bytes(out.data))
 
     assert router_answers.gateway_answer(answer(GW6_MAC, GW6_MAC)) == (
         "2001:db8:10::1", GW6_MAC)
     assert router_answers.gateway_answer(answer(GW6_MAC, "02:00:00:00:00:07")) is None
+    # unsolicited (S clear): anyone may announce, it answers no probe (found by review)
+    assert router_answers.gateway_answer(answer(GW6_MAC, GW6_MAC, flags=0b101)) is None
     assert router_answers.gateway_answer(answer("33:33:00:00:00:01", "33:33:00:00:00:01")) \
         is None
+
+
+
+@pytest.mark.parametrize("src", ["fe80::200:ff:fe00:99", "ff02::1", "::", "::1",
+                                 "::ffff:10.0.0.1"])
+def test_found_by_review_impossible_ipv6_sources_from_outside_never_reach_a_vm(src):
+    """With a rule letting any IPv6 source in (::/0), an outside packet from a link-local,
+    multicast, unspecified, loopback or IPv4-mapped source is dropped on the uplink; a
+    global one passes (the control)."""
+    doc = copy.deepcopy(DOC)
+    doc["rules"].append({"name": "in-any6", "from": "::/0", "to": "web", "protocol": "tcp",
+                         "ports": "80", "action": "allow"})
+    st = uplinked()
+    st.policy = policy.parse(doc)
+    hv1 = Pipeline(desired.compile_network(st)[HV1])
+    assert hv1.ports(_in6(st, "w1", src="2001:db8:99::7")) == [3]
+    assert hv1.ports(_in6(st, "w1", src=src)) == []
+
+
+@pytest.mark.parametrize("src", ["0.0.0.0", "127.0.0.1", "169.254.1.1", "224.0.0.5",
+                                 "255.255.255.255"])
+def test_impossible_ipv4_sources_from_outside_never_reach_a_vm(src):
+    doc = copy.deepcopy(DOC)
+    doc["rules"].append({"name": "in-any", "from": "0.0.0.0/0", "to": "web",
+                         "protocol": "tcp", "ports": "80", "action": "allow"})
+    st = uplinked()
+    st.policy = policy.parse(doc)
+    hv1 = Pipeline(desired.compile_network(st)[HV1])
+    assert hv1.ports(_in(st, "w1", src="203.0.113.9")) == [3]
+    assert hv1.ports(_in(st, "w1", src=src)) == []
+
+
+def test_found_by_review_a_link_local_source_is_never_routed_even_across_hosts():
+    """A VM may send from its link-local address, but a router never forwards that: not
+    on its host, not to another (w1 on hv1 -> d1 on hv2), not out of the uplink."""
+    doc = copy.deepcopy(DOC)
+    doc["rules"].append({"name": "web-db6", "from": "web", "to": "db", "action": "allow"})
+    st = uplinked()
+    st.policy = policy.parse(doc)
+    hv1 = Pipeline(desired.compile_network(st)[HV1])
+    east = dict(_out6(st, "w1", dst=IP6["d1"]), ipv6_src=IP6["w1"])
+    fabric = {lk.src.port_no for lk in st.links if lk.src.dpid == HV1}
+    assert [p for p, _ in hv1.run(east)][0] in fabric  # the control: routed on to hv2
+    for bad in ({"ipv6_src": "fe80::200:ff:fe00:1"}, {"ipv6_dst": "ff02::1"},
+                {"ipv6_dst": "fe80::1"}, {"ipv6_dst": "::1"}):
+        assert hv1.run({**east, **bad}) == [], bad
+        assert hv1.run({**_out6(st, "w1"), **bad}) == [], bad
