@@ -153,8 +153,8 @@ def _next_mac(state: NetworkState, s: VM, d: VM | None) -> str:
         return addresses.router_mac(router)
     if d is not None:  # another segment, no router: sent to it anyway (and dropped)
         return d.mac
-    raise Invalid(f"not in segment {s.segment!r}, and no router joins that segment",
-                  "destination")
+    raise Invalid(f"no VM has that address, and no router joins segment {s.segment!r} "
+                  "to take it (its MAC is not known)", "destination")
 
 
 def walk(state: NetworkState, flows: Mapping[int, list[Flow]], start: PortRef,
