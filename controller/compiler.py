@@ -144,10 +144,14 @@ SEG_LOCAL = META_SEGMENT_MASK | META_FROM_FABRIC
 ZERO_MAC = "00:00:00:00:00:00"
 ICMPV6 = 58
 ND_RS, ND_RA, ND_NS, ND_NA, ND_REDIRECT = 133, 134, 135, 136, 137
-# IPv6 a router does not route: from link-local or unspecified sources, to link-local,
-# multicast, loopback or unspecified destinations
-SCOPE6 = (("ipv6_src", "fe80::/10"), ("ipv6_src", "::/128"), ("ipv6_dst", "fe80::/10"),
-          ("ipv6_dst", "ff00::/8"), ("ipv6_dst", "::/127"))
+# what a router does not route: IPv6 from link-local or unspecified sources, to
+# link-local, multicast, loopback or unspecified destinations (RFC 4291); IPv4 to this
+# network, loopback, link-local, multicast, reserved or broadcast (RFC 1812)
+SCOPES = ((ETH_TYPE_IPV6, "ipv6_src", "fe80::/10"), (ETH_TYPE_IPV6, "ipv6_src", "::/128"),
+          (ETH_TYPE_IPV6, "ipv6_dst", "fe80::/10"), (ETH_TYPE_IPV6, "ipv6_dst", "ff00::/8"),
+          (ETH_TYPE_IPV6, "ipv6_dst", "::/127"), (ETH_TYPE_IP, "ipv4_dst", "0.0.0.0/8"),
+          (ETH_TYPE_IP, "ipv4_dst", "127.0.0.0/8"), (ETH_TYPE_IP, "ipv4_dst", "169.254.0.0/16"),
+          (ETH_TYPE_IP, "ipv4_dst", "224.0.0.0/3"))
 
 _P = ParamSpec("_P")
 
@@ -582,10 +586,10 @@ def router_flows(state: NetworkState) -> Iterable[Flow]:
                         eth_dst=mac, eth_type=eth_type, nw_ttl=ttl, **inside),
                         (meter(METER_TTL), apply(("output", OFPP_CONTROLLER))), ck)
             yield from _echo_answers(mac, spec, ck)
-        for field, scope in SCOPE6:  # a router never forwards these (RFC 4291)
+        for eth_type, field, scope in SCOPES:  # a router never forwards these
             n = ipaddress.ip_network(scope)
             yield Flow(Table.ROUTE, PRIO_ROUTE_SCOPE, match(
-                eth_dst=mac, eth_type=ETH_TYPE_IPV6,
+                eth_dst=mac, eth_type=eth_type,
                 **{field: (str(n.network_address), str(n.netmask))}), DROP, ck)
 
 

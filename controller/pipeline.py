@@ -572,7 +572,8 @@ TABLES = (
              "destination MAC the VM's, on to CONNTRACK"),
          _at("scope", PRIO_ROUTE_SCOPE, Owner.ROUTER,
              "IPv6 from a link-local or unspecified source, or to a link-local, multicast, "
-             "loopback or unspecified address: drop (a router never forwards them)"),
+             "loopback or unspecified address; IPv4 to 0/8, loopback, link-local, "
+             "multicast, reserved or broadcast: drop (a router never forwards them)"),
          _at("hop_limit_expired", PRIO_ROUTE_TTL6, Owner.BASE,
              "IPv6 with hop limit 0 or 1 anywhere else: drop (dec_ttl would send it to the "
              "controller unmetered)"),

@@ -414,3 +414,20 @@ def test_found_by_review_a_link_local_source_is_never_routed_even_across_hosts()
                 {"ipv6_dst": "fe80::1"}, {"ipv6_dst": "::1"}):
         assert hv1.run({**east, **bad}) == [], bad
         assert hv1.run({**_out6(st, "w1"), **bad}) == [], bad
+
+
+
+@pytest.mark.parametrize("dst", ["239.1.1.1", "255.255.255.255", "169.254.1.1",
+                                 "127.0.0.1", "0.0.0.1"])
+def test_found_by_review_ipv4_to_impossible_destinations_never_leaves(dst):
+    """IPv4 as IPv6 (and as RFC 1812 says): a router does not forward to multicast,
+    broadcast, link-local, loopback or this-network addresses; a global one leaves (the
+    control)."""
+    doc = copy.deepcopy(DOC)
+    doc["rules"].append({"name": "web-out-any", "from": "web", "to": "0.0.0.0/0",
+                         "protocol": "tcp", "ports": "443", "action": "allow"})
+    st = uplinked()
+    st.policy = policy.parse(doc)
+    hv1 = Pipeline(desired.compile_network(st)[HV1])
+    assert hv1.ports(_out(st, "w1", dst="203.0.113.9")) == [UPLINK]
+    assert hv1.ports(_out(st, "w1", dst=dst)) == []
