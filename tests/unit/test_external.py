@@ -370,18 +370,23 @@ def test_the_probe_and_the_answer_are_real_neighbour_discovery():
 
 
 
+def _with_rule(rule: dict):
+    """The uplinked network with one more rule, and hv1's pipeline."""
+    doc = copy.deepcopy(DOC)
+    doc["rules"].append(rule)
+    st = uplinked()
+    st.policy = policy.parse(doc)
+    return st, Pipeline(desired.compile_network(st)[HV1])
+
+
 @pytest.mark.parametrize("src", ["fe80::200:ff:fe00:99", "ff02::1", "::", "::1",
                                  "::ffff:10.0.0.1"])
 def test_found_by_review_impossible_ipv6_sources_from_outside_never_reach_a_vm(src):
     """With a rule letting any IPv6 source in (::/0), an outside packet from a link-local,
     multicast, unspecified, loopback or IPv4-mapped source is dropped on the uplink; a
     global one passes (the control)."""
-    doc = copy.deepcopy(DOC)
-    doc["rules"].append({"name": "in-any6", "from": "::/0", "to": "web", "protocol": "tcp",
+    st, hv1 = _with_rule({"name": "in-any6", "from": "::/0", "to": "web", "protocol": "tcp",
                          "ports": "80", "action": "allow"})
-    st = uplinked()
-    st.policy = policy.parse(doc)
-    hv1 = Pipeline(desired.compile_network(st)[HV1])
     assert hv1.ports(_in6(st, "w1", src="2001:db8:99::7")) == [3]
     assert hv1.ports(_in6(st, "w1", src=src)) == []
 
@@ -389,12 +394,8 @@ def test_found_by_review_impossible_ipv6_sources_from_outside_never_reach_a_vm(s
 @pytest.mark.parametrize("src", ["0.0.0.0", "127.0.0.1", "169.254.1.1", "224.0.0.5",
                                  "255.255.255.255"])
 def test_impossible_ipv4_sources_from_outside_never_reach_a_vm(src):
-    doc = copy.deepcopy(DOC)
-    doc["rules"].append({"name": "in-any", "from": "0.0.0.0/0", "to": "web",
+    st, hv1 = _with_rule({"name": "in-any", "from": "0.0.0.0/0", "to": "web",
                          "protocol": "tcp", "ports": "80", "action": "allow"})
-    st = uplinked()
-    st.policy = policy.parse(doc)
-    hv1 = Pipeline(desired.compile_network(st)[HV1])
     assert hv1.ports(_in(st, "w1", src="203.0.113.9")) == [3]
     assert hv1.ports(_in(st, "w1", src=src)) == []
 
@@ -402,11 +403,7 @@ def test_impossible_ipv4_sources_from_outside_never_reach_a_vm(src):
 def test_found_by_review_a_link_local_source_is_never_routed_even_across_hosts():
     """A VM may send from its link-local address, but a router never forwards that: not
     on its host, not to another (w1 on hv1 -> d1 on hv2), not out of the uplink."""
-    doc = copy.deepcopy(DOC)
-    doc["rules"].append({"name": "web-db6", "from": "web", "to": "db", "action": "allow"})
-    st = uplinked()
-    st.policy = policy.parse(doc)
-    hv1 = Pipeline(desired.compile_network(st)[HV1])
+    st, hv1 = _with_rule({"name": "web-db6", "from": "web", "to": "db", "action": "allow"})
     east = dict(_out6(st, "w1", dst=IP6["d1"]), ipv6_src=IP6["w1"])
     fabric = {lk.src.port_no for lk in st.links if lk.src.dpid == HV1}
     assert [p for p, _ in hv1.run(east)][0] in fabric  # the control: routed on to hv2
@@ -423,11 +420,7 @@ def test_found_by_review_ipv4_to_impossible_destinations_never_leaves(dst):
     """IPv4 as IPv6 (and as RFC 1812 says): a router does not forward to multicast,
     broadcast, link-local, loopback or this-network addresses; a global one leaves (the
     control)."""
-    doc = copy.deepcopy(DOC)
-    doc["rules"].append({"name": "web-out-any", "from": "web", "to": "0.0.0.0/0",
+    st, hv1 = _with_rule({"name": "web-out-any", "from": "web", "to": "0.0.0.0/0",
                          "protocol": "tcp", "ports": "443", "action": "allow"})
-    st = uplinked()
-    st.policy = policy.parse(doc)
-    hv1 = Pipeline(desired.compile_network(st)[HV1])
     assert hv1.ports(_out(st, "w1", dst="203.0.113.9")) == [UPLINK]
     assert hv1.ports(_out(st, "w1", dst=dst)) == []
