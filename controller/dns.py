@@ -69,8 +69,16 @@ class Change(NamedTuple):
                 for o, rrs in by.items()]
 
 
-# every name vfence keeps records at carries this TXT record: what it may change there
-MARKER = '"heritage=vfence"'
+
+
+def marker(cfg: Dns) -> str:
+    """The TXT record at every name this vfence keeps records at: what it may change
+    there (``dns.owner`` tells deployments sharing a zone apart, as external-dns's
+    owner id does)."""
+    return f'"heritage=vfence,vfence/owner={cfg.owner}"'
+
+
+MARKER = marker(Dns("", ""))  # the default owner's
 MANAGED = ("A", "AAAA", "PTR", "TXT")  # the types vfence keeps at its names
 
 
@@ -109,7 +117,7 @@ def check(doc: dict[str, Any], err: Err) -> Dns | None:
     if not ok:
         return None
     return Dns(server, zone, d.get("port", 53), d.get("reverse", False), d.get("ttl", 30),
-               tsig)
+               tsig, d.get("owner", "default"))
 
 
 _CLAUSE = re.compile(r'secret\s+"([^"]+)"')
@@ -211,9 +219,10 @@ def _records(vm: VM, cfg: Dns, plens: tuple[int | None, int | None]) -> tuple[Re
         out.append(Rec(cfg.zone, name, "A" if addr.version == 4 else "AAAA", str(addr)))
         if cfg.reverse:
             zone, owner = reverse_zone(addr, plens[addr.version == 6]), addr.reverse_pointer
-            out += [Rec(zone, owner + ".", "PTR", name), Rec(zone, owner + ".", "TXT", MARKER)]
+            out += [Rec(zone, owner + ".", "PTR", name),
+                    Rec(zone, owner + ".", "TXT", marker(cfg))]
     if out:
-        out.append(Rec(cfg.zone, name, "TXT", MARKER))
+        out.append(Rec(cfg.zone, name, "TXT", marker(cfg)))
     return tuple(out)
 
 
@@ -264,7 +273,7 @@ def message(cfg: Dns, change: Change, key: dns.tsig.Key | None, reclaim: bool = 
     update = dns.update.UpdateMessage(change.zone, keyring=key)
     whole = change.replace | (change.claims if reclaim else frozenset())
     for owner in sorted(whole):
-        update.present(owner, "TXT", MARKER)
+        update.present(owner, "TXT", marker(cfg))
     for owner in sorted(change.claims - whole):
         update.absent(owner)
     for owner, rtype, want, had in change.rrsets:

@@ -232,7 +232,7 @@ class Updater:
             if e.rcode != dns.rcode.NXRRSET:
                 return [], [(change, str(e))]
             return [], [(change, f"{owner} is in use on the server and not vfence's (no "
-                                 f"TXT {plan_mod.MARKER} there): vfence leaves it alone; "
+                                 f"TXT {plan_mod.marker(cfg)} there): vfence leaves it alone; "
                                  "rename the VM or remove that name")]
 
     def _unmarked(self, cfg: Dns, change: plan_mod.Change, key: Any

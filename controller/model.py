@@ -197,6 +197,7 @@ class Dns:
     reverse: bool = False
     ttl: int = 30
     tsig: Tsig | None = None
+    owner: str = "default"  # which vfence: its marker at every name it keeps
 
 
 @dataclass(frozen=True)

@@ -309,3 +309,24 @@ def test_a_lost_delete_then_the_same_vm_again_is_put_back(env, monkeypatch):
     assert updater.round() is True
     assert named.query(f"web-2.{ZONE}", "A") == ["10.30.0.6"]
     assert named.query("6.0.30.10.in-addr.arpa", "PTR") == [f"web-2.{ZONE}."]
+
+
+def test_another_vfences_names_are_not_taken_over(env):
+    """Found by review: two deployments sharing a zone and key. The other one's name
+    ('app', its marker naming owner 'dr-site') is in use and not this one's: this VM named
+    'app' gets no records there, and deleting it takes nothing of the other's."""
+    from vfence.controller.model import Dns
+
+    client, service, updater, named = env
+    theirs = plan_mod.marker(Dns("", "", owner="dr-site"))
+    assert theirs != plan_mod.MARKER
+    _server_add(named, f"app.{ZONE}.", ("A", "10.30.0.77"), ("TXT", theirs))
+    vm = {"name": "app", "mac": "02:00:00:00:30:0c", "segment": "web", "ips": ["10.30.0.77"]}
+    assert client.post("/v1/vms", json=vm).status_code == 201
+    assert updater.round() is False
+    assert f"app.{ZONE}. is in use on the server and not vfence's" in \
+        client.get("/v1/dns").json()["last_error"]
+    assert client.delete("/v1/vms/app").status_code == 204
+    assert updater.round() is True
+    assert named.query(f"app.{ZONE}", "A") == ["10.30.0.77"]
+    assert named.query(f"app.{ZONE}", "TXT") == [theirs]

@@ -93,10 +93,11 @@ def test_a_name_is_claimed_only_if_not_in_use_or_already_vfences():
     cfg = _state().policy.dns
     text = dns.message(cfg, change, None).to_text()
     assert "new.vms.example. NONE ANY" in text  # the prerequisite: not in use
-    assert 'old.vms.example. 30 IN TXT "heritage=vfence"' in text  # added, no prerequisite
+    assert f"old.vms.example. 30 IN TXT {dns.MARKER}" in text  # added, no prerequisite
     assert "old.vms.example. 0 NONE" not in text and "old.vms.example. 0 ANY" not in text
     again = dns.message(cfg, change, None, reclaim=True).to_text()
-    assert 'new.vms.example. 0 IN TXT "heritage=vfence"' in again  # present, with value
+    assert f"new.vms.example. 0 IN TXT {dns.MARKER}" in again  # present, with its value
+    assert dns.MARKER == '"heritage=vfence,vfence/owner=default"'
     assert "NONE ANY" not in again
     assert sorted(c.claims for c in change.owners()) == [frozenset(), frozenset({"new." + z})]
 
@@ -156,6 +157,7 @@ def test_message_deletes_only_vfences_old_values_and_adds_the_new_with_the_ttl()
                                                     "algorithm": "rot13"}},
      "dns.tsig.algorithm", "rot13"),
     ({"zone": "z"}, "dns", "server"),
+    ({"server": "192.0.2.53", "zone": "z", "owner": "a b"}, "dns.owner", "does not match"),
 ])
 def test_a_bad_dns_section_names_the_field(dns_doc, field, words):
     with pytest.raises(PolicyError) as e:
