@@ -48,6 +48,7 @@ class Refused(Exception):
 # answers about some name of the message (a prerequisite, the key's policy for a name):
 # each owner is sent alone then, so one name holds back no other
 PER_NAME = {dns.rcode.YXDOMAIN, dns.rcode.NXRRSET, dns.rcode.YXRRSET, dns.rcode.REFUSED}
+GONE = {dns.rcode.NOTAUTH, dns.rcode.NOTZONE}  # the server does not serve the zone
 
 
 def _server(cfg: Dns) -> str:
@@ -210,6 +211,12 @@ class Updater:
             self._send(cfg, change, key)
             return [change], []
         except Refused as e:
+            if e.rcode in GONE and not any(w for _, _, w, _ in change.rrsets):
+                # deletions only, in a zone the server does not serve (the document moved
+                # to another zone, the old one went): nothing of it can be there
+                LOG.info("zone %s is not on the server: its %s RRsets forgotten",
+                         change.zone, len(change.rrsets))
+                return [change], []
             if e.rcode not in PER_NAME:
                 return [], [(change, str(e))]
             parts = change.owners()

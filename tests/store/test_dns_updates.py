@@ -330,3 +330,20 @@ def test_another_vfences_names_are_not_taken_over(env):
     assert updater.round() is True
     assert named.query(f"app.{ZONE}", "A") == ["10.30.0.77"]
     assert named.query(f"app.{ZONE}", "TXT") == [theirs]
+
+
+def test_a_zone_the_server_no_longer_serves_is_let_go(env):
+    """Found by review: the document moves to another zone on the same server, whose
+    operator replaced the old zone by the new one. The deletions in the old zone (NOTAUTH:
+    nothing can be there) are forgotten, not retried forever; the new zone's land."""
+    client, service, updater, named = env
+    assert updater.round() is True
+    named.kill()
+    named.zones = ["vms2.example", REV, REV6]
+    named.write()
+    named.start()
+    assert client.put("/v1/policy", json=_doc(named, zone="vms2.example.")).status_code == 200
+    assert updater.round() is True, client.get("/v1/dns").json()
+    assert named.query("web-1.vms2.example", "A") == ["10.30.0.5"]
+    assert client.get("/v1/dns").json()["state"] == "current"
+    assert not any(o.endswith(f".{ZONE}.") for o, _, _ in _rows(service))
