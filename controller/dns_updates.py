@@ -49,6 +49,7 @@ class Refused(Exception):
 # each owner is sent alone then, so one name holds back no other
 PER_NAME = {dns.rcode.YXDOMAIN, dns.rcode.NXRRSET, dns.rcode.YXRRSET, dns.rcode.REFUSED}
 GONE = {dns.rcode.NOTAUTH, dns.rcode.NOTZONE}  # the server does not serve the zone
+PROBES = 3  # names sent alone before a refusal of each is taken as the zone's
 
 
 def _server(cfg: Dns) -> str:
@@ -91,6 +92,7 @@ class Updater:
         self.cfg: Dns | None = None  # the settings of the last round (to leave a server)
         # (zone, owner) whose last update's answer was lost: replaced whole next time
         self.dirty: set[tuple[str, str]] = set()
+        self.turn = 0  # where the next one-by-one retry starts
         self.thread = threading.Thread(target=self._run, name="dns-updates", daemon=True)
 
     def start(self) -> None:
@@ -221,12 +223,7 @@ class Updater:
                 return [], [(change, str(e))]
             parts = change.owners()
             if len(parts) > 1:
-                out: tuple[list[plan_mod.Change], list[tuple[plan_mod.Change, str]]] = [], []
-                for part in parts:
-                    taken, refused = self._deliver(cfg, part, key)
-                    out[0].extend(taken)
-                    out[1].extend(refused)
-                return out
+                return self._one_by_one(cfg, parts, key)
             if e.rcode == dns.rcode.NXRRSET and change.replace:
                 return self._unmarked(cfg, change, key)
             if e.rcode != dns.rcode.YXDOMAIN or not change.claims:
@@ -241,6 +238,28 @@ class Updater:
             return [], [(change, f"{owner} is in use on the server and not vfence's (no "
                                  f"TXT {plan_mod.marker(cfg)} there): vfence leaves it alone; "
                                  "rename the VM or remove that name")]
+
+    def _one_by_one(self, cfg: Dns, parts: list[plan_mod.Change], key: Any
+                    ) -> tuple[list[plan_mod.Change], list[tuple[plan_mod.Change, str]]]:
+        """Each owner alone, starting at a place that moves on every round. When the
+        first few are all refused the same way, the refusal is taken as the zone's (a
+        key its policy refuses everywhere) and the rest wait: a few messages a round,
+        not one per name; the moving start lets good names through meanwhile."""
+        self.turn += 1
+        start = self.turn % len(parts)
+        order = parts[start:] + parts[:start]
+        taken: list[plan_mod.Change] = []
+        refused: list[tuple[plan_mod.Change, str]] = []
+        for i, part in enumerate(order):
+            answers = {why.split(" (")[0] for _, why in refused}  # (without the name)
+            if i == PROBES and not taken and len(answers) == 1:
+                (why,) = answers
+                zone_wide = f"{why}: for each of {PROBES} names tried alone, as for the zone"
+                return taken, [(p, zone_wide) for p in order[i:]] + refused
+            t, r = self._deliver(cfg, part, key)
+            taken += t
+            refused += r
+        return taken, refused
 
     def _unmarked(self, cfg: Dns, change: plan_mod.Change, key: Any
                   ) -> tuple[list[plan_mod.Change], list[tuple[plan_mod.Change, str]]]:

@@ -347,3 +347,33 @@ def test_a_zone_the_server_no_longer_serves_is_let_go(env):
     assert named.query("web-1.vms2.example", "A") == ["10.30.0.5"]
     assert client.get("/v1/dns").json()["state"] == "current"
     assert not any(o.endswith(f".{ZONE}.") for o, _, _ in _rows(service))
+
+
+def test_a_zone_refusing_every_name_costs_a_few_messages_a_round(env, monkeypatch):
+    """Found by review: a key the zone's policy refuses everywhere (REFUSED) used to send
+    every name alone, every round. After a few names refused alike, the rest wait; the
+    error says it looks like the zone's."""
+    client, service, updater, named = env
+    named.kill()
+    conf = named.dir / "named.conf"
+    conf.write_text(conf.read_text().replace(
+        f'zone "{ZONE}" {{ type primary; file "{named.dir}/{ZONE}.zone"; '
+        f'allow-update {{ key "{KEY}"; }}; }};',
+        f'zone "{ZONE}" {{ type primary; file "{named.dir}/{ZONE}.zone"; '
+        'allow-update { none; }; };'))
+    assert "allow-update { none; }" in conf.read_text()
+    named.start()
+    doc = _doc(named, reverse=False)
+    doc["vms"] = [{"name": f"vm-{i}", "mac": f"02:00:00:00:01:{i:02x}", "segment": "web",
+                   "ips": [f"10.30.0.{i + 2}"]} for i in range(40)]
+    assert client.put("/v1/policy", json=doc).status_code == 200
+    import dns.query
+
+    real, sent = dns.query.tcp, []
+    monkeypatch.setattr(dns.query, "tcp", lambda *a, **k: sent.append(1) or real(*a, **k))
+    assert updater.round() is False
+    assert len(sent) == 1 + 3, len(sent)  # the batch, then three names alone
+    status = client.get("/v1/dns").json()
+    assert status["last_error"] == f"the server answered REFUSED for zone {ZONE}.: for " \
+        "each of 3 names tried alone, as for the zone", status
+    assert status["pending"] == 80  # 40 names, A and marker each
