@@ -33,6 +33,7 @@ from .flows import (
     cookie,
     goto,
     learn,
+    masked,
     match,
     meta_value,
     meter,
@@ -577,8 +578,7 @@ def router_flows(state: NetworkState) -> Iterable[Flow]:
                 yield Flow(Table.DST_LOOKUP, PRIO_DST_ROUTED_GATE,
                            match(metadata=(tag, SEG_LOCAL), eth_dst=mac, eth_type=eth_type),
                            (goto(Table.ROUTE),), ck)
-                n = ipaddress.ip_network(net)
-                inside = {field: (str(n.network_address), str(n.netmask))}
+                inside = {field: masked(str(net))}
                 yield Flow(Table.ROUTE, PRIO_ROUTE_UNUSED, match(
                     eth_dst=mac, eth_type=eth_type, **inside), DROP, ck)
                 for ttl in (0, 1):  # expires here: ICMP(v6) time exceeded
@@ -587,10 +587,8 @@ def router_flows(state: NetworkState) -> Iterable[Flow]:
                         (meter(METER_TTL), apply(("output", OFPP_CONTROLLER))), ck)
             yield from _echo_answers(mac, spec, ck)
         for eth_type, field, scope in SCOPES:  # a router never forwards these
-            n = ipaddress.ip_network(scope)
             yield Flow(Table.ROUTE, PRIO_ROUTE_SCOPE, match(
-                eth_dst=mac, eth_type=eth_type,
-                **{field: (str(n.network_address), str(n.netmask))}), DROP, ck)
+                eth_dst=mac, eth_type=eth_type, **{field: masked(scope)}), DROP, ck)
 
 
 def _echo_answers(mac: str, spec: SegmentSpec, ck: int) -> Iterable[Flow]:

@@ -69,8 +69,6 @@ class Change(NamedTuple):
                 for o, rrs in by.items()]
 
 
-
-
 def marker(cfg: Dns) -> str:
     """The TXT record at every name this vfence keeps records at: what it may change
     there (``dns.owner`` tells deployments sharing a zone apart, as external-dns's

@@ -295,7 +295,8 @@ class Updater:
         rcode = answer.rcode()
         self.metrics.dns_updates.labels(dns.rcode.to_text(rcode)).inc()
         if rcode != dns.rcode.NOERROR:
-            names = f" ({change.rrsets[0][0]})" if len(change.owners()) == 1 else ""
+            owners = {o for o, *_ in change.rrsets}
+            names = f" ({change.rrsets[0][0]})" if len(owners) == 1 else ""
             raise Refused(f"the server answered {dns.rcode.to_text(rcode)} for zone "
                           f"{change.zone}{names}", rcode)
 

@@ -8,6 +8,7 @@ field layouts are declared in :mod:`.pipeline` (re-exported here for older impor
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, cast
 
 from .pipeline import (
@@ -102,6 +103,12 @@ def cookie_owner(value: int) -> tuple[Owner, int] | None:
 Match = tuple[tuple[str, Any], ...]
 Action = tuple[Any, ...]
 Instruction = tuple[Any, ...]
+
+
+def masked(prefix: str) -> tuple[str, str]:
+    """A prefix as a match's (value, mask): ``10.0.0.0/8`` -> ("10.0.0.0", "255.0.0.0")."""
+    n = ipaddress.ip_network(prefix)
+    return str(n.network_address), str(n.netmask)
 
 
 def match(**fields: Any) -> Match:

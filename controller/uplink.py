@@ -13,7 +13,6 @@ and any segment's address as source from outside is dropped.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 
 from .compiler import (
@@ -37,6 +36,7 @@ from .flows import (
     apply,
     cookie,
     goto,
+    masked,
     match,
     meter,
     resubmit,
@@ -80,7 +80,7 @@ def uplink_flows(out: HostOut) -> Iterable[Flow]:
                (apply(("output", out.port)),), ck)
     for subnet in (*out.inside, *MARTIANS):  # an inside (or impossible) source from outside
         yield Flow(Table.CLASSIFY, PRIO_UPLINK_SPOOF, match(
-            **port, eth_type=ETH_TYPE_IP, ipv4_src=_prefix(subnet)), DROP, ck)
+            **port, eth_type=ETH_TYPE_IP, ipv4_src=masked(subnet)), DROP, ck)
     for r in out.routers:
         # a gateway answers inside only: its answer would leave the uplink with the
         # router's MAC, which every host shares, and the physical switch would see it move
@@ -88,7 +88,7 @@ def uplink_flows(out: HostOut) -> Iterable[Flow]:
             yield Flow(Table.CLASSIFY, PRIO_UPLINK_SPOOF, match(
                 **port, eth_type=ETH_TYPE_IP, ipv4_dst=gw), DROP, ck)
         for subnet in r.subnets:
-            inside = _prefix(subnet)
+            inside = masked(subnet)
             yield Flow(Table.CLASSIFY, PRIO_UPLINK_IN, match(
                 **port, eth_dst=out.mac, eth_type=ETH_TYPE_IP, ipv4_dst=inside),
                 (apply(("set", ZONE_REG, r.zone), ("set", "eth_dst", r.mac)),
@@ -135,20 +135,16 @@ def _uplink6(out: HostOut, port: dict, ck: int) -> Iterable[Flow]:
             (meter(METER_UPLINK), apply(("output", OFPP_CONTROLLER))), ck)
     v6 = {**port, "eth_type": ETH_TYPE_IPV6}
     for subnet in (*out.inside6, *MARTIANS6):
-        yield Flow(Table.CLASSIFY, PRIO_UPLINK_SPOOF, match(**v6, ipv6_src=_prefix(subnet)),
+        yield Flow(Table.CLASSIFY, PRIO_UPLINK_SPOOF, match(**v6, ipv6_src=masked(subnet)),
                    DROP, ck)
     for r in out.routers:
         for gw in r.gateways6:
             yield Flow(Table.CLASSIFY, PRIO_UPLINK_SPOOF, match(**v6, ipv6_dst=gw), DROP, ck)
         for subnet in r.subnets6:
             yield Flow(Table.CLASSIFY, PRIO_UPLINK_IN, match(
-                **v6, eth_dst=out.mac, ipv6_dst=_prefix(subnet)),
+                **v6, eth_dst=out.mac, ipv6_dst=masked(subnet)),
                 (apply(("set", ZONE_REG, r.zone), ("set", "eth_dst", r.mac)),
                  goto(Table.ROUTE)), ck)
         if out.gateway6_mac is not None:
             yield _route_out(r, ETH_TYPE_IPV6, out.mac, out.gateway6_mac, ck)
 
-
-def _prefix(subnet: str) -> tuple[str, str]:
-    n = ipaddress.ip_network(subnet)
-    return str(n.network_address), str(n.netmask)
