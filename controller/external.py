@@ -235,11 +235,8 @@ def host_out(state: NetworkState, dpid: int) -> HostOut | None:
     ext = next(e for e in state.policy.externals if addr in ipaddress.IPv4Network(e.subnet))
     reaching = {r.name for r in state.policy.routers if r.external == ext.name}
     v6 = up.address6 is not None
-    routers = {d.routed.router: RouterOut(
-        d.routed.router, d.routed.mac, d.routed.zone,
-        *(tuple(p for _, s in d.specs if (p := getattr(s, f)) and (v6 or f[-1] != "6"))
-          for f in ("subnet", "gateway", "subnet6", "gateway6")))
-        for d in routing.domains(state).values() if d.name in reaching}
+    routers = {d.routed.router: _router_out(d, v6)
+               for d in routing.domains(state).values() if d.name in reaching}
     specs = state.policy.segment_specs
     return HostOut(
         port, up.address, uplink_mac(up.host), ext.gateway, state.gateway_macs.get(dpid),
@@ -248,6 +245,16 @@ def host_out(state: NetworkState, dpid: int) -> HostOut | None:
         up.address6, ext.gateway6 if v6 else None,
         state.gateway6_macs.get(dpid) if v6 else None,
         tuple(sorted({s.subnet6 for s in specs if s.subnet6})) if v6 else ())
+
+
+def _router_out(d: routing.Domain, v6: bool) -> RouterOut:
+    """A router's prefixes and gateways as a host's uplink flows read them (the IPv6 ones
+    only where the host has an address6)."""
+    def each(attr: str) -> tuple[str, ...]:
+        return tuple(v for _, spec in d.specs if (v := getattr(spec, attr)))
+    return RouterOut(d.routed.router, d.routed.mac, d.routed.zone, each("subnet"),
+                     each("gateway"), each("subnet6") if v6 else (),
+                     each("gateway6") if v6 else ())
 
 
 def announcements(state: NetworkState) -> dict[str, dict[str, str]]:
