@@ -7,7 +7,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 APT_PKGS := openvswitch-switch mininet ethtool tcpdump iputils-ping netcat-openbsd \
             postgresql python3-venv python3-pip iproute2 procps \
-            traceroute busybox isc-dhcp-client frr bind9 bind9-dnsutils prometheus
+            traceroute busybox isc-dhcp-client frr bind9 bind9-dnsutils prometheus \
+            chromium
 STAMP_APT := $(VENV)/.apt-done
 STAMP_PY  := $(VENV)/.py-done
 # The lab tests run against the wheel, installed as users install it, in a fresh venv.

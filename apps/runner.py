@@ -17,7 +17,7 @@ import uvicorn
 from os_ken import cfg
 from os_ken.base.app_manager import AppManager
 
-from vfence.controller.api import create_app
+from vfence.controller.console import create_web_app
 from vfence.controller.hosts import HostDb
 from vfence.controller.service import Service
 
@@ -78,7 +78,7 @@ def run(service: Service, opts: ServeOptions) -> None:
         m.start()
 
     server = uvicorn.Server(uvicorn.Config(
-        create_app(service, opts.api_token), host=opts.api_host, port=opts.api_port,
+        create_web_app(service, opts.api_token), host=opts.api_host, port=opts.api_port,
         log_level="warning", access_log=False,  # never log request headers (tokens)
         ssl_certfile=opts.api_cert, ssl_keyfile=opts.api_key,
     ))

@@ -9,22 +9,24 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import hmac
 import re
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
+from http import HTTPStatus
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import Body, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from . import auth
 from .api_schemas import (
     PROBLEM,
     EventOut,
@@ -46,6 +48,7 @@ from .api_schemas import (
 from .service import Invalid, Service, VfenceError, VMSpec, field_path
 
 OPEN_PATHS = {"/v1/health"}  # for load balancers and probes; says nothing sensitive
+API_PATHS = ("/v1/", "/metrics", "/openapi.json", "/docs", "/redoc")  # 401, not the form
 STREAM_POLL, STREAM_KEEPALIVE = 0.2, 15.0  # seconds: new events looked for, idle comment
 
 
@@ -95,15 +98,22 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
     @app.middleware("http")
     async def _auth_and_timing(request: Request, call_next: Any) -> Any:
         t0 = time.perf_counter()
-        if token is not None and request.url.path not in OPEN_PATHS:
-            given = request.headers.get("authorization", "")
-            scheme, _, value = given.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip(), token):
-                response: Any = problem(401, "Unauthorized", "a valid bearer token is required",
-                                        [{"field": "header.authorization",
-                                          "reason": "missing or wrong bearer token"}])
+        path = request.url.path
+        refused = None if path in OPEN_PATHS else auth.refusal(
+            request.method, request.headers, request.cookies, request.url.scheme, token)
+        if refused == auth.NO_CREDENTIALS and (path == "/login" or path.startswith("/static/")):
+            refused = None  # the token form and its assets (still never a cross-site POST)
+        if refused == auth.NO_CREDENTIALS and request.method == "GET" and \
+                not path.startswith(API_PATHS):  # a console page: the token form
+            return RedirectResponse(f"/login?next={quote(path)}", 303)
+        if refused is not None:
+            status = 401 if refused == auth.NO_CREDENTIALS else 403
+            response: Any = problem(status, HTTPStatus(status).phrase, refused, [
+                {"field": "header.authorization" if status == 401 else "header.origin"
+                 if refused == auth.CROSS_SITE else "header.host", "reason": refused}])
+            if status == 401:
                 response.headers["WWW-Authenticate"] = 'Bearer realm="vfence"'
-                return response
+            return response
         response = await call_next(request)
         if service is not None:
             route = request.scope.get("route")

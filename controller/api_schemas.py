@@ -161,9 +161,13 @@ class FlowOut(BaseModel):
     table: int
     table_name: str = Field(description="the table's job in the pipeline (docs/pipeline.md)")
     priority: int
+    band: str = Field(description="the band of the table that priority is in (docs/pipeline.md); "
+                      "empty for a flow vfence did not install")
     match: dict[str, Any]
     instructions: Any
     cookie: str
+    owned_by: str = Field(description="the owner in words: 'rule web-to-api (allow)', "
+                          "'VM api-1', 'a flow vfence did not install (cookie 0x0)'")
     owner: str = Field(description="base, vm:<tag>, segment:<tag>, fabric, rule:<priority>, "
                        "policy, isolation:<index>, learned:<tag> (installed by the datapath "
                        "when a migrating VM's first frame came from its new port), or foreign "

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import generate_latest
 
 from . import dhcp, external, registry, topology
+from . import matrix as matrix_mod
 from . import trace as trace_mod
 from . import verify as verify_mod
 from .errors import NotFound
@@ -118,6 +119,29 @@ class Queries:
             return [{"id": e.id, "ts": e.ts, "type": e.type, "vm": e.vm, "host": e.host,
                      "detail": e.detail} for e in rows]
 
+    def latest_events(self, types: tuple[str, ...], limit: int = 50) -> list[dict[str, Any]]:
+        """The newest events of these types, newest first."""
+        with self.service.sessions() as s:
+            return [{"id": e.id, "ts": e.ts, "type": e.type, "vm": e.vm, "host": e.host,
+                     "detail": e.detail} for e in registry.latest_events(s, types, limit)]
+
+    def matrix(self) -> dict[str, Any]:
+        """The groups (the policy's first, then those only the API made), the isolation
+        pairs, the defaults, and what the policy allows from each group to each
+        (``rows``: a row of :class:`matrix.Cell` per source group)."""
+        with self.service.lock:
+            state = self.service.state
+        pol = state.policy
+        groups = list(dict.fromkeys([*pol.groups, *sorted(state.group_bits)]))
+        members: dict[str, set[str]] = {}
+        for vm in state.vms.values():
+            for g in vm.groups:
+                members.setdefault(g, set()).add(vm.name)
+        return {"groups": groups, "isolation": list(pol.isolation),
+                "defaults": {"intra_group": pol.intra_group, "inter_group": pol.inter_group},
+                "members": {g: sorted(members.get(g, ())) for g in groups},
+                "rows": matrix_mod.matrix(pol, groups, members)}
+
     def last_event_id(self) -> int:
         with self.service.sessions() as s:
             return registry.last_event_id(s)
@@ -199,10 +223,13 @@ class Queries:
         dpid = self.service.find_switch(host)
         if dpid is None:
             raise NotFound(f"no switch named {host!r}", "host")
+        state = self.service.state  # swapped whole, never changed in place
         return [{"table": f.table, "table_name": table_name(f.table), "priority": f.priority,
+                 "band": band.name if (band := trace_mod.band_of(f)) else "",
                  "match": {k: _jsonable(v) for k, v in f.match},
                  "instructions": _jsonable(f.instructions), "cookie": f"{f.cookie:#018x}",
-                 "owner": owner_name(f.cookie), "packets": packets, "bytes": nbytes}
+                 "owner": owner_name(f.cookie), "owned_by": trace_mod.owner_words(state, f),
+                 "packets": packets, "bytes": nbytes}
                 for f, packets, nbytes in sorted(self.service.switches.read_flows(dpid),
                                                  key=lambda x: x[0])]
 

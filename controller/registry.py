@@ -399,6 +399,12 @@ def events(session: Session, *, type_: str | None = None, vm: str | None = None,
     return list(session.scalars(q.order_by(m.Event.id).offset(offset).limit(limit)))
 
 
+def latest_events(session: Session, types: tuple[str, ...], limit: int) -> list[m.Event]:
+    """The newest events of these types, newest first (the console's timeline)."""
+    q = select(m.Event).where(m.Event.type.in_(types))
+    return list(session.scalars(q.order_by(m.Event.id.desc()).limit(limit)))
+
+
 def last_event_id(session: Session) -> int:
     """The newest event's id (0 without any): where a live stream starts."""
     return session.scalar(select(func.max(m.Event.id))) or 0

@@ -21,7 +21,7 @@ from . import addresses
 from .errors import Invalid, NotFound
 from .flows import OFPP_CONTROLLER, Flow, cookie_owner
 from .model import VM, NetworkState, PortRef
-from .pipeline import OWNERS, TABLE_SPECS, Owner, table_name
+from .pipeline import OWNERS, TABLE_SPECS, Band, Owner, table_name
 from .walk import Pipeline, Unmodelled
 
 PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1}
@@ -221,18 +221,25 @@ def trace(state: NetworkState, flows: Mapping[int, list[Flow]], src: str, dst: s
     return walk(state, flows, start, pkt, established, d.name if d else None)
 
 
+def band_of(f: Flow) -> Band | None:
+    """The declared band a flow of ours sits in (None for a foreign flow)."""
+    spec = TABLE_SPECS.get(f.table)
+    return spec.band_at(f.priority) if spec and cookie_owner(f.cookie) is not None else None
+
+
 def _hop(state: NetworkState, dpid: int, f: Flow) -> Hop:
     spec = TABLE_SPECS.get(f.table)
-    owner = cookie_owner(f.cookie)
-    band = spec.band_at(f.priority) if spec is not None and owner is not None else None
+    band = band_of(f)
     return Hop(state.switch_name(dpid), f.table,
                table_name(f.table) if spec is not None else str(f.table), f.priority,
-               _owner(state, f, owner),
+               owner_words(state, f),
                band.name if band else "", band.job if band else "", f.cookie,
                {k: list(v) if isinstance(v, tuple) else v for k, v in f.match})
 
 
-def _owner(state: NetworkState, f: Flow, owner: tuple[Owner, int] | None) -> str:
+def owner_words(state: NetworkState, f: Flow) -> str:
+    """Who installed the flow, in words: "rule web-to-api (allow)", "VM api-1", ..."""
+    owner = cookie_owner(f.cookie)
     if owner is None:
         return f"a flow vfence did not install (cookie {f.cookie:#x})"
     kind, n = owner

@@ -20,6 +20,7 @@ from vfence.controller.dns_updates import Updater
 from vfence.controller.store import models as m
 from vfence.mininet_topos.named import Named
 
+from .. import LOOPBACK
 from ..unit.test_api import make_service
 
 ZONE, REV, REV6 = "vms.example", "0.30.10.in-addr.arpa", \
@@ -59,7 +60,7 @@ KEY = "vfence-key"
 @pytest.fixture
 def env(sqlite_url, named):
     service, _ = make_service(sqlite_url)
-    client = TestClient(create_app(service))
+    client = TestClient(create_app(service), base_url=LOOPBACK)
     updater = Updater(service.sessions, lambda: service.state, service.metrics)
     service.external_status = lambda: {"dns": updater.status()}
     r = client.put("/v1/policy", json=_doc(named))

@@ -15,6 +15,8 @@ from vfence.controller.service import Interface, Service
 from vfence.controller.store import db
 from vfence.controller.store import models as m
 
+from .. import LOOPBACK
+
 VM = {"name": "pay-1", "mac": "00:00:00:00:01:01", "ips": ["10.0.0.11"], "segment": "prod",
       "groups": ["payroll"]}
 
@@ -57,7 +59,7 @@ def make_service(url: str) -> tuple[Service, Recorder]:
 @pytest.fixture
 def env(sqlite_url):
     service, rec = make_service(sqlite_url)
-    client = TestClient(create_app(service))
+    client = TestClient(create_app(service), base_url=LOOPBACK)
     engine = service.sessions.kw["bind"]
     return client, service, rec, engine
 

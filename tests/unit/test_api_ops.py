@@ -24,6 +24,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from vfence.controller.api import create_app
 from vfence.controller.service import Interface
 
+from .. import LOOPBACK
 from .test_api import VM, make_service
 
 TOKEN = "s3cret-token-value"
@@ -36,7 +37,7 @@ def service(sqlite_url):
 
 def test_token_required_when_configured(service, caplog):
     caplog.set_level(logging.DEBUG)
-    client = TestClient(create_app(service, token=TOKEN))
+    client = TestClient(create_app(service, token=TOKEN), base_url=LOOPBACK)
     r = client.get("/v1/vms")
     assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
     assert r.json()["errors"][0]["field"] == "header.authorization"
@@ -49,7 +50,7 @@ def test_token_required_when_configured(service, caplog):
 
 
 def test_metrics_scrape(service):
-    client = TestClient(create_app(service))
+    client = TestClient(create_app(service), base_url=LOOPBACK)
     client.post("/v1/vms", json=VM)
     service.ovsdb_snapshot([Interface(0x101, 3, "hv1-eth3", VM["mac"], None)])
     reads: list[tuple] = []
@@ -68,7 +69,7 @@ def test_metrics_scrape(service):
 
 
 def test_host_flows_read_from_the_switch(service):
-    client = TestClient(create_app(service))
+    client = TestClient(create_app(service), base_url=LOOPBACK)
     client.post("/v1/vms", json=VM)
     service.ovsdb_snapshot([Interface(0x101, 3, "hv1-eth3", VM["mac"], None)])
     flows = client.get("/v1/hosts/hv1/flows").json()
@@ -81,7 +82,7 @@ def test_host_flows_read_from_the_switch(service):
 
 
 def test_events_filter_and_page(service):
-    client = TestClient(create_app(service))
+    client = TestClient(create_app(service), base_url=LOOPBACK)
     for i in range(3):
         client.post("/v1/vms", json={**VM, "name": f"v{i}", "mac": f"00:00:00:00:0a:0{i}",
                                      "ips": [f"10.1.0.{i + 1}"]})
@@ -94,7 +95,7 @@ def test_events_filter_and_page(service):
 
 
 def test_migration_announcement(service):
-    client = TestClient(create_app(service))
+    client = TestClient(create_app(service), base_url=LOOPBACK)
     client.post("/v1/vms", json=VM)
     r = client.post("/v1/vms/pay-1/migrations", json={"target_host": "hv1"})
     assert r.status_code == 202 and r.json() == {"vm": "pay-1", "target_host": "hv1",
@@ -108,8 +109,20 @@ def test_migration_announcement(service):
 # schemathesis loads the spec at import (pytest 9 breaks its from_fixture): a real app on
 # a throw-away SQLite file, with one (recording) switch connected
 _SCHEMA_DB = tempfile.mkdtemp(prefix="vfence-schemathesis-")
-schema = schemathesis.openapi.from_asgi(
-    "/openapi.json", create_app(make_service(f"sqlite:///{_SCHEMA_DB}/db.sqlite")[0])
+
+
+def _on_loopback(app):
+    """The app as a client on loopback reaches it (Host 127.0.0.1: no token needed)."""
+    async def asgi(scope, receive, send):
+        if scope["type"] == "http":
+            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"]
+                                          if k != b"host"] + [(b"host", b"127.0.0.1")]}
+        await app(scope, receive, send)
+    return asgi
+
+
+schema = schemathesis.openapi.from_asgi("/openapi.json", _on_loopback(
+    create_app(make_service(f"sqlite:///{_SCHEMA_DB}/db.sqlite")[0]))
 ).exclude(path="/v1/events/stream")  # never ends: test_the_event_stream_* below
 
 
@@ -214,7 +227,7 @@ def test_cli_usage_errors_exit_2():
 
 
 def test_segments_groups_rules(service):
-    client = TestClient(create_app(service))
+    client = TestClient(create_app(service), base_url=LOOPBACK)
     from pathlib import Path
 
     import yaml
@@ -243,7 +256,7 @@ def test_json_logs_carry_vm_context():
 
 
 def test_migrations_list_and_host_ports(service):
-    client = TestClient(create_app(service))
+    client = TestClient(create_app(service), base_url=LOOPBACK)
     client.post("/v1/vms", json=VM)
     service.ovsdb_snapshot([Interface(0x101, 3, "hv1-eth3", VM["mac"], None)])
     assert client.get("/v1/vms/pay-1/migrations").json() == []
@@ -356,6 +369,6 @@ def test_the_event_stream_sends_new_events_live_and_resumes_after_last_event_id(
 
 
 def test_the_event_stream_needs_the_token_when_one_is_set(sqlite_url):
-    client = TestClient(create_app(make_service(sqlite_url)[0], token="t0ken"))
+    client = TestClient(create_app(make_service(sqlite_url)[0], token="t0ken"), base_url=LOOPBACK)
     r = client.get("/v1/events/stream")
     assert r.status_code == 401

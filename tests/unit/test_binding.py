@@ -14,6 +14,7 @@ from vfence.controller.api import create_app
 from vfence.controller.hosts import Interface
 from vfence.controller.model import VM, Binding, PortRef
 
+from .. import LOOPBACK
 from .test_trust import HV1, HV2, _connect, _host, _service
 
 PAY = VM(1, "pay-1", "00:00:00:00:01:01", ("10.0.0.11",), 1, "prod", ("payroll",))
@@ -123,7 +124,7 @@ def _mid_migration(sqlite_url):
     _host(service, "hv2", HV2, [Interface(HV2, 7, "vnet7", PAY.mac, "pay-1")])
     _connect(service, HV1, {3: "vnet0"})
     _connect(service, HV2, {7: "vnet7"})
-    client = TestClient(create_app(service))
+    client = TestClient(create_app(service), base_url=LOOPBACK)
     assert client.post("/v1/vms", json=VM_BODY).status_code == 201
     assert service.places.standby["pay-1"].port == NEW
     return service, rec, client

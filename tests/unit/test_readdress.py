@@ -12,6 +12,7 @@ from vfence.controller.desired import rebuild
 from vfence.controller.flows import Owner, cookie
 from vfence.controller.service import Interface
 
+from .. import LOOPBACK
 from .test_api import VM, make_service
 
 DOC = {
@@ -28,7 +29,7 @@ DOC = {
 @pytest.fixture
 def env(sqlite_url):
     service, rec = make_service(sqlite_url)
-    return TestClient(create_app(service)), service, rec
+    return TestClient(create_app(service), base_url=LOOPBACK), service, rec
 
 
 def _events(client, kind):

@@ -17,6 +17,7 @@ from vfence.controller.model import eui64_link_local
 from vfence.controller.service import Service
 from vfence.controller.store import db
 
+from .. import LOOPBACK
 from .test_api_ops import cli, live_api  # noqa: F401 (a fixture)
 from .test_trust import _service
 
@@ -83,7 +84,7 @@ def test_a_bad_router_is_refused_naming_the_field(change, field, reason):
 
 def test_api_shows_routers_and_segments_and_a_bad_document_changes_nothing(sqlite_url):
     service, _ = _service(sqlite_url)
-    client = TestClient(create_app(service))
+    client = TestClient(create_app(service), base_url=LOOPBACK)
     assert client.put("/v1/policy", json=DOC).status_code == 200
     (r1,) = client.get("/v1/routers").json()
     assert r1["name"] == "r1" and r1["mac"] == addresses.router_mac("r1")
@@ -103,7 +104,7 @@ def test_api_shows_routers_and_segments_and_a_bad_document_changes_nothing(sqlit
     assert [x["name"] for x in client.get("/v1/routers").json()] == ["r1"]
     # a restart (a new controller on the same database) gives the same router MAC
     again = Service(db.sessions(db.make_engine(sqlite_url)))
-    assert TestClient(create_app(again)).get("/v1/routers").json() == [r1]
+    assert TestClient(create_app(again), base_url=LOOPBACK).get("/v1/routers").json() == [r1]
 
 
 def test_cli_shows_routers_and_segments(live_api):  # noqa: F811
@@ -124,7 +125,7 @@ def test_a_vm_registered_through_the_api_cannot_take_a_routers_mac_or_gateway(sq
     a routed gateway's address is a conflict too, and changes nothing. (A document
     replaces every VM it does not list, so its own check covers the other way round.)"""
     service, _ = _service(sqlite_url)
-    client = TestClient(create_app(service))
+    client = TestClient(create_app(service), base_url=LOOPBACK)
     assert client.put("/v1/policy", json=DOC).status_code == 200
     vm = {"name": "x", "mac": addresses.router_mac("r1"), "ips": [], "segment": "web"}
     r = client.post("/v1/vms", json=vm)

@@ -365,10 +365,11 @@ def test_the_api_refuses_an_address_a_router_could_not_tell_apart(sqlite_url):
 
     from vfence.controller.api import create_app
 
+    from .. import LOOPBACK
     from .test_trust import _service
 
     service, _ = _service(sqlite_url)
-    client = TestClient(create_app(service))
+    client = TestClient(create_app(service), base_url=LOOPBACK)
     doc = copy.deepcopy(DOC)
     doc["vms"] = []
     assert client.put("/v1/policy", json=doc).status_code == 200

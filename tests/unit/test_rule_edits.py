@@ -14,6 +14,7 @@ from vfence.controller import pipeline
 from vfence.controller.api import create_app
 from vfence.controller.flows import Owner, cookie_owner
 
+from .. import LOOPBACK
 from .test_policy import FINANCE
 from .test_trust import HV1, HV2, _connect, _service
 
@@ -60,7 +61,7 @@ def finance(sqlite_url):
     service, rec = _service(sqlite_url)
     _connect(service, HV1, {})
     _connect(service, HV2, {})
-    client = TestClient(create_app(service))
+    client = TestClient(create_app(service), base_url=LOOPBACK)
     assert client.put("/v1/policy", json=FINANCE).status_code == 200
     return service, client
 

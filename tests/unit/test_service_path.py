@@ -12,6 +12,7 @@ from vfence.controller.hosts import Interface
 from vfence.controller.model import VM as VMRow
 from vfence.controller.model import Binding, Link, PortRef
 
+from .. import LOOPBACK
 from .test_trust import HV1, HV2, SP1, VM, _connect, _host, _service
 
 
@@ -32,7 +33,7 @@ def test_new_fabric_ports_are_probed_at_once(sqlite_url):
 # 2. names: the snapshot that names a host and binds a VM on it records the old name
 def test_a_vm_bound_by_the_snapshot_that_names_its_host_is_located_there(sqlite_url):
     service, _ = _service(sqlite_url)
-    client = TestClient(create_app(service))
+    client = TestClient(create_app(service), base_url=LOOPBACK)
     _connect(service, HV1, {3: "vnet0"})  # no OVSDB yet: called br-int
     assert client.post("/v1/vms", json=VM).status_code == 201
     _host(service, "hv1", HV1, [Interface(HV1, 3, "vnet0", VM["mac"], "pay-1")])
@@ -51,7 +52,7 @@ def _two_hosts_and_a_spine(url):
     _connect(service, HV1, {1: "up0", 3: "vnet0"})
     _connect(service, HV2, {1: "up0"})
     _connect(service, SP1, {1: "d1", 2: "d2"})
-    client = TestClient(create_app(service))
+    client = TestClient(create_app(service), base_url=LOOPBACK)
     assert client.post("/v1/vms", json=VM).status_code == 201
     return service, rec, client
 
@@ -73,7 +74,7 @@ def test_links_still_expire_after_a_refused_bundle(sqlite_url):
 # 4. fabric-refused is marked as said before its transaction commits
 def test_fabric_refused_is_audited_even_if_the_change_fails(sqlite_url):
     service, rec = _service(sqlite_url)
-    client = TestClient(create_app(service))
+    client = TestClient(create_app(service), base_url=LOOPBACK)
     _connect(service, HV1, {1: "up0", 4: "vnet1"})
     ifaces = [Interface(HV1, 1, "up0", fabric=True),
               Interface(HV1, 4, "vnet1", VM["mac"], "pay-1", fabric=True)]
@@ -99,7 +100,7 @@ def test_bench_style_bindings_survive_a_switch_connect(sqlite_url):
 # 6. the port-status edge is consumed even when the change that handles it fails
 def test_a_port_that_went_during_a_refused_bundle_still_ends_the_binding(sqlite_url):
     service, rec = _service(sqlite_url)
-    client = TestClient(create_app(service))
+    client = TestClient(create_app(service), base_url=LOOPBACK)
     _host(service, "hv1", HV1, [Interface(HV1, 3, "vnet0", VM["mac"], "pay-1")])
     _connect(service, HV1, {3: "vnet0"})
     assert client.post("/v1/vms", json=VM).status_code == 201

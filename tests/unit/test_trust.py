@@ -13,6 +13,7 @@ from vfence.controller.model import Link, PortRef
 from vfence.controller.service import Service
 from vfence.controller.store import db
 
+from .. import LOOPBACK
 from .test_api import Recorder
 
 HV1, HV2, SP1 = 0x101, 0x102, 0x201
@@ -44,7 +45,7 @@ def _connect(service: Service, dpid: int, ports: dict[int, str]) -> None:
 
 def test_every_br_int_is_named_by_its_host_everywhere(sqlite_url):
     service, _ = _service(sqlite_url)
-    client = TestClient(create_app(service))
+    client = TestClient(create_app(service), base_url=LOOPBACK)
     _host(service, "hv1", HV1, [Interface(HV1, 3, "vnet0", VM["mac"], "pay-1")])
     _host(service, "hv2", HV2, [])
     for dpid in (HV1, HV2):
@@ -64,7 +65,7 @@ def test_a_switch_that_connects_before_its_ovsdb_is_renamed(sqlite_url):
     # both report "br-int": the second cannot take a name that is already used
     assert {sw.name for sw in service.state.switches.values()} == {"br-int",
                                                                   "0000000000000102"}
-    client = TestClient(create_app(service))
+    client = TestClient(create_app(service), base_url=LOOPBACK)
     assert client.post("/v1/vms", json=VM).status_code == 201
     # the snapshot that names hv2 also shows the VM's port there: the VM's location and
     # its event carry the host's name, not the dpid it had a moment before
@@ -89,7 +90,7 @@ def test_names_from_ovsdb_rules():
 
 def test_learn_first_frame_on_one_host_only(sqlite_url):
     service, _ = _service(sqlite_url, learn_first_frame=frozenset({"hv2"}))
-    client = TestClient(create_app(service))
+    client = TestClient(create_app(service), base_url=LOOPBACK)
     _host(service, "hv1", HV1, [Interface(HV1, 5, "tap5")])
     _host(service, "hv2", HV2, [Interface(HV2, 5, "tap5")])
     _connect(service, HV1, {5: "tap5"})
@@ -143,7 +144,7 @@ def test_a_marked_port_with_a_vm_is_never_fabric(sqlite_url):
         refused = [e for e in registry.events(s, type_="fabric-refused")]
     assert [e.detail["port_name"] for e in refused] == ["vnet1"]
     # a port a VM was bound to stays out even once its ids are gone and it is marked
-    client = TestClient(create_app(service))
+    client = TestClient(create_app(service), base_url=LOOPBACK)
     client.post("/v1/vms", json=VM)
     assert client.get("/v1/vms/pay-1/location").json()["port"]["number"] == 4
     _host(service, "hv1", HV1, [Interface(HV1, 1, "up0", fabric=True),
@@ -191,7 +192,7 @@ def _vm_on_hv1_and_a_rogue_on_hv2(url: str, rogue_port: int, **kw
                                    ) -> tuple[Service, TestClient]:
     """pay-1 bound on hv1 port 3 (libvirt ids), an unbound port on hv2."""
     service, _ = _service(url, **kw)
-    client = TestClient(create_app(service))
+    client = TestClient(create_app(service), base_url=LOOPBACK)
     _host(service, "hv1", HV1, [Interface(HV1, 3, "vnet0", VM["mac"], "pay-1")])
     _host(service, "hv2", HV2, [Interface(HV2, rogue_port, "rogue")])
     _connect(service, HV1, {3: "vnet0"})
@@ -230,7 +231,7 @@ def test_an_announced_move_completes_on_the_first_frame(sqlite_url):
 
 def test_an_announcement_expires_and_goes_with_its_vm(sqlite_url):
     service, _ = _service(sqlite_url)
-    client = TestClient(create_app(service))
+    client = TestClient(create_app(service), base_url=LOOPBACK)
     _host(service, "hv1", HV1, [Interface(HV1, 3, "vnet0", VM["mac"], "pay-1")])
     _host(service, "hv2", HV2, [])
     _connect(service, HV1, {3: "vnet0"})
@@ -251,7 +252,7 @@ def test_a_vm_whose_switch_has_not_reconnected_cannot_be_claimed(sqlite_url):
     """After a controller restart, bindings come from the database before the switches
     report their ports: the VM is still up there until its switch says otherwise."""
     service, _ = _service(sqlite_url, learn_first_frame=True)
-    client = TestClient(create_app(service))
+    client = TestClient(create_app(service), base_url=LOOPBACK)
     _host(service, "hv1", HV1, [Interface(HV1, 3, "vnet0", VM["mac"], "pay-1")])
     _connect(service, HV1, {3: "vnet0"})
     client.post("/v1/vms", json=VM)
@@ -265,7 +266,7 @@ def test_a_vm_whose_switch_has_not_reconnected_cannot_be_claimed(sqlite_url):
 
 def test_a_vm_port_whose_link_comes_back_is_rebound(sqlite_url):
     service, _ = _service(sqlite_url)
-    client = TestClient(create_app(service))
+    client = TestClient(create_app(service), base_url=LOOPBACK)
     _host(service, "hv1", HV1, [Interface(HV1, 3, "vnet0", VM["mac"], "pay-1")])
     _connect(service, HV1, {3: "vnet0"})
     client.post("/v1/vms", json=VM)
@@ -316,7 +317,7 @@ def test_a_stored_policy_that_no_longer_validates_stops_serve_with_the_field(sql
 
 def test_nobody_registers_another_vms_link_local(sqlite_url):
     service, _ = _service(sqlite_url)
-    client = TestClient(create_app(service))
+    client = TestClient(create_app(service), base_url=LOOPBACK)
     db_vm = {"name": "db", "mac": "00:00:00:00:00:02", "ips": [], "segment": "s"}
     own = {"name": "web", "mac": "00:00:00:00:00:05", "ips": ["fe80::200:ff:fe00:5"],
            "segment": "s"}
@@ -361,7 +362,7 @@ def test_vms_stored_in_more_groups_than_slots_stop_serve_naming_them(sqlite_url)
     from vfence.controller.store import models as m
 
     service, _ = _service(sqlite_url)
-    client = TestClient(create_app(service))
+    client = TestClient(create_app(service), base_url=LOOPBACK)
     for name, mac in (("wide", "00:00:00:00:00:01"), ("fine", "00:00:00:00:00:02")):
         vm = {"name": name, "mac": mac, "ips": [], "segment": "s", "groups": ["g0"]}
         assert client.post("/v1/vms", json=vm).status_code == 201

@@ -1,0 +1,98 @@
+"""Who may call: the API's bearer token, or the console's session cookie.
+
+The console's browser never carries the token in a URL or in script-readable storage: the
+token form trades it for a cookie (HttpOnly, SameSite=Strict) holding an expiry and an
+HMAC of it keyed by the token. Nothing is stored server-side, so any controller that
+knows the token accepts the cookie, and changing the token ends every session.
+
+A cookie travels with any request the browser makes, and without a token the API on
+loopback answers any page the operator's browser opens: so a state-changing request
+without the bearer token must come from the console's own origin, and without a token
+the request must name the server by a loopback address (no DNS rebinding).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import time
+from collections.abc import Mapping
+
+COOKIE = "vfence_session"
+TTL = 12 * 3600  # seconds a session lasts
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
+def bearer_ok(headers: Mapping[str, str], token: str) -> bool:
+    scheme, _, value = headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip(), token)
+
+
+def _mac(token: str, expiry: int) -> str:
+    return hmac.new(token.encode(), f"vfence-console:{expiry}".encode(),
+                    hashlib.sha256).hexdigest()
+
+
+def new_session(token: str, now: float | None = None) -> str:
+    """The cookie's value: ``<expiry>.<hmac>``."""
+    expiry = int(now if now is not None else time.time()) + TTL
+    return f"{expiry}.{_mac(token, expiry)}"
+
+
+def session_ok(value: str | None, token: str, now: float | None = None) -> bool:
+    expiry, _, mac = (value or "").partition(".")
+    if not expiry.isdigit() or len(expiry) > 12:
+        return False
+    if int(expiry) < (now if now is not None else time.time()):
+        return False
+    return hmac.compare_digest(mac, _mac(token, int(expiry)))
+
+
+
+
+
+def cross_site(method: str, headers: Mapping[str, str], scheme: str) -> bool:
+    """A state-changing request a browser sent from another site's page: its Origin is
+    not this server's (browsers send Origin on every POST; Sec-Fetch-Site where they send
+    that instead). Programs (curl, the CLI) send neither and are not cross-site."""
+    if method in SAFE_METHODS:
+        return False
+    origin = headers.get("origin")
+    if origin is not None:
+        return origin != f"{scheme}://{headers.get('host', '')}"
+    return headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none")
+
+
+def loopback_host(headers: Mapping[str, str]) -> bool:
+    """Whether the request names this server by a loopback address. Without a token the
+    API listens on loopback only; a page of another site that re-points its DNS name at
+    127.0.0.1 (DNS rebinding) is same-origin to itself, but its Host is its own name."""
+    host = headers.get("host", "")
+    name = host[1:host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+CROSS_SITE = "a browser request from another site's page"
+NOT_LOOPBACK = "without an API token only a loopback Host (127.0.0.1, [::1], localhost) is answered"
+NO_CREDENTIALS = "missing or wrong bearer token"
+
+
+def refusal(method: str, headers: Mapping[str, str], cookies: Mapping[str, str], scheme: str,
+            token: str | None) -> str | None:
+    """None when the request may go on, else why not (one of the constants above). The
+    bearer token always works; a browser's request from another site's page never does,
+    whatever it carries; without a token only a loopback Host is answered; with one, the
+    console's session cookie works too."""
+    if token is not None and bearer_ok(headers, token):
+        return None
+    if cross_site(method, headers, scheme):
+        return CROSS_SITE
+    if token is None:
+        return None if loopback_host(headers) else NOT_LOOPBACK
+    return None if session_ok(cookies.get(COOKIE), token) else NO_CREDENTIALS
