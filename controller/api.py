@@ -78,7 +78,9 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
         ref = {"$ref": "#/components/schemas/Problem"}
         for url, path in spec["paths"].items():
             for op in path.values():
-                extra = {"401": "missing or wrong bearer token (when a token is set)"}
+                extra = {"401": "missing or wrong bearer token (when a token is set)",
+                         "403": "a browser's request from another site's page, or without "
+                                "a token a Host that is not a loopback address"}
                 if url in OPEN_PATHS:
                     extra = {}
                 if op.get("parameters") or op.get("requestBody"):
@@ -100,7 +102,7 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
         t0 = time.perf_counter()
         path = request.url.path
         refused = None if path in OPEN_PATHS else auth.refusal(
-            request.method, request.headers, request.cookies, request.url.scheme, token)
+            request.method, request.headers, request.cookies, token)
         if refused == auth.NO_CREDENTIALS and (path == "/login" or path.startswith("/static/")):
             refused = None  # the token form and its assets (still never a cross-site POST)
         if refused == auth.NO_CREDENTIALS and request.method == "GET" and \

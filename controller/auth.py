@@ -18,6 +18,7 @@ import hmac
 import ipaddress
 import time
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 COOKIE = "vfence_session"
 TTL = 12 * 3600  # seconds a session lasts
@@ -52,15 +53,15 @@ def session_ok(value: str | None, token: str, now: float | None = None) -> bool:
 
 
 
-def cross_site(method: str, headers: Mapping[str, str], scheme: str) -> bool:
+def cross_site(method: str, headers: Mapping[str, str]) -> bool:
     """A state-changing request a browser sent from another site's page: its Origin is
     not this server's (browsers send Origin on every POST; Sec-Fetch-Site where they send
     that instead). Programs (curl, the CLI) send neither and are not cross-site."""
     if method in SAFE_METHODS:
         return False
     origin = headers.get("origin")
-    if origin is not None:
-        return origin != f"{scheme}://{headers.get('host', '')}"
+    if origin is not None:  # (the host only: a proxy ending TLS changes the scheme)
+        return urlsplit(origin).netloc != headers.get("host", "")
     return headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none")
 
 
@@ -83,7 +84,7 @@ NOT_LOOPBACK = "without an API token only a loopback Host (127.0.0.1, [::1], loc
 NO_CREDENTIALS = "missing or wrong bearer token"
 
 
-def refusal(method: str, headers: Mapping[str, str], cookies: Mapping[str, str], scheme: str,
+def refusal(method: str, headers: Mapping[str, str], cookies: Mapping[str, str],
             token: str | None) -> str | None:
     """None when the request may go on, else why not (one of the constants above). The
     bearer token always works; a browser's request from another site's page never does,
@@ -91,7 +92,7 @@ def refusal(method: str, headers: Mapping[str, str], cookies: Mapping[str, str],
     console's session cookie works too."""
     if token is not None and bearer_ok(headers, token):
         return None
-    if cross_site(method, headers, scheme):
+    if cross_site(method, headers):
         return CROSS_SITE
     if token is None:
         return None if loopback_host(headers) else NOT_LOOPBACK

@@ -133,13 +133,13 @@ class Queries:
             state = self.service.state
         pol = state.policy
         groups = list(dict.fromkeys([*pol.groups, *sorted(state.group_bits)]))
-        members: dict[str, set[str]] = {}
-        for vm in state.vms.values():
+        members: dict[str, list[matrix_mod.Member]] = {}
+        for vm in sorted(state.vms.values(), key=lambda v: v.name):
             for g in vm.groups:
-                members.setdefault(g, set()).add(vm.name)
+                members.setdefault(g, []).append((vm.name, vm.mac, vm.ips))
         return {"groups": groups, "isolation": list(pol.isolation),
                 "defaults": {"intra_group": pol.intra_group, "inter_group": pol.inter_group},
-                "members": {g: sorted(members.get(g, ())) for g in groups},
+                "members": {g: [name for name, _, _ in members.get(g, [])] for g in groups},
                 "rows": matrix_mod.matrix(pol, groups, members)}
 
     def last_event_id(self) -> int:

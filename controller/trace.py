@@ -198,13 +198,24 @@ def walk(state: NetworkState, flows: Mapping[int, list[Flow]], start: PortRef,
     elif target is not None and target in out.reached:  # and elsewhere too: a leak
         out.verdict = "misdelivered"
         out.reason = f"reached {target} and also {', '.join(r for r in out.reached if r != target)}"
+    elif ended and not out.reached and _logged(state, out.hops):
+        out.reason = f"{_words(out.hops[-1])} (a sample goes to the controller, which logs it)"
     elif ended and not out.reached:
         out.verdict = "to the controller"
+        out.reason = _words(out.hops[-1]) if out.hops else ""
     elif out.reached:
         out.verdict, out.reason = "misdelivered", f"reached {', '.join(out.reached)} only"
     elif out.hops:
         out.reason = _words(out.hops[-1])
     return out
+
+
+def _logged(state: NetworkState, hops: list[Hop]) -> bool:
+    """Whether the last flow is a deny-and-log rule's: the packet is dropped, and only a
+    sample of it reaches the controller."""
+    owner = cookie_owner(hops[-1].cookie) if hops else None
+    return owner is not None and owner[0] == Owner.RULE and any(
+        r.priority == owner[1] and r.action == "deny-and-log" for r in state.policy.rules)
 
 
 def _unknown(out: Result, why: str) -> Result:

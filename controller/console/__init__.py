@@ -28,12 +28,17 @@ from .. import auth
 from ..api import create_app
 from ..errors import VfenceError
 from ..service import Service
-from . import witness
+from . import ofctl, witness
 
 PACKAGE = "vfence.controller.console"
 # what moves a VM on the hosts page; what changes the policy page
 PLACE_EVENTS = ("vm-moved", "vm-bound", "vm-unbound", "vm-standby", "vm-added", "vm-removed",
                 "migration-announced", "migration-expired", "move-refused")
+EVENT_WORDS = {"vm-moved": "moved to", "vm-bound": "bound on", "vm-unbound": "unbound from",
+               "vm-standby": "has a standby port on", "vm-added": "registered",
+               "vm-removed": "removed", "migration-announced": "migration announced, to",
+               "migration-expired": "announced migration expired",
+               "move-refused": "move refused, on"}
 POLICY_EVENTS = ("policy-applied", "vm-added", "vm-removed", "vm-readdressed")
 MAX_FORM = 4096  # bytes: the largest form the console sends is far smaller
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -41,42 +46,9 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
 
 
 
-def _value(v: Any) -> str:
-    return f"{v[0]}/{v[1]}" if isinstance(v, list | tuple) and len(v) == 2 else str(v)
-
-
-def _match(match: dict[str, Any]) -> str:
-    """A match as ovs-ofctl writes one: ``in_port=3,eth_dst=01:80:c2:00:00:00/ff:...``."""
-    return ",".join(f"{k}={_value(v)}" for k, v in match.items()) or "any"
-
-
-def _action(a: list[Any]) -> str:
-    name, *args = a
-    if name == "set":
-        return f"set_field:{_value(args[1])}->{args[0]}"
-    if name in ("output", "resubmit", "push_vlan"):
-        return f"{name}:{args[0]}"
-    return f"{name}({','.join(_value(x) for x in args)})" if args else name
-
-
-def _instructions(ins: list[list[Any]]) -> str:
-    """Instructions as ovs-ofctl writes them; none is a drop."""
-    out = []
-    for kind, *args in ins:
-        if kind == "apply":
-            out.append("actions=" + ",".join(_action(a) for a in args[0]))
-        elif kind == "meta":
-            out.append(f"write_metadata:{args[0]:#x}/{args[1]:#x}")
-        elif kind == "goto":
-            out.append(f"goto_table:{args[0]}")
-        else:
-            out.append(f"{kind}:{','.join(map(str, args))}")
-    return " ".join(out) or "drop"
-
-
 _env = jinja2.Environment(loader=jinja2.PackageLoader(PACKAGE, "templates"), autoescape=True,
                           undefined=jinja2.StrictUndefined)
-_env.filters.update(match=_match, instructions=_instructions)
+_env.filters.update(match=ofctl.match, instructions=ofctl.instructions)
 _templates = Jinja2Templates(env=_env)
 
 
@@ -111,9 +83,10 @@ def mount(app: FastAPI, service: Service, token: str | None) -> None:
         for vm in vms:
             if vm["location"]:
                 where.setdefault(vm["location"]["host"]["name"], []).append(vm)
-        return {"hosts": q.hosts(), "where": where,
+        hosts = sorted(q.hosts(), key=lambda h: (h["name"] not in where, h["name"]))
+        return {"hosts": hosts, "where": where,
                 "unplaced": [v for v in vms if not v["location"]],
-                "timeline": q.latest_events(PLACE_EVENTS, 40)}
+                "timeline": q.latest_events(PLACE_EVENTS, 40), "words": EVENT_WORDS}
 
     @app.get("/", include_in_schema=False)
     def home(request: Request) -> HTMLResponse:
@@ -153,25 +126,22 @@ def mount(app: FastAPI, service: Service, token: str | None) -> None:
     @app.post("/console/trace", include_in_schema=False)
     async def trace(request: Request) -> HTMLResponse:
         form = await _form(request)
-        port = form.get("port", "").strip()
-        asked = {"source": form.get("source", "").strip(),
-                 "destination": form.get("destination", "").strip(),
-                 "protocol": form.get("protocol", "tcp"), "port": port,
-                 "established": form.get("established") == "on"}
-        errors = [{"field": f, "reason": "required"} for f in ("source", "destination")
-                  if not asked[f]]
+        src, dst = form.get("source", "").strip(), form.get("destination", "").strip()
+        proto, port = form.get("protocol", "tcp"), form.get("port", "").strip()
+        established = form.get("established") == "on"
+        errors = [{"field": f, "reason": "required"}
+                  for f, v in (("source", src), ("destination", dst)) if not v]
         if port and (not port.isdigit() or not 0 < int(port) < 65536):
             errors.append({"field": "port", "reason": "a number from 1 to 65535"})
         if errors:
-            return page(request, "_trace.html", 422, errors=errors, asked=asked)
+            return page(request, "_trace.html", 422, errors=errors)
         try:
-            result = await run_in_threadpool(
-                q.trace, asked["source"], asked["destination"], asked["protocol"],
-                int(port) if port else None, asked["established"])
+            result = await run_in_threadpool(q.trace, src, dst, proto,
+                                             int(port) if port else None, established)
         except VfenceError as e:
-            return page(request, "_trace.html", e.status, asked=asked,
+            return page(request, "_trace.html", e.status,
                         errors=[{"field": e.field or "", "reason": e.reason}])
-        return page(request, "_trace.html", asked=asked, errors=[], result=result,
+        return page(request, "_trace.html", errors=[], result=result,
                     hops=[dataclasses.asdict(h) for h in result.hops])
 
     @app.get("/hosts/{host}", include_in_schema=False)
@@ -181,7 +151,7 @@ def mount(app: FastAPI, service: Service, token: str | None) -> None:
         except VfenceError as e:
             return page(request, "error.html", e.status, title="No such host", message=str(e))
         tables: dict[str, list[dict[str, Any]]] = {}
-        for f in rows:
+        for f in sorted(rows, key=lambda f: (f["table"], -f["priority"])):  # as OVS looks
             tables.setdefault(f"{f['table']} · {f['table_name']}", []).append(f)
         return page(request, "flows.html", title=f"Flows on {host}", host=host, tables=tables,
                     total=len(rows))

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 from ..flows import cookie_owner
+from . import ofctl
 
 _LINK = re.compile(r"^(\S+) port (\d+) -> (\S+) port (\d+)$")
 _FLOW = re.compile(r"^(\S+) (table \d+(?: \([^)]*\))?) prio (\d+)(.*?) cookie (0x[0-9a-f]+) (.*)$")
@@ -32,7 +33,7 @@ def steps(lines: list[str]) -> list[Step]:
             out.append(Step("link", m[1], f"{m[1]} port {m[2]} → {m[3]} port {m[4]}"))
         elif m := _FLOW.match(line):
             out.append(Step("flow", m[1], f"{m[2]}, priority {m[3]}{m[4]}, cookie {m[5]}",
-                            m[6], foreign=cookie_owner(int(m[5], 16)) is None))
+                            ofctl.match_repr(m[6]), foreign=cookie_owner(int(m[5], 16)) is None))
         else:
             out.append(Step("jump", "", line))
     return out

@@ -62,6 +62,17 @@ def test_the_console_script_serves_and_judges_a_policy(served):
     assert rules[0]["ports"] == [[8443, 8443]], "the refused policy changed something"
 
 
+def test_the_installed_console_serves_its_pages_and_assets(served):
+    """Templates and scripts come from the wheel: nothing from a CDN."""
+    assert httpx.put(f"{served}/v1/policy", json=GOOD, timeout=30).status_code == 200
+    policy = httpx.get(f"{served}/policy", timeout=10)
+    assert policy.status_code == 200 and 'data-verdict="isolated"' in policy.text
+    assert "http" not in policy.text.split("</head>")[0]  # every asset from this server
+    for asset in ("htmx.min.js", "htmx-sse.min.js", "console.css"):
+        r = httpx.get(f"{served}/static/{asset}", timeout=10)
+        assert r.status_code == 200 and len(r.content) > 1000, asset
+
+
 def test_our_folders_are_not_top_level_modules(tmp_path):
     import vfence
 

@@ -16,17 +16,28 @@ def _imports(path: Path) -> set[str]:
     out: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
-            out.add("." * node.level + (node.module or ""))
-            if node.level and not node.module:
-                out |= {"." + a.name for a in node.names}
+            if node.module:
+                out.add("." * node.level + node.module)
+            else:  # from . import x: the module x
+                out |= {"." * node.level + a.name for a in node.names}
         elif isinstance(node, ast.Import):
             out |= {a.name for a in node.names}
     return out
 
 
 def test_the_api_imports_nothing_below_the_service():
+    """(auth: who may call, from the request's headers alone.)"""
     ours = {m for m in _imports(CORE / "api.py") if m.startswith(".")}
-    assert ours == {".service", ".api_schemas"}, ours
+    assert ours == {".service", ".api_schemas", ".auth"}, ours
+    assert {m for m in _imports(CORE / "auth.py") if m.startswith(".")} == set()
+
+
+def test_the_console_reads_through_the_service_like_the_api():
+    """Its own modules draw; the data comes from service.queries, as for the API."""
+    ours = {m for p in (CORE / "console").glob("*.py") for m in _imports(p)
+            if m.startswith(".")}
+    assert ours <= {"..auth", "..api", "..errors", "..service", "..flows", ".ofctl",
+                    ".witness"}, ours
 
 
 def test_the_binding_machine_is_pure():

@@ -25,7 +25,11 @@ def installed(tmp_path_factory) -> Path:
     (wheel,) = work.glob("vfence-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for needed in ("schemas/policy.schema.json", "mininet_topos/finance.yaml",
-                   "mininet_topos/rarp.py", "migrations/script.py.mako"):
+                   "mininet_topos/rarp.py", "migrations/script.py.mako",
+                   "controller/console/templates/base.html",
+                   "controller/console/static/htmx.min.js",
+                   "controller/console/static/htmx-sse.min.js",
+                   "controller/console/static/console.css"):
         assert f"vfence/{needed}" in names, f"vfence/{needed} is not in the wheel"
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top == {"vfence"}, f"the wheel installs more than its own namespace: {top}"

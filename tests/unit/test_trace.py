@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from vfence.controller import desired, trace
+from vfence.controller import desired, policy, trace
 from vfence.controller.errors import Invalid, NotFound
 from vfence.controller.flows import DROP, Flow, match
 from vfence.controller.pipeline import Table
 
 from .netfixtures import HV1, HV2
-from .test_routing import _network
+from .test_routing import DOC, _network
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +125,17 @@ def test_found_by_review_write_actions_a_leak_and_odd_destinations(net):
     with pytest.raises(Invalid) as e:
         trace.trace(odd, flows, "w1", "d1", "icmp")
     assert e.value.field == "destination" and "no routable IP address" in e.value.reason
+
+
+def test_a_deny_and_log_rule_is_a_drop_that_names_the_rule():
+    """Its flow sends a sample to the controller (through the log meter), which only
+    logs it: the packet is dropped, by that rule (found by the console's browser test)."""
+    st = _network()
+    st.policy = policy.parse({**DOC, "rules": [
+        {"name": "log-db", "from": "web", "to": "db", "protocol": "udp", "ports": "9000",
+         "action": "deny-and-log"}, *DOC["rules"]]})
+    flows = {d: list(f) for d, f in desired.compile_network(st).items()}
+    r = trace.trace(st, flows, "w1", "d1", "udp", 9000)
+    assert r.verdict == "dropped" and r.dropped_by.owner == "rule log-db (deny-and-log)"
+    assert r.reason.endswith("(a sample goes to the controller, which logs it)"), r.reason
+    assert trace.trace(st, flows, "w1", "d1", "tcp", 5432).verdict == "delivered"

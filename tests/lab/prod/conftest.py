@@ -104,7 +104,7 @@ def lab(tmp_path_factory):
 
 
 ORDER = ("test_prodlab", "test_policy", "test_attacks", "test_routing", "test_external",
-         "test_migration")
+         "test_console", "test_migration")
 
 
 def pytest_collection_modifyitems(config, items):
