@@ -93,6 +93,7 @@ bench: deps ovs
 	$(BIN)/python -m bench.external
 	$(BIN)/python -m bench.dns
 	$(BIN)/python -m bench.scale
+	$(BIN)/python -m bench.console
 
 clean:
 	rm -rf $(VENV) $(INSTALLED) build dist var
