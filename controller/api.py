@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from http import HTTPStatus
 from typing import Annotated, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from fastapi import Body, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -48,8 +48,26 @@ from .api_schemas import (
 from .service import Invalid, Service, VfenceError, VMSpec, field_path
 
 OPEN_PATHS = {"/v1/health"}  # for load balancers and probes; says nothing sensitive
+SIGN_IN = {"/login", "/logout"}  # need no session (signing out of an expired one too)
 API_PATHS = ("/v1/", "/metrics", "/openapi.json", "/docs", "/redoc")  # 401, not the form
 STREAM_POLL, STREAM_KEEPALIVE = 0.2, 15.0  # seconds: new events looked for, idle comment
+
+
+REFUSED_FIELD = {auth.NO_CREDENTIALS: "header.authorization", auth.CROSS_SITE: "header.origin",
+                 auth.NOT_LOOPBACK: "header.host"}
+
+
+def _to_sign_in(request: Request, path: str) -> Response:
+    """A console page without a session: the token form, then back. A page's own
+    request (htmx) is told to send the whole page there (HX-Redirect)."""
+    if request.headers.get("hx-request"):
+        page = urlsplit(request.headers.get("hx-current-url", "")).path or "/"
+        return Response(status_code=401, headers={
+            "HX-Redirect": f"/login?next={quote(page)}"})
+    if request.method != "GET":
+        return problem(401, "Unauthorized", auth.NO_CREDENTIALS,
+                       [{"field": "header.authorization", "reason": auth.NO_CREDENTIALS}])
+    return RedirectResponse(f"/login?next={quote(path)}", 303)
 
 
 def problem(status: int, title: str, detail: str, errors: list[dict[str, str]]) -> JSONResponse:
@@ -100,19 +118,17 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
     @app.middleware("http")
     async def _auth_and_timing(request: Request, call_next: Any) -> Any:
         t0 = time.perf_counter()
-        path = request.url.path
+        path = request.scope["path"]  # what routing uses (never a Host-derived URL)
         refused = None if path in OPEN_PATHS else auth.refusal(
             request.method, request.headers, request.cookies, token)
-        if refused == auth.NO_CREDENTIALS and (path == "/login" or path.startswith("/static/")):
+        if refused == auth.NO_CREDENTIALS and (path in SIGN_IN or path.startswith("/static/")):
             refused = None  # the token form and its assets (still never a cross-site POST)
-        if refused == auth.NO_CREDENTIALS and request.method == "GET" and \
-                not path.startswith(API_PATHS):  # a console page: the token form
-            return RedirectResponse(f"/login?next={quote(path)}", 303)
+        if refused == auth.NO_CREDENTIALS and not path.startswith(API_PATHS):
+            return _to_sign_in(request, path)
         if refused is not None:
             status = 401 if refused == auth.NO_CREDENTIALS else 403
-            response: Any = problem(status, HTTPStatus(status).phrase, refused, [
-                {"field": "header.authorization" if status == 401 else "header.origin"
-                 if refused == auth.CROSS_SITE else "header.host", "reason": refused}])
+            response: Any = problem(status, HTTPStatus(status).phrase, refused,
+                                    [{"field": REFUSED_FIELD[refused], "reason": refused}])
             if status == 401:
                 response.headers["WWW-Authenticate"] = 'Bearer realm="vfence"'
             return response
@@ -259,16 +275,17 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
         every 15 s keeps idle proxies from closing it."""
         after = last_event_id if last_event_id is not None else \
             await run_in_threadpool(service.queries.last_event_id)
-        return StreamingResponse(_events(request, type, vm, host, after),
+        until = auth.stream_until(request.headers, request.cookies, token)
+        return StreamingResponse(_events(request, type, vm, host, after, until),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache",
                                           "X-Accel-Buffering": "no"})
 
     async def _events(request: Request, type_: str | None, vm: str | None, host: str | None,
-                      after: int) -> AsyncIterator[str]:
+                      after: int, until: float | None) -> AsyncIterator[str]:
         yield "retry: 1000\n\n"
         quiet = 0.0
-        while not await request.is_disconnected():
+        while not await request.is_disconnected() and (until is None or time.time() < until):
             rows = await run_in_threadpool(functools.partial(
                 service.queries.events, type_=type_, vm=vm, host=host, after=after, limit=100))
             for e in rows:

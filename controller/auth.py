@@ -5,6 +5,10 @@ token form trades it for a cookie (HttpOnly, SameSite=Strict) holding an expiry 
 HMAC of it keyed by the token. Nothing is stored server-side, so any controller that
 knows the token accepts the cookie, and changing the token ends every session.
 
+Signing out deletes the cookie in that browser; a copy of it stays valid until it expires
+(nothing is stored server-side to revoke it), and an event stream opened with it ends
+then.
+
 A cookie travels with any request the browser makes, and without a token the API on
 loopback answers any page the operator's browser opens: so a state-changing request
 without the bearer token must come from the console's own origin, and without a token
@@ -16,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import re
 import time
 from collections.abc import Mapping
 from urllib.parse import urlsplit
@@ -25,9 +30,14 @@ TTL = 12 * 3600  # seconds a session lasts
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 
+def _same(given: str, expected: str) -> bool:
+    """Constant-time comparison of any text (compare_digest refuses non-ASCII str)."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode())
+
+
 def bearer_ok(headers: Mapping[str, str], token: str) -> bool:
     scheme, _, value = headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip(), token)
+    return scheme.lower() == "bearer" and _same(value.strip(), token)
 
 
 def _mac(token: str, expiry: int) -> str:
@@ -41,16 +51,20 @@ def new_session(token: str, now: float | None = None) -> str:
     return f"{expiry}.{_mac(token, expiry)}"
 
 
+def expiry(value: str | None, token: str, now: float | None = None) -> int | None:
+    """When a valid session cookie ends (epoch seconds), or None if it is not valid:
+    malformed, forged, expired, or signed with another token."""
+    found = re.fullmatch(r"([0-9]{1,12})\.([0-9a-f]{64})", value or "")
+    if found is None:
+        return None
+    until = int(found[1])
+    if until < (now if now is not None else time.time()):
+        return None
+    return until if _same(found[2], _mac(token, until)) else None
+
+
 def session_ok(value: str | None, token: str, now: float | None = None) -> bool:
-    expiry, _, mac = (value or "").partition(".")
-    if not expiry.isdigit() or len(expiry) > 12:
-        return False
-    if int(expiry) < (now if now is not None else time.time()):
-        return False
-    return hmac.compare_digest(mac, _mac(token, int(expiry)))
-
-
-
+    return expiry(value, token, now) is not None
 
 
 def cross_site(method: str, headers: Mapping[str, str]) -> bool:
@@ -97,3 +111,12 @@ def refusal(method: str, headers: Mapping[str, str], cookies: Mapping[str, str],
     if token is None:
         return None if loopback_host(headers) else NOT_LOOPBACK
     return None if session_ok(cookies.get(COOKIE), token) else NO_CREDENTIALS
+
+
+def stream_until(headers: Mapping[str, str], cookies: Mapping[str, str], token: str | None
+                 ) -> float | None:
+    """When a long-lived response (the event stream) must end: the session's expiry when
+    only a session cookie authenticated it, else never (None)."""
+    if token is None or bearer_ok(headers, token):
+        return None
+    return expiry(cookies.get(COOKIE), token)

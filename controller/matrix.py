@@ -7,7 +7,10 @@ between groups). A rule that names part of a group (one VM, a CIDR or a MAC that
 it have now) or part of the traffic (a protocol, ports, an ICMP type, an ethertype)
 decides only that part, so the rules after it still matter; the first rule that covers
 both groups whole and all traffic decides the rest, and nothing after it is listed.
-Segments still apart: VMs of different segments meet only through a router.
+Segments still apart: VMs of different segments meet only through a router. A VM in
+several groups is judged with all of them (any of its groups a rule or an isolation pair
+names): :func:`elsewhere` lists such VMs, for which one group's cell is not the whole
+story.
 """
 
 from __future__ import annotations
@@ -49,12 +52,11 @@ class Cell:
         return ", ".join(ln.what for ln in parts if ln.action == "allow")
 
 
-def _covers(e: Endpoint, group: str, members: dict[str, list[Member]]) -> str | None:
+def _covers(e: Endpoint, group: str, vms: list[Member]) -> str | None:
     """"whole" if the endpoint is the whole group, "part" if it is some of the group's
     VMs now (a VM, a CIDR or a MAC one of them has), else None."""
     if e.kind == "any" or (e.kind == "group" and e.value == group):
         return "whole"
-    vms = members.get(group, [])
     if e.kind == "vm":
         hit = any(name == e.value for name, _, _ in vms)
     elif e.kind == "mac":
@@ -80,24 +82,41 @@ def _traffic(r: Rule) -> str:
     return f"{r.protocol}{'/' + ports if ports else ''}{icmp}"
 
 
-def cell(policy: Policy, src: str, dst: str, members: dict[str, list[Member]]) -> Cell:
-    """From group ``src`` to group ``dst`` (``members``: group -> its VMs)."""
+class _Coverage:
+    """Which rules name each group, as source and as destination: computed once per
+    rule and group (the cells only look it up)."""
+
+    def __init__(self, policy: Policy, groups: list[str],
+                 members: dict[str, list[Member]]) -> None:
+        self.src = {g: [_covers(r.src, g, members.get(g, [])) for r in policy.rules]
+                    for g in groups}
+        self.dst = {g: [_covers(r.dst, g, members.get(g, [])) for r in policy.rules]
+                    for g in groups}
+        self.what = [_traffic(r) for r in policy.rules]
+
+
+def cell(policy: Policy, src: str, dst: str, cov: _Coverage) -> Cell:
+    """From group ``src`` to group ``dst``, as the compiler orders it: isolation pairs,
+    the rules, the intra-group allow (a group of the policy's, when intra_group is
+    allow), the default between groups (for everything else, same group included)."""
     if (src, dst) in policy.isolation or (dst, src) in policy.isolation:
         return Cell(src, dst, "isolated", (Line("isolation pair", "deny", "all traffic"),))
     lines: list[Line] = []
-    for r in policy.rules:
-        a, b = _covers(r.src, src, members), _covers(r.dst, dst, members)
+    for i, r in enumerate(policy.rules):
+        a, b = cov.src[src][i], cov.dst[dst][i]
         if a is None or b is None:
             continue
-        what = _traffic(r)
         parts = [f"{side} {e.kind} {e.value}" for side, e, c in
                  (("from", r.src, a), ("to", r.dst, b)) if c == "part"]
+        what = cov.what[i]
         lines.append(Line(r.name, r.action, f"{' '.join(parts)}: {what}" if parts else what))
-        if not parts and what == "all traffic":
-            break
+        if not parts and r.protocol == "any" and r.ethertype is None:
+            break  # all traffic between the two groups: nothing after it is reached
     else:
-        default = policy.intra_group if src == dst else policy.inter_group
-        lines.append(Line("default", default, "everything else"))
+        if src == dst and policy.intra_group == "allow" and src in policy.groups:
+            lines.append(Line("within the group", "allow", "everything else"))
+        else:
+            lines.append(Line("default", policy.inter_group, "everything else"))
     actions = {"allow" if ln.action == "allow" else "deny" for ln in lines}
     verdict: Verdict = "partly allowed" if len(actions) > 1 else \
         "allowed" if actions == {"allow"} else "denied"
@@ -107,4 +126,20 @@ def cell(policy: Policy, src: str, dst: str, members: dict[str, list[Member]]) -
 def matrix(policy: Policy, groups: list[str], members: dict[str, list[Member]]
            ) -> list[list[Cell]]:
     """One row per source group, one cell per destination group, in ``groups`` order."""
-    return [[cell(policy, s, d, members) for d in groups] for s in groups]
+    cov = _Coverage(policy, groups, members)
+    return [[cell(policy, s, d, cov) for d in groups] for s in groups]
+
+
+def elsewhere(policy: Policy, groups: list[str], members: dict[str, list[Member]]
+              ) -> dict[str, list[str]]:
+    """Group -> its VMs that are in other groups too, which rules or isolation pairs
+    name: the datapath judges a VM with all its groups, so for these the cells of one
+    group are not the whole story (``vfence trace`` is)."""
+    named = {e.value for r in policy.rules for e in (r.src, r.dst) if e.kind == "group"}
+    named |= {g for pair in policy.isolation for g in pair}
+    of: dict[str, set[str]] = {}
+    for g, vms in members.items():
+        for name, _, _ in vms:
+            of.setdefault(name, set()).add(g)
+    return {g: [name for name, _, _ in members.get(g, [])
+                if (of[name] - {g}) & named] for g in groups}

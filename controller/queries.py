@@ -39,6 +39,11 @@ def _vm(row: m.VM) -> dict[str, Any]:
             "location": _location(row)}
 
 
+def _event(e: m.Event) -> dict[str, Any]:
+    return {"id": e.id, "ts": e.ts, "type": e.type, "vm": e.vm, "host": e.host,
+            "detail": e.detail}
+
+
 def _jsonable(v: Any) -> Any:
     if isinstance(v, tuple | list):
         return [_jsonable(x) for x in v]
@@ -116,31 +121,32 @@ class Queries:
         with self.service.sessions() as s:
             rows = registry.events(s, type_=type_, vm=vm, host=host, since=since, limit=limit,
                                    offset=offset, after=after)
-            return [{"id": e.id, "ts": e.ts, "type": e.type, "vm": e.vm, "host": e.host,
-                     "detail": e.detail} for e in rows]
+            return [_event(e) for e in rows]
 
     def latest_events(self, types: tuple[str, ...], limit: int = 50) -> list[dict[str, Any]]:
         """The newest events of these types, newest first."""
         with self.service.sessions() as s:
-            return [{"id": e.id, "ts": e.ts, "type": e.type, "vm": e.vm, "host": e.host,
-                     "detail": e.detail} for e in registry.latest_events(s, types, limit)]
+            return [_event(e) for e in registry.latest_events(s, types, limit)]
 
-    def matrix(self) -> dict[str, Any]:
-        """The groups (the policy's first, then those only the API made), the isolation
-        pairs, the defaults, and what the policy allows from each group to each
-        (``rows``: a row of :class:`matrix.Cell` per source group)."""
+    def matrix(self, only: list[str] | None = None, most: int = 24) -> dict[str, Any]:
+        """What the policy allows from each group to each other. The groups: the
+        policy's, then any other with VMs now (a group left behind by the API with no VM
+        in it is nothing to judge); ``only`` picks some, else the first ``most`` are
+        shown (``rows``: a row of :class:`matrix.Cell` per source group)."""
         with self.service.lock:
             state = self.service.state
         pol = state.policy
-        groups = list(dict.fromkeys([*pol.groups, *sorted(state.group_bits)]))
         members: dict[str, list[matrix_mod.Member]] = {}
         for vm in sorted(state.vms.values(), key=lambda v: v.name):
             for g in vm.groups:
                 members.setdefault(g, []).append((vm.name, vm.mac, vm.ips))
-        return {"groups": groups, "isolation": list(pol.isolation),
+        groups = list(dict.fromkeys([*pol.groups, *sorted(members)]))
+        shown = [g for g in groups if g in set(only)] if only else groups[:most]
+        return {"groups": groups, "shown": shown, "isolation": list(pol.isolation),
                 "defaults": {"intra_group": pol.intra_group, "inter_group": pol.inter_group},
                 "members": {g: [name for name, _, _ in members.get(g, [])] for g in groups},
-                "rows": matrix_mod.matrix(pol, groups, members)}
+                "elsewhere": matrix_mod.elsewhere(pol, shown, members),
+                "rows": matrix_mod.matrix(pol, shown, members)}
 
     def last_event_id(self) -> int:
         with self.service.sessions() as s:

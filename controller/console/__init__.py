@@ -14,19 +14,21 @@ form trades it for a session cookie.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
-from urllib.parse import parse_qs
+from typing import Annotated, Any
+from urllib.parse import parse_qs, urlencode
 
 import jinja2
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.templating import Jinja2Templates
 
 from .. import auth
 from ..api import create_app
-from ..errors import VfenceError
+from ..api_schemas import TraceIn
+from ..errors import VfenceError, field_path
 from ..service import Service
 from . import ofctl, witness
 
@@ -40,6 +42,7 @@ EVENT_WORDS = {"vm-moved": "moved to", "vm-bound": "bound on", "vm-unbound": "un
                "migration-expired": "announced migration expired",
                "move-refused": "move refused, on"}
 POLICY_EVENTS = ("policy-applied", "vm-added", "vm-removed", "vm-readdressed")
+Picked = Annotated[list[str] | None, Query(description="groups the matrix shows")]
 MAX_FORM = 4096  # bytes: the largest form the console sends is far smaller
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
@@ -97,16 +100,18 @@ def mount(app: FastAPI, service: Service, token: str | None) -> None:
     def hosts_part(request: Request) -> HTMLResponse:
         return page(request, "_hosts.html", **hosts_ctx())
 
-    def policy_ctx() -> dict[str, Any]:
-        return {"rules": q.rules(), **q.matrix()}
+    def policy_ctx(picked: list[str]) -> dict[str, Any]:
+        return {"rules": q.rules(), "picked": picked, **q.matrix(picked or None),
+                "query": "?" + urlencode([("g", g) for g in picked]) if picked else ""}
 
     @app.get("/policy", include_in_schema=False)
-    def policy(request: Request) -> HTMLResponse:
-        return page(request, "policy.html", title="Policy", live=POLICY_EVENTS, **policy_ctx())
+    def policy(request: Request, g: Picked = None) -> HTMLResponse:
+        return page(request, "policy.html", title="Policy", live=POLICY_EVENTS,
+                    **policy_ctx(g or []))
 
     @app.get("/console/policy", include_in_schema=False)
-    def policy_part(request: Request) -> HTMLResponse:
-        return page(request, "_policy.html", **policy_ctx())
+    def policy_part(request: Request, g: Picked = None) -> HTMLResponse:
+        return page(request, "_policy.html", **policy_ctx(g or []))
 
     @app.get("/verify", include_in_schema=False)
     def verify_page(request: Request) -> HTMLResponse:
@@ -126,18 +131,19 @@ def mount(app: FastAPI, service: Service, token: str | None) -> None:
     @app.post("/console/trace", include_in_schema=False)
     async def trace(request: Request) -> HTMLResponse:
         form = await _form(request)
-        src, dst = form.get("source", "").strip(), form.get("destination", "").strip()
-        proto, port = form.get("protocol", "tcp"), form.get("port", "").strip()
-        established = form.get("established") == "on"
-        errors = [{"field": f, "reason": "required"}
-                  for f, v in (("source", src), ("destination", dst)) if not v]
-        if port and (not port.isdigit() or not 0 < int(port) < 65536):
-            errors.append({"field": "port", "reason": "a number from 1 to 65535"})
-        if errors:
-            return page(request, "_trace.html", 422, errors=errors)
+        if form is None:
+            return page(request, "_trace.html", 413, errors=[
+                {"field": "body", "reason": f"larger than {MAX_FORM} bytes"}])
+        fields = {k: v.strip() for k, v in form.items()
+                  if k in ("source", "destination", "protocol", "port") and v.strip()}
+        try:  # the API's own model: the same rules, the same field names
+            asked = TraceIn.model_validate({**fields, "established": "established" in form})
+        except ValidationError as e:
+            return page(request, "_trace.html", 422, errors=[
+                {"field": field_path(err["loc"]), "reason": err["msg"]} for err in e.errors()])
         try:
-            result = await run_in_threadpool(q.trace, src, dst, proto,
-                                             int(port) if port else None, established)
+            result = await run_in_threadpool(q.trace, asked.source, asked.destination,
+                                             asked.protocol, asked.port, asked.established)
         except VfenceError as e:
             return page(request, "_trace.html", e.status,
                         errors=[{"field": e.field or "", "reason": e.reason}])
@@ -157,14 +163,15 @@ def mount(app: FastAPI, service: Service, token: str | None) -> None:
                     total=len(rows))
 
     @app.get("/login", include_in_schema=False)
-    def login_form(request: Request, next: str = "/") -> Response:
+    def login_form(request: Request, then: Annotated[str, Query(alias="next")] = "/"
+                   ) -> Response:
         if token is None:
-            return RedirectResponse(_local(next), 303)
-        return page(request, "login.html", title="Sign in", next=_local(next), error="")
+            return RedirectResponse(_local(then), 303)
+        return page(request, "login.html", title="Sign in", next=_local(then), error="")
 
     @app.post("/login", include_in_schema=False)
     async def login(request: Request) -> Response:
-        form = await _form(request)
+        form = await _form(request) or {}
         nxt = _local(form.get("next", "/"))
         if token is None:
             return RedirectResponse(nxt, 303)
@@ -184,11 +191,14 @@ def mount(app: FastAPI, service: Service, token: str | None) -> None:
         return response
 
 
-async def _form(request: Request) -> dict[str, str]:
-    """A urlencoded form's fields (the first value of each); a form too large is empty."""
-    body = await request.body()
-    if len(body) > MAX_FORM:
-        return {}
+async def _form(request: Request) -> dict[str, str] | None:
+    """A urlencoded form's fields (the first value of each); None when the body is larger
+    than MAX_FORM (read no further than that)."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM:
+            return None
     return {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
 
 

@@ -4,6 +4,8 @@ SQLite database with a recording switch. The lab drives the same pages in Chromi
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -60,9 +62,29 @@ def test_the_matrix_reads_the_policy_in_the_compilers_order(cells):
     assert cells["api", "ops"].verdict == "denied"  # the default between groups
     assert cells["api", "api"].verdict == "allowed"  # the default within one
     assert cells["api", "payroll"].summary == "from cidr 10.9.0.0/16: tcp/22"  # api-9's
-    assert [ln.name for ln in cells["payroll", "payroll"].lines] == ["default"]  # no VM in it
+    assert [ln.name for ln in cells["payroll", "payroll"].lines] == ["within the group"]
     same = cells["frontend", "frontend"]
     assert same.verdict == "partly allowed" and same.summary == "all but udp/9000-9099"
+
+
+def test_the_matrix_follows_the_compiler_where_a_review_found_it_did_not():
+    """Within a group only the intra-group allow exists: intra_group deny, or a group the
+    policy does not define (made by the API), falls to the default between groups; a VM
+    in several groups is judged with all of them, which the matrix says."""
+    doc = {**DOC, "defaults": {"intra_group": "deny", "inter_group": "allow"},
+           "rules": [], "groups": [{"name": g} for g in ("a", "b", "c")],
+           "vms": [], "isolation": [["b", "c"]]}
+    pol = policy.parse(doc)
+    members = {"a": [("v", "00:00:00:00:00:01", ("10.0.0.1",))],
+               "b": [("v", "00:00:00:00:00:01", ("10.0.0.1",))],
+               "adhoc": [("w", "00:00:00:00:00:02", ("10.0.0.2",))]}
+    cells = {(c.src, c.dst): c for row in matrix.matrix(pol, ["a", "b", "c", "adhoc"], members)
+             for c in row}
+    assert cells["a", "a"].verdict == "allowed"  # the datapath: no intra deny flow exists
+    assert [ln.name for ln in cells["a", "a"].lines] == ["default"]
+    assert matrix.matrix(policy.parse({**doc, "defaults": {"inter_group": "deny"}}),
+                         ["adhoc"], members)[0][0].verdict == "denied"  # not the policy's
+    assert matrix.elsewhere(pol, ["a", "b", "c"], members) == {"a": ["v"], "b": [], "c": []}
 
 
 def test_the_witness_is_drawn_as_steps_and_names_a_foreign_flow():
@@ -198,3 +220,45 @@ def test_a_session_expires_cannot_be_forged_and_ends_with_the_token():
     expiry, _, mac = value.partition(".")
     assert not auth.session_ok(f"{int(expiry) + 10**6}.{mac}", TOKEN, now=1000)
     assert not auth.session_ok("", TOKEN) and not auth.session_ok("x.y", TOKEN)
+
+
+def test_found_by_review_odd_credentials_and_forms_are_refused_not_500(guarded):
+    c = guarded
+    for name, value in (("authorization", "Bearer \u00e9t\u00e9"),
+                        ("cookie", f"{auth.COOKIE}=\u00b2.abc"),
+                        ("cookie", f"{auth.COOKIE}=9999999999.\u00e9")):
+        r = c.get("/v1/vms", headers=[(name.encode(), value.encode())])
+        assert r.status_code == 401, value
+    r = c.post("/login", content="token=%C3%A9", headers={
+        "Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 401
+    r = c.post("/login", data={"token": "x" * 100_000})  # read no further than the limit
+    assert r.status_code == 401 and "not the API token" in r.text
+    c.post("/login", data={"token": TOKEN})
+    own = {"Origin": "https://vfence.example"}
+    for form, field in (({"source": "a", "destination": "b", "port": "\u00b2"}, "port"),
+                        ({"source": "a" * 65, "destination": "b"}, "source"),
+                        ({"source": "a", "destination": "b", "protocol": "sctp"}, "protocol")):
+        r = c.post("/console/trace", data=form, headers=own)
+        assert r.status_code == 422 and f"<strong>{field}</strong>" in r.text, (form, r.text)
+    r = c.post("/console/trace", data={"source": "x" * 5000}, headers=own)
+    assert r.status_code == 413
+
+
+def test_found_by_review_an_ended_session_sends_the_whole_page_to_the_form(guarded):
+    r = guarded.get("/console/policy", headers={
+        "HX-Request": "true", "HX-Current-URL": "https://vfence.example/policy?g=a"})
+    assert r.status_code == 401 and r.headers["HX-Redirect"] == "/login?next=/policy"
+    r = guarded.post("/logout", follow_redirects=False)  # with no session: still fine
+    assert r.status_code == 303 and r.headers["location"] == "/login"
+
+
+def test_found_by_review_the_event_stream_ends_with_the_session(sqlite_url):
+    service, _ = make_service(sqlite_url)
+    c = TestClient(create_web_app(service, TOKEN), base_url=LOOPBACK)
+    c.cookies.set(auth.COOKIE, auth.new_session(TOKEN, now=time.time() - auth.TTL + 1))
+    with c.stream("GET", "/v1/events/stream") as r:
+        assert r.status_code == 200
+        started = time.monotonic()
+        body = "".join(r.iter_text())  # ends: the session expired about a second later
+    assert body.startswith("retry:") and time.monotonic() - started < 10

@@ -127,7 +127,7 @@ def test_a_policy_change_shows_in_the_matrix(lab, page):
     """A rule app -> guest tcp/80 added over the API turns the matrix cell from denied to
     partly allowed (tcp/80) on the open page, and real packets agree each time."""
     doc = lab.get("/v1/policy")
-    page.goto(lab.api + "/policy")
+    page.goto(lab.api + "/policy?g=app&g=guest&g=payroll&g=frontend")
     _live(page)
     cell = page.locator("td[data-src='app'][data-dst='guest']")
     expect(cell).to_have_attribute("data-verdict", "denied")
