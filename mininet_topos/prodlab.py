@@ -476,7 +476,9 @@ def _left_by_us(pid: int, state_root: Path) -> bool:
         return False
     if comm in DAEMONS:
         return f"{state_root}/" in cmd
-    return "controller serve" in cmd and f"--ovsdb unix:{state_root}/" in cmd
+    # (``python -m vfence serve`` since the package became vfence.*: "controller serve"
+    # matched no controller, and a killed run's one kept watching the next lab's OVSDBs)
+    return " serve " in cmd and f"--ovsdb unix:{state_root}/" in cmd
 
 
 def _pid_from(pidfile: Path) -> int | None:

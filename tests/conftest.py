@@ -56,21 +56,34 @@ def sqlite_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path}/vfence.db"
 
 
+def fresh_postgres(base: str) -> str:
+    """The URL of a new, empty database on the suite's PostgreSQL server."""
+    from sqlalchemy import text
+
+    name = f"t_{os.urandom(4).hex()}"
+    admin = db.make_engine(base)
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+        c.execute(text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    return base.replace("/postgres?", f"/{name}?")
+
+
+@pytest.fixture
+def pg_engine(postgres_url):
+    """A migrated, empty PostgreSQL database (what a cluster shares)."""
+    eng = db.make_engine(fresh_postgres(postgres_url))
+    db.upgrade(eng)
+    yield eng
+    eng.dispose()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def engine(request, tmp_path):
     """A migrated, empty database of each kind."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path}/vfence.db"
     else:
-        base = request.getfixturevalue("postgres_url")
-        from sqlalchemy import text
-
-        name = f"t_{os.urandom(4).hex()}"
-        admin = db.make_engine(base)
-        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
-            c.execute(text(f"CREATE DATABASE {name}"))
-        admin.dispose()
-        url = base.replace("/postgres?", f"/{name}?")
+        url = fresh_postgres(request.getfixturevalue("postgres_url"))
     eng = db.make_engine(url)
     db.upgrade(eng)
     yield eng

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Column,
     DateTime,
     Float,
@@ -66,6 +67,27 @@ class DnsRecord(Base):
     owner: Mapped[str] = mapped_column(String(255))
     rtype: Mapped[str] = mapped_column(String(8))
     value: Mapped[str] = mapped_column(String(255))
+
+
+class ClusterMember(Base):
+    """A controller of the cluster: alive while its heartbeat is recent."""
+
+    __tablename__ = "cluster_members"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    advertise: Mapped[str] = mapped_column(String(255))  # where others and clients reach it
+    heartbeat: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class SwitchLease(Base):
+    """Who masters a switch, until when, and in which term. The term grows by one at
+    every change of holder and never goes back: it is the OpenFlow role request's
+    generation id, so a switch refuses a master whose term is older."""
+
+    __tablename__ = "switch_leases"
+    dpid: Mapped[str] = mapped_column(String(16), primary_key=True)  # 16 hex digits
+    member: Mapped[str] = mapped_column(String(128))
+    term: Mapped[int] = mapped_column(BigInteger)
+    expires: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class RouterNumber(Base):
