@@ -61,13 +61,15 @@ def _to_sign_in(request: Request, path: str) -> Response:
     """A console page without a session: the token form, then back. A page's own
     request (htmx) is told to send the whole page there (HX-Redirect)."""
     if request.headers.get("hx-request"):
-        page = urlsplit(request.headers.get("hx-current-url", "")).path or "/"
+        at = urlsplit(request.headers.get("hx-current-url", ""))
+        page = (at.path or "/") + (f"?{at.query}" if at.query else "")
         return Response(status_code=401, headers={
             "HX-Redirect": f"/login?next={quote(page)}"})
     if request.method != "GET":
         return problem(401, "Unauthorized", auth.NO_CREDENTIALS,
                        [{"field": "header.authorization", "reason": auth.NO_CREDENTIALS}])
-    return RedirectResponse(f"/login?next={quote(path)}", 303)
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    return RedirectResponse(f"/login?next={quote(path + ('?' + query if query else ''))}", 303)
 
 
 def problem(status: int, title: str, detail: str, errors: list[dict[str, str]]) -> JSONResponse:

@@ -115,6 +115,10 @@ def serve(
     from .service import Service
 
     token = _api_token(api_token_file)
+    if token is not None and not token.isascii():  # (an HTTP header carries ASCII only)
+        err.print("[red]the API token must be ASCII: a bearer header cannot carry "
+                  "anything else[/red]")
+        raise typer.Exit(2)
     if token is None and not _loopback(api_host):
         err.print(f"[red]--api-host {api_host} is reachable beyond this machine: set "
                   f"VFENCE_API_TOKEN or --api-token-file[/red]")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -23,6 +23,7 @@ MEMBER_TTL = 3.0  # seconds without a heartbeat before a member counts as gone
 
 
 def heartbeat(s: Session, member: str, advertise: str, now: datetime) -> None:
+    _aware(now)
     row = s.get(m.ClusterMember, member)
     if row is None:
         s.add(m.ClusterMember(name=member, advertise=advertise, heartbeat=now))
@@ -44,33 +45,44 @@ def holders(s: Session) -> dict[str, tuple[str, int, datetime]]:
 def claim(s: Session, dpid: str, member: str, now: datetime,
           ttl: float = LEASE_TTL) -> int | None:
     """Take or renew the lease of a switch; its term, or None if another member holds it
-    still. Commits (a lease is worth nothing until others can see it)."""
+    still (or won it meanwhile). Every write is a compare-and-set on the row as read
+    (holder and term), so two members never both get a term, even one whose session
+    still holds an old copy of the row. Always commits, with what else the session holds
+    (a lease is worth nothing until others can see it, and the row lock must go)."""
+    _aware(now)
     until = now + timedelta(seconds=ttl)
-    row = s.scalars(select(m.SwitchLease).where(m.SwitchLease.dpid == dpid)
-                    .with_for_update()).one_or_none()
+    row = s.execute(select(m.SwitchLease.member, m.SwitchLease.term, m.SwitchLease.expires)
+                    .where(m.SwitchLease.dpid == dpid).with_for_update()).one_or_none()
     if row is None:
-        s.add(m.SwitchLease(dpid=dpid, member=member, term=1, expires=until))
         try:
-            s.commit()
-        except IntegrityError:  # another member's first claim won the race
-            s.rollback()
+            with s.begin_nested():  # a first claim: the primary key picks the winner
+                s.execute(insert(m.SwitchLease).values(dpid=dpid, member=member, term=1,
+                                                       expires=until))
+        except IntegrityError:
+            s.commit()  # (the rest of the session's work stands)
             return None
+        s.commit()
         return 1
-    if row.member != member and row.expires > now:
-        s.rollback()
+    holder, term, expires = row
+    if holder != member and expires > now:
+        s.commit()  # ends the transaction: the row lock goes, the rest of the work stands
         return None
-    if row.member != member:
-        row.member, row.term = member, row.term + 1
-    row.expires = until
-    term = row.term
+    new_term = term if holder == member else term + 1
+    done = s.execute(update(m.SwitchLease).where(
+        m.SwitchLease.dpid == dpid, m.SwitchLease.member == holder, m.SwitchLease.term == term
+    ).values(member=member, term=new_term, expires=until))
     s.commit()
-    return term
+    return new_term if done.rowcount == 1 else None  # type: ignore[attr-defined]
+
+
+def _aware(now: datetime) -> None:
+    if now.tzinfo is None:
+        raise ValueError("lease times must be timezone-aware (UTC)")
 
 
 def release(s: Session, dpid: str, member: str, now: datetime) -> None:
     """Give a lease up at once (a planned hand-over), if this member holds it."""
-    row = s.scalars(select(m.SwitchLease).where(m.SwitchLease.dpid == dpid)
-                    .with_for_update()).one_or_none()
-    if row is not None and row.member == member:
-        row.expires = now
+    _aware(now)
+    s.execute(update(m.SwitchLease).where(m.SwitchLease.dpid == dpid,
+                                          m.SwitchLease.member == member).values(expires=now))
     s.commit()

@@ -132,14 +132,11 @@ def matrix(policy: Policy, groups: list[str], members: dict[str, list[Member]]
 
 def elsewhere(policy: Policy, groups: list[str], members: dict[str, list[Member]]
               ) -> dict[str, list[str]]:
-    """Group -> its VMs that are in other groups too, which rules or isolation pairs
-    name: the datapath judges a VM with all its groups, so for these the cells of one
-    group are not the whole story (``vfence trace`` is)."""
-    named = {e.value for r in policy.rules for e in (r.src, r.dst) if e.kind == "group"}
-    named |= {g for pair in policy.isolation for g in pair}
-    of: dict[str, set[str]] = {}
-    for g, vms in members.items():
+    """Group -> its VMs that are in other groups too: the datapath judges a VM with all
+    its groups (their rules, isolation pairs and intra-group allows), so for these the
+    cells of one group are not the whole story (``vfence trace`` is)."""
+    of: dict[str, int] = {}
+    for vms in members.values():
         for name, _, _ in vms:
-            of.setdefault(name, set()).add(g)
-    return {g: [name for name, _, _ in members.get(g, [])
-                if (of[name] - {g}) & named] for g in groups}
+            of[name] = of.get(name, 0) + 1
+    return {g: [name for name, _, _ in members.get(g, []) if of[name] > 1] for g in groups}

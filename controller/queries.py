@@ -131,8 +131,9 @@ class Queries:
     def matrix(self, only: list[str] | None = None, most: int = 24) -> dict[str, Any]:
         """What the policy allows from each group to each other. The groups: the
         policy's, then any other with VMs now (a group left behind by the API with no VM
-        in it is nothing to judge); ``only`` picks some, else the first ``most`` are
-        shown (``rows``: a row of :class:`matrix.Cell` per source group)."""
+        in it is nothing to judge); ``only`` picks some (unknown names are ignored); at
+        most ``most`` are shown (``rows``: a row of :class:`matrix.Cell` per source
+        group)."""
         with self.service.lock:
             state = self.service.state
         pol = state.policy
@@ -141,7 +142,8 @@ class Queries:
             for g in vm.groups:
                 members.setdefault(g, []).append((vm.name, vm.mac, vm.ips))
         groups = list(dict.fromkeys([*pol.groups, *sorted(members)]))
-        shown = [g for g in groups if g in set(only)] if only else groups[:most]
+        picked = set(only or ())
+        shown = ([g for g in groups if g in picked] if picked else groups)[:most]
         return {"groups": groups, "shown": shown, "isolation": list(pol.isolation),
                 "defaults": {"intra_group": pol.intra_group, "inter_group": pol.inter_group},
                 "members": {g: [name for name, _, _ in members.get(g, [])] for g in groups},

@@ -101,8 +101,9 @@ def mount(app: FastAPI, service: Service, token: str | None) -> None:
         return page(request, "_hosts.html", **hosts_ctx())
 
     def policy_ctx(picked: list[str]) -> dict[str, Any]:
-        return {"rules": q.rules(), "picked": picked, **q.matrix(picked or None),
-                "query": "?" + urlencode([("g", g) for g in picked]) if picked else ""}
+        found = q.matrix(picked or None)  # (unknown names dropped, at most 24 shown)
+        return {"rules": q.rules(), "picked": picked, **found,
+                "query": "?" + urlencode([("g", g) for g in found["shown"]]) if picked else ""}
 
     @app.get("/policy", include_in_schema=False)
     def policy(request: Request, g: Picked = None) -> HTMLResponse:
@@ -150,7 +151,7 @@ def mount(app: FastAPI, service: Service, token: str | None) -> None:
         return page(request, "_trace.html", errors=[], result=result,
                     hops=[dataclasses.asdict(h) for h in result.hops])
 
-    @app.get("/hosts/{host}", include_in_schema=False)
+    @app.get("/hosts/{host:path}", include_in_schema=False)  # (names may be NAME/BRIDGE)
     def flows(request: Request, host: str) -> HTMLResponse:
         try:
             rows = q.flows(host)

@@ -68,7 +68,7 @@ def test_the_installed_console_serves_its_pages_and_assets(served):
     policy = httpx.get(f"{served}/policy", timeout=10)
     assert policy.status_code == 200 and 'data-verdict="isolated"' in policy.text
     assert "http" not in policy.text.split("</head>")[0]  # every asset from this server
-    for asset in ("htmx.min.js", "htmx-sse.min.js", "console.css"):
+    for asset in ("htmx.min.js", "htmx-sse.min.js", "console.css", "console.js"):
         r = httpx.get(f"{served}/static/{asset}", timeout=10)
         assert r.status_code == 200 and len(r.content) > 1000, asset
 

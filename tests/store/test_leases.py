@@ -5,7 +5,7 @@ exactly one member wins (PostgreSQL, concurrent sessions)."""
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -45,11 +45,38 @@ def test_members_are_alive_while_they_beat(engine):
         assert leases.live_members(s, at(4)) == ["c2"]  # c1's beat is 4 s old
 
 
+def test_found_by_review_a_member_that_lost_its_lease_cannot_renew_it(engine):
+    """(It kept the row in its session: the renewal trusted that copy.) And a claim that
+    loses keeps the session's other work (a heartbeat)."""
+    s = db.sessions(engine)
+    with s() as a, s() as b:
+        assert leases.claim(a, HV1, "c1", at(0)) == 1
+        held = a.get(m.SwitchLease, HV1)  # the ORM copy stays in c1's session
+        assert held is not None
+        assert leases.claim(b, HV1, "c2", at(4)) == 2
+        assert leases.claim(a, HV1, "c1", at(4.5)) is None
+        leases.heartbeat(a, "c1", "10.0.0.1:8080", at(4.5))
+        assert leases.claim(a, HV1, "c1", at(4.6)) is None
+        a.commit()
+        assert leases.live_members(b, at(5)) == ["c1"] and \
+            leases.holders(b)[HV1][:2] == ("c2", 2)
+
+
+def test_found_by_review_lease_times_are_utc_whatever_zone_they_come_in(engine):
+    plus2 = timezone(timedelta(hours=2))
+    with db.sessions(engine)() as s:
+        leases.claim(s, HV1, "c1", at(0).astimezone(plus2))
+        assert leases.claim(s, HV1, "c2", at(3.5)) == 2  # expired at T0 + 3 s, not 2 h later
+        with pytest.raises(ValueError, match="timezone-aware"):
+            leases.claim(s, HV1, "c2", datetime(2026, 11, 29, 3, 0))
+
+
 @pytest.mark.postgres
 @pytest.mark.parametrize("taken", [False, True])
 def test_concurrent_claims_on_postgresql_have_exactly_one_winner(pg_engine, taken):
     """Eight members claim one switch at the same moment, on a new lease or on one whose
-    holder has gone: exactly one gets it, and the term grows by one."""
+    holder has gone: exactly one gets it, and the term grows by one. (A cluster shares
+    PostgreSQL; SQLite, one writer at a time, is for a single controller.)"""
     engine = pg_engine
     dpid = f"{0x9000 + taken:016x}"
     s = db.sessions(engine)

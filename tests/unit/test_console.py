@@ -84,7 +84,7 @@ def test_the_matrix_follows_the_compiler_where_a_review_found_it_did_not():
     assert [ln.name for ln in cells["a", "a"].lines] == ["default"]
     assert matrix.matrix(policy.parse({**doc, "defaults": {"inter_group": "deny"}}),
                          ["adhoc"], members)[0][0].verdict == "denied"  # not the policy's
-    assert matrix.elsewhere(pol, ["a", "b", "c"], members) == {"a": ["v"], "b": [], "c": []}
+    assert matrix.elsewhere(pol, ["a", "b", "c"], members) == {"a": ["v"], "b": ["v"], "c": []}
 
 
 def test_the_witness_is_drawn_as_steps_and_names_a_foreign_flow():
@@ -248,7 +248,9 @@ def test_found_by_review_odd_credentials_and_forms_are_refused_not_500(guarded):
 def test_found_by_review_an_ended_session_sends_the_whole_page_to_the_form(guarded):
     r = guarded.get("/console/policy", headers={
         "HX-Request": "true", "HX-Current-URL": "https://vfence.example/policy?g=a"})
-    assert r.status_code == 401 and r.headers["HX-Redirect"] == "/login?next=/policy"
+    assert r.status_code == 401 and r.headers["HX-Redirect"] == "/login?next=/policy%3Fg%3Da"
+    r = guarded.get("/login?next=/policy%3Fg%3Da")  # and back to that page after it
+    assert 'value="/policy?g=a"' in r.text
     r = guarded.post("/logout", follow_redirects=False)  # with no session: still fine
     assert r.status_code == 303 and r.headers["location"] == "/login"
 
@@ -262,3 +264,11 @@ def test_found_by_review_the_event_stream_ends_with_the_session(sqlite_url):
         started = time.monotonic()
         body = "".join(r.iter_text())  # ends: the session expired about a second later
     assert body.startswith("retry:") and time.monotonic() - started < 10
+
+
+def test_found_by_review_the_group_picker_is_capped_and_ignores_unknown_groups(open_console):
+    picked = "&".join(f"g=g{i}" for i in range(300)) + "&g=payroll&g=prod"
+    r = open_console.get(f"/policy?{picked}")
+    assert r.status_code == 200
+    assert r.text.count('<th scope="row">from ') == 1  # payroll only: g0.. are no groups
+    assert "/console/policy?g=payroll" in r.text and "g299" not in r.text.split("<main")[1]

@@ -29,7 +29,8 @@ def installed(tmp_path_factory) -> Path:
                    "controller/console/templates/base.html",
                    "controller/console/static/htmx.min.js",
                    "controller/console/static/htmx-sse.min.js",
-                   "controller/console/static/console.css"):
+                   "controller/console/static/console.css",
+                   "controller/console/static/console.js"):
         assert f"vfence/{needed}" in names, f"vfence/{needed} is not in the wheel"
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top == {"vfence"}, f"the wheel installs more than its own namespace: {top}"
