@@ -18,21 +18,18 @@ import json
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 from playwright.sync_api import sync_playwright
 
+from vfence.mininet_topos.browser import epoch, launch
 from vfence.mininet_topos.datacenter import vm
 from vfence.mininet_topos.lab import Lab
 from vfence.mininet_topos.migration import migrate
 
 from .migration import pct
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 WATCH = """
 window.__sseOpen = false; window.__events = {};
 document.addEventListener('htmx:sseOpen', () => { window.__sseOpen = true; });
@@ -42,11 +39,6 @@ new MutationObserver(() => {
   }
 }).observe(document, {subtree: true, childList: true});
 """
-
-
-def _ts(text: str) -> float:
-    t = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
 
 
 def _listen(api: str, seen: dict[int, float], stop: threading.Event) -> None:
@@ -80,7 +72,7 @@ def main() -> None:
         print(f"lab: {args.hosts} hosts x {args.vms} VMs; {args.moves} moves")
         threading.Thread(target=_listen, args=(lab.api, stream, stop), daemon=True).start()
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            browser = launch(p)
             page = browser.new_page()
             page.add_init_script(WATCH)
             page.goto(lab.api + "/")
@@ -97,8 +89,8 @@ def main() -> None:
         moves = httpx.get(lab.api + "/v1/events?type=vm-moved&limit=1000", timeout=30).json()
     finally:
         lab.down()
-    page_ms = [(shown[e["id"]] - _ts(e["ts"])) * 1000 for e in moves if e["id"] in shown]
-    stream_ms = [(stream[e["id"]] - _ts(e["ts"])) * 1000 for e in moves if e["id"] in stream]
+    page_ms = [(shown[e["id"]] - epoch(e["ts"])) * 1000 for e in moves if e["id"] in shown]
+    stream_ms = [(stream[e["id"]] - epoch(e["ts"])) * 1000 for e in moves if e["id"] in stream]
     print(f"\n{len(moves)} moves recorded; on the page: {len(page_ms)}, on the stream: "
           f"{len(stream_ms)}\n")
     print("| from the move recorded to | p50 | p95 | max | goal |")

@@ -51,8 +51,6 @@ OPEN_PATHS = {"/v1/health"}  # for load balancers and probes; says nothing sensi
 SIGN_IN = {"/login", "/logout"}  # need no session (signing out of an expired one too)
 API_PATHS = ("/v1/", "/metrics", "/openapi.json", "/docs", "/redoc")  # 401, not the form
 STREAM_POLL, STREAM_KEEPALIVE = 0.2, 15.0  # seconds: new events looked for, idle comment
-
-
 REFUSED_FIELD = {auth.NO_CREDENTIALS: "header.authorization", auth.CROSS_SITE: "header.origin",
                  auth.NOT_LOOPBACK: "header.host"}
 
@@ -68,7 +66,7 @@ def _to_sign_in(request: Request, path: str) -> Response:
     if request.method != "GET":
         return problem(401, "Unauthorized", auth.NO_CREDENTIALS,
                        [{"field": "header.authorization", "reason": auth.NO_CREDENTIALS}])
-    query = request.scope.get("query_string", b"").decode("latin-1")
+    query = request.url.query
     return RedirectResponse(f"/login?next={quote(path + ('?' + query if query else ''))}", 303)
 
 

@@ -84,13 +84,16 @@ def loopback_host(headers: Mapping[str, str]) -> bool:
     API listens on loopback only; a page of another site that re-points its DNS name at
     127.0.0.1 (DNS rebinding) is same-origin to itself, but its Host is its own name."""
     host = headers.get("host", "")
-    name = host[1:host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
-    if name == "localhost":
-        return True
+    return loopback_name(host[1:host.find("]")] if host.startswith("[")
+                         else host.rsplit(":", 1)[0])
+
+
+def loopback_name(name: str) -> bool:
+    """``localhost`` or a loopback address (what ``--api-host`` may be without a token)."""
     try:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
-        return False
+        return name == "localhost"
 
 
 CROSS_SITE = "a browser request from another site's page"

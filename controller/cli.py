@@ -4,7 +4,6 @@ for ``verify``: 2 when no pair is broken but some could not be proved)."""
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import os
@@ -19,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from . import auth
 from .errors import VfenceError
 from .model import Policy
 from .store import db
@@ -119,7 +119,7 @@ def serve(
         err.print("[red]the API token must be ASCII: a bearer header cannot carry "
                   "anything else[/red]")
         raise typer.Exit(2)
-    if token is None and not _loopback(api_host):
+    if token is None and not auth.loopback_name(api_host):
         err.print(f"[red]--api-host {api_host} is reachable beyond this machine: set "
                   f"VFENCE_API_TOKEN or --api-token-file[/red]")
         raise typer.Exit(2)
@@ -169,13 +169,6 @@ def _api_token(path: str | None) -> str | None:
             raise typer.Exit(2)
         return token
     return os.environ.get("VFENCE_API_TOKEN") or None
-
-
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 @db_app.command("upgrade")

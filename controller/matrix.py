@@ -16,6 +16,7 @@ story.
 from __future__ import annotations
 
 import ipaddress
+from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 
@@ -130,13 +131,9 @@ def matrix(policy: Policy, groups: list[str], members: dict[str, list[Member]]
     return [[cell(policy, s, d, cov) for d in groups] for s in groups]
 
 
-def elsewhere(policy: Policy, groups: list[str], members: dict[str, list[Member]]
-              ) -> dict[str, list[str]]:
+def elsewhere(groups: list[str], members: dict[str, list[Member]]) -> dict[str, list[str]]:
     """Group -> its VMs that are in other groups too: the datapath judges a VM with all
     its groups (their rules, isolation pairs and intra-group allows), so for these the
     cells of one group are not the whole story (``vfence trace`` is)."""
-    of: dict[str, int] = {}
-    for vms in members.values():
-        for name, _, _ in vms:
-            of[name] = of.get(name, 0) + 1
-    return {g: [name for name, _, _ in members.get(g, []) if of[name] > 1] for g in groups}
+    count = Counter(name for vms in members.values() for name, _, _ in vms)
+    return {g: [name for name, _, _ in members.get(g, []) if count[name] > 1] for g in groups}

@@ -147,7 +147,7 @@ class Queries:
         return {"groups": groups, "shown": shown, "isolation": list(pol.isolation),
                 "defaults": {"intra_group": pol.intra_group, "inter_group": pol.inter_group},
                 "members": {g: [name for name, _, _ in members.get(g, [])] for g in groups},
-                "elsewhere": matrix_mod.elsewhere(pol, shown, members),
+                "elsewhere": matrix_mod.elsewhere(shown, members),
                 "rows": matrix_mod.matrix(pol, shown, members)}
 
     def last_event_id(self) -> int:

@@ -1,7 +1,8 @@
 """The web console at ``/``: pages rendered on the server (Jinja2), made live with htmx.
 
 Every asset ships in the package (``static/``: htmx 2 and its server-sent-events
-extension, vendored, BSD Zero Clause; the stylesheet); nothing is fetched from elsewhere,
+extension, vendored, BSD Zero Clause; the stylesheet and console.js); nothing is fetched
+from elsewhere,
 and the Content-Security-Policy says so to the browser. The pages read what the REST API
 reads (``service.queries``) and change nothing but a session: verify and trace are
 questions. Live parts re-render when ``/v1/events/stream`` names an event that
@@ -33,20 +34,19 @@ from ..service import Service
 from . import ofctl, witness
 
 PACKAGE = "vfence.controller.console"
-# what moves a VM on the hosts page; what changes the policy page
-PLACE_EVENTS = ("vm-moved", "vm-bound", "vm-unbound", "vm-standby", "vm-added", "vm-removed",
-                "migration-announced", "migration-expired", "move-refused")
+# what moves a VM on the hosts page (each in the timeline's words); what changes the
+# policy page
 EVENT_WORDS = {"vm-moved": "moved to", "vm-bound": "bound on", "vm-unbound": "unbound from",
                "vm-standby": "has a standby port on", "vm-added": "registered",
                "vm-removed": "removed", "migration-announced": "migration announced, to",
                "migration-expired": "announced migration expired",
                "move-refused": "move refused, on"}
+PLACE_EVENTS = tuple(EVENT_WORDS)
 POLICY_EVENTS = ("policy-applied", "vm-added", "vm-removed", "vm-readdressed")
 Picked = Annotated[list[str] | None, Query(description="groups the matrix shows")]
 MAX_FORM = 4096  # bytes: the largest form the console sends is far smaller
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
-
 
 
 _env = jinja2.Environment(loader=jinja2.PackageLoader(PACKAGE, "templates"), autoescape=True,

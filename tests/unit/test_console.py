@@ -84,7 +84,7 @@ def test_the_matrix_follows_the_compiler_where_a_review_found_it_did_not():
     assert [ln.name for ln in cells["a", "a"].lines] == ["default"]
     assert matrix.matrix(policy.parse({**doc, "defaults": {"inter_group": "deny"}}),
                          ["adhoc"], members)[0][0].verdict == "denied"  # not the policy's
-    assert matrix.elsewhere(pol, ["a", "b", "c"], members) == {"a": ["v"], "b": ["v"], "c": []}
+    assert matrix.elsewhere(["a", "b", "c"], members) == {"a": ["v"], "b": ["v"], "c": []}
 
 
 def test_the_witness_is_drawn_as_steps_and_names_a_foreign_flow():

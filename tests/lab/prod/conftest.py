@@ -77,6 +77,12 @@ TCP_PORTS = (22, 80, 5432, 8443)
 UDP_PORTS = (53, 9000)
 
 
+def ofport(lab, vm: str) -> int:
+    """The OpenFlow port a VM's interface has now on its switch."""
+    hv, port = lab.vm_port(vm)
+    return int(lab.switch(hv).run("ovs-vsctl", "get", "Interface", port, "ofport"))
+
+
 def nic(lab, vm: str) -> str:
     """A VM's interface now (a migration gives it a new one)."""
     return lab.host(vm).defaultIntf().name

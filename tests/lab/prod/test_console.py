@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -23,16 +22,13 @@ from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Page, expect, sync_playwright
 
 from vfence.controller.console import create_web_app
+from vfence.mininet_topos.browser import epoch, launch
 from vfence.mininet_topos.prodlab import migrate
 
 from ...unit.test_api import VM, make_service
 from ..conftest import probe, serve
-from .conftest import IP
+from .conftest import IP, ofport
 
-CHROMIUM = "/usr/bin/chromium"
-# as root, on a machine whose outside network is closed (/work/.library/env: python.md)
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 # set before any script of the page runs: when the event stream opens, and when (epoch
 # ms) the element a test waits for first appears
 INIT = """
@@ -51,7 +47,7 @@ SHOTS = os.environ.get("VFENCE_SCREENSHOTS")
 @pytest.fixture(scope="module")
 def browser():
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        b = launch(p)
         yield b
         b.close()
 
@@ -83,11 +79,6 @@ def _serious(page: Page) -> list[str]:
             if v["impact"] in ("serious", "critical")]
 
 
-def _ts(text: str) -> float:
-    t = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
-
-
 def _host_of(page: Page, vm: str) -> str:
     return page.locator(f"article[data-host]:has(tr[data-vm='{vm}'])").get_attribute(
         "data-host")
@@ -110,7 +101,7 @@ def test_a_live_migration_shows_on_the_page(lab, page):
         migrate(lab, "app-2", target)
         expect(page.locator(sel)).to_be_visible(timeout=15_000)
         seen = page.evaluate("sel => window.__seen[sel]", sel) / 1000
-        moved = _ts(lab.get("/v1/events?type=vm-moved&vm=app-2&limit=1000")[-1]["ts"])
+        moved = epoch(lab.get("/v1/events?type=vm-moved&vm=app-2&limit=1000")[-1]["ts"])
         assert moved >= before / 1000 - 1, "the move was recorded"
         delays.append(seen - moved)
         assert page.locator("#timeline li.vm-moved").first.inner_text().split()[1:5] == [
@@ -156,17 +147,12 @@ def test_a_policy_change_shows_in_the_matrix(lab, page):
     assert probe(lab.host("app-1"), target) == {target[0]: False}
 
 
-def _ofport(lab, vm: str) -> tuple[str, int]:
-    hv, port = lab.vm_port(vm)
-    return hv, int(lab.switch(hv).run("ovs-vsctl", "get", "Interface", port, "ofport"))
-
-
 def test_a_hand_made_flow_turns_verify_red_with_its_witness(lab, page):
     page.goto(lab.api + "/verify")
     page.click("#run-verify")
     expect(page.locator("#verify-summary")).to_have_class("banner ok", timeout=60_000)
-    (hv, web1), (hv_pay, pay1) = _ofport(lab, "web-1"), _ofport(lab, "pay-1")
-    assert hv == hv_pay, "the finance lab has web-1 and pay-1 on one host"
+    hv, web1, pay1 = lab.vm_port("web-1")[0], ofport(lab, "web-1"), ofport(lab, "pay-1")
+    assert lab.vm_port("pay-1")[0] == hv, "the finance lab has web-1 and pay-1 on one host"
     hole = f"table=0,priority=65000,in_port={web1},actions=output:{pay1}"
     lab.switch(hv).ofctl("add-flow", hole)
     try:

@@ -21,7 +21,7 @@ import pytest
 from vfence.controller.flows import Owner, cookie
 
 from ..conftest import Capture, flow_packets, flows_text, probe, send_frames
-from .conftest import DOC, HOSTS, IP, MAC, SWITCHES, TCP_PORTS, UDP_PORTS, nic
+from .conftest import DOC, HOSTS, IP, MAC, SWITCHES, TCP_PORTS, UDP_PORTS, nic, ofport
 
 
 def reach(lab, src: str, dst: str, proto: str, port: int) -> bool:
@@ -159,15 +159,10 @@ def test_dry_run_reports_what_apply_then_does(lab):
 # --- verify and metrics on the real switches ------------------------------------------------
 
 
-def _ofport(lab, vm: str) -> int:
-    hv, port = lab.vm_port(vm)
-    return int(lab.switch(hv).run("ovs-vsctl", "get", "Interface", port, "ofport"))
-
-
 def test_verify_proves_isolation_then_catches_a_hand_made_hole(lab):
     ok = httpx.post(lab.api + "/v1/verify", timeout=120).json()
     assert [(v["pair"], v["status"]) for v in ok] == [(["payroll", "frontend"], "isolated")], ok
-    web1, pay1 = _ofport(lab, "web-1"), _ofport(lab, "pay-1")
+    web1, pay1 = ofport(lab, "web-1"), ofport(lab, "pay-1")
     hole = f"table=0,priority=65000,in_port={web1},actions=output:{pay1}"
     lab.switch("hv1").ofctl("add-flow", hole)
     try:
