@@ -1,11 +1,15 @@
 """LLDP probes for link discovery, that neither a VM nor a replay can turn into a link.
 
-A probe carries the sending switch and port, a fresh random nonce and an HMAC over all
-three under a key that exists only in this controller process. The controller keeps the
+A probe carries the sending switch and port, a fresh nonce (its wall-clock time in
+milliseconds and random bits) and an HMAC over all three under a key that exists only in
+this controller process, or, for a cluster, in the shared database (:func:`use_key`; a
+probe one member's switch sent is punted to every member). The controller keeps the
 nonces it sent: a probe counts once, only before it expires, and only if the nonce was
-issued for the switch and port the probe names. Probes go out of operator-marked fabric
-ports only, and the service accepts a link only between two such ports of two
-switches: a VM echoing or relaying probes has nothing to work with.
+issued for the switch and port the probe names; a cluster member also takes a probe it
+did not send, if the key signed it, once, and within its lifetime by the nonce's time.
+Probes go out of operator-marked fabric ports only, and the service accepts a link only
+between two such ports of two switches: a VM echoing or relaying probes has nothing to
+work with.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import struct
 import threading
 import time
 
@@ -20,12 +25,17 @@ from os_ken.lib.packet import ethernet, lldp, packet
 
 LLDP_MAC = "01:80:c2:00:00:0e"
 PROBE_LIFETIME = 10.0  # seconds a probe is valid after it was sent
-_KEY = os.urandom(16)
+_KEYS = [os.urandom(16)]
+
+
+def use_key(key: bytes) -> None:
+    """Sign and check probes with ``key`` (a cluster's shared one) from now on."""
+    _KEYS[0] = key
 
 
 def _tag(dpid: int, port_no: int, nonce: bytes) -> bytes:
     msg = f"{dpid:016x}:{port_no}:".encode() + nonce
-    return hmac.new(_KEY, msg, hashlib.sha256).digest()[:16]
+    return hmac.new(_KEYS[0], msg, hashlib.sha256).digest()[:16]
 
 
 def probe(dpid: int, port_no: int, src_mac: str, nonce: bytes) -> bytes:
@@ -69,14 +79,15 @@ def parse(data: bytes) -> tuple[int, int, bytes] | None:
 class ProbeBook:
     """Nonces sent and not yet used: each one proves one fresh probe, once."""
 
-    def __init__(self, lifetime: float = PROBE_LIFETIME) -> None:
-        self.lifetime = lifetime
+    def __init__(self, lifetime: float = PROBE_LIFETIME, shared: bool = False) -> None:
+        self.lifetime, self.shared = lifetime, shared
         self._sent: dict[bytes, tuple[int, int, float]] = {}
+        self._taken: dict[bytes, float] = {}  # others' nonces redeemed (shared): until when
         self._lock = threading.Lock()
 
     def issue(self, dpid: int, port_no: int, now: float | None = None) -> bytes:
         now = time.monotonic() if now is None else now
-        nonce = os.urandom(8)
+        nonce = struct.pack("!Q", int(time.time() * 1000)) + os.urandom(8)
         with self._lock:
             self._sent = {n: v for n, v in self._sent.items() if v[2] > now}
             self._sent[nonce] = (dpid, port_no, now + self.lifetime)
@@ -88,4 +99,17 @@ class ProbeBook:
         now = time.monotonic() if now is None else now
         with self._lock:
             sent = self._sent.pop(nonce, None)
+            if sent is None and self.shared:
+                return self._foreign(nonce, now)
         return sent is not None and sent[:2] == (dpid, port_no) and now <= sent[2]
+
+    def _foreign(self, nonce: bytes, now: float) -> bool:
+        """Another member's probe (its signature was checked by :func:`parse`)."""
+        if len(nonce) != 16:
+            return False
+        age = time.time() - struct.unpack("!Q", nonce[:8])[0] / 1000
+        self._taken = {n: t for n, t in self._taken.items() if t > now}
+        if not -1.0 <= age <= self.lifetime or nonce in self._taken:
+            return False
+        self._taken[nonce] = now + self.lifetime + 1.0
+        return True

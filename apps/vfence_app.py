@@ -33,9 +33,11 @@ from vfence.controller import bridged as controller_bridged
 from vfence.controller import dhcp, dns_updates, external, records
 from vfence.controller.compiler import ETH_TYPE_LLDP, ETH_TYPE_VLAN
 from vfence.controller.flows import Owner, cookie, cookie_owner
+from vfence.controller.member import Member
 from vfence.controller.model import Binding, Link, NetworkState, PortRef
 from vfence.controller.pipeline import METERS, SPOOF_DROP_KINDS, Table
 from vfence.controller.reconcile import FlowDiff
+from vfence.controller.replica import Replica
 from vfence.controller.routing import answering_gateway
 from vfence.controller.service import Service
 
@@ -48,6 +50,7 @@ LLDP_INTERVAL = 5.0
 AUDIT_INTERVAL = 2.0
 AUDIT_SHARE = 0.1  # of the controller's time, at most, for reading drop counters
 REPLY_TIMEOUT = 10.0
+ROLE_TIMEOUT = 2.0  # a role request unanswered this long: not master (tried next round)
 GATEWAY_PROBE_INTERVAL = 5.0  # ARP for each uplink's external gateway (its MAC may move)
 PROBE_ANSWER_WINDOW = 2.0  # an ARP reply later than this after our probe is not believed
 BGP_SYNC_INTERVAL = 5.0  # announcements follow every change at once; this catches up
@@ -75,9 +78,11 @@ class _Pending:
     """Replies and errors for one request (by switch and xid), or errors for a run of
     ``count`` messages with consecutive xids (a bundle: one record, not one per flow)."""
 
-    def __init__(self, key: tuple[int, int], count: int = 1) -> None:
+    def __init__(self, key: tuple[int, int], count: int = 1, final_error: bool = False
+                 ) -> None:
         self.key = key  # (dpid, first xid)
         self.count = count
+        self.final_error = final_error  # an error is the answer (no reply will follow)
         self.done = threading.Event()
         self.replies: list[Any] = []
         self.errors: list[Any] = []
@@ -126,6 +131,11 @@ class VfenceApp(app_manager.OSKenApp):
             self.service.state)))
         self.probes = lldp.ProbeBook()
         self.drop_counts: dict[tuple[int, int, int], int] = {}
+        self.member: Member | None = None
+        self.member_stop = threading.Event()
+        self._asked = -1  # the last version a reload was queued for
+        if self.service.replica is not None:
+            self._join(self.service.replica)
 
     # --- worker -----------------------------------------------------------------------
 
@@ -146,6 +156,7 @@ class VfenceApp(app_manager.OSKenApp):
         """os-ken's teardown (AppManager.close): the worker, the DNS thread, the BGP
         session (a NOTIFICATION, rather than the peer noticing the process gone)."""
         self.work.put(None)
+        self.member_stop.set()
         self.dns.close()
         self.announcer.close()
 
@@ -181,10 +192,10 @@ class VfenceApp(app_manager.OSKenApp):
         dp.send_msg(msg)
         return p
 
-    def _wait(self, p: _Pending, what: str) -> list[Any]:
-        if not p.done.wait(REPLY_TIMEOUT):
+    def _wait(self, p: _Pending, what: str, timeout: float = REPLY_TIMEOUT) -> list[Any]:
+        if not p.done.wait(timeout):
             self._forget([p])
-            raise SwitchError(f"{what}: no reply in {REPLY_TIMEOUT}s")
+            raise SwitchError(f"{what}: no reply in {timeout}s")
         return p.replies
 
     def _resolve(self, msg: Any, more: bool = False) -> None:
@@ -267,6 +278,86 @@ class VfenceApp(app_manager.OSKenApp):
         return [(ofcodec.from_stats(s), s.packet_count, s.byte_count)
                 for s in self._request_multi(dp, req, "flow stats")]
 
+    # --- cluster membership (vfence serve --cluster; controller/member.py) ----------------
+
+    def _join(self, replica: Replica) -> None:
+        """Become a member: probes signed with the shared key, the member's loop."""
+        lldp.use_key(replica.lldp_key)
+        self.probes = lldp.ProbeBook(shared=True)
+        self.member = replica.member = Member(
+            self.service.sessions, replica.name, replica.advertise, self,
+            on_gain=lambda dpid, term: self.submit(self._take_over, dpid),
+            on_lose=lambda dpid: LOG.info("no longer master of %016x", dpid),
+            on_version=self._follow_version)
+        self.service.switches.fence = self.member.may_write
+        self.service.metrics.mastered.set_function(lambda: len(self.member.terms)
+                                                   if self.member else 0)
+        self.threads.append(hub.spawn(self.member.run, self.member_stop))
+
+    def _mine(self, dpid: int) -> bool:
+        """This process may write to the switch (always, unless a cluster member)."""
+        return self.member is None or self.member.may_write(dpid)
+
+    def connected(self) -> list[int]:
+        """Switches read back and known to the service (the member's plan covers these)."""
+        return [d for d in self.service.switches.connected() if d in self.datapaths]
+
+    def become(self, dpid: int, master: bool, term: int) -> bool:
+        """Role request with generation id ``term``; True once the switch accepted it."""
+        dp = self.datapaths.get(dpid)
+        if dp is None:
+            return False
+        role = ofp.OFPCR_ROLE_MASTER if master else ofp.OFPCR_ROLE_SLAVE
+        msg = parser.OFPRoleRequest(dp, role, term)
+        dp.set_xid(msg)
+        p = self._track(_Pending((dpid, msg.xid), final_error=True))
+        dp.send_msg(msg)
+        try:
+            replies = self._wait(p, f"role request to {dpid:016x}", ROLE_TIMEOUT)
+        except SwitchError as e:
+            LOG.warning("%s", e)
+            return False
+        if p.errors or not replies or replies[0].role != role:
+            LOG.warning("switch %016x refused role %d in term %d: %s", dpid, role, term,
+                        p.errors)
+            return False
+        return True
+
+    def _set_async(self, dp: Any) -> None:
+        """What the switch sends each role: a slave hears probes (punted by an action)
+        and port changes; a master everything it hears today."""
+        punts = 1 << ofp.OFPR_ACTION | 1 << ofp.OFPR_NO_MATCH | 1 << ofp.OFPR_INVALID_TTL
+        ports = 1 << ofp.OFPPR_ADD | 1 << ofp.OFPPR_DELETE | 1 << ofp.OFPPR_MODIFY
+        dp.send_msg(parser.OFPSetAsync(dp, [punts, 1 << ofp.OFPR_ACTION], [ports, ports],
+                                       [0, 0]))
+
+    def _take_over(self, dpid: int) -> None:
+        """Master now (the switch accepted the role): read it back, then bring it to the
+        compiled flows; nothing is sent for what it already holds."""
+        dp = self.datapaths.get(dpid)
+        if dp is None or not self._mine(dpid):
+            return
+        t0 = time.monotonic()
+        self._ensure_meters(dp)
+        stats = self._request_multi(dp, parser.OFPFlowStatsRequest(
+            dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY), "flow stats")
+        before = sum(self.service.switches.flow_mods.values())
+        self.service.switches.attach(dpid, self._port_names(dpid),
+                                     [ofcodec.from_stats(st) for st in stats])
+        self.service.switch_ready(dpid)
+        self.service.metrics.takeovers.inc()
+        LOG.info("took over %016x: %d flows read back, %d flow-mods, %.0f ms", dpid,
+                 len(stats), sum(self.service.switches.flow_mods.values()) - before,
+                 (time.monotonic() - t0) * 1000)
+        self._send_lldp(dp)
+
+    def _follow_version(self, version: int) -> None:
+        """Another member committed: reload and recompile (once per version seen)."""
+        replica = self.service.replica
+        if replica is not None and version != replica.version and version != self._asked:
+            self._asked = version
+            self.submit(self.service.housekeeping, time.monotonic())
+
     # --- connection lifecycle ---------------------------------------------------------
 
     @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
@@ -280,6 +371,8 @@ class VfenceApp(app_manager.OSKenApp):
             self.submit(self._on_connect, dp)
         elif ev.state == DEAD_DISPATCHER and self.datapaths.get(dpid) is dp:
             del self.datapaths[dpid]
+            if self.member is not None:
+                self.member.forget(dpid)
             self.submit(self.service.switch_disconnected, dpid)
 
     @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
@@ -292,7 +385,10 @@ class VfenceApp(app_manager.OSKenApp):
         self.ports[dp.id] = {
             p.port_no: (p.name.decode(errors="replace"), p.hw_addr) for p in ports
         }
-        self._ensure_meters(dp)
+        if self.member is not None:
+            self._set_async(dp)  # a slave too hears link probes (and port changes)
+        else:
+            self._ensure_meters(dp)  # (a cluster member: when it becomes master)
         stats = self._request_multi(
             dp,
             parser.OFPFlowStatsRequest(dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY),
@@ -302,8 +398,9 @@ class VfenceApp(app_manager.OSKenApp):
         name = self.ports[dp.id].get(ofp.OFPP_LOCAL, (f"{dp.id:016x}", ""))[0]
         self.service.switch_connected(dp.id, name, self._port_names(dp.id), flows)
         LOG.info("switch %s (%016x): %d flows read back", name, dp.id, len(flows))
-        self._send_lldp(dp)
-        hub.spawn_after(SETTLE_SECONDS / 3, self._send_lldp, dp)
+        if self._mine(dp.id):
+            self._send_lldp(dp)
+            hub.spawn_after(SETTLE_SECONDS / 3, self._send_lldp, dp)
         hub.spawn_after(SETTLE_SECONDS, self.submit, self.service.switch_ready, dp.id)
 
     def _ensure_meters(self, dp: Any) -> None:
@@ -344,7 +441,8 @@ class VfenceApp(app_manager.OSKenApp):
             table.pop(port.port_no, None)
         else:
             table[port.port_no] = (port.name.decode(errors="replace"), port.hw_addr)
-            hub.spawn(self._send_lldp, dp, [port.port_no])
+            if self._mine(dp.id):
+                hub.spawn(self._send_lldp, dp, [port.port_no])
         self.submit(self.service.ports_changed, dp.id, self._port_names(dp.id))
 
     # --- replies ----------------------------------------------------------------------
@@ -357,7 +455,7 @@ class VfenceApp(app_manager.OSKenApp):
     def _multipart(self, ev: Any) -> None:
         self._resolve(ev.msg, more=bool(ev.msg.flags & ofp.OFPMPF_REPLY_MORE))
 
-    @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
+    @set_ev_cls([ofp_event.EventOFPBarrierReply, ofp_event.EventOFPRoleReply], MAIN_DISPATCHER)
     def _barrier(self, ev: Any) -> None:
         self._resolve(ev.msg)
 
@@ -366,9 +464,15 @@ class VfenceApp(app_manager.OSKenApp):
         msg = ev.msg
         LOG.error("switch %016x error type=%s code=%s", msg.datapath.id or 0, msg.type,
                   msg.code)
+        if msg.type == ofp.OFPET_BAD_REQUEST and msg.code == ofp.OFPBRC_IS_SLAVE:
+            self.service.metrics.role_errors.inc()  # a write this member should not make
         p = self._answered_by_error(msg.datapath.id, msg.xid)
         if p is not None:
             p.errors.append(f"type={msg.type} code={msg.code}")
+            if p.final_error:
+                with self.pending_lock:
+                    self.pending.pop(p.key, None)
+                p.done.set()
 
     def _answered_by_error(self, dpid: int, xid: int) -> _Pending | None:
         """The request an error is about: by its own xid, or one inside a bundle's run
@@ -397,6 +501,8 @@ class VfenceApp(app_manager.OSKenApp):
         eth = pkt.get_protocol(ethernet.ethernet)
         if eth is None or in_port is None:
             return
+        if not self._mine(dp.id) and eth.ethertype != ETH_TYPE_LLDP:
+            return  # a cluster member hears a switch it does not master for links only
         owner = cookie_owner(msg.cookie)
         if owner is not None and owner[0] == Owner.VM:
             state = self.service.state  # (swapped whole, never edited in place)
@@ -456,7 +562,7 @@ class VfenceApp(app_manager.OSKenApp):
         subnet6 (or of those ``bindings``)."""
         for dpid, port_no, ad in dhcp.adverts(state or self.service.state, bindings):
             dp = self.datapaths.get(dpid)
-            if dp is not None:
+            if dp is not None and self._mine(dpid):
                 self._packet_out(dp, port_no, guest_config.advert(ad))
 
     def state_changed(self, state: NetworkState) -> None:
@@ -484,7 +590,7 @@ class VfenceApp(app_manager.OSKenApp):
         binding, whichever comes first)."""
         for dpid, port, vm, vid in controller_bridged.announcements(state, bindings):
             dp = self.datapaths.get(dpid)
-            if dp is not None and self.bridged_at.get(vm.name) != dpid:
+            if dp is not None and self._mine(dpid) and self.bridged_at.get(vm.name) != dpid:
                 self.bridged_at[vm.name] = dpid
                 self._packet_out(dp, port, bridged.announcement(vm, vid))
 
@@ -494,7 +600,7 @@ class VfenceApp(app_manager.OSKenApp):
         state = self.service.state
         for dpid, dp in list(self.datapaths.items()):
             out = external.host_out(state, dpid)
-            if out is not None:
+            if out is not None and self._mine(dpid):
                 self.probed[dpid] = time.monotonic()
                 self._packet_out(dp, out.port, router_answers.arp_request(
                     out.mac, out.address, out.gateway))
@@ -518,12 +624,12 @@ class VfenceApp(app_manager.OSKenApp):
         """Fabric ports appeared on these switches: look for their links now."""
         for dpid in dpids:
             dp = self.datapaths.get(dpid)
-            if dp is not None:
+            if dp is not None and self._mine(dpid):
                 self._send_lldp(dp)
 
     def _send_lldp(self, dp: Any, only: list[int] | None = None) -> None:
         """Probe out of the switch's operator-marked fabric ports (never a VM's)."""
-        fabric = self.service.fabric_ports(dp.id)
+        fabric = self.service.state.fabric.get(dp.id, frozenset())
         for no, (_, mac) in list(self.ports.get(dp.id, {}).items()):
             if no not in fabric or (only is not None and no not in only):
                 continue
@@ -538,7 +644,7 @@ class VfenceApp(app_manager.OSKenApp):
                       share: float = 1.0) -> None:
         """Run ``fn`` on every connected switch every ``interval`` seconds, forever."""
         def each() -> None:
-            for dp in list(self.datapaths.values()):
+            for dp in [d for d in list(self.datapaths.values()) if self._mine(d.id)]:
                 try:
                     fn(dp)
                 except Exception:

@@ -29,6 +29,9 @@ from starlette.routing import Match
 from . import auth
 from .api_schemas import (
     PROBLEM,
+    ClusterApplyIn,
+    ClusterApplyOut,
+    ClusterOut,
     EventOut,
     FlowOut,
     HistoryOut,
@@ -45,7 +48,7 @@ from .api_schemas import (
     VMOut,
     VMPatch,
 )
-from .service import Invalid, Service, VfenceError, VMSpec, field_path
+from .service import Invalid, NotFound, Service, VfenceError, VMSpec, field_path
 
 OPEN_PATHS = {"/v1/health"}  # for load balancers and probes; says nothing sensitive
 SIGN_IN = {"/login", "/logout"}  # need no session (signing out of an expired one too)
@@ -172,6 +175,26 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
     @app.get("/v1/health")
     def health() -> dict[str, Any]:
         return service.queries.health()
+
+    @app.get("/v1/cluster", responses=errors)
+    def cluster() -> ClusterOut:
+        """The controller cluster (vfence serve --cluster): its members, their health
+        and the switches each masters, with their terms (404 for a lone controller)."""
+        if service.replica is None:
+            raise NotFound("this controller does not run as a cluster member (--cluster)",
+                           "cluster")
+        return ClusterOut(**service.replica.status())
+
+    @app.post("/v1/cluster/apply", responses=errors)
+    def cluster_apply(body: ClusterApplyIn) -> ClusterApplyOut:
+        """Members only: bring a switch this member masters to another member's new
+        flow set (409 if this member is not its master in that term; 503 if the switch
+        refused)."""
+        if service.replica is None:
+            raise NotFound("this controller does not run as a cluster member (--cluster)",
+                           "cluster")
+        return ClusterApplyOut(flow_mods=service.replica.apply(int(body.dpid, 16), body.term,
+                                                               body.flows))
 
     @app.get("/v1/hosts")
     def hosts() -> list[dict[str, Any]]:

@@ -227,3 +227,42 @@ class Problem(BaseModel):
     status: int
     detail: str
     errors: list[dict[str, str]] = Field(default_factory=list)
+
+
+class ClusterMemberOut(BaseModel):
+    name: str
+    advertise: str = Field(description="the URL other members and clients reach it at")
+    live: bool = Field(description="heartbeat recent and (PostgreSQL) its process connected")
+    heartbeat_age_s: float
+    masters: list[str] = Field(description="switches (dpid) it holds a valid lease on")
+
+
+class ClusterSwitchOut(BaseModel):
+    dpid: str
+    master: str = Field(description="the lease's holder (valid says whether it still is)")
+    term: int = Field(description="grows by one with every new master; the OpenFlow role "
+                      "request's generation id")
+    valid: bool
+    expires_in_s: float
+
+
+class ClusterOut(BaseModel):
+    me: str | None = Field(description="the member that answered")
+    version: int = Field(description="the shared state's version (one more per change)")
+    my_version: int = Field(description="the version this member's copy is at")
+    members: list[ClusterMemberOut]
+    switches: list[ClusterSwitchOut]
+
+
+class ClusterApplyIn(BaseModel):
+    """Another member's change to a switch this member masters (members only)."""
+
+    model_config = ConfigDict(extra="forbid")
+    dpid: str = Field(pattern=r"^[0-9a-f]{16}$")
+    term: int = Field(ge=1, description="the term the sender read this member's lease in")
+    flows: list[list[Any]] = Field(max_length=1_000_000,
+                                   description="the switch's complete new flow set")
+
+
+class ClusterApplyOut(BaseModel):
+    flow_mods: int

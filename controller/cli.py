@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import auth
+from . import auth, leases
 from .errors import VfenceError
 from .model import Policy
 from .store import db
@@ -103,6 +104,14 @@ def serve(
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
     log_json: Annotated[bool, typer.Option(help="JSON log lines (with vm/host context)")]
     = False,
+    cluster: Annotated[bool, typer.Option(
+        "--cluster", help="run as one member of a cluster of controllers sharing the "
+                          "--db (PostgreSQL); every switch lists every member")] = False,
+    member: Annotated[str | None, typer.Option(
+        help="this member's name, unique in the cluster [default: HOSTNAME-APIPORT]")] = None,
+    advertise: Annotated[str | None, typer.Option(
+        help="the URL other members and clients reach this member's API at "
+             "[default: http(s)://API-HOST:API-PORT]")] = None,
     check: Annotated[bool, typer.Option(
         "--check", help="run every start-up check (options, token, TLS files, the "
                         "database, upgrading its schema as serve does, the stored policy, "
@@ -112,6 +121,7 @@ def serve(
     _setup_logging(log_level, log_json)
     from vfence.apps.runner import ServeOptions, run  # os-ken only when serving
 
+    from .replica import Replica
     from .service import Service
 
     token = _api_token(api_token_file)
@@ -129,6 +139,14 @@ def serve(
         raise typer.Exit(2)
     doc = _load_policy_or_exit(policy)[0] if policy else None
     url = db.resolve_url(database)
+    if cluster and not url.startswith("postgresql"):
+        err.print(f"[red]--cluster: the members share a PostgreSQL database (--db "
+                  f"postgresql://...), not {db.redact(url)}[/red]")
+        raise typer.Exit(2)
+    if cluster and advertise is None and api_host in ("0.0.0.0", "::"):
+        err.print(f"[red]--advertise: --api-host {api_host} is not an address others can "
+                  f"reach: give the URL other members and clients use[/red]")
+        raise typer.Exit(2)
     engine = db.make_engine(url)
     db.upgrade(engine)
     learn: bool | frozenset[str] = learn_first_frame or frozenset(learn_first_frame_on or [])
@@ -140,6 +158,17 @@ def serve(
                   "policy: start with --policy FILE to replace it):[/red]")
         _print_error(e)
         raise typer.Exit(2) from None
+    if cluster:
+        name = member or f"{socket.gethostname()}-{api_port}"
+        scheme = "https" if api_cert else "http"
+        url_self = advertise or f"{scheme}://{api_host}:{api_port}"
+        try:
+            presence = leases.hold_presence(engine, name)
+        except RuntimeError as e:
+            err.print(f"[red]--member: {e}[/red]")
+            raise typer.Exit(2) from None
+        service.replica = Replica(service.sessions, service.switches, name, url_self, token)
+        service.replica.presence = presence
     if doc is not None:
         try:
             service.apply_policy(doc, dry_run=check)
@@ -152,7 +181,9 @@ def serve(
         console.print(f"start-up checks passed: would serve OpenFlow on {ofp_host}:{ofp_port}, "
                       f"the API on {api_host}:{api_port}"
                       f"{' with a token' if token else ''}, {len(opts.ovsdb)} OVSDB(s), "
-                      f"database {db.redact(url)}")
+                      f"database {db.redact(url)}"
+                      + (f", as cluster member {service.replica.name} at "
+                         f"{service.replica.advertise}" if service.replica else ""))
         raise typer.Exit(0)
     run(service, opts)
 

@@ -6,13 +6,23 @@ that locks the row (``SELECT ... FOR UPDATE``; a first claim races on the primar
 and the switch itself refuses a role request whose generation id (the term) is older
 than one it has seen. Clocks only decide liveness: when a member may take a lease its
 holder stopped renewing, and which members count as alive.
+
+A member that dies (its process killed) is gone at once on PostgreSQL: it holds a session
+advisory lock for as long as its connection lives (:func:`hold_presence`), and the server
+drops the lock with the connection. A member that hangs (stopped, swapping) keeps its
+connection, so its heartbeat's age decides after ``MEMBER_TTL``.
+
+The shared state's version (:func:`lock_version`, :func:`bump`) is one row whose lock
+serialises every change members commit to the registry, policy and locations.
 """
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Collection
 from datetime import datetime, timedelta
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Connection, Engine, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -31,10 +41,44 @@ def heartbeat(s: Session, member: str, advertise: str, now: datetime) -> None:
         row.advertise, row.heartbeat = advertise, now
 
 
+PRESENCE_CLASS = 0x7666  # advisory lock class of members' presence locks ("vf")
+
+
+def presence_key(member: str) -> int:
+    return zlib.crc32(member.encode()) & 0x7FFFFFFF
+
+
+def hold_presence(engine: Engine, member: str) -> Connection | None:
+    """A connection holding this member's presence lock for as long as it stays open
+    (PostgreSQL; None elsewhere, where only heartbeats count). Raises if another live
+    process already holds it: two members of one name would share leases."""
+    if engine.dialect.name != "postgresql":
+        return None
+    conn = engine.connect()
+    got = conn.execute(select(func.pg_try_advisory_lock(PRESENCE_CLASS,
+                                                        presence_key(member)))).scalar()
+    conn.commit()  # (a session lock outlives the transaction)
+    if not got:
+        conn.close()
+        raise RuntimeError(f"another running member is named {member!r}")
+    return conn
+
+
+def _present(s: Session) -> set[int] | None:
+    """Presence keys held now (PostgreSQL), or None where there are none to read."""
+    if s.get_bind().dialect.name != "postgresql":
+        return None
+    return set(s.scalars(text(
+        "SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND granted "
+        "AND classid = :c AND objsubid = 2").bindparams(c=PRESENCE_CLASS)))
+
+
 def live_members(s: Session, now: datetime) -> list[str]:
+    """Members with a recent heartbeat whose process is still there (its presence lock)."""
     since = now - timedelta(seconds=MEMBER_TTL)
-    return sorted(s.scalars(select(m.ClusterMember.name)
-                            .where(m.ClusterMember.heartbeat >= since)))
+    fresh = s.scalars(select(m.ClusterMember.name).where(m.ClusterMember.heartbeat >= since))
+    present = _present(s)
+    return sorted(n for n in fresh if present is None or presence_key(n) in present)
 
 
 def holders(s: Session) -> dict[str, tuple[str, int, datetime]]:
@@ -43,12 +87,14 @@ def holders(s: Session) -> dict[str, tuple[str, int, datetime]]:
 
 
 def claim(s: Session, dpid: str, member: str, now: datetime,
-          ttl: float = LEASE_TTL) -> int | None:
+          ttl: float = LEASE_TTL, live: Collection[str] | None = None) -> int | None:
     """Take or renew the lease of a switch; its term, or None if another member holds it
     still (or won it meanwhile). Every write is a compare-and-set on the row as read
     (holder and term), so two members never both get a term, even one whose session
     still holds an old copy of the row. Always commits, with what else the session holds
-    (a lease is worth nothing until others can see it, and the row lock must go)."""
+    (a lease is worth nothing until others can see it, and the row lock must go).
+    ``live``: the members alive now; a lease held by another is free as soon as its
+    holder is not among them (a killed member's leases go at once)."""
     _aware(now)
     until = now + timedelta(seconds=ttl)
     row = s.execute(select(m.SwitchLease.member, m.SwitchLease.term, m.SwitchLease.expires)
@@ -64,7 +110,7 @@ def claim(s: Session, dpid: str, member: str, now: datetime,
         s.commit()
         return 1
     holder, term, expires = row
-    if holder != member and expires > now:
+    if holder != member and expires > now and (live is None or holder in live):
         s.commit()  # ends the transaction: the row lock goes, the rest of the work stands
         return None
     new_term = term if holder == member else term + 1
@@ -86,3 +132,32 @@ def release(s: Session, dpid: str, member: str, now: datetime) -> None:
     s.execute(update(m.SwitchLease).where(m.SwitchLease.dpid == dpid,
                                           m.SwitchLease.member == member).values(expires=now))
     s.commit()
+
+
+def lock_version(s: Session) -> int:
+    """The shared state's version, its row locked until the session's transaction ends:
+    no other member commits a change meanwhile."""
+    return int(s.execute(select(m.ClusterState.version).where(m.ClusterState.id == 1)
+                         .with_for_update()).scalar_one())
+
+
+def read_version(s: Session) -> int:
+    return int(s.execute(select(m.ClusterState.version)
+                         .where(m.ClusterState.id == 1)).scalar_one())
+
+
+def bump(s: Session) -> int:
+    """One more version, written with the change (call under :func:`lock_version`)."""
+    s.execute(update(m.ClusterState).where(m.ClusterState.id == 1)
+              .values(version=m.ClusterState.version + 1))
+    return read_version(s)
+
+
+def lldp_key(s: Session) -> bytes:
+    return bytes.fromhex(s.execute(select(m.ClusterState.lldp_key)
+                                   .where(m.ClusterState.id == 1)).scalar_one())
+
+
+def members(s: Session) -> dict[str, tuple[str, datetime]]:
+    """Every member ever seen: name -> (advertised address, last heartbeat)."""
+    return {r.name: (r.advertise, r.heartbeat) for r in s.scalars(select(m.ClusterMember))}

@@ -35,6 +35,12 @@ class Metrics:
                                  "yet (retried with backoff)", registry=r)
         self.dns_updates = Counter("vfence_dns_updates_total", "RFC 2136 updates sent, by the "
                                    "server's answer", ["rcode"], registry=r)
+        self.takeovers = Counter("vfence_cluster_takeovers_total", "switches this member "
+                                 "became master of (read back and diffed)", registry=r)
+        self.role_errors = Counter("vfence_cluster_role_errors_total", "writes a switch "
+                                   "refused because this member is a slave there", registry=r)
+        self.mastered = Gauge("vfence_cluster_switches_mastered", "switches this member "
+                              "masters now", registry=r)
         self.unused_drops = Gauge("vfence_routed_unused_drops", "packets a router dropped "
                                   "for addresses of its subnets that no VM holds, summed "
                                   "over switches", ["router"], registry=r)

@@ -293,6 +293,11 @@ class NetworkState:
         sw = self.switches.get(dpid)
         return sw.name if sw else dpid_str(dpid)
 
+    def find_switch(self, name_or_dpid: str) -> int | None:
+        """A known switch by host name or 16-hex-digit dpid."""
+        return next((d for d, sw in self.switches.items()
+                     if name_or_dpid in (sw.name, dpid_str(d))), None)
+
     def copy(self) -> NetworkState:
         """A copy whose containers are its own (the items are frozen): changing it never
         changes this one."""

@@ -228,7 +228,7 @@ class Queries:
 
     def flows(self, host: str) -> list[dict[str, Any]]:
         """The flows installed on a switch, read from it now, with counters and owners."""
-        dpid = self.service.find_switch(host)
+        dpid = self.service.state.find_switch(host)
         if dpid is None:
             raise NotFound(f"no switch named {host!r}", "host")
         state = self.service.state  # swapped whole, never changed in place

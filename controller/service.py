@@ -8,6 +8,7 @@ leaves state and database as they were and puts changed switches back."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import Counter
@@ -25,11 +26,11 @@ from .hosts import Bridge, HostBook, HostDb, Interface
 from .metrics import Metrics
 from .model import Link, PortRef, VMSpec
 from .queries import Queries
+from .replica import Replica
 from .switches import Programmer, Switches
 
-# the service's vocabulary for its callers (the API imports nothing below the service)
 __all__ = ["Bridge", "Interface", "Invalid", "NotFound", "Programmer", "Service", "VMSpec",
-           "VfenceError", "field_path"]
+           "VfenceError", "field_path"]  # its callers' words (the API imports nothing below)
 
 
 class Service:
@@ -50,16 +51,21 @@ class Service:
         self.desired: Desired | None = None  # compiled from self.state (rebuilt from)
         self.queries = Queries(self)
         self.external_status: Callable[[], dict[str, Any]] = dict  # BGP (set by the app)
+        self.replica: Replica | None = None  # a cluster member's (set by the runner)
 
     def _change(self, edit: edits.Edit | binding.Event, *, dry_run: bool = False,
                 force: bool = False, program: Callable[..., None] | None = None,
                 since: float | None = None) -> Desired | None:
         """Copy, edit, compile, program, commit, swap. ``edit`` changes the copy and the
-        session and may return an event for the binding machine, or is an event alone
-        (a frame: nothing is copied unless the machine acts). ``program`` (desired, first,
-        last) replaces programming every ready switch. Returns the desired flows (None
-        when nothing the compiler sees changed and no switch waits for a retry)."""
+        session and may return an event for the binding machine, or is an event alone (a
+        frame: nothing is copied unless the machine acts). ``program`` (desired, first, last)
+        replaces programming every ready switch. Returns the desired flows (None when
+        nothing the compiler sees changed and no switch waits for a retry). A cluster
+        member works under the shared version's lock (``replica.py``)."""
         with self.lock, self.sessions() as s:
+            if self.replica and (fresh := self.replica.enter(s, self.state, self.places)):
+                self.state, self.places = fresh  # another member committed: theirs first
+                force = True
             new = self.state.copy() if callable(edit) else None
             event = edit(new, s) if callable(edit) and new else cast(binding.Event, edit)
             world = binding.World.of(new or self.state, self.switches.ports,
@@ -67,7 +73,7 @@ class Service:
             out = binding.step(self.places, world, event) if event else binding.Outcome(
                 self.places, ())
             if new is None:
-                if not out.effects and out.places is self.places:
+                if not out.effects and out.places is self.places and not force:
                     return None  # a frame that changes nothing (the common punt)
                 new = self.state.copy()
             new.bindings, new.standby, new.expected = out.places.view()
@@ -77,16 +83,22 @@ class Service:
                 force or sw.dirty or new != self.state) else None
             if dry_run:
                 return desired  # the session closes unwritten; nothing was swapped
+            if self.replica:
+                self.replica.seal(s, self.state, new)
             if desired is not None:
                 sw.name = new.switch_name
-                (program or sw.program)(desired, [m.target for m in out.moves],
-                                        [m.source for m in out.moves])
+                with (self.replica.remote(s, self.state, new, self.desired, desired,  # first
+                      sw.connected()) if self.replica else contextlib.nullcontext()):
+                    (program or sw.program)(desired, [m.target for m in out.moves],
+                                            [m.source for m in out.moves])
                 records.converged(s, out.moves, since, self.metrics)
             try:
                 s.commit()
             except Exception:
                 sw.dirty |= sw.ready  # they run a change the database lost: redo them
                 raise
+            if self.replica:
+                self.replica.committed()
             self._audited |= out.once
             self.state, self.places = new, out.places
             if (hook := getattr(sw.programmer, "state_changed", None)) is not None:
@@ -131,7 +143,7 @@ class Service:
         with self.lock:
             if name not in self.state.vms:
                 raise NotFound(f"no VM named {name!r}", "name")
-            dpid = self.find_switch(target)
+            dpid = self.state.find_switch(target)
             if dpid is None:
                 raise Invalid(f"no connected switch named {target!r}", "target_host")
             self._change(binding.Announce(name, dpid))
@@ -149,30 +161,32 @@ class Service:
             self.switches.attach(dpid, ports, flows)
             self._change(edits.connect_switch(dpid, name), force=True,
                          program=lambda desired, *_: self.switches.add_missing(dpid, desired))
-            if self.hosts.connected(dpid, time.monotonic()):
-                self._connected_event(dpid)
+            self._say_connected([dpid] if self.hosts.connected(dpid, time.monotonic()) else [])
 
-    def _connected_event(self, dpid: int) -> None:
+    def _say_connected(self, dpids: Iterable[int]) -> None:
         """Said once per connection, with the host's name if it comes in time."""
-        if self.hosts.waiting.pop(dpid, None) is not None:
-            records.record(self.sessions, "switch-connected", host=self.switch_name(dpid),
-                           dpid=registry.dpid_str(dpid))
+        for dpid in dpids:
+            if self.hosts.waiting.pop(dpid, None) is not None:
+                records.record(self.sessions, "switch-connected", host=self.switch_name(dpid),
+                               dpid=registry.dpid_str(dpid))
 
     def switch_ready(self, dpid: int) -> None:
-        with self.lock:
-            if dpid in self.state.switches:
+        with self.lock:  # (a cluster member programs only the switches it masters)
+            if dpid in self.state.switches and self.switches.may_write(dpid):
                 self.switches.ready.add(dpid)
                 self._change(edits.nothing, force=True)
 
-    def switch_disconnected(self, dpid: int) -> None:
-        with self.lock:  # its flows stay (fail-secure); we stop programming it
+    def switch_disconnected(self, dpid: int) -> None:  # its flows stay (fail-secure)
+        with self.lock:
             self.switches.detach(dpid)
 
     def ports_changed(self, dpid: int, ports: dict[int, str]) -> None:
         """New port list of a switch: bindings and links on vanished ports end."""
         with self.lock:
             self.switches.ports[dpid] = dict(ports)
-            self._change(edits.port_status(dpid, frozenset(ports)), since=time.monotonic())
+            if self.switches.may_write(dpid):  # (its master decides in a cluster)
+                self._change(edits.port_status(dpid, frozenset(ports)),
+                             since=time.monotonic())
 
     def ovsdb_snapshot(self, interfaces: list[Interface], bridges: Iterable[Bridge] = (),
                        remote: str = "", host: str | None = None,
@@ -189,8 +203,7 @@ class Service:
                          records.fabric_refused(s, refused, self.switch_name, self._audited)),
                          since=t0)
             self._audited |= {records.refused_key(i) for i, _ in refused}
-            for dpid in self.hosts.due(t0):
-                self._connected_event(dpid)
+            self._say_connected(self.hosts.due(t0))
             probe = getattr(self.switches.programmer, "probe_fabric", None)
             if grew and probe is not None:
                 probe(grew)  # find the new links now, not at the next LLDP round
@@ -206,44 +219,31 @@ class Service:
             return True
 
     def housekeeping(self, now: float | None = None) -> None:
-        """Periodic: expire links LLDP stopped confirming and stale announcements."""
+        """Periodic: expire links LLDP stopped confirming and stale announcements (and,
+        for a cluster member, take what other members committed)."""
         now = time.monotonic() if now is None else now
         with self.lock:
             old = self.hosts.expired(self.state.links, now)
             self._change(edits.housekeeping(old, now))
             self.hosts.forget(old)
-            for dpid in self.hosts.due(now):  # named, or said with what we have
-                self._connected_event(dpid)
+            self._say_connected(self.hosts.due(now))  # named, or said with what we have
 
     # --- frames the datapath sent up ----------------------------------------------------------
 
-    def unbound_frame(self, dpid: int, port_no: int, src_mac: str) -> None:
-        """A frame from a port no VM is bound to (QEMU's RARP after a move, a GARP)."""
+    def unbound_frame(self, dpid: int, port_no: int, src_mac: str, standby: bool = False
+                      ) -> None:
+        """A frame from a port no VM is bound to (QEMU's RARP after a move, a GARP), or
+        from a standby port (``standby``: the VM runs there now; switch over)."""
         with self.lock:
-            name = self.switches.ports.get(dpid, {}).get(port_no, "")
-            self._change(binding.FirstFrame(PortRef(dpid, port_no), src_mac, name),
-                         since=time.monotonic())
+            at, name = PortRef(dpid, port_no), self.switches.ports.get(dpid, {}).get(port_no, "")
+            self._change(binding.StandbyFrame(at, src_mac) if standby else binding.FirstFrame(
+                at, src_mac, name), since=time.monotonic())
 
     def vm_seen(self, dpid: int, port_no: int, src_mac: str) -> None:
-        """A frame from a standby port: the VM runs there now; switch over."""
-        with self.lock:
-            self._change(binding.StandbyFrame(PortRef(dpid, port_no), src_mac),
-                         since=time.monotonic())
+        self.unbound_frame(dpid, port_no, src_mac, standby=True)
 
     def gateway_seen(self, dpid: int, port_no: int, ip: str, mac: str) -> None:
-        """An external gateway's ARP reply on a host's uplink: its MAC, for the way out."""
-        self._change(edits.gateway_seen(dpid, port_no, ip, mac))
-
-    def fabric_ports(self, dpid: int) -> frozenset[int]:
-        """Ports of ``dpid`` the operator marked as facing the fabric (LLDP goes there)."""
-        with self.lock:
-            return self.state.fabric.get(dpid, frozenset())
-
-    def find_switch(self, name_or_dpid: str) -> int | None:
-        """A known switch by host name or 16-hex-digit dpid."""
-        with self.lock:
-            return next((d for d, sw in self.state.switches.items()
-                         if name_or_dpid in (sw.name, registry.dpid_str(d))), None)
+        self._change(edits.gateway_seen(dpid, port_no, ip, mac))  # an uplink's way out
 
     def switch_name(self, dpid: int) -> str:
         return self.state.switch_name(dpid)

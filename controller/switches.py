@@ -102,6 +102,11 @@ class Switches:
         self.ports: dict[int, dict[int, str]] = {}  # ports with link up, as reported
         self.flow_mods: Counter[int] = Counter()
         self.dirty: set[int] = set()  # a program failed: reprogram at the next change
+        # a cluster member's lease check (member.py): may this process write to the switch
+        self.fence: Callable[[int], bool] | None = None
+
+    def may_write(self, dpid: int) -> bool:
+        return self.fence is None or self.fence(dpid)
 
     def connected(self) -> list[int]:
         return sorted(self.installed)
@@ -120,7 +125,7 @@ class Switches:
     def add_missing(self, dpid: int, desired: Mapping[int, frozenset[Flow]]) -> None:
         """Only the flows ``dpid`` lacks (a reconnect before its links are known). The
         other switches, for which ``desired`` changes nothing, hold it as they are."""
-        if dpid in self.installed:
+        if dpid in self.installed and self.may_write(dpid):
             have = self.installed[dpid]
             self.send(dpid, additions_only(diff(desired[dpid], have), have))
         if isinstance(desired, Desired):
@@ -146,9 +151,10 @@ class Switches:
         delivery and policy before anything points there), then all the others in one
         pipelined round trip, the old host (``last``) last among them. If one refuses,
         the switches already changed are put back."""
-        head = [d for d in first if d in self.ready]
-        tail = [d for d in last if d in self.ready and d not in head]
-        rest = sorted(d for d in self.ready if d not in head and d not in tail) + tail
+        mine = {d for d in self.ready if self.may_write(d)}
+        head = [d for d in first if d in mine]
+        tail = [d for d in last if d in mine and d not in head]
+        rest = sorted(d for d in mine if d not in head and d not in tail) + tail
         held = self.installed
         done: list[tuple[int, frozenset[Flow] | Desired]] = []
         try:
@@ -183,6 +189,8 @@ class Switches:
         switches that committed are accounted for even if another one failed."""
         if not batch or self.programmer is None:
             return
+        for dpid, _ in batch:
+            self._fenced(dpid)
         many = getattr(self.programmer, "program_many", None)
         if many is None or len(batch) == 1:
             for dpid, changes in batch:
@@ -205,8 +213,14 @@ class Switches:
              desired: Mapping[int, frozenset[Flow]] | None = None) -> None:
         if not changes or self.programmer is None:
             return
+        self._fenced(dpid)
         self.programmer.program(dpid, changes)
         self._committed(dpid, changes, desired)
+
+    def _fenced(self, dpid: int) -> None:
+        if not self.may_write(dpid):
+            raise Refused(f"this member no longer masters switch {self.name(dpid)} (its "
+                          "lease was not renewed in time); nothing was sent", "cluster")
 
     def _committed(self, dpid: int, changes: FlowDiff,
                    desired: Mapping[int, frozenset[Flow]] | None) -> None:

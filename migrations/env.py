@@ -18,6 +18,10 @@ with engine.connect() as connection:
         connection.commit()
     try:
         with connection.begin():
+            if connection.dialect.name == "postgresql":
+                # members of a cluster start together: one migrates, the others wait for
+                # it here and then find the schema current (held until this commits)
+                connection.exec_driver_sql("SELECT pg_advisory_xact_lock(30310, 0)")
             context.configure(connection=connection, target_metadata=Base.metadata,
                               render_as_batch=True)
             with context.begin_transaction():

@@ -129,9 +129,10 @@ class NamespacedOVS(Node):
 
     # --- start and stop -------------------------------------------------------------------
 
-    def start_script(self, controller: str, ports: Iterable[str] = ()) -> str:
+    def start_script(self, controller: str | list[str], ports: Iterable[str] = ()) -> str:
         """Shell commands (run in this node) that create the database, start both daemons
-        and create ``br-int`` with ``ports``, pointed at ``controller``."""
+        and create ``br-int`` with ``ports``, pointed at ``controller`` (or at each of a
+        list: a cluster's members)."""
         d, name = self.rundir, self.name
         daemon = f"--pidfile={d}/{{0}}.pid --log-file={d}/{{0}}.log --detach --no-chdir " \
                  f"2>>{d}/start.err"
@@ -146,9 +147,11 @@ class NamespacedOVS(Node):
                 bridge.append(f"set Interface {port} external_ids:vfence-fabric=true")
         # a 30 s inactivity probe (OVS's default is 5 s): a controller busy with a large
         # change for a few seconds is not dropped and re-synchronised for it
-        bridge += [f"--id=@c create Controller target=\\\"{controller}\\\" max_backoff=1000 "
-                   "inactivity_probe=30000",
-                   f"set Bridge {BRIDGE} controller=@c"]
+        targets = [controller] if isinstance(controller, str) else controller
+        bridge += [f"--id=@c{i} create Controller target=\\\"{t}\\\" max_backoff=1000 "
+                   "inactivity_probe=30000" for i, t in enumerate(targets)]
+        bridge.append(f"set Bridge {BRIDGE} controller="
+                      + ",".join(f"@c{i}" for i in range(len(targets))))
         return " && ".join([
             f"ovsdb-tool create {d}/conf.db {SCHEMA}",
             f"ovsdb-server {d}/conf.db --remote=punix:{d}/db.sock "
@@ -160,7 +163,7 @@ class NamespacedOVS(Node):
             f"ovs-vsctl --db={self.db} --timeout=20 -- " + " -- ".join(bridge),
         ]) + "; echo start-rc=$?"
 
-    def send_start_ovs(self, controller: str, ports: Iterable[str] = ()) -> None:
+    def send_start_ovs(self, controller: str | list[str], ports: Iterable[str] = ()) -> None:
         self.sendCmd(self.start_script(controller, ports))
 
     def wait_start_ovs(self) -> None:
@@ -170,7 +173,7 @@ class NamespacedOVS(Node):
             raise RuntimeError(f"starting Open vSwitch on {self.name}: {out.strip()} "
                                f"{err.read_text() if err.exists() else ''}")
 
-    def start_ovs(self, controller: str, ports: Iterable[str] = ()) -> None:
+    def start_ovs(self, controller: str | list[str], ports: Iterable[str] = ()) -> None:
         self.send_start_ovs(controller, ports)
         self.wait_start_ovs()
 
@@ -291,7 +294,7 @@ class ProdLab(LabBase):
 
     def start_network(self) -> Mininet:
         t0 = time.monotonic()
-        cleanup(keep=[self.proc.pid] if self.proc is not None else [])
+        cleanup(keep=self.controller_pids())
         t1 = time.monotonic()
         self.state_root.mkdir(parents=True, exist_ok=True)
         net = self.net = Mininet(topo=None, controller=None, link=ProdLink, build=False,
@@ -313,13 +316,21 @@ class ProdLab(LabBase):
         for p in self.plan:
             ports[hv_name(p.host)].append(self._vm_host(p).name)
         t2 = time.monotonic()
-        target = "tcp:{}:" + str(self.of_port)
         for sw in self.switches:  # all at once: each waits on its own daemons
-            sw.send_start_ovs(target.format(sw.ctl_root_ip), ports[sw.name])
+            sw.send_start_ovs([f"tcp:{sw.ctl_root_ip}:{p}" for p in self.of_ports()],
+                              ports[sw.name])
         for sw in self.switches:
             sw.wait_start_ovs()
         self.timings.update(cleanup=t1 - t0, build=t2 - t1, ovs=time.monotonic() - t2)
         return net
+
+    def controller_pids(self) -> list[int]:
+        """Controller processes of this lab (the clean-up before the network spares them)."""
+        return [self.proc.pid] if self.proc is not None else []
+
+    def of_ports(self) -> list[int]:
+        """The controllers' OpenFlow ports every switch connects to (one here)."""
+        return [self.of_port]
 
     def _vm_host(self, p: VMPlan) -> Intf:
         """The VM's Mininet host, linked to its hypervisor; the hypervisor's end."""

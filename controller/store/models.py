@@ -90,6 +90,16 @@ class SwitchLease(Base):
     expires: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class ClusterState(Base):
+    """One row: the shared state's version (one more at every committed change; its row
+    lock serialises changes across members) and the key that signs link probes."""
+
+    __tablename__ = "cluster_state"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
+    lldp_key: Mapped[str] = mapped_column(String(64))  # 32 bytes, hex
+
+
 class RouterNumber(Base):
     """A router's number (0..MAX_ROUTERS-1, the lowest free one when the policy first
     names it; free again once no policy does): its conntrack zone is ROUTER_ZONE_BASE +

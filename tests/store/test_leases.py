@@ -5,6 +5,7 @@ exactly one member wins (PostgreSQL, concurrent sessions)."""
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -36,7 +37,13 @@ def test_a_lease_has_one_holder_and_its_term_grows_with_each_new_one(engine):
         assert leases.claim(b, HV1, "c2", at(7)) is None
 
 
+def _presence(engine, *names):
+    """Each member's process, as far as the database sees it (PostgreSQL: its lock)."""
+    return [c for n in names if (c := leases.hold_presence(engine, n)) is not None]
+
+
 def test_members_are_alive_while_they_beat(engine):
+    _presence(engine, "c1", "c2")
     with db.sessions(engine)() as s:
         leases.heartbeat(s, "c1", "10.0.0.1:8080", at(0))
         leases.heartbeat(s, "c2", "10.0.0.2:8080", at(2))
@@ -48,6 +55,7 @@ def test_members_are_alive_while_they_beat(engine):
 def test_found_by_review_a_member_that_lost_its_lease_cannot_renew_it(engine):
     """(It kept the row in its session: the renewal trusted that copy.) And a claim that
     loses keeps the session's other work (a heartbeat)."""
+    _presence(engine, "c1", "c2")
     s = db.sessions(engine)
     with s() as a, s() as b:
         assert leases.claim(a, HV1, "c1", at(0)) == 1
@@ -60,6 +68,30 @@ def test_found_by_review_a_member_that_lost_its_lease_cannot_renew_it(engine):
         a.commit()
         assert leases.live_members(b, at(5)) == ["c1"] and \
             leases.holders(b)[HV1][:2] == ("c2", 2)
+
+
+@pytest.mark.postgres
+def test_a_member_whose_process_is_gone_is_dead_at_once_and_its_leases_free(pg_engine):
+    """Its connection went, and the server dropped its presence lock with it: its fresh
+    heartbeat and unexpired leases count for nothing. A second process of one name is
+    refused while the first runs."""
+    (c1,) = _presence(pg_engine, "c1")
+    _presence(pg_engine, "c2")
+    with pytest.raises(RuntimeError, match="another running member is named 'c1'"):
+        leases.hold_presence(pg_engine, "c1")
+    with db.sessions(pg_engine)() as s:
+        leases.heartbeat(s, "c1", "10.0.0.1:8080", at(0))
+        leases.heartbeat(s, "c2", "10.0.0.2:8080", at(0))
+        s.commit()
+        assert leases.claim(s, HV1, "c1", at(0)) == 1
+        assert leases.claim(s, HV1, "c2", at(1), live=["c1", "c2"]) is None
+        c1.invalidate()  # killed
+        deadline = time.monotonic() + 5
+        while "c1" in leases.live_members(s, at(1)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        live = leases.live_members(s, at(1))
+        assert live == ["c2"]
+        assert leases.claim(s, HV1, "c2", at(1), live=live) == 2  # before its expiry (3)
 
 
 def test_found_by_review_lease_times_are_utc_whatever_zone_they_come_in(engine):

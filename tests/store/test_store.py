@@ -27,7 +27,7 @@ def test_migration_creates_every_table_and_matches_models(engine):
 def test_upgrade_is_idempotent(engine):
     db.upgrade(engine)
     with engine.connect() as c:
-        assert MigrationContext.configure(c).get_current_revision() == "0008"
+        assert MigrationContext.configure(c).get_current_revision() == "0009"
 
 
 def test_vm_roundtrip_creates_segment_and_groups(engine):

@@ -72,7 +72,7 @@ def test_a_switch_that_connects_before_its_ovsdb_is_renamed(sqlite_url):
     _host(service, "hv1", HV1, [])
     _host(service, "hv2", HV2, [Interface(HV2, 3, "vnet0", VM["mac"], "pay-1")])
     assert {sw.name for sw in service.state.switches.values()} == {"hv1", "hv2"}
-    assert service.find_switch("hv2") == HV2
+    assert service.state.find_switch("hv2") == HV2
     assert client.get("/v1/vms/pay-1/location").json()["host"]["name"] == "hv2"
     bound = client.get("/v1/events", params={"type": "vm-bound"}).json()
     assert [e["host"] for e in bound] == ["hv2"]
@@ -137,8 +137,8 @@ def test_links_only_between_marked_fabric_ports_of_two_switches(sqlite_url):
 
 def test_a_marked_port_with_a_vm_is_never_fabric(sqlite_url):
     service = _fabric_lab(sqlite_url)
-    assert service.fabric_ports(HV1) == {1}  # vnet1 carries pay-1's ids: refused
-    assert service.fabric_ports(SP1) == {1, 2}
+    assert service.state.fabric.get(HV1, frozenset()) == {1}  # vnet1 carries pay-1's ids: refused
+    assert service.state.fabric.get(SP1, frozenset()) == {1, 2}
     with service.sessions() as s:
         from vfence.controller import registry
         refused = [e for e in registry.events(s, type_="fabric-refused")]
@@ -149,7 +149,7 @@ def test_a_marked_port_with_a_vm_is_never_fabric(sqlite_url):
     assert client.get("/v1/vms/pay-1/location").json()["port"]["number"] == 4
     _host(service, "hv1", HV1, [Interface(HV1, 1, "up0", fabric=True),
                                 Interface(HV1, 4, "vnet1", fabric=True)])
-    assert service.fabric_ports(HV1) == {1}
+    assert service.state.fabric.get(HV1, frozenset()) == {1}
 
 
 def test_unmarking_a_port_drops_its_link(sqlite_url):

@@ -1,0 +1,227 @@
+"""A cluster member's copy of the shared state, and the write path through the masters.
+
+Every member keeps the whole model. What members decide together lives in the database
+(registry, policy, locations: :func:`decided`); what each observes by itself (connected
+switches, ports, links, fabric ports, gateways' MACs) every member observes alike, since
+all are connected to every switch and OVSDB.
+
+A change on any member (:meth:`Service._change`) runs under the shared state's version
+row lock (:meth:`enter`): no other member commits meanwhile, and a member whose copy is
+older reloads the decided part first. When the change alters the decided part, the
+member sends each affected switch mastered by another member its complete new flow set
+(:meth:`remote`, ``POST /v1/cluster/apply`` at that master, which diffs and sends one
+bundle) before it programs its own and commits with version + 1. If a master refuses,
+is gone or does not answer, the masters that applied it are given their old flows back,
+nothing commits, and the request is answered 503 with Retry-After. A change of what a
+member observes alone is programmed by each member on the switches it masters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+from sqlalchemy.orm import Session, sessionmaker
+
+from . import leases, records
+from .binding import Places
+from .errors import Conflict, Invalid, Refused, VfenceError
+from .flows import Flow
+from .member import Member, utcnow
+from .model import NetworkState, dpid_str
+from .reconcile import diff
+from .switches import Switches
+
+LOG = logging.getLogger("vfence.replica")
+
+APPLY_TIMEOUT = 5.0  # seconds a master has to apply a change to its switch
+
+
+def decided(state: NetworkState) -> tuple[Any, ...]:
+    """The part of the state the database holds (what members must agree on)."""
+    return (state.policy, state.vms, state.group_bits, state.segment_tags,
+            state.router_numbers, state.bindings)
+
+
+def flows_json(flows: frozenset[Flow]) -> list[list[Any]]:
+    return [[f.table, f.priority, f.match, f.instructions, f.cookie] for f in flows]
+
+
+def _tuples(v: Any) -> Any:
+    return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
+
+
+def flows_from_json(rows: list[list[Any]]) -> frozenset[Flow]:
+    """The inverse of :func:`flows_json` (JSON makes every tuple a list)."""
+    try:
+        return frozenset(Flow(int(t), int(p), _tuples(m), _tuples(i), int(c))
+                         for t, p, m, i, c in rows)
+    except (TypeError, ValueError) as e:
+        raise Invalid(f"not a flow list: {e}", "flows") from e
+
+
+class Replica:
+    def __init__(self, sessions: sessionmaker[Session], switches: Switches, name: str,
+                 advertise: str, token: str | None = None) -> None:
+        self.sessions, self.switches = sessions, switches
+        self.name, self.advertise, self.token = name, advertise, token
+        self.presence: Any = None  # the connection holding this member's presence lock
+        self.member: Member | None = None  # set by the app once it talks OpenFlow
+        with sessions() as s:
+            self.version = leases.read_version(s)  # what records.load just read (or later)
+            self.lldp_key = leases.lldp_key(s)
+        self.pending: int | None = None  # the version this change commits, if any
+        self.applied = 0  # changes other members pushed to switches mastered here
+
+    def mine(self, dpid: int) -> bool:
+        return self.member is not None and self.member.may_write(dpid)
+
+    # --- the shared state's version ----------------------------------------------------
+
+    def enter(self, s: Session, state: NetworkState, places: Places
+              ) -> tuple[NetworkState, Places] | None:
+        """Lock the version for this change; the state reloaded if others committed."""
+        self.pending = None
+        version = leases.lock_version(s)
+        if version == self.version:
+            return None
+        fresh, fresh_places = records.load(self.sessions, True)
+        for observed in ("switches", "links", "fabric", "port_names", "gateway_macs",
+                         "gateway6_macs"):
+            setattr(fresh, observed, getattr(state, observed))
+        fresh_places.standby, fresh_places.announced = places.standby, places.announced
+        fresh_places.candidates, fresh_places.retired = places.candidates, places.retired
+        fresh_places.vm_ports |= places.vm_ports
+        fresh.bindings, fresh.standby, fresh.expected = fresh_places.view()
+        self.version = version
+        LOG.info("reloaded the shared state at version %d", version)
+        return fresh, fresh_places
+
+    def seal(self, s: Session, old: NetworkState, new: NetworkState) -> None:
+        """Before commit: one more version if this change alters the decided part."""
+        self.pending = leases.bump(s) if decided(old) != decided(new) else None
+
+    def committed(self) -> None:
+        if self.pending is not None:
+            self.version, self.pending = self.pending, None
+
+    # --- pushing a change through other members' masters ---------------------------------
+
+    @contextlib.contextmanager
+    def remote(self, s: Session, old: NetworkState, new: NetworkState,
+               before: Mapping[int, frozenset[Flow]] | None,
+               after: Mapping[int, frozenset[Flow]], connected: list[int]) -> Iterator[None]:
+        """Apply the change at the masters of the switches it alters that this member
+        does not master, then run the block (this member's own switches); if anything
+        fails, the masters that applied it get their old flows back, and it raises."""
+        targets = [] if decided(old) == decided(new) else [
+            d for d in connected if not self.mine(d) and d in after
+            and (before is None or d not in before or before[d] != after[d])]
+        if not targets:
+            yield
+            return
+        masters = self._masters(s, targets)
+        done: list[tuple[int, str, int]] = []
+        try:
+            self._push_all([(d, *masters[d], after[d]) for d in targets], done)
+            yield
+        except BaseException:
+            if before is not None:
+                self._push_all([(d, url, term, before[d]) for d, url, term in done
+                                if d in before], [], undo=True)
+            raise
+
+    def _masters(self, s: Session, targets: list[int]) -> dict[int, tuple[str, int]]:
+        now = utcnow()
+        live = set(leases.live_members(s, now))
+        where = leases.members(s)
+        held = leases.holders(s)
+        out = {}
+        for dpid in targets:
+            lease = held.get(dpid_str(dpid))
+            if lease is None or lease[0] not in live or lease[2] <= now:
+                raise Refused(f"switch {dpid_str(dpid)} has no master now (a member is "
+                              "taking it over); the change was not made", "cluster")
+            out[dpid] = (where[lease[0]][0], lease[1])
+        return out
+
+    def _push_all(self, jobs: list[tuple[int, str, int, frozenset[Flow]]],
+                  done: list[tuple[int, str, int]], undo: bool = False) -> None:
+        if not jobs:
+            return
+        with ThreadPoolExecutor(max_workers=min(8, len(jobs))) as pool:
+            results = list(pool.map(lambda j: self._push(*j), jobs))
+        done += [(d, url, term) for (d, url, term, _), err in zip(jobs, results, strict=True)
+                 if err is None]
+        errors = [err for err in results if err is not None]
+        if errors:
+            LOG.error("%s at the masters failed: %s", "undo" if undo else "change",
+                      "; ".join(errors))
+            if not undo:
+                raise Refused("; ".join(errors) + "; the change was rolled back", "cluster")
+
+    def _push(self, dpid: int, url: str, term: int, flows: frozenset[Flow]) -> str | None:
+        """None once the master applied it, else why not."""
+        headers = {"authorization": f"Bearer {self.token}"} if self.token else {}
+        body = {"dpid": dpid_str(dpid), "term": term, "flows": flows_json(flows)}
+        try:
+            r = httpx.post(url.rstrip("/") + "/v1/cluster/apply", json=body, headers=headers,
+                           timeout=APPLY_TIMEOUT, verify=False)  # noqa: S501 (a peer)
+        except httpx.HTTPError as e:
+            return f"master of {dpid_str(dpid)} at {url}: {e.__class__.__name__}"
+        if r.status_code != 200:
+            return f"master of {dpid_str(dpid)} at {url}: {r.status_code} {r.text[:200]}"
+        return None
+
+    # --- the master's side ----------------------------------------------------------------
+
+    def check_master(self, dpid: int, term: int) -> None:
+        """Raise unless this member masters ``dpid`` in ``term`` now."""
+        m = self.member
+        if m is None or m.terms.get(dpid) != term or not m.may_write(dpid):
+            raise Conflict(f"this member is not master of {dpid_str(dpid)} in term {term}",
+                           "term")
+
+    def apply(self, dpid: int, term: int, rows: list[list[Any]]) -> int:
+        """Another member's change: bring a switch mastered here to the flows ``rows``
+        (:func:`flows_json`) in one bundle, acknowledged by the barrier. How many
+        flow-mods it took."""
+        flows = flows_from_json(rows)
+        self.check_master(dpid, term)
+        if dpid not in self.switches.installed:
+            raise Conflict(f"switch {dpid_str(dpid)} is not connected here", "dpid")
+        changes = diff(flows, self.switches.installed[dpid])
+        try:
+            self.switches.send(dpid, changes)
+        except VfenceError:
+            raise
+        except Exception as e:
+            raise Refused(f"switch {dpid_str(dpid)} refused the change: {e}", "dpid") from e
+        self.applied += 1
+        return len(changes)
+
+    def status(self) -> dict[str, Any]:
+        """Members, their health and what each masters (``GET /v1/cluster``)."""
+        now = utcnow()
+        with self.sessions() as s:
+            live = set(leases.live_members(s, now))
+            where = leases.members(s)
+            held = leases.holders(s)
+            version = leases.read_version(s)
+        me = self.member
+        return {
+            "me": me.name if me else None, "version": version, "my_version": self.version,
+            "members": [{"name": n, "advertise": adv, "live": n in live,
+                         "heartbeat_age_s": round((now - hb).total_seconds(), 3),
+                         "masters": sorted(d for d, lease in held.items()
+                                           if lease[0] == n and n in live and lease[2] > now)}
+                        for n, (adv, hb) in sorted(where.items())],
+            "switches": [{"dpid": d, "master": lease[0], "term": lease[1],
+                          "valid": lease[0] in live and lease[2] > now,
+                          "expires_in_s": round((lease[2] - now).total_seconds(), 3)}
+                         for d, lease in sorted(held.items())],
+        }
