@@ -287,7 +287,7 @@ class VfenceApp(app_manager.OSKenApp):
         self.member = replica.member = Member(
             self.service.sessions, replica.name, replica.advertise, self,
             on_gain=lambda dpid, term: self.submit(self._take_over, dpid),
-            on_lose=lambda dpid: LOG.info("no longer master of %016x", dpid),
+            on_lose=lambda dpid: self.submit(self.service.switches.ready.discard, dpid),
             on_version=self._follow_version)
         self.service.switches.fence = self.member.may_write
         self.service.metrics.mastered.set_function(lambda: len(self.member.terms)

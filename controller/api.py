@@ -32,6 +32,7 @@ from .api_schemas import (
     ClusterApplyIn,
     ClusterApplyOut,
     ClusterOut,
+    DriftOut,
     EventOut,
     FlowOut,
     HistoryOut,
@@ -258,6 +259,12 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
     def metrics() -> Response:
         """Prometheus exposition. Rule counters are read from the switches now."""
         return Response(service.queries.metrics(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/drift")
+    def drift() -> list[DriftOut]:
+        """Does every switch hold exactly what the controller compiled? Each connected
+        switch's flows, read now, against the compiled ones: missing and extra."""
+        return [DriftOut(**d) for d in service.queries.drift()]
 
     @app.post("/v1/verify", responses=errors)
     def verify() -> list[VerdictOut]:

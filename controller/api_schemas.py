@@ -266,3 +266,13 @@ class ClusterApplyIn(BaseModel):
 
 class ClusterApplyOut(BaseModel):
     flow_mods: int
+
+
+class DriftOut(BaseModel):
+    host: str
+    dpid: str
+    flows: int = Field(description="flows compiled for the switch")
+    missing: int = Field(description="compiled flows the switch does not hold")
+    extra: int = Field(description="flows the switch holds that nobody compiled (learned "
+                       "flows of a migrating VM aside)")
+    examples: list[str] = Field(description="up to three of each")

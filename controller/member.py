@@ -36,6 +36,10 @@ from .model import dpid_str
 LOG = logging.getLogger("vfence.member")
 
 TICK = 0.25  # seconds between rounds: a killed member's switches move within about this
+# a new member listens this long before it joins (its heartbeat: others count it and hand
+# it its share): LLDP finds every link within one probe round (5 s), the OVSDBs name every
+# host, so what it compiles is what the switches hold and a hand-over sends no flow-mod
+WARMUP = 7.0
 
 
 class Roles(Protocol):
@@ -55,7 +59,8 @@ class Member:
     def __init__(self, sessions: sessionmaker[Session], name: str, advertise: str,
                  roles: Roles, on_gain: Callable[[int, int], None],
                  on_lose: Callable[[int], None],
-                 on_version: Callable[[int], None] = lambda v: None) -> None:
+                 on_version: Callable[[int], None] = lambda v: None,
+                 warmup: float = WARMUP) -> None:
         self.sessions, self.name, self.advertise = sessions, name, advertise
         self.roles, self.on_gain, self.on_lose = roles, on_gain, on_lose
         self.on_version = on_version
@@ -64,6 +69,7 @@ class Member:
         self.slaved: set[int] = set()  # told SLAVE on their current connection
         self.lock = threading.Lock()
         self.rounds = 0
+        self.joins_at = time.monotonic() + warmup
         self.takeovers = 0  # switches this member became master of
 
     def may_write(self, dpid: int) -> bool:
@@ -83,16 +89,18 @@ class Member:
         """One round (see the module's docstring)."""
         with self.lock:
             t0, now = time.monotonic(), utcnow()
+            warm = t0 >= self.joins_at
             with self.sessions() as s:
-                leases.heartbeat(s, self.name, self.advertise, now)
-                s.commit()
+                if warm:
+                    leases.heartbeat(s, self.name, self.advertise, now)
+                    s.commit()
                 live = leases.live_members(s, now)
                 held = leases.holders(s)
                 version = leases.read_version(s)
             connected = self.roles.connected()
             plan = cluster.plan([dpid_str(d) for d in connected], live,
                                 {k: v[0] for k, v in held.items()})
-            mine = sorted(int(k, 16) for k, v in plan.items() if v == self.name)
+            mine = sorted(int(k, 16) for k, v in plan.items() if v == self.name and warm)
             for dpid in mine:
                 self._hold(dpid, now, t0, live)
             for dpid in [d for d in self.terms if d not in mine]:

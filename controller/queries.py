@@ -301,6 +301,26 @@ class Queries:
             ports = {d: set(svc.switches.ports.get(d, {})) for d in dpids}
         return state, {d: [f for f, _, _ in svc.switches.read_flows(d)] for d in dpids}, ports
 
+    def drift(self) -> list[dict[str, Any]]:
+        """Each connected switch against what this controller compiled for it: the flows
+        it lacks and the flows it holds that nobody compiled (the datapath's own learned
+        flows aside). Read from the switches now; a cluster member answers for all."""
+        svc = self.service
+        with svc.lock:
+            desired, dpids = svc.desired, svc.switches.connected()
+            names = {d: svc.switch_name(d) for d in dpids}
+        out = []
+        for dpid in dpids:
+            have = {f for f, _, _ in svc.switches.read_flows(dpid)
+                    if (cookie_owner(f.cookie) or (None,))[0] != Owner.LEARNED}
+            want = desired[dpid] if desired is not None and dpid in desired else frozenset()
+            missing, extra = sorted(want - have), sorted(have - want)
+            out.append({"host": names[dpid], "dpid": registry.dpid_str(dpid),
+                        "flows": len(want), "missing": len(missing), "extra": len(extra),
+                        "examples": [f"missing {f!r}" for f in missing[:3]]
+                        + [f"extra {f!r}" for f in extra[:3]]})
+        return out
+
     def verify(self) -> list[verify_mod.Verdict]:
         """Prove each isolation pair over the flows read from every switch now."""
         return verify_mod.verify(*self._read())

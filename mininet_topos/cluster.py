@@ -138,6 +138,24 @@ class ClusterLab(ProdLab):
                 time.sleep(1)
         raise TimeoutError("the policy was refused (503) 20 times")
 
+    def metric(self, member: str, name: str, **labels: str) -> float:
+        """The sum of a metric's samples (with these labels) at a member's /metrics."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(self.url(member) + "/metrics", timeout=10).text
+        return sum(s.value for fam in text_string_to_metric_families(text)
+                   for s in fam.samples if s.name == name
+                   and all(s.labels.get(k) == v for k, v in labels.items()))
+
+    def slave_refusals(self) -> dict[str, int]:
+        """Writes each switch refused because the writer is a slave there (OVS logs
+        every error reply it sends: ``OFPBRC_IS_SLAVE``)."""
+        out = {}
+        for name in self.switch_names:
+            log = self.state_root / name / "ovs-vswitchd.log"
+            out[name] = log.read_text().count("IS_SLAVE") if log.exists() else 0
+        return out
+
     # --- convergence ----------------------------------------------------------------------
 
     def wait_converged(self, timeout: float = 90) -> None:

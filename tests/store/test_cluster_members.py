@@ -107,7 +107,7 @@ class Cluster:
             service.switch_ready(dpid)
 
         member = Member(service.sessions, name, replica.advertise,
-                        Roles(self.fabric, name, service), gain, lambda dpid: None)
+                        Roles(self.fabric, name, service), gain, lambda dpid: None, warmup=0)
         replica.member = member
         service.switches.fence = member.may_write
         for dpid, ports in PORTS.items():
