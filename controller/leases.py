@@ -146,11 +146,16 @@ def read_version(s: Session) -> int:
                          .where(m.ClusterState.id == 1)).scalar_one())
 
 
-def bump(s: Session) -> int:
-    """One more version, written with the change (call under :func:`lock_version`)."""
+def bump(s: Session, places: str | None = None) -> int:
+    """One more version, written with the change (call under :func:`lock_version`), and
+    the binding machine's state as of this change (JSON)."""
     s.execute(update(m.ClusterState).where(m.ClusterState.id == 1)
-              .values(version=m.ClusterState.version + 1))
+              .values(version=m.ClusterState.version + 1, places=places))
     return read_version(s)
+
+
+def places(s: Session) -> str | None:
+    return s.execute(select(m.ClusterState.places).where(m.ClusterState.id == 1)).scalar_one()
 
 
 def lldp_key(s: Session) -> bytes:

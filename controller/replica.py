@@ -19,7 +19,9 @@ member observes alone is programmed by each member on the switches it masters.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -28,11 +30,11 @@ import httpx
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import leases, records
-from .binding import Places
+from .binding import Announcement, Places
 from .errors import Conflict, Invalid, Refused, VfenceError
 from .flows import Flow
 from .member import Member, utcnow
-from .model import NetworkState, dpid_str
+from .model import Binding, NetworkState, PortRef, dpid_str
 from .reconcile import diff
 from .switches import Switches
 
@@ -44,7 +46,41 @@ APPLY_TIMEOUT = 5.0  # seconds a master has to apply a change to its switch
 def decided(state: NetworkState) -> tuple[Any, ...]:
     """The part of the state the database holds (what members must agree on)."""
     return (state.policy, state.vms, state.group_bits, state.segment_tags,
-            state.router_numbers, state.bindings)
+            state.router_numbers, state.bindings, state.standby, state.expected)
+
+
+def _binding(b: Binding) -> list[Any]:
+    return [b.vm, b.port.dpid, b.port.port_no, b.port_name, b.how]
+
+
+def _unbinding(row: list[Any]) -> Binding:
+    return Binding(row[0], PortRef(row[1], row[2]), row[3], row[4])
+
+
+def places_json(p: Places) -> str:
+    """The binding machine's state for other members; its deadlines (this process's
+    monotonic clock) as wall-clock times."""
+    wall = time.time() - time.monotonic()
+    return json.dumps({
+        "bindings": [_binding(b) for b in p.bindings.values()],
+        "standby": [_binding(b) for b in p.standby.values()],
+        "announced": [[vm, a.dpid, sorted(a.before), a.deadline + wall]
+                      for vm, a in p.announced.items()],
+        "candidates": [[_binding(b), until + wall] for b, until in p.candidates.values()],
+        "retired": [[vm, port.dpid, port.port_no] for vm, port in p.retired],
+        "vm_ports": [list(port) for port in p.vm_ports]})
+
+
+def places_from_json(text: str) -> Places:
+    doc, mono = json.loads(text), time.monotonic() - time.time()
+    return Places(
+        {b.vm: b for b in map(_unbinding, doc["bindings"])},
+        {b.vm: b for b in map(_unbinding, doc["standby"])},
+        {vm: Announcement(dpid, frozenset(before), deadline + mono)
+         for vm, dpid, before, deadline in doc["announced"]},
+        {(b := _unbinding(row)).vm: (b, until + mono) for row, until in doc["candidates"]},
+        {(vm, PortRef(dpid, no)) for vm, dpid, no in doc["retired"]},
+        {PortRef(dpid, no) for dpid, no in doc["vm_ports"]})
 
 
 def flows_json(flows: frozenset[Flow]) -> list[list[Any]]:
@@ -93,17 +129,21 @@ class Replica:
         for observed in ("switches", "links", "fabric", "port_names", "gateway_macs",
                          "gateway6_macs"):
             setattr(fresh, observed, getattr(state, observed))
-        fresh_places.standby, fresh_places.announced = places.standby, places.announced
-        fresh_places.candidates, fresh_places.retired = places.candidates, places.retired
-        fresh_places.vm_ports |= places.vm_ports
+        shared = leases.places(s)
+        if shared is not None:  # (the locations table says the same of bindings)
+            fresh_places = places_from_json(shared)
         fresh.bindings, fresh.standby, fresh.expected = fresh_places.view()
         self.version = version
         LOG.info("reloaded the shared state at version %d", version)
         return fresh, fresh_places
 
-    def seal(self, s: Session, old: NetworkState, new: NetworkState) -> None:
-        """Before commit: one more version if this change alters the decided part."""
-        self.pending = leases.bump(s) if decided(old) != decided(new) else None
+    def seal(self, s: Session, old: NetworkState, new: NetworkState, before: Places,
+             after: Places) -> None:
+        """Before commit: one more version (and the binding machine's state) if this
+        change alters what members share."""
+        self.pending = None
+        if decided(old) != decided(new) or before != after:
+            self.pending = leases.bump(s, places_json(after))
 
     def committed(self) -> None:
         if self.pending is not None:

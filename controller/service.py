@@ -84,7 +84,7 @@ class Service:
             if dry_run:
                 return desired  # the session closes unwritten; nothing was swapped
             if self.replica:
-                self.replica.seal(s, self.state, new)
+                self.replica.seal(s, self.state, new, self.places, out.places)
             if desired is not None:
                 sw.name = new.switch_name
                 with (self.replica.remote(s, self.state, new, self.desired, desired,  # first

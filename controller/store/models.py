@@ -15,6 +15,7 @@ from sqlalchemy import (
     Integer,
     String,
     Table,
+    Text,
     TypeDecorator,
     UniqueConstraint,
 )
@@ -98,6 +99,7 @@ class ClusterState(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     version: Mapped[int] = mapped_column(BigInteger)
     lldp_key: Mapped[str] = mapped_column(String(64))  # 32 bytes, hex
+    places: Mapped[str | None] = mapped_column(Text)  # the binding machine's (JSON)
 
 
 class RouterNumber(Base):

@@ -7,6 +7,9 @@ One row. ``version`` grows by one with every change a member commits to the shar
 state (registry, policy, locations): a member whose copy is older reloads before it
 changes anything, and the row's lock serialises changes across members. ``lldp_key``
 signs link probes, so any member can check a probe another member's switch sent.
+``places`` is the binding machine's state as a cluster member last committed it (JSON:
+bindings, standby ports, announced migrations, candidates), so the member that sees a
+VM's next frame knows the migration another member prepared.
 """
 
 import os
@@ -26,6 +29,7 @@ def upgrade() -> None:
         sa.Column('id', sa.Integer(), nullable=False),
         sa.Column('version', sa.BigInteger(), nullable=False),
         sa.Column('lldp_key', sa.String(length=64), nullable=False),
+        sa.Column('places', sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint('id'),
     )
     op.bulk_insert(table, [{'id': 1, 'version': 0, 'lldp_key': os.urandom(32).hex()}])
