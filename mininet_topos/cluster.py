@@ -19,15 +19,8 @@ from typing import Any
 
 import httpx
 
+from .pgserver import free_port
 from .prodlab import ProdLab
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ClusterLab(ProdLab):

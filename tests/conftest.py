@@ -2,53 +2,23 @@
 
 from __future__ import annotations
 
-import glob
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
 from collections.abc import Iterator
 
 import pytest
 
 from vfence.controller.store import db
+from vfence.mininet_topos.pgserver import free_port, fresh_database, throwaway_postgres
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _pg_bin() -> str:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not found:
-        raise RuntimeError("PostgreSQL server binaries not found: apt-get install postgresql "
-                           "(make test installs it)")
-    return os.path.dirname(found[-1])
+    return free_port()
 
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
-    """A throw-away PostgreSQL cluster on a unix socket, run as the postgres user
-    (the server refuses root)."""
-    bindir = _pg_bin()
-    data = tempfile.mkdtemp(prefix="vfence-pg-")
-    shutil.chown(data, "postgres", "postgres")
-    port = _free_port()
-    as_pg = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*as_pg, f"{bindir}/initdb", "-D", f"{data}/db", "-A", "trust", "-U",
-                    "postgres"], check=True, capture_output=True)
-    subprocess.run([*as_pg, f"{bindir}/pg_ctl", "-D", f"{data}/db", "-w", "-l", f"{data}/log",
-                    "-o", f"-p {port} -k {data} -c listen_addresses=''", "start"],
-                   check=True, capture_output=True)
-    try:
-        yield f"postgresql+psycopg://postgres@/postgres?host={data}&port={port}"
-    finally:
-        subprocess.run([*as_pg, f"{bindir}/pg_ctl", "-D", f"{data}/db", "-m", "immediate",
-                        "stop"], capture_output=True)
-        shutil.rmtree(data, ignore_errors=True)
+    """A throw-away PostgreSQL server on a unix socket (mininet_topos/pgserver.py)."""
+    with throwaway_postgres() as url:
+        yield url
 
 
 @pytest.fixture
@@ -58,14 +28,7 @@ def sqlite_url(tmp_path) -> str:
 
 def fresh_postgres(base: str) -> str:
     """The URL of a new, empty database on the suite's PostgreSQL server."""
-    from sqlalchemy import text
-
-    name = f"t_{os.urandom(4).hex()}"
-    admin = db.make_engine(base)
-    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
-        c.execute(text(f"CREATE DATABASE {name}"))
-    admin.dispose()
-    return base.replace("/postgres?", f"/{name}?")
+    return fresh_database(base)
 
 
 @pytest.fixture

@@ -271,3 +271,26 @@ def test_a_member_that_lost_its_lease_writes_nothing(cluster):
 
 def _now(delta: float = 0.0) -> datetime:
     return utcnow() + timedelta(seconds=delta)
+
+
+def test_a_new_member_listens_before_it_joins(cluster, monkeypatch):
+    """During its warm-up a member writes no heartbeat (others do not count it, nor hand
+    it switches) and claims nothing, but makes itself a slave on every switch at once (a
+    new connection is EQUAL, which may write)."""
+    a, ma = cluster.start("c1")
+    cluster.tick()
+    b, mb = cluster.start("c2")
+    mb.joins_at = time.monotonic() + 3600
+    told: list[tuple[int, bool, int]] = []
+    roles = mb.roles
+    real = roles.become
+    roles.become = lambda dpid, master, term: told.append((dpid, master, term)) or real(
+        dpid, master, term)
+    cluster.tick()
+    assert _masters(cluster) == {"c1": [HV1, HV2], "c2": []}
+    assert sorted(told) == [(HV1, False, 1), (HV2, False, 1)]
+    with b.sessions() as s:
+        assert "c2" not in leases.members(s)
+    mb.joins_at = 0.0
+    cluster.tick()
+    assert _masters(cluster) == {"c1": [HV1], "c2": [HV2]}

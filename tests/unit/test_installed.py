@@ -99,3 +99,29 @@ def test_docker_compose_command_passes_serves_start_up_checks(installed, tmp_pat
                                                    **env).items() if k != "VFENCE_API_TOKEN"},
                        timeout=120)
     assert r.returncode == 2 and "VFENCE_API_TOKEN" in r.stdout + r.stderr
+
+
+def test_the_cluster_compose_file_passes_the_same_start_up_checks(installed, tmp_path,
+                                                                  postgres_url):
+    """docker-compose.cluster.yml: three members on one PostgreSQL. Each member's command
+    line and environment pass ``serve --check`` on the installed wheel, as the single
+    controller's do, and each is a cluster member with its own name and address."""
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker-compose.cluster.yml").read_text())
+    members = {k: v for k, v in compose["services"].items() if k.startswith("vfence-")}
+    assert len(members) == 3
+    names, ofports = set(), set()
+    for key, service in members.items():
+        env = {k: str(v) for k, v in service["environment"].items()}
+        assert env["VFENCE_API_TOKEN"].startswith("${VFENCE_API_TOKEN:?")
+        env["VFENCE_API_TOKEN"] = "a-token-the-operator-sets"
+        env["VFENCE_DB"] = postgres_url
+        r = subprocess.run([sys.executable, "-m", "vfence", *service["command"], "--check"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                           env=dict(os.environ, PYTHONPATH=str(installed), **env))
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"as cluster member {key} at http://{key}:8080" in r.stdout, r.stdout
+        names.add(key)
+        ofports.add(service["ports"][0].split(":")[0])
+    assert len(names) == 3 and len(ofports) == 3
