@@ -35,7 +35,7 @@ def local_address(peer: str) -> str:
 class Announcer:
     """Keeps the speaker's peers and announcements equal to what the state asks for."""
 
-    def __init__(self, on_session: Any = None) -> None:
+    def __init__(self, on_session: Any = None, local: str | None = None) -> None:
         # re-entrant: os-ken calls the session handlers inline, from inside neighbor_del
         self.lock = threading.RLock()
         self.early: dict[str, int] = {}  # VM -> the host its first frame came from (moving)
@@ -45,6 +45,9 @@ class Announcer:
         self.routes: dict[str, dict[str, str]] = {}  # external -> prefix -> next hop
         self.sessions: dict[str, dict[str, Any]] = {}  # peer -> state, since, updates
         self.on_session = on_session  # (peer, asn, up) on a session's change
+        # this process's own address toward the peers (a cluster member's: members on one
+        # machine each have their own); else the kernel's route lookup finds it
+        self.local = local
 
     def status(self) -> dict[str, Any]:
         """What GET /v1/external shows: sessions and the routes announced."""
@@ -111,9 +114,14 @@ class Announcer:
 
             first = next(iter(wanted.values()))
             self.asn = first.local_asn
+            # with an address of its own (a cluster member), the speaker listens there and
+            # the peer connects to it: os-ken binds an outgoing session to an address
+            # only with a fixed port, which TIME_WAIT blocks after every reset
+            listen = {"bgp_server_hosts": (self.local,), "bgp_server_port": 179} \
+                if self.local else {"bgp_server_port": 0}
             self.speaker = BGPSpeaker(
-                as_number=first.local_asn, router_id=local_address(first.peer),
-                bgp_server_port=0, peer_up_handler=self._up, peer_down_handler=self._down)
+                as_number=first.local_asn, router_id=self.local or local_address(first.peer),
+                peer_up_handler=self._up, peer_down_handler=self._down, **listen)
         want = {b.peer: b for b in wanted.values()}
         for peer in self.peers.keys() - want.keys():
             self.speaker.neighbor_del(peer)
@@ -122,8 +130,9 @@ class Announcer:
             if self.peers.get(peer) != b:
                 if peer in self.peers:
                     self.speaker.neighbor_del(peer)
-                self.speaker.neighbor_add(peer, b.peer_asn, connect_mode="active",
-                                          local_address=local_address(peer),
+                self.speaker.neighbor_add(peer, b.peer_asn,
+                                          connect_mode="passive" if self.local else "active",
+                                          local_address=self.local or local_address(peer),
                                           enable_ipv6=True)
                 self.sessions[peer] = {"state": "connecting", "since": time.time(),
                                        "peer_asn": b.peer_asn}

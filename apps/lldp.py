@@ -99,9 +99,10 @@ class ProbeBook:
         now = time.monotonic() if now is None else now
         with self._lock:
             sent = self._sent.pop(nonce, None)
-            if sent is None and self.shared:
-                return self._foreign(nonce, now)
-        return sent is not None and sent[:2] == (dpid, port_no) and now <= sent[2]
+            if sent is not None:  # our own: once (not again as another member's)
+                self._taken[nonce] = sent[2] + 1.0
+                return sent[:2] == (dpid, port_no) and now <= sent[2]
+            return self.shared and self._foreign(nonce, now)
 
     def _foreign(self, nonce: bytes, now: float) -> bool:
         """Another member's probe (its signature was checked by :func:`parse`)."""

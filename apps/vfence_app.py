@@ -120,7 +120,8 @@ class VfenceApp(app_manager.OSKenApp):
         self.bridged_at: dict[str, int] = {}  # VM -> the host that announced it last
         self.announcer = bgp.Announcer(on_session=lambda peer, asn, up: self.submit(
             lambda: records.record(self.service.sessions, "bgp-session", peer=peer, asn=asn,
-                                   state="established" if up else "down")))
+                                   state="established" if up else "down")),
+            local=self.service.replica.bgp_address if self.service.replica else None)
         self.dns = dns_updates.Updater(self.service.sessions, lambda: self.service.state,
                                        self.service.metrics)
         self.dns.start()
@@ -290,6 +291,8 @@ class VfenceApp(app_manager.OSKenApp):
             on_lose=lambda dpid: self.submit(self.service.switches.ready.discard, dpid),
             on_version=self._follow_version)
         self.service.switches.fence = self.member.may_write
+        if replica.presence is not None:
+            self.member.present = replica.presence.held
         self.service.metrics.mastered.set_function(lambda: len(self.member.terms)
                                                    if self.member else 0)
         self.threads.append(hub.spawn(self.member.run, self.member_stop))
@@ -345,6 +348,8 @@ class VfenceApp(app_manager.OSKenApp):
         self.service.switches.attach(dpid, self._port_names(dpid),
                                      [ofcodec.from_stats(st) for st in stats])
         self.service.switch_ready(dpid)
+        # what its last master may not have acted on (a port gone while it was dying)
+        self.service.ports_changed(dpid, self._port_names(dpid))
         self.service.metrics.takeovers.inc()
         LOG.info("took over %016x: %d flows read back, %d flow-mods, %.0f ms", dpid,
                  len(stats), sum(self.service.switches.flow_mods.values()) - before,

@@ -187,15 +187,17 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
         return ClusterOut(**service.replica.status())
 
     @app.post("/v1/cluster/apply", responses=errors)
-    def cluster_apply(body: ClusterApplyIn) -> ClusterApplyOut:
+    def cluster_apply(body: ClusterApplyIn, x_vfence_member: Annotated[str | None, Header(
+            description="NAME TIME SIGNATURE: the sending member's proof")] = None
+                      ) -> ClusterApplyOut:
         """Members only: bring a switch this member masters to another member's new
-        flow set (409 if this member is not its master in that term; 503 if the switch
-        refused)."""
+        flow set (403 without a member's signature; 409 if this member is not its master
+        in that term; 503 if the switch refused)."""
         if service.replica is None:
             raise NotFound("this controller does not run as a cluster member (--cluster)",
                            "cluster")
-        return ClusterApplyOut(flow_mods=service.replica.apply(int(body.dpid, 16), body.term,
-                                                               body.flows))
+        return ClusterApplyOut(flow_mods=service.replica.apply(
+            int(body.dpid, 16), body.term, body.flows, x_vfence_member))
 
     @app.get("/v1/hosts")
     def hosts() -> list[dict[str, Any]]:

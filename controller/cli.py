@@ -112,6 +112,10 @@ def serve(
     advertise: Annotated[str | None, typer.Option(
         help="the URL other members and clients reach this member's API at "
              "[default: http(s)://API-HOST:API-PORT]")] = None,
+    bgp_address: Annotated[str | None, typer.Option(
+        help="a cluster member's own address toward BGP peers (each member speaks BGP "
+             "and announces every VM route; members sharing a machine need one each) "
+             "[default: the kernel's route to the peer]")] = None,
     check: Annotated[bool, typer.Option(
         "--check", help="run every start-up check (options, token, TLS files, the "
                         "database, upgrading its schema as serve does, the stored policy, "
@@ -143,6 +147,13 @@ def serve(
         err.print(f"[red]--cluster: the members share a PostgreSQL database (--db "
                   f"postgresql://...), not {db.redact(url)}[/red]")
         raise typer.Exit(2)
+    if bgp_address is not None and not cluster:
+        err.print("[red]--bgp-address: for a cluster member (--cluster); a lone "
+                  "controller uses its route to the peer[/red]")
+        raise typer.Exit(2)
+    if bgp_address is not None and not _is_address(bgp_address):
+        err.print(f"[red]--bgp-address: {bgp_address!r} is not an IP address[/red]")
+        raise typer.Exit(2)
     if cluster and advertise is None and api_host in ("0.0.0.0", "::"):
         err.print(f"[red]--advertise: --api-host {api_host} is not an address others can "
                   f"reach: give the URL other members and clients use[/red]")
@@ -163,12 +174,13 @@ def serve(
         scheme = "https" if api_cert else "http"
         url_self = advertise or f"{scheme}://{api_host}:{api_port}"
         try:
-            presence = leases.hold_presence(engine, name)
+            presence = leases.Presence(engine, name)
         except RuntimeError as e:
             err.print(f"[red]--member: {e}[/red]")
             raise typer.Exit(2) from None
         service.replica = Replica(service.sessions, service.switches, name, url_self, token)
         service.replica.presence = presence
+        service.replica.bgp_address = bgp_address
     if doc is not None:
         try:
             service.apply_policy(doc, dry_run=check)
@@ -186,6 +198,16 @@ def serve(
                          f"{service.replica.advertise}" if service.replica else ""))
         raise typer.Exit(0)
     run(service, opts)
+
+
+def _is_address(text: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _api_token(path: str | None) -> str | None:

@@ -33,6 +33,11 @@ class Conflict(VfenceError):
     title = "Conflict"
 
 
+class Forbidden(VfenceError):
+    status = 403
+    title = "Forbidden"
+
+
 class Invalid(VfenceError):
     status = 422
     title = "Invalid input"

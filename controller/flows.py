@@ -105,9 +105,13 @@ Action = tuple[Any, ...]
 Instruction = tuple[Any, ...]
 
 
-def masked(prefix: str) -> tuple[str, str]:
-    """A prefix as a match's (value, mask): ``10.0.0.0/8`` -> ("10.0.0.0", "255.0.0.0")."""
+def masked(prefix: str) -> tuple[str, str] | str:
+    """A prefix as a match's (value, mask): ``10.0.0.0/8`` -> ("10.0.0.0", "255.0.0.0");
+    a host prefix as the address alone, as the switch reports it back (``::/128`` is
+    "::": with an all-ones mask the read-back never equalled the compiled flow)."""
     n = ipaddress.ip_network(prefix)
+    if n.prefixlen == n.max_prefixlen:
+        return str(n.network_address)
     return str(n.network_address), str(n.netmask)
 
 

@@ -5,7 +5,9 @@ rest on clocks: the term only grows, every change of holder happens in one trans
 that locks the row (``SELECT ... FOR UPDATE``; a first claim races on the primary key),
 and the switch itself refuses a role request whose generation id (the term) is older
 than one it has seen. Clocks only decide liveness: when a member may take a lease its
-holder stopped renewing, and which members count as alive.
+holder stopped renewing, and which members count as alive; so members' clocks must agree
+to well within MEMBER_TTL (NTP): a member whose clock runs 3 s behind looks dead to the
+others, and loses its leases every round.
 
 A member that dies (its process killed) is gone at once on PostgreSQL: it holds a session
 advisory lock for as long as its connection lives (:func:`hold_presence`), and the server
@@ -23,12 +25,13 @@ from collections.abc import Collection
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine, func, insert, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
+from .errors import Refused
 from .store import models as m
 
-LEASE_TTL = 3.0  # seconds a lease lasts unless renewed (renewed every LEASE_TTL / 3)
+LEASE_TTL = 3.0  # seconds a lease lasts unless renewed (member.py renews it every round)
 MEMBER_TTL = 3.0  # seconds without a heartbeat before a member counts as gone
 
 
@@ -45,7 +48,7 @@ PRESENCE_CLASS = 0x7666  # advisory lock class of members' presence locks ("vf")
 
 
 def presence_key(member: str) -> int:
-    return zlib.crc32(member.encode()) & 0x7FFFFFFF
+    return zlib.crc32(member.encode()) & 0x7FFFFFFF or 1  # (0: the migrations lock)
 
 
 def hold_presence(engine: Engine, member: str) -> Connection | None:
@@ -64,13 +67,46 @@ def hold_presence(engine: Engine, member: str) -> Connection | None:
     return conn
 
 
+class Presence:
+    """This member's presence lock, held on a connection of its own and taken again if
+    that connection was lost (a database restart, a network cut): without it the member
+    does not count as alive, so it masters nothing until it holds it again."""
+
+    def __init__(self, engine: Engine, member: str) -> None:
+        self.engine, self.member = engine, member
+        self.conn = hold_presence(engine, member)
+
+    def held(self) -> bool:
+        """True while the lock is ours (PostgreSQL; always elsewhere)."""
+        if self.engine.dialect.name != "postgresql":
+            return True
+        try:
+            if self.conn is not None and not self.conn.closed:
+                self.conn.execute(select(1)).scalar()
+                self.conn.commit()
+                return True
+        except Exception:
+            self.conn = None
+        try:
+            self.conn = hold_presence(self.engine, self.member)
+        except Exception:  # the database is away, or another process of our name runs
+            return False
+        return self.conn is not None
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
 def _present(s: Session) -> set[int] | None:
     """Presence keys held now (PostgreSQL), or None where there are none to read."""
     if s.get_bind().dialect.name != "postgresql":
         return None
     return set(s.scalars(text(
         "SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND granted "
-        "AND classid = :c AND objsubid = 2").bindparams(c=PRESENCE_CLASS)))
+        "AND classid = :c AND objsubid = 2 AND database = "
+        "(SELECT oid FROM pg_database WHERE datname = current_database())"
+    ).bindparams(c=PRESENCE_CLASS)))
 
 
 def live_members(s: Session, now: datetime) -> list[str]:
@@ -134,11 +170,21 @@ def release(s: Session, dpid: str, member: str, now: datetime) -> None:
     s.commit()
 
 
+VERSION_WAIT = 10.0  # seconds a change waits for another member's change to commit
+
+
 def lock_version(s: Session) -> int:
     """The shared state's version, its row locked until the session's transaction ends:
-    no other member commits a change meanwhile."""
-    return int(s.execute(select(m.ClusterState.version).where(m.ClusterState.id == 1)
-                         .with_for_update()).scalar_one())
+    no other member commits a change meanwhile. A member that holds it too long (stopped
+    in the middle of a change) costs the others a 503, not their progress."""
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(text(f"SET LOCAL lock_timeout = '{int(VERSION_WAIT * 1000)}ms'"))
+    try:
+        return int(s.execute(select(m.ClusterState.version).where(m.ClusterState.id == 1)
+                             .with_for_update()).scalar_one())
+    except OperationalError as e:
+        raise Refused(f"another member's change has held the shared state for "
+                      f"{VERSION_WAIT:.0f} s; nothing was changed", "cluster") from e
 
 
 def read_version(s: Session) -> int:

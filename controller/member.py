@@ -70,6 +70,8 @@ class Member:
         self.lock = threading.Lock()
         self.rounds = 0
         self.joins_at = time.monotonic() + warmup
+        self.gone: set[int] = set()  # connections that went (from the event thread)
+        self.present: Callable[[], bool] = lambda: True  # our presence lock is held
         self.takeovers = 0  # switches this member became master of
 
     def may_write(self, dpid: int) -> bool:
@@ -79,17 +81,21 @@ class Member:
         return dict(self.terms)
 
     def forget(self, dpid: int) -> None:
-        """The switch's connection went: a new one starts EQUAL, with no role of ours."""
-        with self.lock:
-            if self.terms.pop(dpid, None) is not None:
-                self.on_lose(dpid)
-            self.slaved.discard(dpid)
+        """The switch's connection went (os-ken's event thread: never blocks): this member
+        stops writing to it now; the next round gives its lease up, and a new connection
+        (EQUAL, with no role of ours) is made a slave or claimed again."""
+        self.valid.pop(dpid, None)  # (may_write is False from here on)
+        self.gone.add(dpid)
 
     def tick(self) -> None:
         """One round (see the module's docstring)."""
         with self.lock:
             t0, now = time.monotonic(), utcnow()
-            warm = t0 >= self.joins_at
+            for dpid in list(self.gone):
+                self.gone.discard(dpid)
+                self._let_go(dpid, now)
+            present = self.present()
+            warm = t0 >= self.joins_at and present
             with self.sessions() as s:
                 if warm:
                     leases.heartbeat(s, self.name, self.advertise, now)
@@ -141,6 +147,15 @@ class Member:
         with self.sessions() as s:
             leases.release(s, dpid_str(dpid), self.name, now)
         LOG.info("handed %s over (term %d)", dpid_str(dpid), term)
+
+    def _let_go(self, dpid: int, now: datetime) -> None:
+        """Its connection went: another member that still reaches it takes it at once."""
+        if dpid in self.terms:
+            self._lost(dpid)
+            with self.sessions() as s:
+                leases.release(s, dpid_str(dpid), self.name, now)
+            LOG.info("lost the connection to %s: lease released", dpid_str(dpid))
+        self.slaved.discard(dpid)
 
     def _lost(self, dpid: int) -> None:
         self.valid.pop(dpid, None)

@@ -19,6 +19,8 @@ member observes alone is programmed by each member on the switches it masters.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import time
@@ -31,7 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from . import leases, records
 from .binding import Announcement, Places
-from .errors import Conflict, Invalid, Refused, VfenceError
+from .errors import Conflict, Forbidden, Invalid, Refused, VfenceError
 from .flows import Flow
 from .member import Member, utcnow
 from .model import Binding, NetworkState, PortRef, dpid_str
@@ -41,12 +43,15 @@ from .switches import Switches
 LOG = logging.getLogger("vfence.replica")
 
 APPLY_TIMEOUT = 5.0  # seconds a master has to apply a change to its switch
+SIGNATURE_AGE = 30  # seconds a member's signed push stays good
 
 
 def decided(state: NetworkState) -> tuple[Any, ...]:
-    """The part of the state the database holds (what members must agree on)."""
+    """The part of the state the database holds (what members must agree on). The
+    gateways' MACs are among it: only the master of a host hears its gateway answer."""
     return (state.policy, state.vms, state.group_bits, state.segment_tags,
-            state.router_numbers, state.bindings, state.standby, state.expected)
+            state.router_numbers, state.bindings, state.standby, state.expected,
+            state.gateway_macs, state.gateway6_macs)
 
 
 def _binding(b: Binding) -> list[Any]:
@@ -57,11 +62,14 @@ def _unbinding(row: list[Any]) -> Binding:
     return Binding(row[0], PortRef(row[1], row[2]), row[3], row[4])
 
 
-def places_json(p: Places) -> str:
-    """The binding machine's state for other members; its deadlines (this process's
-    monotonic clock) as wall-clock times."""
+def shared_json(p: Places, state: NetworkState) -> str:
+    """What members share beside the registry: the binding machine's state (its
+    deadlines, on this process's monotonic clock, as wall-clock times) and the MAC each
+    host's external gateway answered its master with."""
     wall = time.time() - time.monotonic()
     return json.dumps({
+        "gateway_macs": [[d, mac] for d, mac in state.gateway_macs.items()],
+        "gateway6_macs": [[d, mac] for d, mac in state.gateway6_macs.items()],
         "bindings": [_binding(b) for b in p.bindings.values()],
         "standby": [_binding(b) for b in p.standby.values()],
         "announced": [[vm, a.dpid, sorted(a.before), a.deadline + wall]
@@ -69,6 +77,12 @@ def places_json(p: Places) -> str:
         "candidates": [[_binding(b), until + wall] for b, until in p.candidates.values()],
         "retired": [[vm, port.dpid, port.port_no] for vm, port in p.retired],
         "vm_ports": [list(port) for port in p.vm_ports]})
+
+
+def gateways_from_json(text: str) -> tuple[dict[int, str], dict[int, str]]:
+    doc = json.loads(text)
+    return ({d: mac for d, mac in doc.get("gateway_macs", [])},
+            {d: mac for d, mac in doc.get("gateway6_macs", [])})
 
 
 def places_from_json(text: str) -> Places:
@@ -94,10 +108,16 @@ def _tuples(v: Any) -> Any:
 def flows_from_json(rows: list[list[Any]]) -> frozenset[Flow]:
     """The inverse of :func:`flows_json` (JSON makes every tuple a list)."""
     try:
-        return frozenset(Flow(int(t), int(p), _tuples(m), _tuples(i), int(c))
-                         for t, p, m, i, c in rows)
-    except (TypeError, ValueError) as e:
+        if not all(len(r) == 5 and _whole(r[0], r[1], r[4]) for r in rows):
+            raise Invalid("each flow is [table, priority, match, instructions, cookie], "
+                          "with whole numbers for table, priority and cookie", "flows")
+        return frozenset(Flow(t, p, _tuples(m), _tuples(i), c) for t, p, m, i, c in rows)
+    except (TypeError, ValueError, RecursionError) as e:
         raise Invalid(f"not a flow list: {e}", "flows") from e
+
+
+def _whole(*values: Any) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)
 
 
 class Replica:
@@ -105,11 +125,14 @@ class Replica:
                  advertise: str, token: str | None = None) -> None:
         self.sessions, self.switches = sessions, switches
         self.name, self.advertise, self.token = name, advertise, token
-        self.presence: Any = None  # the connection holding this member's presence lock
+        self.presence: Any = None  # its presence lock (leases.Presence)
+        self.bgp_address: str | None = None  # its own address toward BGP peers
         self.member: Member | None = None  # set by the app once it talks OpenFlow
         with sessions() as s:
-            self.version = leases.read_version(s)  # what records.load just read (or later)
             self.lldp_key = leases.lldp_key(s)
+        # none yet: the first change reloads the shared state (records.load left out
+        # what only the shared row holds: standby ports, announced moves, gateways' MACs)
+        self.version = -1
         self.pending: int | None = None  # the version this change commits, if any
         self.applied = 0  # changes other members pushed to switches mastered here
 
@@ -126,12 +149,12 @@ class Replica:
         if version == self.version:
             return None
         fresh, fresh_places = records.load(self.sessions, True)
-        for observed in ("switches", "links", "fabric", "port_names", "gateway_macs",
-                         "gateway6_macs"):
+        for observed in ("switches", "links", "fabric", "port_names"):
             setattr(fresh, observed, getattr(state, observed))
         shared = leases.places(s)
         if shared is not None:  # (the locations table says the same of bindings)
             fresh_places = places_from_json(shared)
+            fresh.gateway_macs, fresh.gateway6_macs = gateways_from_json(shared)
         fresh.bindings, fresh.standby, fresh.expected = fresh_places.view()
         self.version = version
         LOG.info("reloaded the shared state at version %d", version)
@@ -143,7 +166,7 @@ class Replica:
         change alters what members share."""
         self.pending = None
         if decided(old) != decided(new) or before != after:
-            self.pending = leases.bump(s, places_json(after))
+            self.pending = leases.bump(s, shared_json(after, new))
 
     def committed(self) -> None:
         if self.pending is not None:
@@ -154,20 +177,19 @@ class Replica:
     @contextlib.contextmanager
     def remote(self, s: Session, old: NetworkState, new: NetworkState,
                before: Mapping[int, frozenset[Flow]] | None,
-               after: Mapping[int, frozenset[Flow]], connected: list[int]) -> Iterator[None]:
+               after: Mapping[int, frozenset[Flow]]) -> Iterator[None]:
         """Apply the change at the masters of the switches it alters that this member
-        does not master, then run the block (this member's own switches); if anything
-        fails, the masters that applied it get their old flows back, and it raises."""
+        does not master, then run the block (this member's own switches, the commit); if
+        anything fails, the masters that applied it get their old flows back, and it
+        raises."""
         targets = [] if decided(old) == decided(new) else [
-            d for d in connected if not self.mine(d) and d in after
+            d for d in after if not self.mine(d)
             and (before is None or d not in before or before[d] != after[d])]
-        if not targets:
-            yield
-            return
-        masters = self._masters(s, targets)
+        masters = self._masters(s, targets) if targets else {}
         done: list[tuple[int, str, int]] = []
         try:
-            self._push_all([(d, *masters[d], after[d]) for d in targets], done)
+            self._push_all([(d, *masters[d], after[d]) for d in targets if d in masters],
+                           done)
             yield
         except BaseException:
             if before is not None:
@@ -176,17 +198,22 @@ class Replica:
             raise
 
     def _masters(self, s: Session, targets: list[int]) -> dict[int, tuple[str, int]]:
+        """Each target's master: (advertised URL, term). A switch with no valid master
+        that this member reaches is being taken over: the change waits (503). One that
+        no member masters and this one does not reach gets its flows when it connects."""
         now = utcnow()
         live = set(leases.live_members(s, now))
         where = leases.members(s)
         held = leases.holders(s)
+        reached = set(self.switches.connected())
         out = {}
         for dpid in targets:
             lease = held.get(dpid_str(dpid))
-            if lease is None or lease[0] not in live or lease[2] <= now:
+            if lease is not None and lease[0] in live and lease[2] > now:
+                out[dpid] = (where[lease[0]][0], lease[1])
+            elif dpid in reached:
                 raise Refused(f"switch {dpid_str(dpid)} has no master now (a member is "
                               "taking it over); the change was not made", "cluster")
-            out[dpid] = (where[lease[0]][0], lease[1])
         return out
 
     def _push_all(self, jobs: list[tuple[int, str, int, frozenset[Flow]]],
@@ -204,13 +231,39 @@ class Replica:
             if not undo:
                 raise Refused("; ".join(errors) + "; the change was rolled back", "cluster")
 
+    def _signature(self, member: str, at: int, dpid: str, term: int, rows: Any) -> str:
+        """A member's proof (the cluster's key, in the database only members read) over
+        the switch, the term and the flows, at a time."""
+        key = hmac.new(self.lldp_key, b"vfence cluster apply", hashlib.sha256).digest()
+        digest = hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode()).hexdigest()
+        return hmac.new(key, f"{member}|{at}|{dpid}|{term}|{digest}".encode(),
+                        hashlib.sha256).hexdigest()
+
+    def check_sender(self, header: str | None, dpid: str, term: int, rows: Any) -> None:
+        """``X-Vfence-Member: NAME TIME SIGNATURE`` from another member, fresh (30 s):
+        a client's token alone does not let it write flows."""
+        try:
+            member, at, sig = (header or "").split(" ")
+            fresh = abs(time.time() - int(at)) <= SIGNATURE_AGE
+        except ValueError:
+            member, at, sig, fresh = "", "0", "", False
+        if not fresh or not hmac.compare_digest(
+                sig, self._signature(member, int(at), dpid, term, rows)):
+            raise Forbidden("only a member of this cluster may send a switch's flows",
+                            "header.x-vfence-member")
+
     def _push(self, dpid: int, url: str, term: int, flows: frozenset[Flow]) -> str | None:
         """None once the master applied it, else why not."""
-        headers = {"authorization": f"Bearer {self.token}"} if self.token else {}
-        body = {"dpid": dpid_str(dpid), "term": term, "flows": flows_json(flows)}
+        rows = flows_json(flows)
+        at = int(time.time())
+        headers = {"x-vfence-member": f"{self.name} {at} "
+                   + self._signature(self.name, at, dpid_str(dpid), term, rows)}
+        if self.token:
+            headers["authorization"] = f"Bearer {self.token}"
+        body = {"dpid": dpid_str(dpid), "term": term, "flows": rows}
         try:
             r = httpx.post(url.rstrip("/") + "/v1/cluster/apply", json=body, headers=headers,
-                           timeout=APPLY_TIMEOUT, verify=False)  # noqa: S501 (a peer)
+                           timeout=APPLY_TIMEOUT)
         except httpx.HTTPError as e:
             return f"master of {dpid_str(dpid)} at {url}: {e.__class__.__name__}"
         if r.status_code != 200:
@@ -226,14 +279,15 @@ class Replica:
             raise Conflict(f"this member is not master of {dpid_str(dpid)} in term {term}",
                            "term")
 
-    def apply(self, dpid: int, term: int, rows: list[list[Any]]) -> int:
+    def apply(self, dpid: int, term: int, rows: list[list[Any]], sender: str | None) -> int:
         """Another member's change: bring a switch mastered here to the flows ``rows``
         (:func:`flows_json`) in one bundle, acknowledged by the barrier. How many
-        flow-mods it took."""
+        flow-mods it took. ``sender``: its X-Vfence-Member header."""
+        self.check_sender(sender, dpid_str(dpid), term, rows)
         flows = flows_from_json(rows)
         self.check_master(dpid, term)
-        if dpid not in self.switches.installed:
-            raise Conflict(f"switch {dpid_str(dpid)} is not connected here", "dpid")
+        if dpid not in self.switches.ready:  # (its flows not read back yet: no diff)
+            raise Refused(f"switch {dpid_str(dpid)} is still being taken over here", "dpid")
         changes = diff(flows, self.switches.installed[dpid])
         try:
             self.switches.send(dpid, changes)

@@ -85,18 +85,18 @@ class Service:
                 return desired  # the session closes unwritten; nothing was swapped
             if self.replica:
                 self.replica.seal(s, self.state, new, self.places, out.places)
-            if desired is not None:
-                sw.name = new.switch_name
-                with (self.replica.remote(s, self.state, new, self.desired, desired,  # first
-                      sw.connected()) if self.replica else contextlib.nullcontext()):
+            with (self.replica.remote(s, self.state, new, self.desired, desired)  # first
+                  if self.replica and desired else contextlib.nullcontext()):
+                if desired is not None:
+                    sw.name = new.switch_name
                     (program or sw.program)(desired, [m.target for m in out.moves],
                                             [m.source for m in out.moves])
-                records.converged(s, out.moves, since, self.metrics)
-            try:
-                s.commit()
-            except Exception:
-                sw.dirty |= sw.ready  # they run a change the database lost: redo them
-                raise
+                    records.converged(s, out.moves, since, self.metrics)
+                try:
+                    s.commit()
+                except Exception:
+                    sw.dirty |= sw.ready  # they run a change the database lost: redo them
+                    raise
             if self.replica:
                 self.replica.committed()
             self._audited |= out.once

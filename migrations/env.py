@@ -21,6 +21,7 @@ with engine.connect() as connection:
             if connection.dialect.name == "postgresql":
                 # members of a cluster start together: one migrates, the others wait for
                 # it here and then find the schema current (held until this commits)
+                # (class 30310 = leases.PRESENCE_CLASS; key 0: no member's presence key)
                 connection.exec_driver_sql("SELECT pg_advisory_xact_lock(30310, 0)")
             context.configure(connection=connection, target_metadata=Base.metadata,
                               render_as_batch=True)

@@ -28,8 +28,10 @@ class ClusterLab(ProdLab):
     started, ``spare`` more (c4...) listed in the switches and started by the test."""
 
     def __init__(self, members: int, hosts: int, spines: int, plan: list, *, spare: int = 0,
-                 **kw: Any) -> None:
+                 member_args: Any = lambda name: (), **kw: Any) -> None:
+        """``member_args(name)``: that member's own extra ``serve`` arguments."""
         super().__init__(hosts, spines, plan, **kw)
+        self.member_args = member_args
         self.ports = {f"c{i}": (free_port(), free_port())
                       for i in range(1, members + spare + 1)}
         self.first = [f"c{i}" for i in range(1, members + 1)]
@@ -63,7 +65,7 @@ class ClusterLab(ProdLab):
             [sys.executable, "-m", "vfence", "serve", "--db", self.db_url, "--cluster",
              "--member", name, "--ofp-port", str(of), "--api-port", str(api),
              *(a for remote in self.ovsdb_remotes() for a in ("--ovsdb", remote)),
-             *self.extra_args],
+             *self.extra_args, *self.member_args(name)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         if wait:
             self.wait_for(lambda: self.member_get(name, "/v1/health") is not None, 60,

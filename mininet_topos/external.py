@@ -77,9 +77,12 @@ class ExternalNet:
     """``start()`` builds it and starts FRR; ``attach(lab, h)`` gives hypervisor ``h``
     its uplink; ``stop()`` removes it all."""
 
-    def __init__(self, rundir: Path = RUNDIR) -> None:
+    def __init__(self, rundir: Path = RUNDIR, speakers: tuple[str, ...] = (CTL_IP,)) -> None:
+        """``speakers``: the controller-side addresses FRR peers with (a cluster's
+        members, each with its own address on ``vfx-ctl``)."""
         self.dir = rundir  # FRR's: owned by frr, every parent reachable by it (/run is)
         self.named: Named | None = None
+        self.speakers = speakers
 
     def start(self) -> ExternalNet:
         remove_leftovers()
@@ -91,7 +94,8 @@ class ExternalNet:
         _in(SW, "ip", "link", "set", "br0", "up")
         self._wire(ROUTER, "ext0", f"{GATEWAY}/24", f"{GATEWAY6}/64")
         _sh("ip", "link", "add", CTL, "type", "veth", "peer", "name", "ctl", "netns", SW)
-        _sh("ip", "addr", "add", f"{CTL_IP}/24", "dev", CTL)
+        for address in dict.fromkeys((CTL_IP, *self.speakers)):
+            _sh("ip", "addr", "add", f"{address}/24", "dev", CTL)
         _sh("ip", "link", "set", CTL, "up")
         self._bridge_port("ctl")
         _sh("ip", "link", "add", "cli0", "netns", ROUTER, "type", "veth", "peer", "name",
@@ -200,10 +204,11 @@ class ExternalNet:
         (d / "zebra.conf").write_text("hostname vfx-router\n")
         (d / "bgpd.conf").write_text(
             f"router bgp {ROUTER_ASN}\n bgp router-id {GATEWAY}\n no bgp ebgp-requires-policy\n"
-            f" neighbor {CTL_IP} remote-as {LOCAL_ASN}\n neighbor {CTL_IP} timers connect 1\n"
-            f" neighbor {CTL_IP} timers 3 9\n"
-            f" address-family ipv6 unicast\n  neighbor {CTL_IP} activate\n"
-            " exit-address-family\n")
+            + "".join(f" neighbor {a} remote-as {LOCAL_ASN}\n neighbor {a} timers connect 1\n"
+                      f" neighbor {a} timers 3 9\n" for a in self.speakers)
+            + " address-family ipv6 unicast\n"
+            + "".join(f"  neighbor {a} activate\n" for a in self.speakers)
+            + " exit-address-family\n")
         shutil.chown(d, "frr", "frr")
         for f in d.iterdir():
             shutil.chown(f, "frr", "frr")

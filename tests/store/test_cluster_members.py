@@ -136,7 +136,10 @@ class Cluster:
         if target is None:
             return f"{url}: connection refused"
         try:
-            target.replica.apply(dpid, term, flows_json(flows))
+            rows = flows_json(flows)
+            at = int(time.time())
+            target.replica.apply(dpid, term, rows, f"{replica.name} {at} " + replica._signature(
+                replica.name, at, f"{dpid:016x}", term, rows))
         except VfenceError as e:
             return f"{url}: {e.status} {e}"
         return None
@@ -294,3 +297,21 @@ def test_a_new_member_listens_before_it_joins(cluster, monkeypatch):
     mb.joins_at = 0.0
     cluster.tick()
     assert _masters(cluster) == {"c1": [HV1], "c2": [HV2]}
+
+
+def test_found_by_review_a_new_member_keeps_what_only_the_shared_row_holds(cluster):
+    """(A new member's first change wrote its own empty binding state over the
+    cluster's: an announced move vanished.) Its first change reloads the shared row."""
+    a, _ = cluster.start("c1")
+    cluster.start("c2")
+    cluster.tick()
+    a.add_vm(PAY1)
+    _bind(a)
+    a.announce_migration("pay-1", f"{HV2:016x}")
+    assert a.state.expected == {"pay-1": HV2}
+    c, _ = cluster.start("c3")
+    cluster.tick()
+    c.add_vm(VMSpec("web-1", "00:00:00:00:01:02", ("10.0.0.21",), "prod", ("frontend",)))
+    assert c.state.expected == {"pay-1": HV2}
+    a.housekeeping()
+    assert a.state.expected == {"pay-1": HV2} and "web-1" in a.state.vms

@@ -16,13 +16,14 @@ from vfence.controller.api import create_app
 from vfence.controller.binding import Announcement, Places
 from vfence.controller.desired import compile_network
 from vfence.controller.errors import Invalid
-from vfence.controller.model import Binding, PortRef
+from vfence.controller.model import Binding, NetworkState, PortRef
 from vfence.controller.replica import (
     Replica,
     flows_from_json,
     flows_json,
+    gateways_from_json,
     places_from_json,
-    places_json,
+    shared_json,
 )
 
 from .. import LOOPBACK
@@ -37,9 +38,14 @@ def test_every_compiled_flow_survives_the_trip_to_another_member():
         assert flows_from_json(flows_json(mine)) == mine, dpid
 
 
-def test_a_flow_list_that_is_not_one_is_refused_naming_the_field():
+@pytest.mark.parametrize("rows", [
+    [[0, 100, [], []]],  # four fields, not five
+    [[True, 100, [], [], 0]], [[0, 1.5, [], [], 0]], [[0, 100, [], [], "0x1"]],
+    [[0, -1, [], [], 0]],
+])
+def test_a_flow_list_that_is_not_one_is_refused_naming_the_field(rows):
     with pytest.raises(Invalid) as e:
-        flows_from_json([[0, 100, [], []]])  # four fields, not five
+        flows_from_json(rows)
     assert e.value.field == "flows"
 
 
@@ -51,7 +57,7 @@ def test_the_binding_machines_state_survives_the_trip_with_its_deadlines():
                {"api-1": (Binding("api-1", PortRef(0x102, 9), "vnet4", "first-frame"),
                           now + 10)},
                {("pay-1", PortRef(0x101, 3))}, {PortRef(0x104, 5), PortRef(0x101, 7)})
-    back = places_from_json(places_json(p))
+    back = places_from_json(shared_json(p, NetworkState()))
     assert (back.bindings, back.standby, back.retired, back.vm_ports) == (
         p.bindings, p.standby, p.retired, p.vm_ports)
     assert back.announced["ops-1"].before == frozenset({1, 2, 7})
@@ -59,6 +65,15 @@ def test_the_binding_machines_state_survives_the_trip_with_its_deadlines():
     assert back.candidates["api-1"][0] == p.candidates["api-1"][0]
     assert abs(back.candidates["api-1"][1] - (now + 10)) < 0.5
     assert back.view() == p.view()
+
+
+def test_the_gateways_macs_travel_with_it():
+    """Only a host's master hears its external gateway answer; every member compiles
+    that host's way out, so the MAC is shared."""
+    st = NetworkState(gateway_macs={0x101: "02:aa:00:00:00:01"},
+                      gateway6_macs={0x102: "02:aa:00:00:00:02"})
+    assert gateways_from_json(shared_json(Places(), st)) == (st.gateway_macs,
+                                                              st.gateway6_macs)
 
 
 def test_a_probe_another_member_sent_counts_once_if_the_cluster_key_signed_it():
@@ -95,7 +110,21 @@ def test_a_member_refuses_flows_for_a_switch_it_does_not_master(sqlite_url):
     service.replica = Replica(service.sessions, service.switches, "c1", "http://c1")
     _connect(service, HV1, {1: "up0"})
     client = TestClient(create_app(service), base_url=LOOPBACK)
-    r = client.post("/v1/cluster/apply", json={"dpid": f"{HV1:016x}", "term": 1, "flows": []})
+    body = {"dpid": f"{HV1:016x}", "term": 1, "flows": []}
+    r = client.post("/v1/cluster/apply", json=body)  # a client's token is not enough
+    assert r.status_code == 403
+    assert r.json()["errors"][0]["field"] == "header.x-vfence-member", r.text
+    at = int(time.time())
+    signed = {"x-vfence-member": f"c2 {at} " + service.replica._signature(
+        "c2", at, body["dpid"], 1, [])}
+    forged = {"x-vfence-member": f"c2 {at} " + "0" * 64}
+    stale = {"x-vfence-member": f"c2 {at - 60} " + service.replica._signature(
+        "c2", at - 60, body["dpid"], 1, [])}
+    for headers in (forged, stale):
+        assert client.post("/v1/cluster/apply", json=body, headers=headers).status_code == 403
+    r = client.post("/v1/cluster/apply", json={**body, "term": 2}, headers=signed)
+    assert r.status_code == 403  # (signed for term 1)
+    r = client.post("/v1/cluster/apply", json=body, headers=signed)
     assert r.status_code == 409 and r.json()["errors"][0]["field"] == "term", r.text
     r = client.post("/v1/cluster/apply", json={"dpid": "xyz", "term": 0, "flows": []})
     assert r.status_code == 422
