@@ -291,6 +291,7 @@ class VfenceApp(app_manager.OSKenApp):
             on_lose=lambda dpid: self.submit(self.service.switches.ready.discard, dpid),
             on_version=self._follow_version)
         self.service.switches.fence = self.member.may_write
+        self.dns.active = lambda: self.member is not None and self.member.dns
         if replica.presence is not None:
             self.member.present = replica.presence.held
         self.service.metrics.mastered.set_function(lambda: len(self.member.terms)

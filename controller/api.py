@@ -12,6 +12,7 @@ import functools
 import re
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from http import HTTPStatus
 from typing import Annotated, Any
@@ -186,18 +187,24 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
                            "cluster")
         return ClusterOut(**service.replica.status())
 
+    pushes = ThreadPoolExecutor(4, "cluster-apply")  # not the pool that waits on writes
+
     @app.post("/v1/cluster/apply", responses=errors)
-    def cluster_apply(body: ClusterApplyIn, x_vfence_member: Annotated[str | None, Header(
-            description="NAME TIME SIGNATURE: the sending member's proof")] = None
-                      ) -> ClusterApplyOut:
+    async def cluster_apply(body: ClusterApplyIn, x_vfence_member: Annotated[
+            str | None, Header(description="NAME TIME SIGNATURE: the sending member's proof")
+    ] = None) -> ClusterApplyOut:
         """Members only: bring a switch this member masters to another member's new
         flow set (403 without a member's signature; 409 if this member is not its master
         in that term; 503 if the switch refused)."""
         if service.replica is None:
             raise NotFound("this controller does not run as a cluster member (--cluster)",
                            "cluster")
-        return ClusterApplyOut(flow_mods=service.replica.apply(
-            int(body.dpid, 16), body.term, body.flows, x_vfence_member))
+        # a change at another member waits on this answer while it holds the shared
+        # state: run apart from the requests that may be waiting for that same state
+        apply = functools.partial(service.replica.apply, int(body.dpid, 16), body.term,
+                                  body.flows, x_vfence_member)
+        return ClusterApplyOut(flow_mods=await asyncio.get_running_loop().run_in_executor(
+            pushes, apply))
 
     @app.get("/v1/hosts")
     def hosts() -> list[dict[str, Any]]:

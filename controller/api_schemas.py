@@ -252,6 +252,8 @@ class ClusterOut(BaseModel):
     my_version: int = Field(description="the version this member's copy is at")
     members: list[ClusterMemberOut]
     switches: list[ClusterSwitchOut]
+    dns_updates_by: str | None = Field(description="the member that sends the DNS "
+                                       "updates now (it holds the cluster's DNS lease)")
 
 
 class ClusterApplyIn(BaseModel):

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import httpx
 import typer
@@ -180,6 +181,9 @@ def serve(
             raise typer.Exit(2) from None
         service.replica = Replica(service.sessions, service.switches, name, url_self, token)
         service.replica.presence = presence
+        if auth.loopback_name(urlsplit(url_self).hostname or ""):
+            err.print(f"[yellow]--advertise {url_self}: a loopback address; members on "
+                      "other machines cannot reach this one[/yellow]")
         service.replica.bgp_address = bgp_address
     if doc is not None:
         try:

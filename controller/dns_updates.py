@@ -94,6 +94,9 @@ class Updater:
         self.dirty: set[tuple[str, str]] = set()
         self.turn = 0  # where the next one-by-one retry starts
         self.thread = threading.Thread(target=self._run, name="dns-updates", daemon=True)
+        # a cluster member sends updates only while it holds the cluster's DNS lease (the
+        # pending ones are in the database: the next holder goes on where it stopped)
+        self.active: Callable[[], bool] = lambda: True
 
     def start(self) -> None:
         self.thread.start()
@@ -113,6 +116,9 @@ class Updater:
             self.wake.clear()
             if self.stopped:
                 return
+            if not self.active():
+                self.have, self.delay = None, 1.0  # (the server may change meanwhile)
+                continue
             try:
                 ok = self.round()
             except Exception as e:  # (a locked database too): log, report, retry later

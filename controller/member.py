@@ -40,6 +40,7 @@ TICK = 0.25  # seconds between rounds: a killed member's switches move within ab
 # it its share): LLDP finds every link within one probe round (5 s), the OVSDBs name every
 # host, so what it compiles is what the switches hold and a hand-over sends no flow-mod
 WARMUP = 7.0
+DNS_LEASE = "dns"  # the lease (beside the switches') of the member that sends DNS updates
 
 
 class Roles(Protocol):
@@ -71,6 +72,7 @@ class Member:
         self.rounds = 0
         self.joins_at = time.monotonic() + warmup
         self.gone: set[int] = set()  # connections that went (from the event thread)
+        self.dns = False  # this member holds the cluster's DNS lease
         self.present: Callable[[], bool] = lambda: True  # our presence lock is held
         self.takeovers = 0  # switches this member became master of
 
@@ -106,6 +108,11 @@ class Member:
             connected = self.roles.connected()
             plan = cluster.plan([dpid_str(d) for d in connected], live,
                                 {k: v[0] for k, v in held.items()})
+            if warm:  # (one member sends DNS updates: the first to claim, while it lives)
+                with self.sessions() as s:
+                    self.dns = leases.claim(s, DNS_LEASE, self.name, now, live=live) is not None
+            else:
+                self.dns = False
             mine = sorted(int(k, 16) for k, v in plan.items() if v == self.name and warm)
             for dpid in mine:
                 self._hold(dpid, now, t0, live)

@@ -35,7 +35,7 @@ from . import leases, records
 from .binding import Announcement, Places
 from .errors import Conflict, Forbidden, Invalid, Refused, VfenceError
 from .flows import Flow
-from .member import Member, utcnow
+from .member import DNS_LEASE, Member, utcnow
 from .model import Binding, NetworkState, PortRef, dpid_str
 from .reconcile import diff
 from .switches import Switches
@@ -311,11 +311,13 @@ class Replica:
             "me": me.name if me else None, "version": version, "my_version": self.version,
             "members": [{"name": n, "advertise": adv, "live": n in live,
                          "heartbeat_age_s": round((now - hb).total_seconds(), 3),
-                         "masters": sorted(d for d, lease in held.items()
-                                           if lease[0] == n and n in live and lease[2] > now)}
+                         "masters": sorted(d for d, lease in held.items() if d != DNS_LEASE
+                                           and lease[0] == n and n in live and lease[2] > now)}
                         for n, (adv, hb) in sorted(where.items())],
             "switches": [{"dpid": d, "master": lease[0], "term": lease[1],
                           "valid": lease[0] in live and lease[2] > now,
                           "expires_in_s": round((lease[2] - now).total_seconds(), 3)}
-                         for d, lease in sorted(held.items())],
+                         for d, lease in sorted(held.items()) if d != DNS_LEASE],
+            "dns_updates_by": next((lease[0] for d, lease in held.items() if d == DNS_LEASE
+                                    and lease[0] in live and lease[2] > now), None),
         }

@@ -315,3 +315,20 @@ def test_found_by_review_a_new_member_keeps_what_only_the_shared_row_holds(clust
     assert c.state.expected == {"pay-1": HV2}
     a.housekeeping()
     assert a.state.expected == {"pay-1": HV2} and "web-1" in a.state.vms
+
+
+def test_one_member_sends_dns_updates_and_another_goes_on_when_it_dies(cluster):
+    """The pending updates are in the database; which member sends them is a lease."""
+    cluster.start("c1")
+    cluster.start("c2")
+    cluster.tick()
+    senders = [n for n, (_, m) in cluster.members.items() if m.dns]
+    assert len(senders) == 1
+    (first,) = senders
+    service, _ = cluster.members[next(n for n in cluster.members if n != first)]
+    assert service.replica.status()["dns_updates_by"] == first
+    cluster.kill(first)
+    cluster.tick()
+    assert [n for n, (_, m) in cluster.members.items() if m.dns] == [
+        n for n in cluster.members]
+    assert service.replica.status()["dns_updates_by"] != first
