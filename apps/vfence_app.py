@@ -133,6 +133,8 @@ class VfenceApp(app_manager.OSKenApp):
         self.probes = lldp.ProbeBook()
         self.drop_counts: dict[tuple[int, int, int], int] = {}
         self.member: Member | None = None
+        self.seen: Any = None  # links and switches, as last seen (a new member's view)
+        self.seen_at = time.monotonic()
         self.member_stop = threading.Event()
         self._asked = -1  # the last version a reload was queued for
         if self.service.replica is not None:
@@ -292,6 +294,7 @@ class VfenceApp(app_manager.OSKenApp):
             on_version=self._follow_version)
         self.service.switches.fence = self.member.may_write
         self.dns.active = lambda: self.member is not None and self.member.dns
+        self.member.settled = lambda: time.monotonic() - self.seen_at > LLDP_INTERVAL + 1
         if replica.presence is not None:
             self.member.present = replica.presence.held
         self.service.metrics.mastered.set_function(lambda: len(self.member.terms)
@@ -573,6 +576,8 @@ class VfenceApp(app_manager.OSKenApp):
 
     def state_changed(self, state: NetworkState) -> None:
         """The service swapped its state (called under its lock: the work is queued)."""
+        if (state.links, state.switches.keys()) != self.seen:  # (a new member's view)
+            self.seen, self.seen_at = (state.links, state.switches.keys()), time.monotonic()
         self.dns.kick()  # its own thread: a dead DNS server holds nothing up
         self.submit(self._follow, state)
 

@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -36,10 +36,13 @@ from .model import dpid_str
 LOG = logging.getLogger("vfence.member")
 
 TICK = 0.25  # seconds between rounds: a killed member's switches move within about this
-# a new member listens this long before it joins (its heartbeat: others count it and hand
-# it its share): LLDP finds every link within one probe round (5 s), the OVSDBs name every
-# host, so what it compiles is what the switches hold and a hand-over sends no flow-mod
+# a new member listens at least this long before it joins (its heartbeat: others count it
+# and hand it its share), and until it is connected to every switch the cluster holds a
+# lease on and its view (links, switches) has been still for a probe round: then what it
+# compiles is what the switches hold and a hand-over sends no flow-mod. A switch it never
+# reaches keeps it out for WARMUP_MAX at most (it joins, and masters what it reaches).
 WARMUP = 7.0
+WARMUP_MAX = 60.0
 DNS_LEASE = "dns"  # the lease (beside the switches') of the member that sends DNS updates
 
 
@@ -71,6 +74,9 @@ class Member:
         self.lock = threading.Lock()
         self.rounds = 0
         self.joins_at = time.monotonic() + warmup
+        self.joins_by = time.monotonic() + max(warmup, WARMUP_MAX if warmup else 0.0)
+        self.settled: Callable[[], bool] = lambda: True  # its view still for a while
+        self.joined = False
         self.gone: set[int] = set()  # connections that went (from the event thread)
         self.dns = False  # this member holds the cluster's DNS lease
         self.present: Callable[[], bool] = lambda: True  # our presence lock is held
@@ -97,15 +103,15 @@ class Member:
                 self.gone.discard(dpid)
                 self._let_go(dpid, now)
             present = self.present()
-            warm = t0 >= self.joins_at and present
             with self.sessions() as s:
+                held = leases.holders(s)
+                connected = self.roles.connected()
+                warm = present and self._warm(t0, held, connected)
                 if warm:
                     leases.heartbeat(s, self.name, self.advertise, now)
                     s.commit()
                 live = leases.live_members(s, now)
-                held = leases.holders(s)
                 version = leases.read_version(s)
-            connected = self.roles.connected()
             plan = cluster.plan([dpid_str(d) for d in connected], live,
                                 {k: v[0] for k, v in held.items()})
             if warm:  # (one member sends DNS updates: the first to claim, while it lives)
@@ -125,6 +131,18 @@ class Member:
                         self.slaved.add(dpid)
             self.rounds += 1
         self.on_version(version)
+
+    def _warm(self, t0: float, held: dict[str, Any], connected: list[int]) -> bool:
+        """Whether this member has joined (once joined, always, while present)."""
+        if not self.joined:
+            reached = {dpid_str(d) for d in connected}
+            known = {k for k in held if k != DNS_LEASE}
+            self.joined = t0 >= self.joins_by or (
+                t0 >= self.joins_at and known <= reached and self.settled())
+            if self.joined:
+                LOG.info("joined the cluster (%d of %d switches reached)",
+                         len(known & reached), len(known))
+        return self.joined
 
     def _hold(self, dpid: int, now: datetime, t0: float, live: list[str]) -> None:
         with self.sessions() as s:

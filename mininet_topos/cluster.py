@@ -154,16 +154,22 @@ class ClusterLab(ProdLab):
     # --- convergence ----------------------------------------------------------------------
 
     def wait_converged(self, timeout: float = 90) -> None:
-        """Every switch mastered by a live member and ready there; every member with the
-        whole fabric and every expected VM bound."""
+        """Every member joined, every switch mastered by a live member (evenly) and ready
+        there; every member with the whole fabric and every expected VM bound."""
         expected = self.expected_bound()
         links = self.hosts * self.spines
 
         def done() -> bool:
+            c = self.cluster() or {"members": []}
+            if {m["name"] for m in c["members"] if m["live"]} != set(self.live()):
+                return False  # (a member joins once its view is complete)
             masters = self.masters()
             if set(masters) != set(self.switch_names) or not set(masters.values()) <= set(
                     self.live()):
                 return False
+            share = [list(masters.values()).count(m) for m in self.live()]
+            if max(share) - min(share) > 1:
+                return False  # (hand-overs still going on)
             ready = 0
             for name in self.live():
                 h = self.member_get(name, "/v1/health")

@@ -279,11 +279,12 @@ def _now(delta: float = 0.0) -> datetime:
 def test_a_new_member_listens_before_it_joins(cluster, monkeypatch):
     """During its warm-up a member writes no heartbeat (others do not count it, nor hand
     it switches) and claims nothing, but makes itself a slave on every switch at once (a
-    new connection is EQUAL, which may write)."""
+    new connection is EQUAL, which may write). It joins once warm and its view (links,
+    switches) has been still for a while."""
     a, ma = cluster.start("c1")
     cluster.tick()
     b, mb = cluster.start("c2")
-    mb.joins_at = time.monotonic() + 3600
+    mb.joins_at = mb.joins_by = time.monotonic() + 3600
     told: list[tuple[int, bool, int]] = []
     roles = mb.roles
     real = roles.become
@@ -294,7 +295,11 @@ def test_a_new_member_listens_before_it_joins(cluster, monkeypatch):
     assert sorted(told) == [(HV1, False, 1), (HV2, False, 1)]
     with b.sessions() as s:
         assert "c2" not in leases.members(s)
-    mb.joins_at = 0.0
+    mb.joins_at = 0.0  # warm, but its view is still changing: it waits
+    mb.settled = lambda: False
+    cluster.tick()
+    assert _masters(cluster) == {"c1": [HV1, HV2], "c2": []}
+    mb.settled = lambda: True
     cluster.tick()
     assert _masters(cluster) == {"c1": [HV1], "c2": [HV2]}
 
