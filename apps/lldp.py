@@ -100,7 +100,8 @@ class ProbeBook:
         with self._lock:
             sent = self._sent.pop(nonce, None)
             if sent is not None:  # our own: once (not again as another member's)
-                self._taken[nonce] = sent[2] + 1.0
+                if self.shared:
+                    self._taken[nonce] = sent[2] + 1.0
                 return sent[:2] == (dpid, port_no) and now <= sent[2]
             return self.shared and self._foreign(nonce, now)
 

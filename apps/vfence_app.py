@@ -124,6 +124,8 @@ class VfenceApp(app_manager.OSKenApp):
             local=self.service.replica.bgp_address if self.service.replica else None)
         self.dns = dns_updates.Updater(self.service.sessions, lambda: self.service.state,
                                        self.service.metrics)
+        if self.service.replica is not None:  # (before it starts: one member sends)
+            self.dns.active = lambda: self.member is not None and self.member.sends_dns()
         self.dns.start()
         self.service.external_status = lambda: self.announcer.status() | {
             "dns": self.dns.status()}
@@ -293,7 +295,6 @@ class VfenceApp(app_manager.OSKenApp):
             on_lose=lambda dpid: self.submit(self.service.switches.ready.discard, dpid),
             on_version=self._follow_version)
         self.service.switches.fence = self.member.may_write
-        self.dns.active = lambda: self.member is not None and self.member.dns
         self.member.settled = lambda: time.monotonic() - self.seen_at > LLDP_INTERVAL + 1
         if replica.presence is not None:
             self.member.present = replica.presence.held

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import time
@@ -172,6 +173,10 @@ def serve(
         raise typer.Exit(2) from None
     if cluster:
         name = member or f"{socket.gethostname()}-{api_port}"
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,128}", name):
+            err.print(f"[red]--member: {escape(name)!r}: letters, digits, '.', '_' and '-' "
+                      "only, 128 at most[/red]")
+            raise typer.Exit(2)
         scheme = "https" if api_cert else "http"
         url_self = advertise or f"{scheme}://{api_host}:{api_port}"
         try:

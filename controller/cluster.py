@@ -15,19 +15,25 @@ and a member leaving hands on only its own.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 
-def plan(switches: Iterable[str], members: Iterable[str], holders: Mapping[str, str]
-         ) -> dict[str, str]:
+def plan(switches: Iterable[str], members: Iterable[str], holders: Mapping[str, str],
+         reach: Mapping[str, Collection[str]] | None = None) -> dict[str, str]:
     """Switch -> the member that should master it. ``holders``: switch -> its lease's
-    holder now (live or not); a switch not in it has none. Deterministic: the same
-    inputs give the same plan on every member."""
+    holder now (live or not); a switch not in it has none. ``reach``: the switches each
+    member reaches (a member not in it reaches all): a switch goes only to a member that
+    reaches it, over its share if need be, and to none if no live member does.
+    Deterministic: the same inputs give the same plan on every member."""
     live = sorted(set(members))
     if not live:
         return {}
+
+    def ok(m: str, s: str) -> bool:
+        return reach is None or m not in reach or s in reach[m]
+
     todo = sorted(set(switches))
-    held = {m: sorted(s for s in todo if holders.get(s) == m) for m in live}
+    held = {m: sorted(s for s in todo if holders.get(s) == m and ok(m, s)) for m in live}
     # S = q*M + r: r members master q+1 switches, the rest q; the extra one goes to those
     # holding most now (then by name), so as few switches as possible change masters
     q, r = divmod(len(todo), len(live))
@@ -35,11 +41,14 @@ def plan(switches: Iterable[str], members: Iterable[str], holders: Mapping[str, 
     quota = {m: q + (i < r) for i, m in enumerate(ranked)}
     out = {s: m for m in live for s in held[m][:quota[m]]}
     load = {m: min(len(held[m]), quota[m]) for m in live}
-    for s in todo:
-        if s not in out:
-            m = min((m for m in live if load[m] < quota[m]), key=lambda m: (load[m], m))
-            out[s] = m
-            load[m] += 1
+    able = {s: [m for m in live if ok(m, s)] for s in todo if s not in out}
+    for s in sorted(able, key=lambda s: (len(able[s]), s)):  # the most bound first
+        if not able[s]:
+            continue  # no live member reaches it
+        under = [m for m in able[s] if load[m] < quota[m]]
+        m = min(under or able[s], key=lambda m: (load[m], m))
+        out[s] = m
+        load[m] += 1
     return out
 
 

@@ -20,6 +20,7 @@ serialises every change members commit to the registry, policy and locations.
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections.abc import Collection
 from datetime import datetime, timedelta
@@ -35,13 +36,22 @@ LEASE_TTL = 3.0  # seconds a lease lasts unless renewed (member.py renews it eve
 MEMBER_TTL = 3.0  # seconds without a heartbeat before a member counts as gone
 
 
-def heartbeat(s: Session, member: str, advertise: str, now: datetime) -> None:
+def heartbeat(s: Session, member: str, advertise: str, now: datetime,
+              reaches: Collection[str] | None = None) -> None:
+    """I am alive at ``now``, reachable at ``advertise``, and reach these switches."""
     _aware(now)
+    reach = None if reaches is None else json.dumps(sorted(reaches))
     row = s.get(m.ClusterMember, member)
     if row is None:
-        s.add(m.ClusterMember(name=member, advertise=advertise, heartbeat=now))
+        s.add(m.ClusterMember(name=member, advertise=advertise, heartbeat=now, reaches=reach))
     else:
-        row.advertise, row.heartbeat = advertise, now
+        row.advertise, row.heartbeat, row.reaches = advertise, now, reach
+
+
+def reach(s: Session) -> dict[str, set[str]]:
+    """The switches each member said it reaches (members that said nothing: absent)."""
+    return {r.name: set(json.loads(r.reaches)) for r in s.scalars(select(m.ClusterMember))
+            if r.reaches is not None}
 
 
 PRESENCE_CLASS = 0x7666  # advisory lock class of members' presence locks ("vf")
@@ -86,6 +96,8 @@ class Presence:
                 self.conn.commit()
                 return True
         except Exception:
+            if self.conn is not None:
+                self.conn.invalidate()  # (not back to the pool: it may hold the lock)
             self.conn = None
         try:
             self.conn = hold_presence(self.engine, self.member)
@@ -95,7 +107,8 @@ class Presence:
 
     def close(self) -> None:
         if self.conn is not None:
-            self.conn.close()
+            self.conn.invalidate()  # the lock goes with the connection, not to the pool
+            self.conn = None
 
 
 def _present(s: Session) -> set[int] | None:
@@ -183,6 +196,8 @@ def lock_version(s: Session) -> int:
         return int(s.execute(select(m.ClusterState.version).where(m.ClusterState.id == 1)
                              .with_for_update()).scalar_one())
     except OperationalError as e:
+        if getattr(e.orig, "sqlstate", None) != "55P03":  # (lock_not_available)
+            raise
         raise Refused(f"another member's change has held the shared state for "
                       f"{VERSION_WAIT:.0f} s; nothing was changed", "cluster") from e
 

@@ -78,9 +78,12 @@ class Member:
         self.settled: Callable[[], bool] = lambda: True  # its view still for a while
         self.joined = False
         self.gone: set[int] = set()  # connections that went (from the event thread)
-        self.dns = False  # this member holds the cluster's DNS lease
+        self.dns_until = 0.0  # monotonic time this member's DNS lease surely holds until
         self.present: Callable[[], bool] = lambda: True  # our presence lock is held
         self.takeovers = 0  # switches this member became master of
+
+    def sends_dns(self) -> bool:
+        return time.monotonic() < self.dns_until
 
     def may_write(self, dpid: int) -> bool:
         return dpid in self.terms and time.monotonic() < self.valid.get(dpid, 0.0)
@@ -106,19 +109,23 @@ class Member:
             with self.sessions() as s:
                 held = leases.holders(s)
                 connected = self.roles.connected()
-                warm = present and self._warm(t0, held, connected)
+                warm = present and self._warm(t0, now, held, connected)
                 if warm:
-                    leases.heartbeat(s, self.name, self.advertise, now)
+                    leases.heartbeat(s, self.name, self.advertise, now,
+                                     [dpid_str(d) for d in connected])
                     s.commit()
                 live = leases.live_members(s, now)
+                reach = leases.reach(s)
                 version = leases.read_version(s)
-            plan = cluster.plan([dpid_str(d) for d in connected], live,
-                                {k: v[0] for k, v in held.items()})
+            # over what any live member reaches: every member plans over the same switches
+            every = {dpid_str(d) for d in connected}.union(
+                *(reach.get(m, ()) for m in live))
+            plan = cluster.plan(every, live, {k: v[0] for k, v in held.items()}, reach)
+            self.dns_until = 0.0
             if warm:  # (one member sends DNS updates: the first to claim, while it lives)
                 with self.sessions() as s:
-                    self.dns = leases.claim(s, DNS_LEASE, self.name, now, live=live) is not None
-            else:
-                self.dns = False
+                    if leases.claim(s, DNS_LEASE, self.name, now, live=live) is not None:
+                        self.dns_until = t0 + leases.LEASE_TTL
             mine = sorted(int(k, 16) for k, v in plan.items() if v == self.name and warm)
             for dpid in mine:
                 self._hold(dpid, now, t0, live)
@@ -132,11 +139,12 @@ class Member:
             self.rounds += 1
         self.on_version(version)
 
-    def _warm(self, t0: float, held: dict[str, Any], connected: list[int]) -> bool:
+    def _warm(self, t0: float, now: datetime, held: dict[str, Any], connected: list[int]
+              ) -> bool:
         """Whether this member has joined (once joined, always, while present)."""
         if not self.joined:
             reached = {dpid_str(d) for d in connected}
-            known = {k for k in held if k != DNS_LEASE}
+            known = {k for k, v in held.items() if k != DNS_LEASE and v[2] > now}
             self.joined = t0 >= self.joins_by or (
                 t0 >= self.joins_at and known <= reached and self.settled())
             if self.joined:
@@ -194,5 +202,6 @@ class Member:
                 self.tick()
             except Exception:
                 LOG.exception("cluster round failed")
+                self.dns_until = 0.0
                 for dpid in [d for d in self.terms if not self.may_write(d)]:
                     self._lost(dpid)  # the database is away: a lease past its time is not ours

@@ -243,7 +243,7 @@ class Replica:
         """``X-Vfence-Member: NAME TIME SIGNATURE`` from another member, fresh (30 s):
         a client's token alone does not let it write flows."""
         try:
-            member, at, sig = (header or "").split(" ")
+            member, at, sig = (header or "").rsplit(" ", 2)
             fresh = abs(time.time() - int(at)) <= SIGNATURE_AGE
         except ValueError:
             member, at, sig, fresh = "", "0", "", False

@@ -77,6 +77,7 @@ class ClusterMember(Base):
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     advertise: Mapped[str] = mapped_column(String(255))  # where others and clients reach it
     heartbeat: Mapped[datetime] = mapped_column(UTCDateTime)
+    reaches: Mapped[str | None] = mapped_column(Text)  # switches it reaches (JSON dpids)
 
 
 class SwitchLease(Base):

@@ -33,7 +33,12 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint('id'),
     )
     op.bulk_insert(table, [{'id': 1, 'version': 0, 'lldp_key': os.urandom(32).hex()}])
+    # the switches each member reaches (JSON), written with its heartbeat: a switch is
+    # given only to a member that reaches it
+    op.add_column('cluster_members', sa.Column('reaches', sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('cluster_members') as batch:
+        batch.drop_column('reaches')
     op.drop_table('cluster_state')

@@ -327,13 +327,26 @@ def test_one_member_sends_dns_updates_and_another_goes_on_when_it_dies(cluster):
     cluster.start("c1")
     cluster.start("c2")
     cluster.tick()
-    senders = [n for n, (_, m) in cluster.members.items() if m.dns]
+    senders = [n for n, (_, m) in cluster.members.items() if m.sends_dns()]
     assert len(senders) == 1
     (first,) = senders
     service, _ = cluster.members[next(n for n in cluster.members if n != first)]
     assert service.replica.status()["dns_updates_by"] == first
     cluster.kill(first)
     cluster.tick()
-    assert [n for n, (_, m) in cluster.members.items() if m.dns] == [
+    assert [n for n, (_, m) in cluster.members.items() if m.sends_dns()] == [
         n for n in cluster.members]
     assert service.replica.status()["dns_updates_by"] != first
+
+
+def test_found_by_review_a_switch_one_member_no_longer_reaches_goes_to_another(cluster):
+    """(Its master lost only its OpenFlow connection to it: nobody took it over.)"""
+    a, ma = cluster.start("c1")
+    cluster.start("c2")
+    cluster.tick()
+    assert _masters(cluster) == {"c1": [HV1], "c2": [HV2]}
+    a.switch_disconnected(HV1)
+    ma.forget(HV1)
+    cluster.tick()  # c2 takes hv1; then the shares even out with what c1 reaches
+    assert _masters(cluster) == {"c1": [HV2], "c2": [HV1]}
+    assert cluster.fabric.master == {HV1: "c2", HV2: "c1"}

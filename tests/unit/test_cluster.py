@@ -54,3 +54,16 @@ def test_any_plan_covers_every_switch_evenly_and_keeps_what_it_can(switches, mem
     losers = {holders[s] for s in switches if holders.get(s) in members and p[s] != holders[s]}
     gainers = {p[s] for s in switches if holders.get(s) != p[s]}
     assert not losers & gainers, (holders, p)  # no switch moves for nothing
+
+
+def test_a_switch_goes_only_to_a_member_that_reaches_it():
+    """(Found by review: a member that lost its connection to one switch was still
+    planned as its master, so nobody claimed it.) c1 reaches all but hv1."""
+    switches = ["hv1", "hv2", "hv3", "hv4"]
+    reach = {"c1": {"hv2", "hv3", "hv4"}, "c2": set(switches)}
+    p = cluster.plan(switches, ["c1", "c2"], {"hv1": "c1", "hv2": "c1"}, reach)
+    assert p["hv1"] == "c2" and sorted(p.values()).count("c1") == 2
+    only = cluster.plan(switches, ["c1", "c2"], {}, {"c1": {"hv1"}, "c2": {"hv1"}})
+    assert set(only) == {"hv1"}  # the others: no live member reaches them
+    over = cluster.plan(switches, ["c1", "c2"], {}, {"c1": set(switches), "c2": {"hv1"}})
+    assert list(over.values()).count("c1") == 3  # over its share: nobody else can
