@@ -157,7 +157,12 @@ def test_unannounced_move_on_a_learning_host_completes_when_the_old_port_goes(la
     (tmp_path.parent / "unannounced-outage.txt").write_text(
         f"{lost} of {sent} pings lost, longest round trip {stall and stall.group(1)} ms "
         f"(pings queued in the guest while its new port was refused)\n")
-    assert 0 < lost < 250, (sent, got)  # about the 1 s until the old port went, not more
+    longest = float(stall.group(1)) if stall else 0.0
+    # the frames refused while the old port was up show as lost pings, or as pings the
+    # guest queued until the move completed (a CI run: 0 of 400 lost, longest round trip
+    # 1,026 ms); either way about the 1 s until the old port went, not more
+    assert lost > 0 or longest > 500, (sent, got, longest)
+    assert lost < 250 and longest < 2500, (sent, got, longest)
     assert lab.ping("guest-1", "app-1")
 
 
