@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 from playwright.sync_api import sync_playwright
 
-from vfence.mininet_topos.browser import epoch, launch
+from vfence.mininet_topos.browser import epoch, launch, wait_for_stream
 from vfence.mininet_topos.datacenter import vm
 from vfence.mininet_topos.lab import Lab
 from vfence.mininet_topos.migration import migrate
@@ -76,7 +76,7 @@ def main() -> None:
             page = browser.new_page()
             page.add_init_script(WATCH)
             page.goto(lab.api + "/")
-            page.wait_for_function("window.__sseOpen", timeout=10_000)
+            wait_for_stream(page)
             at = {q.name: q.host for q in plan}
             for i in range(args.moves):
                 q = plan[(i * 5) % len(plan)]

@@ -3,6 +3,7 @@ driven by Playwright (a lab extra, imported by the caller), and the time of an e
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,3 +22,15 @@ def epoch(ts: str) -> float:
     """An event's ``ts`` as the API writes it (RFC 3339, UTC) in epoch seconds."""
     t = datetime.fromisoformat(ts.replace("Z", "+00:00"))
     return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
+
+
+def wait_for_stream(page: Any, timeout: float = 10.0) -> None:
+    """Until the page's event stream is open (``window.__sseOpen``, set by console.js).
+    Polled from here with ``page.evaluate`` (DevTools' evaluate, which the page's CSP
+    does not govern): Playwright's ``wait_for_function`` polls inside the page with
+    ``new Function``, which the console's CSP refuses when the first check is false."""
+    end = time.monotonic() + timeout
+    while not page.evaluate("window.__sseOpen === true"):
+        if time.monotonic() > end:
+            raise TimeoutError(f"the page's event stream did not open in {timeout} s")
+        time.sleep(0.05)

@@ -22,7 +22,7 @@ from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Page, expect, sync_playwright
 
 from vfence.controller.console import create_web_app
-from vfence.mininet_topos.browser import epoch, launch
+from vfence.mininet_topos.browser import epoch, launch, wait_for_stream
 from vfence.mininet_topos.prodlab import migrate
 
 from ...unit.test_api import VM, make_service
@@ -63,7 +63,7 @@ def page(browser):
 
 def _live(page: Page) -> None:
     """Wait until the page's event stream is open (what it shows from now on is live)."""
-    page.wait_for_function("window.__sseOpen", timeout=10_000)
+    wait_for_stream(page)
 
 
 def _shot(page: Page, name: str) -> None:
