@@ -72,7 +72,6 @@ class Member:
         self.valid: dict[int, float] = {}  # dpid -> monotonic time my lease holds until
         self.slaved: set[int] = set()  # told SLAVE on their current connection
         self.lock = threading.Lock()
-        self.rounds = 0
         self.joins_at = time.monotonic() + warmup
         self.joins_by = time.monotonic() + max(warmup, WARMUP_MAX if warmup else 0.0)
         self.settled: Callable[[], bool] = lambda: True  # its view still for a while
@@ -80,16 +79,12 @@ class Member:
         self.gone: set[int] = set()  # connections that went (from the event thread)
         self.dns_until = 0.0  # monotonic time this member's DNS lease surely holds until
         self.present: Callable[[], bool] = lambda: True  # our presence lock is held
-        self.takeovers = 0  # switches this member became master of
 
     def sends_dns(self) -> bool:
         return time.monotonic() < self.dns_until
 
     def may_write(self, dpid: int) -> bool:
         return dpid in self.terms and time.monotonic() < self.valid.get(dpid, 0.0)
-
-    def masters(self) -> dict[int, int]:
-        return dict(self.terms)
 
     def forget(self, dpid: int) -> None:
         """The switch's connection went (os-ken's event thread: never blocks): this member
@@ -136,7 +131,6 @@ class Member:
                     lease = held.get(dpid_str(dpid))
                     if self.roles.become(dpid, False, lease[1] if lease else 0):
                         self.slaved.add(dpid)
-            self.rounds += 1
         self.on_version(version)
 
     def _warm(self, t0: float, now: datetime, held: dict[str, Any], connected: list[int]
@@ -168,7 +162,6 @@ class Member:
         LOG.info("master of %s in term %d", dpid_str(dpid), term)
         self.terms[dpid] = term
         self.slaved.discard(dpid)
-        self.takeovers += 1
         self.on_gain(dpid, term)
 
     def _hand_over(self, dpid: int, now: datetime) -> None:

@@ -26,6 +26,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -120,6 +121,11 @@ def _whole(*values: Any) -> bool:
     return all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)
 
 
+def _valid(lease: tuple[str, int, datetime], live: set[str], now: datetime) -> bool:
+    """A lease whose holder is alive and which has not expired."""
+    return lease[0] in live and lease[2] > now
+
+
 class Replica:
     def __init__(self, sessions: sessionmaker[Session], switches: Switches, name: str,
                  advertise: str, token: str | None = None) -> None:
@@ -134,7 +140,6 @@ class Replica:
         # what only the shared row holds: standby ports, announced moves, gateways' MACs)
         self.version = -1
         self.pending: int | None = None  # the version this change commits, if any
-        self.applied = 0  # changes other members pushed to switches mastered here
 
     def mine(self, dpid: int) -> bool:
         return self.member is not None and self.member.may_write(dpid)
@@ -209,7 +214,7 @@ class Replica:
         out = {}
         for dpid in targets:
             lease = held.get(dpid_str(dpid))
-            if lease is not None and lease[0] in live and lease[2] > now:
+            if lease is not None and _valid(lease, live, now):
                 out[dpid] = (where[lease[0]][0], lease[1])
             elif dpid in reached:
                 raise Refused(f"switch {dpid_str(dpid)} has no master now (a member is "
@@ -295,7 +300,6 @@ class Replica:
             raise
         except Exception as e:
             raise Refused(f"switch {dpid_str(dpid)} refused the change: {e}", "dpid") from e
-        self.applied += 1
         return len(changes)
 
     def status(self) -> dict[str, Any]:
@@ -312,12 +316,12 @@ class Replica:
             "members": [{"name": n, "advertise": adv, "live": n in live,
                          "heartbeat_age_s": round((now - hb).total_seconds(), 3),
                          "masters": sorted(d for d, lease in held.items() if d != DNS_LEASE
-                                           and lease[0] == n and n in live and lease[2] > now)}
+                                           and lease[0] == n and _valid(lease, live, now))}
                         for n, (adv, hb) in sorted(where.items())],
             "switches": [{"dpid": d, "master": lease[0], "term": lease[1],
-                          "valid": lease[0] in live and lease[2] > now,
+                          "valid": _valid(lease, live, now),
                           "expires_in_s": round((lease[2] - now).total_seconds(), 3)}
                          for d, lease in sorted(held.items()) if d != DNS_LEASE],
             "dns_updates_by": next((lease[0] for d, lease in held.items() if d == DNS_LEASE
-                                    and lease[0] in live and lease[2] > now), None),
+                                    and _valid(lease, live, now)), None),
         }
